@@ -1,0 +1,99 @@
+"""Figures as PNG files: sample grids, learning curves, the confusion matrix.
+
+Every function takes plain arrays and a path, writes one PNG atomically and returns the path.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: never needs a display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from fmnist import data  # noqa: E402
+
+DPI = 100
+WRONG_COLOR = "#c62828"
+RIGHT_COLOR = "#2e7d32"
+
+
+def save(figure, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    figure.savefig(tmp, dpi=DPI, format="png")
+    plt.close(figure)
+    os.replace(tmp, path)
+    return path
+
+
+def image_grid(images: np.ndarray, captions: list[str], path: Path, colors: list[str] | None = None,
+               columns: int = 5, title: str | None = None) -> Path:
+    """Images in a grid with a caption under each (the report's 5x5 view of the data)."""
+    rows = max(1, -(-len(images) // columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(2 * columns, 2.2 * rows), squeeze=False)
+    for index, axis in enumerate(axes.flat):
+        axis.set_xticks([])
+        axis.set_yticks([])
+        if index >= len(images):
+            axis.axis("off")
+            continue
+        axis.imshow(images[index], cmap="binary")
+        axis.set_xlabel(captions[index], color=(colors[index] if colors else "black"), fontsize=9)
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout()
+    return save(figure, path)
+
+
+def samples(images: np.ndarray, labels: np.ndarray, path: Path, count: int = 25) -> Path:
+    """The first `count` images with their class names."""
+    return image_grid(images[:count], [data.CLASS_NAMES[int(k)] for k in labels[:count]], path)
+
+
+def predictions(images: np.ndarray, labels: np.ndarray, predicted: np.ndarray, probabilities: np.ndarray,
+                path: Path, title: str) -> Path:
+    """Images captioned 'predicted (p) / true', wrong ones in red."""
+    captions = [f"{data.CLASS_NAMES[p]} {probabilities[i, p]:.0%}\ntrue: {data.CLASS_NAMES[t]}"
+                for i, (p, t) in enumerate(zip(predicted, labels))]
+    colors = [RIGHT_COLOR if p == t else WRONG_COLOR for p, t in zip(predicted, labels)]
+    return image_grid(images, captions, path, colors, title=title)
+
+
+def learning_curves(history: list[dict], path: Path) -> Path:
+    """Loss and accuracy per epoch, training vs validation, best validation epoch marked."""
+    epochs = [row["epoch"] for row in history]
+    best = min(history, key=lambda row: row["val_loss"])["epoch"]
+    figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for axis, key, label in ((loss_axis, "loss", "loss"), (accuracy_axis, "accuracy", "accuracy")):
+        axis.plot(epochs, [row[key] for row in history], label=f"training {label}")
+        axis.plot(epochs, [row["val_" + key] for row in history], label=f"validation {label}")
+        axis.axvline(best, color="gray", linestyle="--", label=f"lowest validation loss (epoch {best})")
+        axis.set_xlabel("epoch")
+        axis.set_ylabel(label)
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.tight_layout()
+    return save(figure, path)
+
+
+def confusion_matrix(matrix: np.ndarray, path: Path) -> Path:
+    """Heatmap of counts, true classes as rows, predicted as columns."""
+    figure, axis = plt.subplots(figsize=(9, 8))
+    image = axis.imshow(matrix, cmap="Blues")
+    figure.colorbar(image, ax=axis, fraction=0.046)
+    ticks = np.arange(data.NUM_CLASSES)
+    axis.set_xticks(ticks, data.CLASS_NAMES, rotation=45, ha="right")
+    axis.set_yticks(ticks, data.CLASS_NAMES)
+    axis.set_xlabel("predicted class")
+    axis.set_ylabel("true class")
+    threshold = matrix.max() / 2
+    for (row, column), count in np.ndenumerate(matrix):
+        axis.text(column, row, str(count), ha="center", va="center", fontsize=8,
+                  color="white" if count > threshold else "black")
+    axis.set_title("Confusion matrix (test set)")
+    figure.tight_layout()
+    return save(figure, path)

@@ -1,0 +1,100 @@
+"""Shared test fixtures: tiny IDX files written to temp dirs, and a real HTTP server on loopback."""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import http.server
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fmnist import data
+
+REAL_DATA = data.SYSTEM_DIR
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """The IDX encoding of a uint8 array (magic 0x0000 08 ndim, big-endian dims, data)."""
+    header = bytes([0, 0, data.IDX_UBYTE, array.ndim]) + np.asarray(array.shape, dtype=">u4").tobytes()
+    return header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+
+
+def write_tiny_dataset(directory: Path, num_train: int = 12, num_test: int = 6, seed: int = 0,
+                       compress: bool = True) -> dict[str, data.IdxFile]:
+    """Four small IDX files like Fashion-MNIST's, and the file specs (with checksums) that match them."""
+    rng = np.random.default_rng(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    arrays = {
+        "train_images": rng.integers(0, 256, (num_train, 28, 28), dtype=np.uint8),
+        "train_labels": (np.arange(num_train) % 10).astype(np.uint8),
+        "test_images": rng.integers(0, 256, (num_test, 28, 28), dtype=np.uint8),
+        "test_labels": (np.arange(num_test) % 10).astype(np.uint8),
+    }
+    specs = {}
+    for key, array in arrays.items():
+        raw = idx_bytes(array)
+        name = data.FILES[key].filename
+        if compress:
+            (directory / name).write_bytes(gzip.compress(raw))
+        else:
+            (directory / name.removesuffix(".gz")).write_bytes(raw)
+        specs[key] = data.IdxFile(name, hashlib.sha256(raw).hexdigest(), len(array), array.ndim)
+    return specs
+
+
+class MirrorHandler(http.server.BaseHTTPRequestHandler):
+    """Serves files from `root`; a path under /drop/ announces the full length, sends half, hangs up."""
+    root: Path
+
+    def do_GET(self):  # noqa: N802 (http.server's naming)
+        dropping = self.path.startswith("/drop/")
+        path = self.root / self.path.removeprefix("/drop/").lstrip("/")
+        if not path.is_file():
+            self.send_error(404)
+            return
+        body = path.read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body[: len(body) // 2] if dropping else body)
+        if dropping:
+            self.close_connection = True
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def http_mirror(tmp_path):
+    """(base URL, directory it serves): a real HTTP server on 127.0.0.1."""
+    root = tmp_path / "served"
+    root.mkdir()
+    handler = type("Handler", (MirrorHandler,), {"root": root})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/", root
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def isolated_cache(tmp_path, monkeypatch):
+    """An empty download cache, no explicit data dir and no system package: only what a test provides."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("FMNIST_CACHE_DIR", str(cache))
+    monkeypatch.delenv("FMNIST_DATA_DIR", raising=False)
+    monkeypatch.setattr(data, "SYSTEM_DIR", tmp_path / "no-system-package")
+    return cache / "fashion-mnist"
+
+
+def require_real_data():
+    """The real dataset: CI installs it, so there a missing copy is a failure, not a skip."""
+    if not (REAL_DATA / data.FILES["train_images"].filename).exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{REAL_DATA} is missing: CI must install dataset-fashion-mnist")
+        pytest.skip("the Debian package dataset-fashion-mnist is not installed")
+    return REAL_DATA
