@@ -61,6 +61,141 @@ def cmd_data(args) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+def keras_line(row: dict, epochs: int) -> str:
+    """One fixed-format line per epoch, as Keras's fit(verbose=2) prints it."""
+    return (f"Epoch {row['epoch']}/{epochs} - {row['seconds']:.1f}s - "
+            f"{1000 * row['train_seconds'] / row['steps']:.1f}ms/step - accuracy: {row['accuracy']:.4f} - "
+            f"loss: {row['loss']:.4f} - val_accuracy: {row['val_accuracy']:.4f} - val_loss: {row['val_loss']:.4f}")
+
+
+class EpochProgress:
+    """A live bar per epoch with running loss and accuracy, then the epoch's line."""
+
+    def __init__(self, epochs: int, steps: int, show_values: bool, enabled: bool = True):
+        import rich.progress
+
+        self.epochs, self.steps, self.show_values = epochs, steps, show_values
+        self.bar = rich.progress.Progress(
+            rich.progress.TextColumn("{task.description}"), rich.progress.BarColumn(),
+            rich.progress.MofNCompleteColumn(), rich.progress.TextColumn("{task.fields[values]}"),
+            rich.progress.TimeRemainingColumn(), console=console, transient=True, disable=not enabled)
+        self.task = None
+
+    def __enter__(self):
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.bar.__exit__(*exc)
+
+    def on_step(self, step: int, loss_sum, correct, seen: int) -> None:
+        if self.task is None:
+            self.task = self.bar.add_task(f"epoch {self.epoch + 1}/{self.epochs}", total=self.steps, values="")
+        if step % 25 == 0 or step == self.steps:
+            # .item() syncs with the device: only on the CPU, where it costs nothing.
+            values = (f"loss {loss_sum.item() / seen:.4f} acc {correct.item() / seen:.4f}"
+                      if self.show_values else "")
+            self.bar.update(self.task, completed=step, values=values)
+
+    def on_epoch(self, row: dict) -> None:
+        if self.task is not None:
+            self.bar.remove_task(self.task)
+            self.task = None
+        self.epoch = row["epoch"]
+        console.print(keras_line(row, self.epochs), soft_wrap=True)
+
+    epoch = 0
+
+
+def train_config(args, **extra):
+    from fmnist import train
+
+    try:
+        return train.TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+                                 validation_fraction=args.validation_fraction, seed=args.seed,
+                                 threads=args.threads, device=args.device, limit=args.limit,
+                                 data_dir=str(args.data_dir) if args.data_dir else None, **extra)
+    except ValueError as exc:
+        raise errors.FmnistError(str(exc)) from None
+
+
+def run_training(config, run_dir: Path, resume: bool = False, progress: bool = True) -> list[dict]:
+    """fit() with a progress bar and one line per epoch; Ctrl-C explains how to resume."""
+    import math
+
+    from fmnist import data, model, runs, train
+
+    steps = math.ceil(data.split_index(config.limit or 60_000, config.validation_fraction) / config.batch_size)
+    on_cpu = train.resolve_device(config.device).type == "cpu"
+    with EpochProgress(config.epochs, steps, show_values=on_cpu, enabled=progress) as bar:
+        if resume:
+            bar.epoch = len(runs.read_json(run_dir / runs.HISTORY))
+        try:
+            return train.fit(config, run_dir, resume=resume, on_epoch=bar.on_epoch, on_step=bar.on_step)
+        except KeyboardInterrupt:
+            done = runs.load_checkpoint(run_dir / runs.CHECKPOINT)["epoch"]
+            raise Interrupted(f"interrupted: the checkpoint of epoch {done} is in {run_dir}; "
+                              f"continue with: fmnist train --resume {run_dir}") from None
+
+
+class Interrupted(errors.FmnistError):
+    exit_code = 130
+
+
+def cmd_train(args) -> int:
+    from fmnist import model, train
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        overrides = {"epochs": args.epochs} if args.epochs_given else {}
+        config = train.load_config(run_dir, **overrides)
+        console.print(f"resuming {run_dir}")
+    else:
+        run_dir = Path(args.out)
+        config = train_config(args)
+        print_summary(model.SeedCNN())
+    history = run_training(config, run_dir, resume=bool(args.resume), progress=not args.quiet)
+    best = min(history, key=lambda row: row["val_loss"])
+    console.print(f"done: {run_dir} (lowest val_loss {best['val_loss']:.4f} at epoch {best['epoch']}); "
+                  f"next: fmnist evaluate {run_dir}")
+    return 0
+
+
+def print_summary(network) -> None:
+    from fmnist import model
+
+    table = rich.table.Table(title="Model: seed CNN (Keras semantics)")
+    for column in ("Layer (type)", "Output Shape", "Param #"):
+        table.add_column(column, justify="right" if column == "Param #" else "left")
+    for name, shape, count in model.summary(network):
+        table.add_row(name, shape, f"{count:,}")
+    console.print(table)
+    console.print(f"Total params: {model.count_parameters(network):,}")
+
+
+def add_train_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--epochs", type=int, default=50, help="epochs (default: 50)")
+    parser.add_argument("--batch-size", type=int, default=128, help="batch size (default: 128)")
+    parser.add_argument("--learning-rate", type=float, default=1e-3, help="Adam learning rate (default: 0.001)")
+    parser.add_argument("--validation-fraction", type=float, default=0.2,
+                        help="last fraction of the training images held out, as Keras's validation_split "
+                             "(default: 0.2)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="use only the first N training images, for quick runs (default: all 60,000)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar (default: off)")
+    add_data_options(parser)
+
+
+class EpochsAction(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        namespace.epochs_given = True
+
+
+# ---------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fmnist", description="Train, evaluate, understand and use Fashion-MNIST classifiers.",
@@ -74,6 +209,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_options(p)
     p.add_argument("--out", default="runs/data", help="where figures go (default: runs/data)")
     p.set_defaults(handler=cmd_data)
+
+    p = commands.add_parser("train", help="train the report's CNN (50 epochs, Adam, batch 128)",
+                            description="Train the report's CNN with its settings; writes a run directory.",
+                            epilog="examples:\n  fmnist train --out runs/seed0\n  fmnist train --epochs 2 --limit "
+                                   "5000 --out runs/quick\n  fmnist train --resume runs/seed0",
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_train_options(p)
+    p.add_argument("--out", default="runs/train", help="run directory to write (default: runs/train)")
+    p.add_argument("--resume", metavar="RUN", help="continue an interrupted run (its config is reused; "
+                                                    "--epochs may extend it)")
+    p.set_defaults(handler=cmd_train, epochs_given=False)
+    for action in p._actions:
+        if action.dest == "epochs":
+            action.__class__ = EpochsAction
     return parser
 
 
@@ -87,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.handler(args)
     except errors.FmnistError as exc:
         error_console.print(f"[bold red]error:[/] {rich.markup.escape(str(exc))}", soft_wrap=True)
-        return 2
+        return getattr(exc, "exit_code", 2)
 
 
 if __name__ == "__main__":

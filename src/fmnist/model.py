@@ -1,0 +1,136 @@
+"""The report's CNN with Keras semantics, laid out so that Keras weights map 1:1.
+
+Tensors are channels-last (N, H, W, C) throughout, as in Keras, so Flatten yields features in
+(row, column, channel) order. Parameters keep Keras's layouts: a convolution kernel is
+(kernel_h, kernel_w, in_channels, out_channels) ("HWIO"), a dense kernel is (in, out).
+
+Two speed tricks, each a small function checked against its plain version in the tests:
+- `conv2x2_stride2`: a 2x2 convolution with stride 2 on an even-sized input has non-overlapping
+  windows and (with Keras's "same" padding) no padding, so it is a reshape plus one matmul.
+- `max_pool_2x2_same`: stride-1 2x2 max pooling, Keras "same" padding (one row below and one
+  column to the right, ignored by the max), kept in channels-last memory end to end: PyTorch's
+  channels-last pooling kernel (and its backward) is several times faster than the NCHW one.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fmnist import data
+
+# Hyperparameters of the report's network (shared/SPEC.md).
+CONV_FILTERS = (32, 64)
+DENSE_UNITS = (256, 128)
+DROPOUT = 0.5
+ARCHITECTURE = "seed-cnn-v1"  # recorded in every checkpoint; bump if the layout changes
+# (name, keras class, parameter shapes) in Keras's order; the import and the summary read this.
+LAYERS = (
+    ("conv1", "Conv2D", {"kernel": (2, 2, 1, 32), "bias": (32,)}),
+    ("conv2", "Conv2D", {"kernel": (2, 2, 32, 64), "bias": (64,)}),
+    ("dense1", "Dense", {"kernel": (3136, 256), "bias": (256,)}),
+    ("dense2", "Dense", {"kernel": (256, 128), "bias": (128,)}),
+    ("dense3", "Dense", {"kernel": (128, 10), "bias": (10,)}),
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Layer functions: the fast forms and the plain ones they must equal.
+def conv2x2_stride2(x: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Keras Conv2D(2x2, strides 2, padding same) on an even-sized NHWC input, as one matmul."""
+    n, h, w, c = x.shape
+    patches = x.reshape(n, h // 2, 2, w // 2, 2, c)       # (N, H/2, kh, W/2, kw, C)
+    patches = patches.permute(0, 1, 3, 2, 4, 5)          # (N, H/2, W/2, kh, kw, C)
+    patches = patches.reshape(n * (h // 2) * (w // 2), 4 * c)  # rows: windows, cols: (kh, kw, C)
+    out = torch.addmm(bias, patches, kernel.reshape(4 * c, -1))  # HWIO kernel reshaped (4C, C_out)
+    return out.reshape(n, h // 2, w // 2, -1)           # (N, H/2, W/2, C_out)
+
+
+def conv2x2_stride2_reference(x: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """The plain form: F.conv2d in NCHW, Keras same padding (bottom/right) made explicit."""
+    h, w = x.shape[1:3]
+    pad_h, pad_w = max((math.ceil(h / 2) - 1) * 2 + 2 - h, 0), max((math.ceil(w / 2) - 1) * 2 + 2 - w, 0)
+    x = F.pad(x.permute(0, 3, 1, 2), (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
+    out = F.conv2d(x, kernel.permute(3, 2, 0, 1), bias, stride=2)  # HWIO -> OIHW
+    return out.permute(0, 2, 3, 1)
+
+
+def max_pool_2x2_same(x: torch.Tensor) -> torch.Tensor:
+    """Keras MaxPooling2D(2x2, strides 1, padding same) on NHWC, via PyTorch's channels-last kernel."""
+    nchw = x.permute(0, 3, 1, 2)  # a view: NHWC memory is NCHW in channels-last format
+    padded = F.pad(nchw, (0, 1, 0, 1), value=float("-inf")).contiguous(memory_format=torch.channels_last)
+    out = F.max_pool2d(padded, kernel_size=2, stride=1)  # (N, C, H, W), channels-last memory
+    return out.permute(0, 2, 3, 1)  # back to NHWC: a view, no copy
+
+
+def max_pool_2x2_same_reference(x: torch.Tensor) -> torch.Tensor:
+    """The plain form: pad one row below and one column right with -inf, pool with stride 1."""
+    padded = F.pad(x.permute(0, 3, 1, 2), (0, 1, 0, 1), value=float("-inf"))
+    return F.max_pool2d(padded, kernel_size=2, stride=1).permute(0, 2, 3, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+class KerasLayer(nn.Module):
+    """A layer holding a Keras-layout `kernel` and a `bias`, initialised as Keras does."""
+
+    def __init__(self, kernel_shape: tuple[int, ...], bias_shape: tuple[int, ...]):
+        super().__init__()
+        self.kernel = nn.Parameter(torch.empty(kernel_shape))
+        self.bias = nn.Parameter(torch.zeros(bias_shape))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Glorot uniform kernel, zero bias (Keras's defaults)."""
+        receptive = math.prod(self.kernel.shape[:-2])  # 1 for Dense, kh*kw for Conv2D
+        fan_in, fan_out = self.kernel.shape[-2] * receptive, self.kernel.shape[-1] * receptive
+        limit = math.sqrt(6.0 / (fan_in + fan_out))
+        with torch.no_grad():
+            self.kernel.uniform_(-limit, limit)
+            self.bias.zero_()
+
+
+class SeedCNN(nn.Module):
+    """Input (N, 28, 28, 1) floats in [0, 1]; output (N, 10) logits (softmax gives Keras's output)."""
+
+    def __init__(self, dropout: float = DROPOUT, fast: bool = True):
+        super().__init__()
+        for name, _, shapes in LAYERS:
+            self.add_module(name, KerasLayer(shapes["kernel"], shapes["bias"]))
+        self.dropout = dropout
+        self.conv = conv2x2_stride2 if fast else conv2x2_stride2_reference
+        self.pool = max_pool_2x2_same if fast else max_pool_2x2_same_reference
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(F.relu(self.conv(x, self.conv1.kernel, self.conv1.bias)))  # (N, 14, 14, 32)
+        x = self.pool(F.relu(self.conv(x, self.conv2.kernel, self.conv2.bias)))  # (N, 7, 7, 64)
+        return x.reshape(x.shape[0], -1)  # (N, 3136) in (row, column, channel) order, as Keras's Flatten
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x)
+        x = F.dropout(F.relu(torch.addmm(self.dense1.bias, x, self.dense1.kernel)), self.dropout, self.training)
+        x = F.dropout(F.relu(torch.addmm(self.dense2.bias, x, self.dense2.kernel)), self.dropout, self.training)
+        return torch.addmm(self.dense3.bias, x, self.dense3.kernel)  # (N, 10) logits
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def summary(model: SeedCNN) -> list[tuple[str, str, int]]:
+    """(layer, output shape, params) rows like Keras's model.summary(), by tracing one input."""
+    shapes, params = {}, {name: count_parameters(getattr(model, name)) for name, _, _ in LAYERS}
+    x = torch.zeros(1, data.IMAGE_SIZE, data.IMAGE_SIZE, 1)
+    with torch.no_grad():
+        c1 = F.relu(model.conv(x, model.conv1.kernel, model.conv1.bias)); shapes["conv1"] = c1.shape
+        p1 = model.pool(c1); shapes["pool1"] = p1.shape
+        c2 = F.relu(model.conv(p1, model.conv2.kernel, model.conv2.bias)); shapes["conv2"] = c2.shape
+        shapes["pool2"] = model.pool(c2).shape
+    rows = [("conv1 (Conv2D)", shapes["conv1"], params["conv1"]), ("pool1 (MaxPooling2D)", shapes["pool1"], 0),
+            ("conv2 (Conv2D)", shapes["conv2"], params["conv2"]), ("pool2 (MaxPooling2D)", shapes["pool2"], 0),
+            ("flatten (Flatten)", (1, math.prod(shapes["pool2"][1:])), 0),
+            ("dense1 (Dense)", (1, DENSE_UNITS[0]), params["dense1"]), ("dropout1 (Dropout)", (1, DENSE_UNITS[0]), 0),
+            ("dense2 (Dense)", (1, DENSE_UNITS[1]), params["dense2"]), ("dropout2 (Dropout)", (1, DENSE_UNITS[1]), 0),
+            ("dense3 (Dense, softmax)", (1, data.NUM_CLASSES), params["dense3"])]
+    return [(name, str((None, *tuple(shape)[1:])), count) for name, shape, count in rows]

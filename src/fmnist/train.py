@@ -1,0 +1,251 @@
+"""Training as the report did it: Adam, categorical cross-entropy, 50 epochs of 375 steps of 128.
+
+`fit` is the driver: it prepares data and state, runs `train_one_epoch` and `evaluate` per epoch,
+keeps the run directory (runs.py) current after every epoch, and hands each epoch's figures to an
+`on_epoch` callback, so that printing stays with the caller (the CLI).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import fmnist
+from fmnist import data, errors, model, runs
+
+# The report's settings.
+EPOCHS = 50
+BATCH_SIZE = 128
+LEARNING_RATE = 1e-3
+BETA_1, BETA_2, EPSILON = 0.9, 0.999, 1e-7  # Keras's Adam defaults
+VALIDATION_FRACTION = 0.2
+EVAL_BATCH_SIZE = 2048
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = EPOCHS
+    batch_size: int = BATCH_SIZE
+    learning_rate: float = LEARNING_RATE
+    validation_fraction: float = VALIDATION_FRACTION
+    dropout: float = model.DROPOUT
+    seed: int = 0
+    threads: int | None = None   # None: torch's default
+    device: str = "auto"         # auto | cpu | cuda
+    limit: int | None = None     # use only the first `limit` training images (quick runs, tests)
+    data_dir: str | None = None
+
+    def __post_init__(self):
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(f"epochs and batch size must be >= 1 (got {self.epochs}, {self.batch_size})")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning rate must be > 0, got {self.learning_rate}")
+        if not 0 < self.validation_fraction < 1:
+            raise ValueError(f"validation fraction must be in (0, 1), got {self.validation_fraction}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.threads is not None and self.threads < 1 or self.limit is not None and self.limit < 2:
+            raise ValueError("threads must be >= 1 and limit >= 2")
+
+
+class KerasAdam(torch.optim.Adam):
+    """Adam with Keras's epsilon: Keras adds ε to sqrt(v) *before* bias correction, PyTorch after.
+
+    Keras:   w -= lr·sqrt(1-β2ᵗ)/(1-β1ᵗ) · m / (sqrt(v) + ε)
+    PyTorch: w -= lr/(1-β1ᵗ) · m / (sqrt(v)/sqrt(1-β2ᵗ) + ε')   — equal when ε' = ε / sqrt(1-β2ᵗ).
+    """
+
+    def __init__(self, params, lr: float = LEARNING_RATE, **kwargs):
+        super().__init__(params, lr=lr, betas=(BETA_1, BETA_2), eps=EPSILON, **kwargs)
+        for group in self.param_groups:
+            group.setdefault("keras_step", 0)  # a Python int: no device sync to read it
+
+    def step(self, closure=None):
+        for group in self.param_groups:
+            group["keras_step"] += 1
+            group["eps"] = EPSILON / math.sqrt(1.0 - group["betas"][1] ** group["keras_step"])
+        return super().step(closure)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise errors.FmnistError("--device cuda asked for, but this machine has no usable CUDA GPU")
+    return torch.device(name)
+
+
+def to_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
+    """uint8 (N, 28, 28) -> float32 (N, 28, 28, 1) in [0, 1], the report's preprocessing."""
+    return torch.from_numpy(images).to(device).float().div_(255.0).unsqueeze(-1)
+
+
+def make_optimizer(network: torch.nn.Module, config: TrainConfig, device: torch.device) -> KerasAdam:
+    # fused: one kernel for all parameters (CPU and CUDA), the cheapest Adam step PyTorch has.
+    return KerasAdam(network.parameters(), lr=config.learning_rate, fused=True)
+
+
+# ---------------------------------------------------------------------------------------------
+def train_one_epoch(network, optimizer, images, labels, batch_size, generator, on_step=None):
+    """One pass over the training part, reshuffled; returns (mean loss, accuracy) as tensors."""
+    network.train()
+    order = torch.randperm(len(images), generator=generator).to(images.device)
+    images, labels = images[order], labels[order]  # one gather per epoch, then contiguous slices
+    loss_sum = torch.zeros((), device=images.device)
+    correct = torch.zeros((), dtype=torch.long, device=images.device)
+    for step, start in enumerate(range(0, len(images), batch_size)):
+        x, y = images[start:start + batch_size], labels[start:start + batch_size]
+        logits = network(x)
+        loss = F.cross_entropy(logits, y)  # = categorical cross-entropy of softmax on one-hot labels
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.detach() * len(y)
+        correct += (logits.detach().argmax(1) == y).sum()
+        if on_step is not None:
+            on_step(step + 1, loss_sum, correct, start + len(y))
+    return loss_sum / len(images), correct / len(images)
+
+
+@torch.inference_mode()
+def evaluate(network, images, labels, batch_size: int = EVAL_BATCH_SIZE):
+    """(mean loss, accuracy) as floats, dropout off."""
+    network.eval()
+    loss_sum, correct = torch.zeros((), device=images.device), torch.zeros((), device=images.device)
+    for start in range(0, len(images), batch_size):
+        logits = network(images[start:start + batch_size])
+        y = labels[start:start + batch_size]
+        loss_sum += F.cross_entropy(logits, y, reduction="sum")
+        correct += (logits.argmax(1) == y).sum()
+    return loss_sum.item() / len(images), correct.item() / len(images)  # host sync: once per call
+
+
+@torch.inference_mode()
+def predict_probabilities(network, images, batch_size: int = EVAL_BATCH_SIZE) -> torch.Tensor:
+    network.eval()
+    return torch.cat([F.softmax(network(images[i:i + batch_size]), dim=1)
+                      for i in range(0, len(images), batch_size)])
+
+
+# ---------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class TrainingState:
+    """Everything a checkpoint restores."""
+    network: model.SeedCNN
+    optimizer: KerasAdam
+    generator: torch.Generator  # the shuffling RNG (dropout uses torch's global RNG)
+    epoch: int = 0
+    history: list = dataclasses.field(default_factory=list)
+
+    def checkpoint(self) -> dict:
+        return {"model": self.network.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "shuffle_rng": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
+                "epoch": self.epoch, "format": runs.CHECKPOINT}
+
+    def restore(self, saved: dict) -> None:
+        if saved.get("format") != runs.CHECKPOINT:
+            raise errors.RunError("the checkpoint is not an fmnist checkpoint")
+        self.network.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.generator.set_state(saved["shuffle_rng"])
+        torch.set_rng_state(saved["torch_rng"])
+        self.epoch = int(saved["epoch"])
+
+
+def prepare_data(config: TrainConfig, device: torch.device):
+    """((train_x, train_y), (val_x, val_y)) on the device: data resident where it is used."""
+    dataset = data.load(data_dir=config.data_dir, progress=True)
+    images, labels = dataset.train_images, dataset.train_labels
+    if config.limit:
+        images, labels = images[:config.limit], labels[:config.limit]
+    (train_x, train_y), (val_x, val_y) = data.split(images, labels, config.validation_fraction)
+    return ((to_tensor(train_x, device), torch.from_numpy(train_y).to(device)),
+            (to_tensor(val_x, device), torch.from_numpy(val_y).to(device)))
+
+
+def new_state(config: TrainConfig, device: torch.device) -> TrainingState:
+    torch.manual_seed(config.seed)  # initial weights and dropout masks
+    network = model.SeedCNN(dropout=config.dropout).to(device)
+    generator = torch.Generator().manual_seed(config.seed + 1)
+    return TrainingState(network, make_optimizer(network, config, device), generator)
+
+
+def describe_machine(device: torch.device) -> dict:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
+    return {"fmnist": fmnist.__version__, "torch": torch.__version__, "python": platform.python_version(),
+            "device": str(device), "device_name": name, "threads": torch.get_num_threads(), "cpus": os.cpu_count()}
+
+
+def save_epoch(run_dir: Path, state: TrainingState, best_val_loss: float) -> float:
+    """Write the epoch's weights, history and checkpoint (best weights when validation improved)."""
+    row = state.history[-1]
+    runs.save_weights(run_dir / runs.WEIGHTS, state.network.state_dict(), epoch=state.epoch)
+    if row["val_loss"] < best_val_loss:
+        best_val_loss = row["val_loss"]
+        runs.save_weights(run_dir / runs.BEST_WEIGHTS, state.network.state_dict(), epoch=state.epoch)
+    runs.write_json(run_dir / runs.HISTORY, state.history)
+    runs.save_checkpoint(run_dir / runs.CHECKPOINT, state.checkpoint())  # last: it marks the epoch done
+    return best_val_loss
+
+
+def start_or_resume(config: TrainConfig, run_dir: Path, resume: bool, device: torch.device) -> TrainingState:
+    state = new_state(config, device)
+    if resume:
+        state.restore(runs.load_checkpoint(run_dir / runs.CHECKPOINT))
+        state.history = runs.read_json(run_dir / runs.HISTORY)[:state.epoch] if state.epoch else []
+    else:
+        runs.write_json(run_dir / runs.CONFIG, {**dataclasses.asdict(config), "machine": describe_machine(device)})
+        runs.save_checkpoint(run_dir / runs.CHECKPOINT, state.checkpoint())  # epoch 0: resumable at once
+    return state
+
+
+def fit(config: TrainConfig, run_dir: Path, resume: bool = False,
+        on_epoch: Callable[[dict], None] | None = None, on_step=None) -> list[dict]:
+    """Train (or continue) a run; returns its history. Interrupt-safe: see runs.CHECKPOINT."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    device = resolve_device(config.device)
+    (train_x, train_y), (val_x, val_y) = prepare_data(config, device)
+    state = start_or_resume(config, Path(run_dir), resume, device)
+    best = min((row["val_loss"] for row in state.history), default=math.inf)
+    while state.epoch < config.epochs:
+        start = time.perf_counter()
+        loss, accuracy = train_one_epoch(state.network, state.optimizer, train_x, train_y,
+                                         config.batch_size, state.generator, on_step)
+        loss, accuracy = loss.item(), accuracy.item()  # host sync: once per epoch
+        if not math.isfinite(loss):
+            raise errors.FmnistError(f"training loss became {loss} in epoch {state.epoch + 1}; the run stops. "
+                                     f"The checkpoint of epoch {state.epoch} is kept in {run_dir}; "
+                                     f"try a lower --learning-rate")
+        train_seconds = time.perf_counter() - start
+        val_loss, val_accuracy = evaluate(state.network, val_x, val_y)
+        state.epoch += 1
+        state.history.append({"epoch": state.epoch, "loss": loss, "accuracy": accuracy, "val_loss": val_loss,
+                              "val_accuracy": val_accuracy, "train_seconds": train_seconds,
+                              "seconds": time.perf_counter() - start,
+                              "steps": math.ceil(len(train_x) / config.batch_size)})
+        best = save_epoch(Path(run_dir), state, best)
+        if on_epoch is not None:
+            on_epoch(state.history[-1])
+    return state.history
+
+
+def load_config(run_dir: Path, **overrides) -> TrainConfig:
+    """The TrainConfig stored in a run directory (for --resume), with `overrides` applied."""
+    stored = runs.read_json(Path(run_dir) / runs.CONFIG)
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    try:
+        return TrainConfig(**{**{k: v for k, v in stored.items() if k in fields}, **overrides})
+    except (TypeError, ValueError) as exc:
+        raise errors.RunError(f"{Path(run_dir) / runs.CONFIG}: not a usable training configuration ({exc})") from None
