@@ -195,6 +195,76 @@ class EpochsAction(argparse.Action):
         namespace.epochs_given = True
 
 
+def cmd_evaluate(args) -> int:
+    from fmnist import evaluate, runs
+
+    weights = runs.BEST_WEIGHTS if args.weights == "best" else runs.WEIGHTS
+    with console.status("evaluating on the training split and the test set"):
+        metrics = evaluate.evaluate_run(Path(args.run), weights=weights, data_dir=args.data_dir, device=args.device)
+    print_metrics(metrics)
+    console.print(f"wrote {Path(args.run) / runs.METRICS}, {runs.PREDICTIONS} and {runs.FIGURES}/; "
+                  f"next: fmnist report {args.run}")
+    return 0
+
+
+def print_metrics(metrics: dict) -> None:
+    from fmnist import data
+
+    test, train_m = metrics["test"], metrics["train"]
+    overall = rich.table.Table(title="loss and accuracy")
+    for column in ("data", "images", "loss", "accuracy"):
+        overall.add_column(column, justify="left" if column == "data" else "right")
+    overall.add_row("training split", f"{train_m['count']:,}", f"{train_m['loss']:.4f}", f"{train_m['accuracy']:.4f}")
+    overall.add_row("test set", f"{test['count']:,}", f"{test['loss']:.4f}", f"{test['accuracy']:.4f}")
+    console.print(overall)
+    per_class = rich.table.Table(title="test set, per class")
+    for column in ("class", "precision", "recall", "f1-score", "support"):
+        per_class.add_column(column, justify="left" if column == "class" else "right")
+    report = test["classification_report"]
+    for name in (*data.CLASS_NAMES, "macro avg", "weighted avg"):
+        row = report[name]
+        per_class.add_row(name, f"{row['precision']:.2f}", f"{row['recall']:.2f}", f"{row['f1-score']:.2f}",
+                          f"{int(row['support']):,}")
+    console.print(per_class)
+    console.print(f"right: {test['correct']:,}  wrong: {test['wrong']:,}  (the report: 9,059 / 941)")
+
+
+def cmd_report(args) -> int:
+    from fmnist import report
+
+    html_path, md_path = report.write_report(Path(args.run))
+    console.print(f"wrote {html_path} and {md_path}")
+    return 0
+
+
+def cmd_reproduce(args) -> int:
+    """The whole experiment: data check, training per seed, evaluation, report, summary over seeds."""
+    from fmnist import evaluate, report, runs
+
+    out = Path(args.out)
+    cmd_data(argparse.Namespace(data_dir=args.data_dir, out=out))
+    results = {}
+    for seed in range(args.seed, args.seed + args.seeds):
+        run_dir = out / f"seed-{seed}"
+        console.rule(f"seed {seed}: {run_dir}")
+        config = train_config(argparse.Namespace(**{**vars(args), "seed": seed}))
+        done = run_dir / runs.HISTORY
+        if not (done.exists() and len(runs.read_json(done)) >= config.epochs):  # finished runs are kept
+            run_training(config, run_dir, resume=(run_dir / runs.CHECKPOINT).exists(), progress=not args.quiet)
+        metrics = evaluate.evaluate_run(run_dir, data_dir=args.data_dir, device=args.device)
+        print_metrics(metrics)
+        html_path, _ = report.write_report(run_dir)
+        console.print(f"report: {html_path}")
+        results[seed] = metrics
+    summary = report.seed_summary(results)
+    runs.write_json(out / "summary.json", summary)
+    runs.write_text(out / "summary.md", report.summary_markdown(summary))
+    console.print(report.summary_markdown(summary))
+    console.print(f"reports: {', '.join(str(out / f'seed-{s}' / runs.REPORT_HTML) for s in results)}; "
+                  f"summary: {out / 'summary.md'}")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -223,6 +293,37 @@ def build_parser() -> argparse.ArgumentParser:
     for action in p._actions:
         if action.dest == "epochs":
             action.__class__ = EpochsAction
+
+    p = commands.add_parser("evaluate", help="loss/accuracy on train and test, per-class table, figures",
+                            description="Evaluate a run on its training split and the test set; writes "
+                                        "metrics.json, predictions.csv and figures/.",
+                            epilog="example:\n  fmnist evaluate runs/train --weights best",
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", help="run directory")
+    p.add_argument("--weights", choices=("final", "best"), default="final",
+                   help="final weights or those of the lowest validation loss (default: final, as the report)")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
+    add_data_options(p)
+    p.set_defaults(handler=cmd_evaluate)
+
+    p = commands.add_parser("report", help="write report.html and report.md for an evaluated run",
+                            description="One self-contained HTML page (and Markdown) for an evaluated run.",
+                            epilog="example:\n  fmnist report runs/train",
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", help="run directory (evaluated)")
+    p.set_defaults(handler=cmd_report)
+
+    p = commands.add_parser("reproduce", help="the whole report in one command: data, train, evaluate, report",
+                            description="Reproduce the report: data check and sample grid, training with its "
+                                        "settings, evaluation and report, for one or more seeds. Re-running "
+                                        "continues where it stopped.",
+                            epilog="examples:\n  fmnist reproduce\n  fmnist reproduce --seeds 3\n"
+                                   "  fmnist reproduce --epochs 1 --limit 3000 --out /tmp/quick",
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_train_options(p)
+    p.add_argument("--seeds", type=int, default=1, help="number of seeds, from --seed on (default: 1)")
+    p.add_argument("--out", default="runs/reproduce", help="output directory (default: runs/reproduce)")
+    p.set_defaults(handler=cmd_reproduce)
     return parser
 
 

@@ -1,0 +1,239 @@
+"""The report: one self-contained HTML page (figures embedded) and a Markdown twin.
+
+The content is built once as a list of blocks (heading, paragraph, table, image) and rendered twice,
+so the two versions cannot drift apart.
+"""
+from __future__ import annotations
+
+import base64
+import datetime
+import html
+from pathlib import Path
+
+from fmnist import data, evaluate, model, runs
+
+# The original report's published figures (shared/SPEC.md), and its framework rerun on a 2-core machine.
+PUBLISHED = {"test_loss": 0.4215, "test_accuracy": 0.9059, "train_loss": 0.0406, "train_accuracy": 0.9854,
+             "correct": 9059, "wrong": 941}
+PUBLISHED_PER_CLASS = {  # class: (precision, correct predictions)
+    "T-shirt/top": (0.87, 822), "Trouser": (1.00, 980), "Pullover": (0.84, 864), "Dress": (0.89, 924),
+    "Coat": (0.87, 840), "Sandal": (0.97, 980), "Shirt": (0.74, 752), "Sneaker": (0.94, 974),
+    "Bag": (0.98, 972), "Ankle boot": (0.98, 951)}
+TF_RERUN = {"test_loss": 0.398, "test_accuracy": 0.9081, "train_loss": 0.044, "train_accuracy": 0.9847,
+            "train_seconds": 210.0}
+
+
+def h(text):
+    return ("h2", text)
+
+
+def p(text):
+    return ("p", text)
+
+
+def table(headers, rows):
+    return ("table", headers, rows)
+
+
+def image(name, alt):
+    return ("img", name, alt)
+
+
+# ---------------------------------------------------------------------------------------------
+def generalisation_note(metrics: dict, history: list[dict]) -> str:
+    """An honest reading of the gap between training and held-out figures."""
+    train_m, test_m = metrics["train"], metrics["test"]
+    text = (f"Training loss {train_m['loss']:.4f} against test loss {test_m['loss']:.4f} "
+            f"({test_m['loss'] / max(train_m['loss'], 1e-12):.1f}x); training accuracy {train_m['accuracy']:.4f} "
+            f"against test accuracy {test_m['accuracy']:.4f} (a gap of {100 * (train_m['accuracy'] - test_m['accuracy']):.1f} "
+            f"points). ")
+    if history:
+        best = min(history, key=lambda row: row["val_loss"])
+        last = history[-1]
+        text += (f"Validation loss was lowest at epoch {best['epoch']} ({best['val_loss']:.4f}) and ended at "
+                 f"{last['val_loss']:.4f} after epoch {last['epoch']}. ")
+        if last["val_loss"] > 1.1 * best["val_loss"]:
+            text += ("The network overfits after that epoch: it keeps fitting its training data while its "
+                     "held-out loss rises. The original report concluded that the model does not overfit; "
+                     "these figures (like its own: training loss 0.04, test loss 0.42) say otherwise. "
+                     "Early stopping near the lowest validation loss (best.safetensors) would give a lower test loss.")
+        else:
+            text += "Validation loss did not rise notably after its minimum: no clear sign of overfitting in this run."
+    return text
+
+
+def comparison_table(metrics: dict) -> tuple:
+    test_m, train_m = metrics["test"], metrics["train"]
+    rows = [(name, f"{ours:.4f}", f"{PUBLISHED[key]:.4f}", f"{TF_RERUN[key]:.4f}")
+            for name, key, ours in (("test loss", "test_loss", test_m["loss"]),
+                                    ("test accuracy", "test_accuracy", test_m["accuracy"]),
+                                    ("training loss", "train_loss", train_m["loss"]),
+                                    ("training accuracy", "train_accuracy", train_m["accuracy"]))]
+    rows.append(("correct / wrong (test)", f"{test_m['correct']:,} / {test_m['wrong']:,}", "9,059 / 941", ""))
+    return table(("figure", "this run", "original report", "TF-Keras rerun (2 cores)"), rows)
+
+
+def per_class_table(metrics: dict) -> tuple:
+    report, matrix = metrics["test"]["classification_report"], metrics["test"]["confusion_matrix"]
+    rows = []
+    for label, name in enumerate(data.CLASS_NAMES):
+        r = report[name]
+        published_precision, published_correct = PUBLISHED_PER_CLASS[name]
+        rows.append((name, f"{r['precision']:.2f}", f"{r['recall']:.2f}", f"{r['f1-score']:.2f}",
+                     f"{int(r['support']):,}", f"{matrix[label][label]:,}", f"{published_precision:.2f}",
+                     f"{published_correct:,}"))
+    for average in ("macro avg", "weighted avg"):
+        r = report[average]
+        rows.append((average, f"{r['precision']:.2f}", f"{r['recall']:.2f}", f"{r['f1-score']:.2f}",
+                     f"{int(r['support']):,}", "", "", ""))
+    return table(("class", "precision", "recall", "F1", "support", "correct", "report: precision",
+                  "report: correct"), rows)
+
+
+def training_blocks(config: dict, history: list[dict]) -> list:
+    if not history:
+        return [p("No training history: this run was imported, not trained here.")]
+    machine = config.get("machine", {})
+    total = sum(row["train_seconds"] for row in history)
+    steps = sum(row["steps"] for row in history)
+    rows = [("epochs", len(history)), ("batch size", config["batch_size"]), ("steps per epoch", history[-1]["steps"]),
+            ("optimizer", f"Adam (learning rate {config['learning_rate']}, beta 0.9/0.999, epsilon 1e-7)"),
+            ("loss", "categorical cross-entropy"), ("validation fraction", config["validation_fraction"]),
+            ("seed", config["seed"]), ("device", f"{machine.get('device')} ({machine.get('device_name')}), "
+                                                 f"{machine.get('threads')} threads"),
+            ("versions", f"fmnist {machine.get('fmnist')}, torch {machine.get('torch')}"),
+            ("training time", f"{total:.1f} s ({1000 * total / steps:.1f} ms/step); "
+                              f"with validation {sum(row['seconds'] for row in history):.1f} s")]
+    return [table(("setting", "value"), [(k, str(v)) for k, v in rows]),
+            image("learning_curves.png", "learning curves")]
+
+
+def build(run_dir: Path) -> list:
+    """The report's blocks, from a run directory that `fmnist evaluate` has been through."""
+    run_dir = Path(run_dir)
+    metrics = evaluate.load_metrics(run_dir)
+    config = runs.read_json(run_dir / runs.CONFIG)
+    history = runs.read_json(run_dir / runs.HISTORY) if (run_dir / runs.HISTORY).exists() else []
+    test_m, train_m = metrics["test"], metrics["train"]
+    network = model.SeedCNN()
+    return [
+        p(f"Run <code>{html.escape(str(run_dir))}</code>, weights {metrics['weights']}, "
+          f"written {datetime.datetime.now():%Y-%m-%d %H:%M}."),
+        p(f"<b>Test accuracy {test_m['accuracy']:.4f}</b> ({test_m['correct']:,} right, {test_m['wrong']:,} wrong "
+          f"of {test_m['count']:,}); the original report: 0.9059 (9,059 / 941)."),
+        h("Data"),
+        p(f"Fashion-MNIST from {html.escape(metrics['data_source'])}: 60,000 training and 10,000 test images, "
+          f"28x28 grayscale, 10 classes. The last {config['validation_fraction']:.0%} of the training images is held "
+          f"out for validation, unshuffled, as Keras's validation_split does; training uses the other "
+          f"{train_m['count']:,}. Pixels are scaled to [0, 1]."),
+        image("samples.png", "first 25 training images"),
+        h("Architecture"),
+        table(("layer (type)", "output shape", "params"),
+              [(name, shape, f"{count:,}") for name, shape, count in model.summary(network)]
+              + [("total", "", f"{model.count_parameters(network):,}")]),
+        h("Training"), *training_blocks(config, history),
+        h("Results"),
+        table(("data", "images", "loss", "accuracy"),
+              [("training split", f"{train_m['count']:,}", f"{train_m['loss']:.4f}", f"{train_m['accuracy']:.4f}"),
+               ("test set", f"{test_m['count']:,}", f"{test_m['loss']:.4f}", f"{test_m['accuracy']:.4f}")]),
+        h("Against the original report"), comparison_table(metrics),
+        h("Per class (test set)"), per_class_table(metrics),
+        image("confusion_matrix.png", "confusion matrix"),
+        image("predictions.png", "first 25 test predictions"),
+        image("mistakes.png", "most confident mistakes"),
+        h("Generalisation"), p(generalisation_note(metrics, history)),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+def to_html(blocks: list, figures_dir: Path) -> str:
+    parts = []
+    for block in blocks:
+        kind = block[0]
+        if kind == "h2":
+            parts.append(f"<h2>{html.escape(block[1])}</h2>")
+        elif kind == "p":
+            parts.append(f"<p>{block[1]}</p>")
+        elif kind == "table":
+            head = "".join(f"<th>{html.escape(c)}</th>" for c in block[1])
+            body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>"
+                           for row in block[2])
+            parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+        elif kind == "img" and (figures_dir / block[1]).exists():
+            encoded = base64.b64encode((figures_dir / block[1]).read_bytes()).decode()
+            parts.append(f'<figure><img src="data:image/png;base64,{encoded}" alt="{html.escape(block[2])}">'
+                         f"<figcaption>{html.escape(block[2])}</figcaption></figure>")
+    return HTML_PAGE.format(body="\n".join(parts))
+
+
+def to_markdown(blocks: list, figures_dir: Path) -> str:
+    import re
+
+    lines = ["# Fashion-MNIST CNN: reproduction report", ""]
+    for block in blocks:
+        kind = block[0]
+        if kind == "h2":
+            lines += [f"## {block[1]}", ""]
+        elif kind == "p":
+            lines += [re.sub(r"</?(b|code)>", lambda m: "**" if m.group(1) == "b" else "`", block[1]), ""]
+        elif kind == "table":
+            lines += ["| " + " | ".join(block[1]) + " |", "|" + "---|" * len(block[1])]
+            lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in block[2]] + [""]
+        elif kind == "img" and (figures_dir / block[1]).exists():
+            lines += [f"![{block[2]}]({runs.FIGURES}/{block[1]})", ""]
+    return html.unescape("\n".join(lines))
+
+
+def write_report(run_dir: Path) -> tuple[Path, Path]:
+    run_dir = Path(run_dir)
+    blocks = build(run_dir)
+    figures_dir = run_dir / runs.FIGURES
+    return (runs.write_text(run_dir / runs.REPORT_HTML, to_html(blocks, figures_dir)),
+            runs.write_text(run_dir / runs.REPORT_MD, to_markdown(blocks, figures_dir)))
+
+
+HTML_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Fashion-MNIST CNN: reproduction report</title>
+<style>
+body {{ font-family: system-ui, sans-serif; max-width: 60rem; margin: 2rem auto; padding: 0 1rem; color: #222; }}
+table {{ border-collapse: collapse; margin: 1rem 0; }}
+th, td {{ border: 1px solid #ccc; padding: .3rem .6rem; text-align: right; }}
+th:first-child, td:first-child {{ text-align: left; }}
+thead {{ background: #f3f3f3; }}
+img {{ max-width: 100%; }}
+figcaption {{ color: #666; font-size: .9rem; }}
+</style></head>
+<body><h1>Fashion-MNIST CNN: reproduction report</h1>
+{body}
+</body></html>
+"""
+
+
+# ---------------------------------------------------------------------------------------------
+def seed_summary(results: dict[int, dict]) -> dict:
+    """Per-seed test/train figures and mean, standard deviation, min and max over seeds."""
+    import numpy as np
+
+    keys = {"test_accuracy": ("test", "accuracy"), "test_loss": ("test", "loss"),
+            "train_accuracy": ("train", "accuracy"), "train_loss": ("train", "loss")}
+    per_seed = {seed: {key: m[part][field] for key, (part, field) in keys.items()} for seed, m in results.items()}
+    stats = {}
+    for key in keys:
+        values = np.array([row[key] for row in per_seed.values()])
+        stats[key] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+                      "min": float(values.min()), "max": float(values.max())}
+    return {"seeds": per_seed, "stats": stats, "published": PUBLISHED}
+
+
+def summary_markdown(summary: dict) -> str:
+    lines = ["| seed | test accuracy | test loss | training accuracy | training loss |", "|---|---|---|---|---|"]
+    for seed, row in summary["seeds"].items():
+        lines.append(f"| {seed} | {row['test_accuracy']:.4f} | {row['test_loss']:.4f} | "
+                     f"{row['train_accuracy']:.4f} | {row['train_loss']:.4f} |")
+    for stat in ("mean", "std", "min", "max"):
+        s = summary["stats"]
+        lines.append(f"| {stat} | {s['test_accuracy'][stat]:.4f} | {s['test_loss'][stat]:.4f} | "
+                     f"{s['train_accuracy'][stat]:.4f} | {s['train_loss'][stat]:.4f} |")
+    lines.append(f"| original report (1 run) | {PUBLISHED['test_accuracy']:.4f} | {PUBLISHED['test_loss']:.4f} | "
+                 f"{PUBLISHED['train_accuracy']:.4f} | {PUBLISHED['train_loss']:.4f} |")
+    return "\n".join(lines) + "\n"
