@@ -6,6 +6,7 @@ Each subcommand is one `cmd_*` function; anything a user can get wrong raises an
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -114,7 +115,8 @@ def train_config(args, **extra):
         return train.TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
                                  validation_fraction=args.validation_fraction, seed=args.seed,
                                  threads=args.threads, device=args.device, limit=args.limit,
-                                 data_dir=str(args.data_dir) if args.data_dir else None, **extra)
+                                 data_dir=str(args.data_dir) if args.data_dir else None, dropout=args.dropout,
+                                 precision=args.precision, **extra)
     except ValueError as exc:
         raise errors.FmnistError(str(exc)) from None
 
@@ -145,6 +147,7 @@ class Interrupted(errors.FmnistError):
 def cmd_train(args) -> int:
     from fmnist import model, train
 
+    console.quiet = os.environ.get("RANK", "0") != "0"  # under torchrun only rank 0 speaks
     if args.resume:
         run_dir = Path(args.resume)
         overrides = {"epochs": args.epochs} if args.epochs_given else {}
@@ -185,6 +188,9 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
     parser.add_argument("--limit", type=int, default=None,
                         help="use only the first N training images, for quick runs (default: all 60,000)")
+    parser.add_argument("--dropout", type=float, default=0.5, help="dropout rate (default: 0.5)")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                        help="bf16 autocast for speed on CPUs/GPUs that support it (default: fp32)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar (default: off)")
     add_data_options(parser)
 

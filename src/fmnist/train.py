@@ -42,6 +42,7 @@ class TrainConfig:
     device: str = "auto"         # auto | cpu | cuda
     limit: int | None = None     # use only the first `limit` training images (quick runs, tests)
     data_dir: str | None = None
+    precision: str = "fp32"      # fp32 | bf16 (autocast; weights and optimizer stay float32)
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1:
@@ -54,6 +55,8 @@ class TrainConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be fp32 or bf16, got {self.precision!r}")
         if self.threads is not None and self.threads < 1 or self.limit is not None and self.limit < 2:
             raise ValueError("threads must be >= 1 and limit >= 2")
 
@@ -96,24 +99,47 @@ def make_optimizer(network: torch.nn.Module, config: TrainConfig, device: torch.
 
 
 # ---------------------------------------------------------------------------------------------
-def train_one_epoch(network, optimizer, images, labels, batch_size, generator, on_step=None):
-    """One pass over the training part, reshuffled; returns (mean loss, accuracy) as tensors."""
+@dataclasses.dataclass(frozen=True)
+class Shard:
+    """This process's part of every global batch under torchrun (rank r of world_size processes)."""
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def part(self, start: int, end: int) -> tuple[int, int]:
+        size = end - start
+        return start + size * self.rank // self.world_size, start + size * (self.rank + 1) // self.world_size
+
+
+def train_one_epoch(network, optimizer, images, labels, batch_size, generator, on_step=None,
+                    shard: Shard = Shard(), precision: str = "fp32"):
+    """One pass over the training part, reshuffled; returns (mean loss, accuracy) as device tensors."""
     network.train()
-    order = torch.randperm(len(images), generator=generator).to(images.device)
+    order = torch.randperm(len(images), generator=generator).to(images.device)  # same order on every rank
     images, labels = images[order], labels[order]  # one gather per epoch, then contiguous slices
     loss_sum = torch.zeros((), device=images.device)
     correct = torch.zeros((), dtype=torch.long, device=images.device)
+    seen = 0
     for step, start in enumerate(range(0, len(images), batch_size)):
-        x, y = images[start:start + batch_size], labels[start:start + batch_size]
-        logits = network(x)
-        loss = F.cross_entropy(logits, y)  # = categorical cross-entropy of softmax on one-hot labels
+        low, high = shard.part(start, min(start + batch_size, len(images)))
+        x, y = images[low:high], labels[low:high]
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            logits = network(x)
+        loss = F.cross_entropy(logits.float(), y)  # = categorical cross-entropy of softmax on one-hot labels
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # under DDP: gradients averaged over ranks = the global batch's mean gradient
         optimizer.step()
         loss_sum += loss.detach() * len(y)
         correct += (logits.detach().argmax(1) == y).sum()
+        seen += len(y)
         if on_step is not None:
-            on_step(step + 1, loss_sum, correct, start + len(y))
+            on_step(step + 1, loss_sum, correct, seen)
+    if shard.world_size > 1:
+        torch.distributed.all_reduce(loss_sum)
+        torch.distributed.all_reduce(correct)
     return loss_sum / len(images), correct / len(images)
 
 
@@ -198,46 +224,73 @@ def save_epoch(run_dir: Path, state: TrainingState, best_val_loss: float) -> flo
     return best_val_loss
 
 
-def start_or_resume(config: TrainConfig, run_dir: Path, resume: bool, device: torch.device) -> TrainingState:
+def start_or_resume(config: TrainConfig, run_dir: Path, resume: bool, device: torch.device,
+                    write: bool = True) -> TrainingState:
     state = new_state(config, device)
     if resume:
         state.restore(runs.load_checkpoint(run_dir / runs.CHECKPOINT))
         state.history = runs.read_json(run_dir / runs.HISTORY)[:state.epoch] if state.epoch else []
-    else:
+    elif write:
         runs.write_json(run_dir / runs.CONFIG, {**dataclasses.asdict(config), "machine": describe_machine(device)})
         runs.save_checkpoint(run_dir / runs.CHECKPOINT, state.checkpoint())  # epoch 0: resumable at once
     return state
 
 
-def fit(config: TrainConfig, run_dir: Path, resume: bool = False,
-        on_epoch: Callable[[dict], None] | None = None, on_step=None) -> list[dict]:
-    """Train (or continue) a run; returns its history. Interrupt-safe: see runs.CHECKPOINT."""
+def setup(config: TrainConfig) -> tuple[Shard, torch.device]:
+    """Threads, determinism, and (under torchrun) the process group: gloo on CPU, NCCL on GPU."""
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
     device = resolve_device(config.device)
-    (train_x, train_y), (val_x, val_y) = prepare_data(config, device)
-    state = start_or_resume(config, Path(run_dir), resume, device)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return Shard(), device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Shard(torch.distributed.get_rank(), world_size), device
+
+
+def run_epoch(state: TrainingState, network, train_data, val_data, config: TrainConfig, shard: Shard,
+              on_step=None) -> dict:
+    """Train one epoch, validate, and return its history row."""
+    start = time.perf_counter()
+    loss, accuracy = train_one_epoch(network, state.optimizer, *train_data, config.batch_size, state.generator,
+                                     on_step, shard, config.precision)
+    loss, accuracy = loss.item(), accuracy.item()  # host sync: once per epoch
+    if not math.isfinite(loss):
+        raise errors.FmnistError(f"training loss became {loss} in epoch {state.epoch + 1}; the run stops. "
+                                 f"The checkpoint of epoch {state.epoch} is kept; try a lower --learning-rate")
+    train_seconds = time.perf_counter() - start
+    val_loss, val_accuracy = evaluate(state.network, *val_data)
+    state.epoch += 1
+    return {"epoch": state.epoch, "loss": loss, "accuracy": accuracy, "val_loss": val_loss,
+            "val_accuracy": val_accuracy, "train_seconds": train_seconds, "seconds": time.perf_counter() - start,
+            "steps": math.ceil(len(train_data[0]) / config.batch_size)}
+
+
+def fit(config: TrainConfig, run_dir: Path, resume: bool = False,
+        on_epoch: Callable[[dict], None] | None = None, on_step=None) -> list[dict]:
+    """Train (or continue) a run; returns its history. Interrupt-safe: see runs.CHECKPOINT.
+
+    Under torchrun every process trains its shard of each global batch; only rank 0 writes or reports.
+    """
+    shard, device = setup(config)
+    train_data, val_data = prepare_data(config, device)
+    state = start_or_resume(config, Path(run_dir), resume, device, write=shard.is_main)
+    network = state.network
+    if shard.world_size > 1:
+        network = torch.nn.parallel.DistributedDataParallel(network, device_ids=[device] if device.type == "cuda" else None)
     best = min((row["val_loss"] for row in state.history), default=math.inf)
     while state.epoch < config.epochs:
-        start = time.perf_counter()
-        loss, accuracy = train_one_epoch(state.network, state.optimizer, train_x, train_y,
-                                         config.batch_size, state.generator, on_step)
-        loss, accuracy = loss.item(), accuracy.item()  # host sync: once per epoch
-        if not math.isfinite(loss):
-            raise errors.FmnistError(f"training loss became {loss} in epoch {state.epoch + 1}; the run stops. "
-                                     f"The checkpoint of epoch {state.epoch} is kept in {run_dir}; "
-                                     f"try a lower --learning-rate")
-        train_seconds = time.perf_counter() - start
-        val_loss, val_accuracy = evaluate(state.network, val_x, val_y)
-        state.epoch += 1
-        state.history.append({"epoch": state.epoch, "loss": loss, "accuracy": accuracy, "val_loss": val_loss,
-                              "val_accuracy": val_accuracy, "train_seconds": train_seconds,
-                              "seconds": time.perf_counter() - start,
-                              "steps": math.ceil(len(train_x) / config.batch_size)})
-        best = save_epoch(Path(run_dir), state, best)
-        if on_epoch is not None:
-            on_epoch(state.history[-1])
+        state.history.append(run_epoch(state, network, train_data, val_data, config, shard,
+                                       on_step if shard.is_main else None))
+        if shard.is_main:
+            best = save_epoch(Path(run_dir), state, best)
+            if on_epoch is not None:
+                on_epoch(state.history[-1])
     return state.history
 
 
