@@ -271,6 +271,32 @@ def cmd_reproduce(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    import json
+
+    from fmnist import bench
+
+    with console.status("timing training steps, an epoch and evaluation"):
+        result = bench.run(quick=args.quick, device=args.device, threads=args.threads, batch_size=args.batch_size)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    m = result["machine"]
+    console.print(f"machine: {m['name']} ({m['device']}, {m['threads']} threads), torch {m['torch']}")
+    table = rich.table.Table(title=f"training step, batch {result['batch_size']} (median of interleaved rounds)")
+    for column in ("implementation", "ms/step", "samples/s", "speed-up"):
+        table.add_column(column, justify="left" if column == "implementation" else "right")
+    baseline = result["step_seconds"]["plain eager PyTorch"]
+    for name, seconds in result["step_seconds"].items():
+        table.add_row(name, f"{1000 * seconds:.2f}", f"{result['batch_size'] / seconds:,.0f}",
+                      f"{baseline / seconds:.2f}x")
+    console.print(table)
+    console.print(f"one epoch of {result['epoch_images']:,} images: {result['epoch_seconds']:.2f} s "
+                  f"+ validation {result['validation_seconds']:.2f} s")
+    console.print(f"evaluation: {result['eval_images_per_second']:,.0f} images/s")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -330,6 +356,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=1, help="number of seeds, from --seed on (default: 1)")
     p.add_argument("--out", default="runs/reproduce", help="output directory (default: runs/reproduce)")
     p.set_defaults(handler=cmd_reproduce)
+
+    p = commands.add_parser("bench", help="time training and evaluation against plain eager PyTorch",
+                            description="Time fmnist's training step and a plain eager PyTorch version of the "
+                                        "same network on the same batch, one epoch, and evaluation throughput.",
+                            epilog="examples:\n  fmnist bench\n  fmnist bench --threads 2 --json",
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="a few steps only, to check that it runs (default: off)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
+    p.add_argument("--batch-size", type=int, default=128, help="batch size (default: 128)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON (default: a table)")
+    p.set_defaults(handler=cmd_bench)
     return parser
 
 

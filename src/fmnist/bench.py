@@ -1,0 +1,136 @@
+"""Training speed, measured as ratios in one run: fmnist's step against a plain eager PyTorch baseline.
+
+The baseline is what a straightforward port looks like: NCHW nn.Conv2d, F.max_pool2d on an explicitly
+padded tensor, nn.Linear, torch.optim.Adam with default settings. Both see the same random batch;
+their timings are interleaved round by round and the median round is reported, so that a noisy,
+shared machine affects both alike.
+"""
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fmnist import model, train
+
+
+class PlainCNN(nn.Module):
+    """The same network written the plain way (the issue's eager baseline)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(1, 32, 2, stride=2), nn.Conv2d(32, 64, 2, stride=2)
+        self.dense1, self.dense2, self.dense3 = nn.Linear(3136, 256), nn.Linear(256, 128), nn.Linear(128, 10)
+
+    def forward(self, x):  # x: (N, 1, 28, 28)
+        x = F.max_pool2d(F.pad(F.relu(self.conv1(x)), (0, 1, 0, 1), value=float("-inf")), 2, stride=1)
+        x = F.max_pool2d(F.pad(F.relu(self.conv2(x)), (0, 1, 0, 1), value=float("-inf")), 2, stride=1)
+        x = F.dropout(F.relu(self.dense1(x.flatten(1))), 0.5, self.training)
+        x = F.dropout(F.relu(self.dense2(x)), 0.5, self.training)
+        return self.dense3(x)
+
+
+def step_function(network, optimizer, x, y, device):
+    def step():
+        loss = F.cross_entropy(network(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return step
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_steps(step, steps: int, device: torch.device) -> float:
+    """Seconds per step over `steps` steps."""
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    synchronize(device)
+    return (time.perf_counter() - start) / steps
+
+
+def compare_steps(batch_size: int, steps: int, rounds: int, device: torch.device) -> dict[str, float]:
+    """Median seconds per training step of fmnist and of the plain baseline, interleaved."""
+    torch.manual_seed(0)
+    x = torch.rand(batch_size, 28, 28, 1, device=device)
+    y = torch.randint(0, 10, (batch_size,), device=device)
+    ours = model.SeedCNN().to(device).train()
+    plain = PlainCNN().to(device).train()
+    steps_by_name = {
+        "fmnist": step_function(ours, train.KerasAdam(ours.parameters(), fused=True), x, y, device),
+        "plain eager PyTorch": step_function(plain, torch.optim.Adam(plain.parameters(), eps=1e-7),
+                                             x.permute(0, 3, 1, 2).contiguous(), y, device),
+    }
+    for step in steps_by_name.values():
+        time_steps(step, 3, device)  # warm-up: allocator, kernels, thread pool
+    samples = {name: [] for name in steps_by_name}
+    for _ in range(rounds):
+        for name, step in steps_by_name.items():
+            samples[name].append(time_steps(step, steps, device))
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def time_epoch(num_train: int, num_val: int, batch_size: int, device: torch.device) -> tuple[float, float]:
+    """(seconds for one training epoch, seconds for its validation) on random data of the real sizes."""
+    torch.manual_seed(0)
+    images = torch.rand(num_train + num_val, 28, 28, 1, device=device)
+    labels = torch.randint(0, 10, (num_train + num_val,), device=device)
+    network = model.SeedCNN().to(device)
+    optimizer = train.KerasAdam(network.parameters(), fused=True)
+    generator = torch.Generator().manual_seed(0)
+    synchronize(device)
+    start = time.perf_counter()
+    loss, _ = train.train_one_epoch(network, optimizer, images[:num_train], labels[:num_train], batch_size, generator)
+    loss.item()  # waits for the device
+    middle = time.perf_counter()
+    train.evaluate(network, images[num_train:], labels[num_train:])
+    return middle - start, time.perf_counter() - middle
+
+
+def evaluation_throughput(num_images: int, device: torch.device) -> float:
+    """Images per second through predict_probabilities (inference mode, large batches)."""
+    network = model.SeedCNN().to(device).eval()
+    images = torch.rand(num_images, 28, 28, 1, device=device)
+    train.predict_probabilities(network, images[:train.EVAL_BATCH_SIZE])  # warm-up
+    synchronize(device)
+    start = time.perf_counter()
+    train.predict_probabilities(network, images)
+    synchronize(device)
+    return num_images / (time.perf_counter() - start)
+
+
+def machine(device: torch.device) -> dict:
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = platform.processor() or platform.machine()
+        try:
+            with open("/proc/cpuinfo") as info:
+                name = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+        except (OSError, StopIteration):
+            pass
+    return {"device": str(device), "name": name, "threads": torch.get_num_threads(), "torch": torch.__version__}
+
+
+def run(quick: bool = False, device: str = "auto", threads: int | None = None, batch_size: int = 128) -> dict:
+    """Everything `fmnist bench` prints, as a dict."""
+    if threads:
+        torch.set_num_threads(threads)
+    target = train.resolve_device(device)
+    steps, rounds = (3, 2) if quick else (30, 7)
+    num_train, num_val, num_eval = (1_280, 320, 2_000) if quick else (48_000, 12_000, 10_000)
+    per_step = compare_steps(batch_size, steps, rounds, target)
+    epoch_seconds, val_seconds = time_epoch(num_train, num_val, batch_size, target)
+    return {"machine": machine(target), "batch_size": batch_size, "quick": quick,
+            "step_seconds": per_step, "speedup": per_step["plain eager PyTorch"] / per_step["fmnist"],
+            "epoch_seconds": epoch_seconds, "validation_seconds": val_seconds, "epoch_images": num_train,
+            "eval_images_per_second": evaluation_throughput(num_eval, target)}
