@@ -111,3 +111,13 @@ def test_dropout_only_in_training():
     assert torch.equal(network(x), network(x))
     network.train()
     assert not torch.equal(network(x), network(x))
+
+
+def test_dropout_zeroes_the_rate_and_keeps_the_mean():
+    torch.manual_seed(0)
+    x = torch.ones(1000, 256)
+    out = model.dropout(x, 0.5, training=True)
+    assert abs((out == 0).float().mean().item() - 0.5) < 0.01
+    assert set(out.unique().tolist()) == {0.0, 2.0}
+    assert abs(out.mean().item() - 1.0) < 0.02
+    assert model.dropout(x, 0.5, training=False) is x

@@ -4,12 +4,13 @@ Tensors are channels-last (N, H, W, C) throughout, as in Keras, so Flatten yield
 (row, column, channel) order. Parameters keep Keras's layouts: a convolution kernel is
 (kernel_h, kernel_w, in_channels, out_channels) ("HWIO"), a dense kernel is (in, out).
 
-Two speed tricks, each a small function checked against its plain version in the tests:
+Speed tricks, each a small function checked against its plain version in the tests:
 - `conv2x2_stride2`: a 2x2 convolution with stride 2 on an even-sized input has non-overlapping
   windows and (with Keras's "same" padding) no padding, so it is a reshape plus one matmul.
 - `max_pool_2x2_same`: stride-1 2x2 max pooling, Keras "same" padding (one row below and one
   column to the right, ignored by the max), kept in channels-last memory end to end: PyTorch's
   channels-last pooling kernel (and its backward) is several times faster than the NCHW one.
+- `dropout`: a uniform draw compared in place instead of a Bernoulli sampler.
 """
 from __future__ import annotations
 
@@ -71,6 +72,17 @@ def max_pool_2x2_same_reference(x: torch.Tensor) -> torch.Tensor:
     return F.max_pool2d(padded, kernel_size=2, stride=1).permute(0, 2, 3, 1)
 
 
+def dropout(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
+    """Inverted dropout as Keras's: zero a `rate` fraction, scale the rest by 1/(1-rate); identity in eval.
+
+    A uniform draw compared in place is about twice as fast on CPU as F.dropout's Bernoulli sampler.
+    """
+    if not training or rate == 0.0:
+        return x
+    mask = torch.rand_like(x).ge_(rate).mul_(1.0 / (1.0 - rate))  # 0 or 1/(1-rate), as float
+    return x * mask
+
+
 # ---------------------------------------------------------------------------------------------
 class KerasLayer(nn.Module):
     """A layer holding a Keras-layout `kernel` and a `bias`, initialised as Keras does."""
@@ -109,8 +121,8 @@ class SeedCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x)
-        x = F.dropout(F.relu(torch.addmm(self.dense1.bias, x, self.dense1.kernel)), self.dropout, self.training)
-        x = F.dropout(F.relu(torch.addmm(self.dense2.bias, x, self.dense2.kernel)), self.dropout, self.training)
+        x = dropout(F.relu(torch.addmm(self.dense1.bias, x, self.dense1.kernel)), self.dropout, self.training)
+        x = dropout(F.relu(torch.addmm(self.dense2.bias, x, self.dense2.kernel)), self.dropout, self.training)
         return torch.addmm(self.dense3.bias, x, self.dense3.kernel)  # (N, 10) logits
 
 

@@ -27,7 +27,7 @@ BATCH_SIZE = 128
 LEARNING_RATE = 1e-3
 BETA_1, BETA_2, EPSILON = 0.9, 0.999, 1e-7  # Keras's Adam defaults
 VALIDATION_FRACTION = 0.2
-EVAL_BATCH_SIZE = 2048
+EVAL_BATCH_SIZE = 512  # measured: ~2.5x the images/s of 2048 on a 2-core CPU (cache-sized)
 
 
 @dataclasses.dataclass(frozen=True)
