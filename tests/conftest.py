@@ -98,3 +98,20 @@ def require_real_data():
             pytest.fail(f"{REAL_DATA} is missing: CI must install dataset-fashion-mnist")
         pytest.skip("the Debian package dataset-fashion-mnist is not installed")
     return REAL_DATA
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """A small run trained once per test session on real data (3 epochs on 12,000 images, ~87 %)."""
+    require_real_data()
+    from fmnist import train
+
+    run_dir = tmp_path_factory.mktemp("trained") / "run"
+    train.fit(train.TrainConfig(epochs=3, limit=12_000, threads=2, seed=0), run_dir)
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def real_dataset():
+    require_real_data()
+    return data.load()

@@ -297,6 +297,75 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_predict(args) -> int:
+    """Top 3 per file; a bad file is reported in one line and the others are still predicted."""
+    import json
+
+    import PIL.Image
+
+    from fmnist import predict, runs
+
+    network = runs.load_model(Path(args.run), runs.BEST_WEIGHTS if args.weights == "best" else runs.WEIGHTS)
+    paths = predict.expand_paths(args.images)
+    if not paths:
+        raise errors.InputError("no image files found in " + ", ".join(map(str, args.images)))
+    results, failures = [], 0
+    for path in paths:
+        try:
+            pixels = predict.preprocess(predict.open_image(path, str(path)))
+        except errors.InputError as exc:
+            failures += 1
+            error_console.print(f"[bold red]error:[/] {rich.markup.escape(str(exc))}", soft_wrap=True)
+            results.append({"file": str(path), "error": str(exc)})
+            continue
+        top = predict.classify(network, pixels[None], k=args.top)[0]
+        results.append({"file": str(path), "top": top})
+        if args.save_preprocessed:
+            target = Path(args.save_preprocessed) / (path.stem + ".28x28.png")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            PIL.Image.fromarray(pixels).save(target)
+        if not args.json:
+            ranked = ", ".join(f"{t['class']} {t['probability']:.1%}" for t in top)
+            console.print(f"{path}: {ranked}", soft_wrap=True)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    return 1 if failures else 0
+
+
+def cmd_export(args) -> int:
+    from fmnist import data, export, runs
+
+    weights = runs.BEST_WEIGHTS if args.weights == "best" else runs.WEIGHTS
+    path = export.export_onnx(Path(args.run), Path(args.out) if args.out else None, weights)
+    console.print(f"wrote {path}")
+    if not args.no_verify:
+        dataset = data.load(data_dir=args.data_dir)
+        difference = export.verify(Path(args.run), path, dataset.test_images[:1000], weights)
+        console.print(f"checked: onnxruntime vs PyTorch on 1,000 test images, max abs difference {difference:.1e}")
+    return 0
+
+
+def cmd_import_keras(args) -> int:
+    from fmnist import keras_import
+
+    run_dir = keras_import.import_keras(Path(args.model), Path(args.out))
+    console.print(f"imported {args.model} into {run_dir}; next: fmnist evaluate {run_dir}")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from fmnist import serve
+
+    console.print(f"serving {args.run} on http://{args.host}:{args.port}/ (Ctrl-C stops)")
+    serve.serve(Path(args.run), host=args.host, port=args.port, max_bytes=args.max_bytes)
+    return 0
+
+
+def add_weights_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--weights", choices=("final", "best"), default="final",
+                        help="final weights or those of the lowest validation loss (default: final)")
+
+
 # ---------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -368,6 +437,55 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=128, help="batch size (default: 128)")
     p.add_argument("--json", action="store_true", help="print the results as JSON (default: a table)")
     p.set_defaults(handler=cmd_bench)
+
+    p = commands.add_parser("predict", help="classify your own images (PNG, JPEG, WebP, BMP, GIF, ...)",
+                            description="Classify images, preprocessed as Fashion-MNIST was made from product "
+                                        "photos. Prints the top classes per file; exit code 1 if any file failed.",
+                            epilog="examples:\n  fmnist predict runs/train shoe.jpg bag.png\n"
+                                   "  fmnist predict runs/train photos/ --json --save-preprocessed seen/",
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", help="run directory")
+    p.add_argument("images", nargs="+", type=Path, help="image files or directories")
+    p.add_argument("--top", type=int, default=3, help="classes to show per image (default: 3)")
+    p.add_argument("--json", action="store_true", help="print JSON (default: one line per file)")
+    p.add_argument("--save-preprocessed", metavar="DIR", help="save the 28x28 the model saw (default: don't)")
+    add_weights_option(p)
+    p.set_defaults(handler=cmd_predict)
+
+    p = commands.add_parser("export", help="export a run to ONNX (checked with onnxruntime)",
+                            description="Export to ONNX: input (N, 28, 28, 1) float32 in [0, 1], probabilities out, "
+                                        "class names in the metadata; verified against PyTorch on 1,000 test images.",
+                            epilog="example:\n  fmnist export runs/train --format onnx",
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", help="run directory")
+    p.add_argument("--format", choices=("onnx",), default="onnx", help="export format (default: onnx)")
+    p.add_argument("--out", help="output file (default: RUN/model.onnx)")
+    p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime check (default: check)")
+    add_weights_option(p)
+    add_data_options(p)
+    p.set_defaults(handler=cmd_export)
+
+    p = commands.add_parser("import-keras", help="turn a Keras .keras/.h5 model of the report's CNN into a run",
+                            description="Import a Keras model with the report's architecture (Keras 3 .keras or "
+                                        "legacy .h5). Reads JSON and arrays only: no code from the file runs.",
+                            epilog="example:\n  fmnist import-keras my_model.keras --out runs/keras\n"
+                                   "  fmnist evaluate runs/keras",
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", help="the .keras or .h5 file")
+    p.add_argument("--out", default="runs/keras", help="run directory to write (default: runs/keras)")
+    p.set_defaults(handler=cmd_import_keras)
+
+    p = commands.add_parser("serve", help="serve a run over HTTP, with a page to try images",
+                            description="HTTP server: POST /predict (raw image body or multipart, several files "
+                                        "allowed), GET /health, GET / (a page to drop images on).",
+                            epilog="example:\n  fmnist serve runs/train --port 8000\n"
+                                   "  curl -F file=@shoe.jpg http://127.0.0.1:8000/predict",
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", help="run directory")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    p.add_argument("--max-bytes", type=int, default=5 * 1024 * 1024, help="request size limit (default: 5 MB)")
+    p.set_defaults(handler=cmd_serve)
     return parser
 
 

@@ -1,0 +1,119 @@
+"""Predict on real images, preprocessed the way Fashion-MNIST was made from product photos.
+
+Xiao, Rasul and Vollgraf (2017), "Fashion-MNIST", section 2: trim the edges close to the corner
+pixels' colour, resize the longest edge to 28 by subsampling, sharpen (Gaussian, radius and sigma 1),
+pad the short edge to 28 with the object centred, negate, convert to 8-bit grayscale. Negation here
+happens only when the background (the 28x28 border) is light, so an already-dark image is left alone.
+"""
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import PIL.ImageFilter
+import PIL.ImageOps
+import torch
+
+from fmnist import data, errors, train
+
+MAX_PIXELS = 50_000_000         # larger images are refused (decompression bombs)
+TRIM_TOLERANCE = 0.05           # "close to the corner colour": within 5 % of the largest RGB distance
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+
+
+def open_image(source: Path | bytes, name: str, max_pixels: int = MAX_PIXELS) -> PIL.Image.Image:
+    """Decode a file or bytes fully (first frame), refusing what is not a sane image."""
+    try:
+        raw = source if isinstance(source, bytes) else Path(source).read_bytes()
+    except OSError as exc:
+        raise errors.InputError(f"{name}: cannot be read ({exc.strerror})") from None
+    if not raw:
+        raise errors.InputError(f"{name}: empty file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", PIL.Image.DecompressionBombWarning)
+            image = PIL.Image.open(io.BytesIO(raw))
+            width, height = image.size
+            if width * height > max_pixels or width < 1 or height < 1:
+                raise errors.InputError(f"{name}: {width}x{height} pixels is more than the limit of "
+                                        f"{max_pixels:,}")
+            image.seek(0)   # the first frame of a GIF or WebP animation
+            image.load()    # decode now: a truncated file fails here, not later
+    except errors.InputError:
+        raise
+    except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning):
+        raise errors.InputError(f"{name}: too many pixels, over the limit of {max_pixels:,} "
+                                f"(a decompression bomb?)") from None
+    except PIL.UnidentifiedImageError:
+        raise errors.InputError(f"{name}: not an image format Pillow can read") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise errors.InputError(f"{name}: damaged or truncated image ({exc})") from None
+    return image
+
+
+def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
+    """8-bit RGB; transparency composited onto white (a product photo's background)."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if values.max() > 255 else 255.0
+        image = PIL.Image.fromarray(np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8))
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        white = PIL.Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return PIL.Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def trim(image: PIL.Image.Image) -> tuple[PIL.Image.Image, tuple[int, int, int]]:
+    """Crop the edges whose colour is within TRIM_TOLERANCE of the corners' colour; return the colour too."""
+    pixels = np.asarray(image, dtype=np.int32)  # (H, W, 3)
+    corners = pixels[[0, 0, -1, -1], [0, -1, 0, -1]]
+    background = np.median(corners, axis=0)
+    distance = np.sqrt(((pixels - background) ** 2).sum(axis=2))
+    rows, cols = np.nonzero(distance > TRIM_TOLERANCE * np.sqrt(3) * 255)
+    color = tuple(int(c) for c in background)
+    if len(rows) == 0:
+        return image, color
+    return image.crop((cols.min(), rows.min(), cols.max() + 1, rows.max() + 1)), color
+
+
+def preprocess(image: PIL.Image.Image) -> np.ndarray:
+    """Any Pillow image -> (28, 28) uint8, light object on dark background."""
+    image, background = trim(to_rgb(image))
+    width, height = image.size
+    scale = data.IMAGE_SIZE / max(width, height)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    image = image.resize(size, PIL.Image.Resampling.NEAREST)  # the paper's subsampling
+    image = image.filter(PIL.ImageFilter.UnsharpMask(radius=1.0, percent=100, threshold=0))
+    canvas = PIL.Image.new("RGB", (data.IMAGE_SIZE, data.IMAGE_SIZE), background)
+    canvas.paste(image, ((data.IMAGE_SIZE - size[0]) // 2, (data.IMAGE_SIZE - size[1]) // 2))
+    gray = np.asarray(canvas.convert("L"))
+    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+    return 255 - gray if border.mean() > 127 else gray.copy()
+
+
+def top_classes(probabilities: np.ndarray, k: int = 3) -> list[dict]:
+    order = np.argsort(-probabilities, kind="stable")[:k]
+    return [{"label": int(i), "class": data.CLASS_NAMES[i], "probability": float(probabilities[i])} for i in order]
+
+
+def classify(network, images: np.ndarray, k: int = 3) -> list[list[dict]]:
+    """Top-k classes for preprocessed (N, 28, 28) uint8 images."""
+    device = next(network.parameters()).device
+    with torch.inference_mode():
+        probabilities = train.predict_probabilities(network, train.to_tensor(images, device)).cpu().numpy()
+    return [top_classes(row, k) for row in probabilities]
+
+
+def expand_paths(paths: list[Path]) -> list[Path]:
+    """Files as given; a directory contributes its image files, sorted."""
+    found = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            found.append(path)
+    return found

@@ -1,0 +1,121 @@
+"""Predicting on real image files: formats, the paper's preprocessing, and every kind of bad file."""
+from __future__ import annotations
+
+import io
+import json
+import struct
+import subprocess
+import sys
+import zlib
+
+import numpy as np
+import PIL.Image
+import pytest
+
+from fmnist import errors, predict, runs
+
+
+def as_product_photo(item: np.ndarray, size: int = 300) -> PIL.Image.Image:
+    """A Fashion-MNIST item as a product photo: dark object, large, on a white page with margins."""
+    big = PIL.Image.fromarray(255 - item).resize((size, size), PIL.Image.Resampling.BICUBIC)
+    page = PIL.Image.new("L", (size + 160, size + 100), 255)
+    page.paste(big, (90, 40))
+    return page.convert("RGB")
+
+
+def confident_correct(trained_run, dataset, count=5):
+    network = runs.load_model(trained_run)
+    tops = predict.classify(network, dataset.test_images[:200])
+    chosen = [i for i, top in enumerate(tops)
+              if top[0]["label"] == dataset.test_labels[i] and top[0]["probability"] > 0.9]
+    return network, chosen[:count]
+
+
+def test_large_inverted_jpeg_is_classified_as_the_original_item(tmp_path, trained_run, real_dataset):
+    network, chosen = confident_correct(trained_run, real_dataset)
+    assert len(chosen) == 5
+    for index in chosen:
+        path = tmp_path / f"item{index}.jpg"
+        as_product_photo(real_dataset.test_images[index]).save(path, quality=90)
+        pixels = predict.preprocess(predict.open_image(path, str(path)))
+        assert pixels.shape == (28, 28) and pixels.dtype == np.uint8
+        border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+        assert np.median(border) < 30, "white background negated to black"
+        top = predict.classify(network, pixels[None])[0][0]
+        assert top["label"] == real_dataset.test_labels[index], f"test item {index}"
+
+
+def test_formats_alpha_16_bit_gif_and_dark_images(tmp_path, real_dataset):
+    item = real_dataset.test_images[0]
+    photo = as_product_photo(item, 140)
+    reference = predict.preprocess(photo)
+    for suffix in ("png", "webp", "bmp"):
+        photo.save(tmp_path / f"p.{suffix}", **({"lossless": True} if suffix == "webp" else {}))
+        assert np.array_equal(predict.preprocess(predict.open_image(tmp_path / f"p.{suffix}", suffix)), reference)
+    # 16-bit grayscale: the same picture in 0..65535.
+    sixteen = PIL.Image.fromarray(np.asarray(photo.convert("L")).astype(np.uint16) * 257)
+    sixteen.save(tmp_path / "p16.png")
+    assert predict.open_image(tmp_path / "p16.png", "p16").mode.startswith("I")
+    assert np.abs(predict.preprocess(predict.open_image(tmp_path / "p16.png", "p16")).astype(int) - reference).max() <= 2
+    # Alpha: the object on a transparent background behaves as on white.
+    rgba = photo.convert("RGBA")
+    alpha = np.where(np.asarray(photo.convert("L")) > 250, 0, 255).astype(np.uint8)
+    rgba.putalpha(PIL.Image.fromarray(alpha))
+    rgba.save(tmp_path / "alpha.png")
+    assert np.abs(predict.preprocess(predict.open_image(tmp_path / "alpha.png", "a")).astype(int) - reference).mean() < 3
+    # GIF: the first frame counts.
+    frames = [photo.convert("P", palette=PIL.Image.Palette.ADAPTIVE, colors=256),
+              PIL.Image.new("RGB", photo.size, (0, 0, 0)).convert("P")]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    assert np.abs(predict.preprocess(predict.open_image(tmp_path / "anim.gif", "g")).astype(int) - reference).mean() < 3
+    # Already light-on-dark (like the dataset itself): not negated.
+    dark = PIL.Image.fromarray(255 - np.asarray(photo.convert("L")))
+    assert np.abs(predict.preprocess(dark).astype(int) - reference).mean() < 3
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that claims absurd dimensions (a decompression bomb's first bytes)."""
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 1000))
+            + chunk(b"IEND", b""))
+
+
+def write_bad_files(directory):
+    good = io.BytesIO()
+    PIL.Image.new("RGB", (64, 64), (200, 10, 10)).save(good, "PNG")
+    files = {"notes.txt": b"not an image at all", "empty.png": b"", "truncated.png": good.getvalue()[:60],
+             "bomb.png": png_header_only(100_000, 100_000)}
+    for name, raw in files.items():
+        (directory / name).write_bytes(raw)
+    return {name: directory / name for name in files}
+
+
+@pytest.mark.parametrize("name, message", [("notes.txt", "not an image format"), ("empty.png", "empty file"),
+                                           ("truncated.png", "damaged or truncated"), ("bomb.png", "limit")])
+def test_bad_files_give_clear_errors(tmp_path, name, message):
+    path = write_bad_files(tmp_path)[name]
+    with pytest.raises(errors.InputError, match=message):
+        predict.open_image(path, str(path))
+
+
+def test_cli_predicts_good_files_and_reports_bad_ones(tmp_path, trained_run, real_dataset):
+    bad = write_bad_files(tmp_path)
+    good = tmp_path / "coat.png"
+    as_product_photo(real_dataset.test_images[1]).save(good)
+    seen = tmp_path / "seen"
+    command = [sys.executable, "-m", "fmnist", "predict", str(trained_run), str(bad["notes.txt"]), str(good),
+               str(bad["bomb.png"]), "--save-preprocessed", str(seen)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.count("error:") == 2 and "notes.txt" in result.stderr and "bomb.png" in result.stderr
+    assert f"{good}:" in result.stdout and result.stdout.count("%") == 3
+    with PIL.Image.open(seen / "coat.28x28.png") as image:
+        assert image.size == (28, 28)
+    as_json = subprocess.run(command[:5] + [str(good), "--json"], capture_output=True, text=True)
+    assert as_json.returncode == 0
+    top = json.loads(as_json.stdout)[0]["top"]
+    assert len(top) == 3 and top[0]["probability"] >= top[1]["probability"] >= top[2]["probability"]
+    assert abs(sum(t["probability"] for t in top) - 1) < 0.2 or top[0]["probability"] > 0.5
