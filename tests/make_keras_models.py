@@ -1,0 +1,44 @@
+"""Run as a script (its own process, KERAS_BACKEND=torch): save real Keras models and Keras's predictions.
+
+usage: python make_keras_models.py OUT_DIR IMAGES.npy
+Writes seed.keras, seed.h5 (the report's architecture, random Glorot weights), expected.npy (Keras's
+own predictions on IMAGES), and wrong.keras / wrong.h5 (one layer differs).
+"""
+import os
+import sys
+
+os.environ["KERAS_BACKEND"] = "torch"
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+from keras import layers  # noqa: E402
+
+
+def seed_cnn(second_filters=64, padding="same"):
+    return keras.Sequential([
+        keras.Input((28, 28, 1)),
+        layers.Conv2D(32, (2, 2), strides=(2, 2), padding="same", activation="relu"),
+        layers.MaxPooling2D((2, 2), strides=(1, 1), padding="same"),
+        layers.Conv2D(second_filters, (2, 2), strides=(2, 2), padding=padding, activation="relu"),
+        layers.MaxPooling2D((2, 2), strides=(1, 1), padding="same"),
+        layers.Flatten(),
+        layers.Dense(256, activation="relu"), layers.Dropout(0.5),
+        layers.Dense(128, activation="relu"), layers.Dropout(0.5),
+        layers.Dense(10, activation="softmax"),
+    ])
+
+
+if __name__ == "__main__":
+    out, images = sys.argv[1], np.load(sys.argv[2])
+    keras.utils.set_random_seed(0)
+    model = seed_cnn()
+    # Non-zero biases, so that a bias mapped to the wrong place would show.
+    for layer in model.layers:
+        if layer.weights:
+            kernel, bias = layer.get_weights()
+            layer.set_weights([kernel, np.random.default_rng(1).normal(0, 0.05, bias.shape).astype("float32")])
+    model.save(os.path.join(out, "seed.keras"))
+    model.save(os.path.join(out, "seed.h5"))
+    np.save(os.path.join(out, "expected.npy"), model.predict(images, verbose=0))
+    seed_cnn(second_filters=48).save(os.path.join(out, "wrong.keras"))
+    seed_cnn(padding="valid").save(os.path.join(out, "wrong.h5"))

@@ -1,0 +1,35 @@
+"""ONNX export: a valid graph, a dynamic batch, class names in metadata, onnxruntime equal to PyTorch."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+
+from fmnist import data, evaluate, export, runs
+
+
+def test_onnx_matches_pytorch_on_1000_test_images(tmp_path, trained_run, real_dataset):
+    path = export.export_onnx(trained_run, tmp_path / "model.onnx")
+    exported = onnx.load(str(path))
+    onnx.checker.check_model(exported, full_check=True)
+    metadata = {prop.key: prop.value for prop in exported.metadata_props}
+    assert json.loads(metadata["class_names"]) == list(data.CLASS_NAMES)
+    assert exported.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    images = real_dataset.test_images[:1000]
+    ours = evaluate.predict(runs.load_model(trained_run), images)
+    theirs = export.onnx_probabilities(path, images)
+    assert theirs.shape == (1000, 10)
+    assert np.abs(theirs - ours).max() <= 1e-5
+    for batch in (1, 7):  # the batch dimension is dynamic
+        assert export.onnx_probabilities(path, images[:batch]).shape == (batch, 10)
+
+
+def test_cli_export_verifies(tmp_path, trained_run):
+    out = tmp_path / "exported.onnx"
+    result = subprocess.run([sys.executable, "-m", "fmnist", "export", str(trained_run), "--format", "onnx",
+                             "--out", str(out)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert out.is_file() and "max abs difference" in result.stdout
