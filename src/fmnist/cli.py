@@ -17,7 +17,7 @@ import rich.table
 import fmnist
 from fmnist import errors
 
-console = rich.console.Console(highlight=False)
+console = rich.console.Console(highlight=False, soft_wrap=True)  # never break a path across lines
 error_console = rich.console.Console(stderr=True, highlight=False)
 EXAMPLES = """examples:
   fmnist reproduce                        the whole report: data, 50 epochs, evaluation, HTML report
