@@ -7,7 +7,6 @@ shared machine affects both alike.
 """
 from __future__ import annotations
 
-import platform
 import statistics
 import time
 
@@ -34,9 +33,11 @@ class PlainCNN(nn.Module):
         return self.dense3(x)
 
 
-def step_function(network, optimizer, x, y, device):
+def step_function(network, optimizer, x, y, precision: str = "fp32"):
     def step():
-        loss = F.cross_entropy(network(x), y)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            logits = network(x)
+        loss = F.cross_entropy(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -58,7 +59,8 @@ def time_steps(step, steps: int, device: torch.device) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def compare_steps(batch_size: int, steps: int, rounds: int, device: torch.device) -> dict[str, float]:
+def compare_steps(batch_size: int, steps: int, rounds: int, device: torch.device,
+                  precision: str = "fp32") -> dict[str, float]:
     """Median seconds per training step of fmnist and of the plain baseline, interleaved."""
     torch.manual_seed(0)
     x = torch.rand(batch_size, 28, 28, 1, device=device)
@@ -66,9 +68,9 @@ def compare_steps(batch_size: int, steps: int, rounds: int, device: torch.device
     ours = model.SeedCNN().to(device).train()
     plain = PlainCNN().to(device).train()
     steps_by_name = {
-        "fmnist": step_function(ours, train.KerasAdam(ours.parameters(), fused=True), x, y, device),
+        "fmnist": step_function(ours, train.KerasAdam(ours.parameters(), fused=True), x, y, precision),
         "plain eager PyTorch": step_function(plain, torch.optim.Adam(plain.parameters(), eps=1e-7),
-                                             x.permute(0, 3, 1, 2).contiguous(), y, device),
+                                             x.permute(0, 3, 1, 2).contiguous(), y),
     }
     for step in steps_by_name.values():
         time_steps(step, 3, device)  # warm-up: allocator, kernels, thread pool
@@ -79,7 +81,8 @@ def compare_steps(batch_size: int, steps: int, rounds: int, device: torch.device
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
-def time_epoch(num_train: int, num_val: int, batch_size: int, device: torch.device) -> tuple[float, float]:
+def time_epoch(num_train: int, num_val: int, batch_size: int, device: torch.device,
+               precision: str = "fp32") -> tuple[float, float]:
     """(seconds for one training epoch, seconds for its validation) on random data of the real sizes."""
     torch.manual_seed(0)
     images = torch.rand(num_train + num_val, 28, 28, 1, device=device)
@@ -89,7 +92,8 @@ def time_epoch(num_train: int, num_val: int, batch_size: int, device: torch.devi
     generator = torch.Generator().manual_seed(0)
     synchronize(device)
     start = time.perf_counter()
-    loss, _ = train.train_one_epoch(network, optimizer, images[:num_train], labels[:num_train], batch_size, generator)
+    loss, _ = train.train_one_epoch(network, optimizer, images[:num_train], labels[:num_train], batch_size, generator,
+                                    precision=precision)
     loss.item()  # waits for the device
     middle = time.perf_counter()
     train.evaluate(network, images[num_train:], labels[num_train:])
@@ -108,29 +112,17 @@ def evaluation_throughput(num_images: int, device: torch.device) -> float:
     return num_images / (time.perf_counter() - start)
 
 
-def machine(device: torch.device) -> dict:
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-    else:
-        name = platform.processor() or platform.machine()
-        try:
-            with open("/proc/cpuinfo") as info:
-                name = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
-        except (OSError, StopIteration):
-            pass
-    return {"device": str(device), "name": name, "threads": torch.get_num_threads(), "torch": torch.__version__}
-
-
-def run(quick: bool = False, device: str = "auto", threads: int | None = None, batch_size: int = 128) -> dict:
+def run(quick: bool = False, device: str = "auto", threads: int | None = None, batch_size: int = 128,
+        precision: str = "fp32") -> dict:
     """Everything `fmnist bench` prints, as a dict."""
     if threads:
         torch.set_num_threads(threads)
     target = train.resolve_device(device)
     steps, rounds = (3, 2) if quick else (30, 7)
     num_train, num_val, num_eval = (1_280, 320, 2_000) if quick else (48_000, 12_000, 10_000)
-    per_step = compare_steps(batch_size, steps, rounds, target)
-    epoch_seconds, val_seconds = time_epoch(num_train, num_val, batch_size, target)
-    return {"machine": machine(target), "batch_size": batch_size, "quick": quick,
+    per_step = compare_steps(batch_size, steps, rounds, target, precision)
+    epoch_seconds, val_seconds = time_epoch(num_train, num_val, batch_size, target, precision)
+    return {"machine": train.describe_machine(target), "batch_size": batch_size, "quick": quick, "precision": precision,
             "step_seconds": per_step, "speedup": per_step["plain eager PyTorch"] / per_step["fmnist"],
             "epoch_seconds": epoch_seconds, "validation_seconds": val_seconds, "epoch_images": num_train,
             "eval_images_per_second": evaluation_throughput(num_eval, target)}

@@ -112,7 +112,7 @@ def train_config(args, **extra):
     from fmnist import train
 
     try:
-        return train.TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+        return train.TrainConfig(epochs=args.epochs or train.EPOCHS, batch_size=args.batch_size, learning_rate=args.learning_rate,
                                  validation_fraction=args.validation_fraction, seed=args.seed,
                                  threads=args.threads, device=args.device, limit=args.limit,
                                  data_dir=str(args.data_dir) if args.data_dir else None, dropout=args.dropout,
@@ -150,7 +150,7 @@ def cmd_train(args) -> int:
     console.quiet = os.environ.get("RANK", "0") != "0"  # under torchrun only rank 0 speaks
     if args.resume:
         run_dir = Path(args.resume)
-        overrides = {"epochs": args.epochs} if args.epochs_given else {}
+        overrides = {"epochs": args.epochs} if args.epochs else {}
         config = train.load_config(run_dir, **overrides)
         console.print(f"resuming {run_dir}")
     else:
@@ -177,7 +177,7 @@ def print_summary(network) -> None:
 
 
 def add_train_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--epochs", type=int, default=50, help="epochs (default: 50)")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs (default: 50)")
     parser.add_argument("--batch-size", type=int, default=128, help="batch size (default: 128)")
     parser.add_argument("--learning-rate", type=float, default=1e-3, help="Adam learning rate (default: 0.001)")
     parser.add_argument("--validation-fraction", type=float, default=0.2,
@@ -193,12 +193,6 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
                         help="bf16 autocast for speed on CPUs/GPUs that support it (default: fp32)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar (default: off)")
     add_data_options(parser)
-
-
-class EpochsAction(argparse.Action):
-    def __call__(self, parser, namespace, values, option_string=None):
-        setattr(namespace, self.dest, values)
-        namespace.epochs_given = True
 
 
 def cmd_evaluate(args) -> int:
@@ -277,12 +271,14 @@ def cmd_bench(args) -> int:
     from fmnist import bench
 
     with console.status("timing training steps, an epoch and evaluation"):
-        result = bench.run(quick=args.quick, device=args.device, threads=args.threads, batch_size=args.batch_size)
+        result = bench.run(quick=args.quick, device=args.device, threads=args.threads, batch_size=args.batch_size,
+                           precision=args.precision)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
     m = result["machine"]
-    console.print(f"machine: {m['name']} ({m['device']}, {m['threads']} threads), torch {m['torch']}")
+    console.print(f"machine: {m['device_name']} ({m['device']}, {m['threads']} threads), torch {m['torch']}; "
+                  f"fmnist in {result['precision']}")
     table = rich.table.Table(title=f"training step, batch {result['batch_size']} (median of interleaved rounds)")
     for column in ("implementation", "ms/step", "samples/s", "speed-up"):
         table.add_column(column, justify="left" if column == "implementation" else "right")
@@ -367,125 +363,118 @@ def add_weights_option(parser: argparse.ArgumentParser) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="fmnist", description="Train, evaluate, understand and use Fashion-MNIST classifiers.",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action="version", version=f"fmnist {fmnist.__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+def subcommand(commands, name: str, handler, summary: str, description: str, examples: list[str]):
+    parser = commands.add_parser(name, help=summary, description=description,
+                                 epilog="examples:\n" + "\n".join(f"  {e}" for e in examples),
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.set_defaults(handler=handler)
+    return parser
 
-    p = commands.add_parser("data", help="check the dataset, print a summary, write the sample grid",
-                            description="Find (or download) and verify Fashion-MNIST, print its shapes and "
-                                        "per-class counts, and write samples.png (first 25 training images).")
+
+def add_experiment_commands(commands) -> None:
+    """The report's steps: data, train, evaluate, report, reproduce (and bench, for speed)."""
+    p = subcommand(commands, "data", cmd_data, "check the dataset, print a summary, write the sample grid",
+                   "Find (or download) and verify Fashion-MNIST, print its shapes and per-class counts, and "
+                   "write samples.png (the first 25 training images).", ["fmnist data --out runs/data"])
     add_data_options(p)
     p.add_argument("--out", default="runs/data", help="where figures go (default: runs/data)")
-    p.set_defaults(handler=cmd_data)
 
-    p = commands.add_parser("train", help="train the report's CNN (50 epochs, Adam, batch 128)",
-                            description="Train the report's CNN with its settings; writes a run directory.",
-                            epilog="examples:\n  fmnist train --out runs/seed0\n  fmnist train --epochs 2 --limit "
-                                   "5000 --out runs/quick\n  fmnist train --resume runs/seed0",
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subcommand(commands, "train", cmd_train, "train the report's CNN (50 epochs, Adam, batch 128)",
+                   "Train the report's CNN with its settings; writes a run directory (see runs.py).",
+                   ["fmnist train --out runs/seed0", "fmnist train --epochs 2 --limit 5000 --out runs/quick",
+                    "fmnist train --resume runs/seed0",
+                    "torchrun --nproc-per-node 2 -m fmnist train --threads 1 --out runs/ddp"])
     add_train_options(p)
     p.add_argument("--out", default="runs/train", help="run directory to write (default: runs/train)")
-    p.add_argument("--resume", metavar="RUN", help="continue an interrupted run (its config is reused; "
-                                                    "--epochs may extend it)")
-    p.set_defaults(handler=cmd_train, epochs_given=False)
-    for action in p._actions:
-        if action.dest == "epochs":
-            action.__class__ = EpochsAction
+    p.add_argument("--resume", metavar="RUN", help="continue an interrupted run with its own settings "
+                                                    "(--epochs may extend it)")
 
-    p = commands.add_parser("evaluate", help="loss/accuracy on train and test, per-class table, figures",
-                            description="Evaluate a run on its training split and the test set; writes "
-                                        "metrics.json, predictions.csv and figures/.",
-                            epilog="example:\n  fmnist evaluate runs/train --weights best",
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subcommand(commands, "evaluate", cmd_evaluate, "loss/accuracy on train and test, per-class table, figures",
+                   "Evaluate a run on its training split and the test set; writes metrics.json, "
+                   "predictions.csv and figures/.", ["fmnist evaluate runs/train", "fmnist evaluate runs/train "
+                                                     "--weights best"])
     p.add_argument("run", help="run directory")
-    p.add_argument("--weights", choices=("final", "best"), default="final",
-                   help="final weights or those of the lowest validation loss (default: final, as the report)")
+    add_weights_option(p)
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
     add_data_options(p)
-    p.set_defaults(handler=cmd_evaluate)
 
-    p = commands.add_parser("report", help="write report.html and report.md for an evaluated run",
-                            description="One self-contained HTML page (and Markdown) for an evaluated run.",
-                            epilog="example:\n  fmnist report runs/train",
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subcommand(commands, "report", cmd_report, "write report.html and report.md for an evaluated run",
+                   "One self-contained HTML page (and its Markdown twin) for an evaluated run.",
+                   ["fmnist report runs/train"])
     p.add_argument("run", help="run directory (evaluated)")
-    p.set_defaults(handler=cmd_report)
 
-    p = commands.add_parser("reproduce", help="the whole report in one command: data, train, evaluate, report",
-                            description="Reproduce the report: data check and sample grid, training with its "
-                                        "settings, evaluation and report, for one or more seeds. Re-running "
-                                        "continues where it stopped.",
-                            epilog="examples:\n  fmnist reproduce\n  fmnist reproduce --seeds 3\n"
-                                   "  fmnist reproduce --epochs 1 --limit 3000 --out /tmp/quick",
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subcommand(commands, "reproduce", cmd_reproduce, "the whole report in one command",
+                   "Reproduce the report: data check and sample grid, training with its settings, evaluation "
+                   "and report, for one or more seeds. Re-running continues where it stopped.",
+                   ["fmnist reproduce", "fmnist reproduce --seeds 3",
+                    "fmnist reproduce --epochs 1 --limit 3000 --out /tmp/quick"])
     add_train_options(p)
     p.add_argument("--seeds", type=int, default=1, help="number of seeds, from --seed on (default: 1)")
     p.add_argument("--out", default="runs/reproduce", help="output directory (default: runs/reproduce)")
-    p.set_defaults(handler=cmd_reproduce)
 
-    p = commands.add_parser("bench", help="time training and evaluation against plain eager PyTorch",
-                            description="Time fmnist's training step and a plain eager PyTorch version of the "
-                                        "same network on the same batch, one epoch, and evaluation throughput.",
-                            epilog="examples:\n  fmnist bench\n  fmnist bench --threads 2 --json",
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subcommand(commands, "bench", cmd_bench, "time training and evaluation against plain eager PyTorch",
+                   "Time fmnist's training step and a plain eager PyTorch version of the same network on the "
+                   "same batch, one epoch, and evaluation throughput.",
+                   ["fmnist bench", "fmnist bench --threads 2 --json"])
     p.add_argument("--quick", action="store_true", help="a few steps only, to check that it runs (default: off)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
     p.add_argument("--batch-size", type=int, default=128, help="batch size (default: 128)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="fmnist's step precision "
+                                                                                  "(default: fp32)")
     p.add_argument("--json", action="store_true", help="print the results as JSON (default: a table)")
-    p.set_defaults(handler=cmd_bench)
 
-    p = commands.add_parser("predict", help="classify your own images (PNG, JPEG, WebP, BMP, GIF, ...)",
-                            description="Classify images, preprocessed as Fashion-MNIST was made from product "
-                                        "photos. Prints the top classes per file; exit code 1 if any file failed.",
-                            epilog="examples:\n  fmnist predict runs/train shoe.jpg bag.png\n"
-                                   "  fmnist predict runs/train photos/ --json --save-preprocessed seen/",
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
+
+def add_use_commands(commands) -> None:
+    """Using a trained model: predict, export, import-keras, serve."""
+    p = subcommand(commands, "predict", cmd_predict, "classify your own images (PNG, JPEG, WebP, BMP, GIF, ...)",
+                   "Classify images, preprocessed as Fashion-MNIST was made from product photos. Prints the "
+                   "top classes per file; exit code 1 if any file failed.",
+                   ["fmnist predict runs/train shoe.jpg bag.png",
+                    "fmnist predict runs/train photos/ --json --save-preprocessed seen/"])
     p.add_argument("run", help="run directory")
     p.add_argument("images", nargs="+", type=Path, help="image files or directories")
     p.add_argument("--top", type=int, default=3, help="classes to show per image (default: 3)")
     p.add_argument("--json", action="store_true", help="print JSON (default: one line per file)")
     p.add_argument("--save-preprocessed", metavar="DIR", help="save the 28x28 the model saw (default: don't)")
     add_weights_option(p)
-    p.set_defaults(handler=cmd_predict)
 
-    p = commands.add_parser("export", help="export a run to ONNX (checked with onnxruntime)",
-                            description="Export to ONNX: input (N, 28, 28, 1) float32 in [0, 1], probabilities out, "
-                                        "class names in the metadata; verified against PyTorch on 1,000 test images.",
-                            epilog="example:\n  fmnist export runs/train --format onnx",
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subcommand(commands, "export", cmd_export, "export a run to ONNX (checked with onnxruntime)",
+                   "Export to ONNX: input (N, 28, 28, 1) float32 in [0, 1], probabilities out, class names in "
+                   "the metadata; verified against PyTorch on 1,000 test images.",
+                   ["fmnist export runs/train --format onnx"])
     p.add_argument("run", help="run directory")
     p.add_argument("--format", choices=("onnx",), default="onnx", help="export format (default: onnx)")
     p.add_argument("--out", help="output file (default: RUN/model.onnx)")
     p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime check (default: check)")
     add_weights_option(p)
     add_data_options(p)
-    p.set_defaults(handler=cmd_export)
 
-    p = commands.add_parser("import-keras", help="turn a Keras .keras/.h5 model of the report's CNN into a run",
-                            description="Import a Keras model with the report's architecture (Keras 3 .keras or "
-                                        "legacy .h5). Reads JSON and arrays only: no code from the file runs.",
-                            epilog="example:\n  fmnist import-keras my_model.keras --out runs/keras\n"
-                                   "  fmnist evaluate runs/keras",
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subcommand(commands, "import-keras", cmd_import_keras, "turn a Keras .keras/.h5 model into a run",
+                   "Import a Keras model with the report's architecture (Keras 3 .keras or legacy .h5). Reads "
+                   "JSON and arrays only: no code from the file runs.",
+                   ["fmnist import-keras my_model.keras --out runs/keras", "fmnist evaluate runs/keras"])
     p.add_argument("model", help="the .keras or .h5 file")
     p.add_argument("--out", default="runs/keras", help="run directory to write (default: runs/keras)")
-    p.set_defaults(handler=cmd_import_keras)
 
-    p = commands.add_parser("serve", help="serve a run over HTTP, with a page to try images",
-                            description="HTTP server: POST /predict (raw image body or multipart, several files "
-                                        "allowed), GET /health, GET / (a page to drop images on).",
-                            epilog="example:\n  fmnist serve runs/train --port 8000\n"
-                                   "  curl -F file=@shoe.jpg http://127.0.0.1:8000/predict",
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subcommand(commands, "serve", cmd_serve, "serve a run over HTTP, with a page to try images",
+                   "HTTP server: POST /predict (raw image body or multipart, several files allowed), "
+                   "GET /health, GET / (a page to drop images on).",
+                   ["fmnist serve runs/train --port 8000", "curl -F file=@shoe.jpg http://127.0.0.1:8000/predict"])
     p.add_argument("run", help="run directory")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     p.add_argument("--max-bytes", type=int, default=5 * 1024 * 1024, help="request size limit (default: 5 MB)")
-    p.set_defaults(handler=cmd_serve)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fmnist", description="Train, evaluate, understand and use Fashion-MNIST classifiers.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"fmnist {fmnist.__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    add_experiment_commands(commands)
+    add_use_commands(commands)
     return parser
 
 

@@ -206,8 +206,16 @@ def new_state(config: TrainConfig, device: torch.device) -> TrainingState:
     return TrainingState(network, make_optimizer(network, config, device), generator)
 
 
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as info:
+            return next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def describe_machine(device: torch.device) -> dict:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     return {"fmnist": fmnist.__version__, "torch": torch.__version__, "python": platform.python_version(),
             "device": str(device), "device_name": name, "threads": torch.get_num_threads(), "cpus": os.cpu_count()}
 
