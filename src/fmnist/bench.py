@@ -115,6 +115,7 @@ def evaluation_throughput(num_images: int, device: torch.device) -> float:
 def run(quick: bool = False, device: str = "auto", threads: int | None = None, batch_size: int = 128,
         precision: str = "fp32") -> dict:
     """Everything `fmnist bench` prints, as a dict."""
+    train.flush_denormals()
     if threads:
         torch.set_num_threads(threads)
     target = train.resolve_device(device)

@@ -484,6 +484,10 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
+    if args.command != "data":  # every other command computes with torch
+        from fmnist import train
+
+        train.flush_denormals()  # first, so that torch's worker threads inherit it
     try:
         return args.handler(args)
     except errors.FmnistError as exc:

@@ -244,8 +244,19 @@ def start_or_resume(config: TrainConfig, run_dir: Path, resume: bool, device: to
     return state
 
 
+def flush_denormals() -> None:
+    """Treat subnormal floats as zero, as TensorFlow's CPU threads do.
+
+    Squares of tiny gradients in Adam's state become subnormal, and x86 CPUs handle those 10-100x
+    slower: measured, a late-training step went from ~26 to ~18 ms. The mode is per thread and new
+    threads inherit it, so call this before the first parallel torch op creates the OpenMP workers.
+    """
+    torch.set_flush_denormal(True)
+
+
 def setup(config: TrainConfig) -> tuple[Shard, torch.device]:
     """Threads, determinism, and (under torchrun) the process group: gloo on CPU, NCCL on GPU."""
+    flush_denormals()
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
