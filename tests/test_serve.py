@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import httpx
-import PIL.Image
 import pytest
 import uvicorn
 

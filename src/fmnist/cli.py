@@ -112,8 +112,8 @@ def train_config(args, **extra):
     from fmnist import train
 
     try:
-        return train.TrainConfig(epochs=args.epochs or train.EPOCHS, batch_size=args.batch_size, learning_rate=args.learning_rate,
-                                 validation_fraction=args.validation_fraction, seed=args.seed,
+        return train.TrainConfig(epochs=args.epochs or train.EPOCHS, batch_size=args.batch_size,
+                                 learning_rate=args.learning_rate, validation_fraction=args.validation_fraction, seed=args.seed,
                                  threads=args.threads, device=args.device, limit=args.limit,
                                  data_dir=str(args.data_dir) if args.data_dir else None, dropout=args.dropout,
                                  precision=args.precision, **extra)
@@ -125,7 +125,7 @@ def run_training(config, run_dir: Path, resume: bool = False, progress: bool = T
     """fit() with a progress bar and one line per epoch; Ctrl-C explains how to resume."""
     import math
 
-    from fmnist import data, model, runs, train
+    from fmnist import data, runs, train
 
     steps = math.ceil(data.split_index(config.limit or 60_000, config.validation_fraction) / config.batch_size)
     on_cpu = train.resolve_device(config.device).type == "cpu"

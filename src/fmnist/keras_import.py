@@ -52,13 +52,16 @@ def check_architecture(layers: list[dict]) -> list[str]:
         config = layer.get("config", {})
         name = config.get("name", "?")
         if layer.get("class_name") != expected_class:
-            raise errors.InputError(f"layer {index} ({name}) is {layer.get('class_name')}, expected {expected_class}")
+            raise errors.InputError(f"layer {index} ({name}) is {layer.get('class_name')}, "
+                                    f"expected {expected_class}")
         for key, expected in expected_config.items():
             found = normalise(key, config.get(key))
             if found != expected:
-                raise errors.InputError(f"layer {index} ({name}, {expected_class}): {key} is {found}, expected {expected}")
+                raise errors.InputError(f"layer {index} ({name}, {expected_class}): {key} is {found}, "
+                                        f"expected {expected}")
         if config.get("data_format", "channels_last") != "channels_last":
-            raise errors.InputError(f"layer {index} ({name}): data_format {config['data_format']}, expected channels_last")
+            raise errors.InputError(f"layer {index} ({name}): data_format {config['data_format']}, "
+                                    f"expected channels_last")
         if expected_class in ("Conv2D", "Dense"):
             names.append(name)
     return names

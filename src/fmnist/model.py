@@ -130,19 +130,22 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def summary(model: SeedCNN) -> list[tuple[str, str, int]]:
-    """(layer, output shape, params) rows like Keras's model.summary(), by tracing one input."""
-    shapes, params = {}, {name: count_parameters(getattr(model, name)) for name, _, _ in LAYERS}
-    x = torch.zeros(1, data.IMAGE_SIZE, data.IMAGE_SIZE, 1)
+def summary(network: SeedCNN) -> list[tuple[str, str, int]]:
+    """(layer, output shape, params) rows like Keras's model.summary(), traced with one blank image."""
+    def conv(layer):
+        return lambda x: F.relu(network.conv(x, layer.kernel, layer.bias))
+
+    stages = (("conv1 (Conv2D)", conv(network.conv1), network.conv1), ("pool1 (MaxPooling2D)", network.pool, None),
+              ("conv2 (Conv2D)", conv(network.conv2), network.conv2), ("pool2 (MaxPooling2D)", network.pool, None),
+              ("flatten (Flatten)", lambda x: x.reshape(1, -1), None),
+              ("dense1 (Dense)", lambda x: x @ network.dense1.kernel, network.dense1),
+              ("dropout1 (Dropout)", lambda x: x, None),
+              ("dense2 (Dense)", lambda x: x @ network.dense2.kernel, network.dense2),
+              ("dropout2 (Dropout)", lambda x: x, None),
+              ("dense3 (Dense, softmax)", lambda x: x @ network.dense3.kernel, network.dense3))
+    x, rows = torch.zeros(1, data.IMAGE_SIZE, data.IMAGE_SIZE, 1), []
     with torch.no_grad():
-        c1 = F.relu(model.conv(x, model.conv1.kernel, model.conv1.bias)); shapes["conv1"] = c1.shape
-        p1 = model.pool(c1); shapes["pool1"] = p1.shape
-        c2 = F.relu(model.conv(p1, model.conv2.kernel, model.conv2.bias)); shapes["conv2"] = c2.shape
-        shapes["pool2"] = model.pool(c2).shape
-    rows = [("conv1 (Conv2D)", shapes["conv1"], params["conv1"]), ("pool1 (MaxPooling2D)", shapes["pool1"], 0),
-            ("conv2 (Conv2D)", shapes["conv2"], params["conv2"]), ("pool2 (MaxPooling2D)", shapes["pool2"], 0),
-            ("flatten (Flatten)", (1, math.prod(shapes["pool2"][1:])), 0),
-            ("dense1 (Dense)", (1, DENSE_UNITS[0]), params["dense1"]), ("dropout1 (Dropout)", (1, DENSE_UNITS[0]), 0),
-            ("dense2 (Dense)", (1, DENSE_UNITS[1]), params["dense2"]), ("dropout2 (Dropout)", (1, DENSE_UNITS[1]), 0),
-            ("dense3 (Dense, softmax)", (1, data.NUM_CLASSES), params["dense3"])]
-    return [(name, str((None, *tuple(shape)[1:])), count) for name, shape, count in rows]
+        for label, stage, layer in stages:
+            x = stage(x)
+            rows.append((label, str((None, *x.shape[1:])), count_parameters(layer) if layer else 0))
+    return rows

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import datetime
 import html
+import re
 from pathlib import Path
 
 from fmnist import data, evaluate, model, runs
@@ -45,8 +46,8 @@ def generalisation_note(metrics: dict, history: list[dict]) -> str:
     train_m, test_m = metrics["train"], metrics["test"]
     text = (f"Training loss {train_m['loss']:.4f} against test loss {test_m['loss']:.4f} "
             f"({test_m['loss'] / max(train_m['loss'], 1e-12):.1f}x); training accuracy {train_m['accuracy']:.4f} "
-            f"against test accuracy {test_m['accuracy']:.4f} (a gap of {100 * (train_m['accuracy'] - test_m['accuracy']):.1f} "
-            f"points). ")
+            f"against test accuracy {test_m['accuracy']:.4f} "
+            f"(a gap of {100 * (train_m['accuracy'] - test_m['accuracy']):.1f} points). ")
     if history:
         best = min(history, key=lambda row: row["val_loss"])
         last = history[-1]
@@ -167,8 +168,6 @@ def to_html(blocks: list, figures_dir: Path) -> str:
 
 
 def to_markdown(blocks: list, figures_dir: Path) -> str:
-    import re
-
     lines = ["# Fashion-MNIST CNN: reproduction report", ""]
     for block in blocks:
         kind = block[0]

@@ -27,6 +27,7 @@ BATCH_SIZE = 128
 LEARNING_RATE = 1e-3
 BETA_1, BETA_2, EPSILON = 0.9, 0.999, 1e-7  # Keras's Adam defaults
 VALIDATION_FRACTION = 0.2
+CHECKPOINT_FORMAT = "fmnist-checkpoint-v1"
 EVAL_BATCH_SIZE = 512  # measured: ~2.5x the images/s of 2048 on a 2-core CPU (cache-sized)
 
 
@@ -93,7 +94,7 @@ def to_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(images).to(device).float().div_(255.0).unsqueeze(-1)
 
 
-def make_optimizer(network: torch.nn.Module, config: TrainConfig, device: torch.device) -> KerasAdam:
+def make_optimizer(network: torch.nn.Module, config: TrainConfig) -> KerasAdam:
     # fused: one kernel for all parameters (CPU and CUDA), the cheapest Adam step PyTorch has.
     return KerasAdam(network.parameters(), lr=config.learning_rate, fused=True)
 
@@ -176,10 +177,10 @@ class TrainingState:
     def checkpoint(self) -> dict:
         return {"model": self.network.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "shuffle_rng": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
-                "epoch": self.epoch, "format": runs.CHECKPOINT}
+                "epoch": self.epoch, "format": CHECKPOINT_FORMAT}
 
     def restore(self, saved: dict) -> None:
-        if saved.get("format") != runs.CHECKPOINT:
+        if saved.get("format") != CHECKPOINT_FORMAT:
             raise errors.RunError("the checkpoint is not an fmnist checkpoint")
         self.network.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
@@ -203,7 +204,7 @@ def new_state(config: TrainConfig, device: torch.device) -> TrainingState:
     torch.manual_seed(config.seed)  # initial weights and dropout masks
     network = model.SeedCNN(dropout=config.dropout).to(device)
     generator = torch.Generator().manual_seed(config.seed + 1)
-    return TrainingState(network, make_optimizer(network, config, device), generator)
+    return TrainingState(network, make_optimizer(network, config), generator)
 
 
 def cpu_name() -> str:
@@ -301,7 +302,8 @@ def fit(config: TrainConfig, run_dir: Path, resume: bool = False,
     state = start_or_resume(config, Path(run_dir), resume, device, write=shard.is_main)
     network = state.network
     if shard.world_size > 1:
-        network = torch.nn.parallel.DistributedDataParallel(network, device_ids=[device] if device.type == "cuda" else None)
+        device_ids = [device] if device.type == "cuda" else None
+        network = torch.nn.parallel.DistributedDataParallel(network, device_ids=device_ids)
     best = min((row["val_loss"] for row in state.history), default=math.inf)
     while state.epoch < config.epochs:
         state.history.append(run_epoch(state, network, train_data, val_data, config, shard,
