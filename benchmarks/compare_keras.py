@@ -1,0 +1,108 @@
+"""fmnist against the original framework (TensorFlow-Keras), on the same machine, in one run.
+
+TensorFlow is not a dependency of fmnist: install it in a virtual environment of its own
+(`python -m venv /tmp/tfenv && /tmp/tfenv/bin/pip install tensorflow-cpu`) and pass its Python:
+
+    python benchmarks/compare_keras.py --tf-python /tmp/tfenv/bin/python --rounds 3
+
+Each round runs one training epoch of the report's network on 48,000 random images at batch 128,
+first in TensorFlow-Keras (`model.fit`, as the report did), then in fmnist (`train.train_one_epoch`),
+each in a fresh process after a warm-up epoch on a few batches. The medians and their ratio are printed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+
+IMAGES = 48_000
+BATCH_SIZE = 128
+WARMUP_IMAGES = 1_280
+
+
+def keras_epoch_seconds(images: int) -> float:
+    import numpy as np
+    import tensorflow as tf
+    from tensorflow import keras
+    from tensorflow.keras import layers
+
+    model = keras.Sequential([
+        keras.Input((28, 28, 1)),
+        layers.Conv2D(32, (2, 2), strides=(2, 2), padding="same", activation="relu"),
+        layers.MaxPooling2D((2, 2), strides=(1, 1), padding="same"),
+        layers.Conv2D(64, (2, 2), strides=(2, 2), padding="same", activation="relu"),
+        layers.MaxPooling2D((2, 2), strides=(1, 1), padding="same"),
+        layers.Flatten(),
+        layers.Dense(256, activation="relu"), layers.Dropout(0.5),
+        layers.Dense(128, activation="relu"), layers.Dropout(0.5),
+        layers.Dense(10, activation="softmax")])
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=1e-3, epsilon=1e-7),
+                  loss="categorical_crossentropy", metrics=["accuracy"])
+    rng = np.random.default_rng(0)
+    x = rng.random((images, 28, 28, 1), dtype=np.float32)
+    y = tf.keras.utils.to_categorical(rng.integers(0, 10, images), 10)
+    model.fit(x[:WARMUP_IMAGES], y[:WARMUP_IMAGES], batch_size=BATCH_SIZE, epochs=1, verbose=0)
+    start = time.perf_counter()
+    model.fit(x, y, batch_size=BATCH_SIZE, epochs=1, verbose=0)
+    return time.perf_counter() - start
+
+
+def fmnist_epoch_seconds(images: int, threads: int) -> float:
+    import torch
+
+    from fmnist import model, train
+
+    train.flush_denormals()
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    x, y = torch.rand(images, 28, 28, 1), torch.randint(0, 10, (images,))
+    network = model.SeedCNN()
+    optimizer = train.KerasAdam(network.parameters(), fused=True)
+    generator = torch.Generator().manual_seed(0)
+    train.train_one_epoch(network, optimizer, x[:WARMUP_IMAGES], y[:WARMUP_IMAGES], BATCH_SIZE, generator)
+    start = time.perf_counter()
+    loss, _ = train.train_one_epoch(network, optimizer, x, y, BATCH_SIZE, generator)
+    loss.item()
+    return time.perf_counter() - start
+
+
+def worker_seconds(python: str, worker: str, images: int, threads: int) -> float:
+    command = [python, __file__, "--worker", worker, "--images", str(images), "--threads", str(threads)]
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])["seconds"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tf-python", help="a Python with tensorflow installed (default: none)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default: 3)")
+    parser.add_argument("--images", type=int, default=IMAGES, help=f"images per epoch (default: {IMAGES})")
+    parser.add_argument("--threads", type=int, default=2, help="fmnist's CPU threads (default: 2)")
+    parser.add_argument("--worker", choices=("tensorflow", "fmnist"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker == "tensorflow":
+        print(json.dumps({"seconds": keras_epoch_seconds(args.images)}))
+        return
+    if args.worker == "fmnist":
+        print(json.dumps({"seconds": fmnist_epoch_seconds(args.images, args.threads)}))
+        return
+    if not args.tf_python:
+        parser.error("--tf-python is required: the Python of an environment with tensorflow")
+    seconds = {"TensorFlow-Keras": [], "fmnist": []}
+    for round_number in range(1, args.rounds + 1):
+        seconds["TensorFlow-Keras"].append(worker_seconds(args.tf_python, "tensorflow", args.images, args.threads))
+        seconds["fmnist"].append(worker_seconds(sys.executable, "fmnist", args.images, args.threads))
+        print(f"round {round_number}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in seconds.items()), flush=True)
+    steps = -(-args.images // BATCH_SIZE)
+    medians = {name: statistics.median(values) for name, values in seconds.items()}
+    print(f"\none training epoch, {args.images:,} images, batch {BATCH_SIZE} ({steps} steps), median of {args.rounds}:")
+    for name, value in medians.items():
+        print(f"  {name:18s} {value:6.2f} s  {1000 * value / steps:6.2f} ms/step")
+    print(f"  fmnist speed-up: {medians['TensorFlow-Keras'] / medians['fmnist']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
