@@ -3,7 +3,7 @@
 TensorFlow is not a dependency of fmnist: install it in a virtual environment of its own
 (`python -m venv /tmp/tfenv && /tmp/tfenv/bin/pip install tensorflow-cpu`) and pass its Python:
 
-    python benchmarks/compare_keras.py --tf-python /tmp/tfenv/bin/python --rounds 3
+    python benchmarks/compare_keras.py --tf-python /tmp/tfenv/bin/python --rounds 3 [--precision bf16]
 
 Each round runs one training epoch of the report's network on 48,000 random images at batch 128,
 first in TensorFlow-Keras (`model.fit`, as the report did), then in fmnist (`train.train_one_epoch`),
@@ -50,7 +50,7 @@ def keras_epoch_seconds(images: int) -> float:
     return time.perf_counter() - start
 
 
-def fmnist_epoch_seconds(images: int, threads: int) -> float:
+def fmnist_epoch_seconds(images: int, threads: int, precision: str) -> float:
     import torch
 
     from fmnist import model, train
@@ -62,15 +62,17 @@ def fmnist_epoch_seconds(images: int, threads: int) -> float:
     network = model.SeedCNN()
     optimizer = train.KerasAdam(network.parameters(), fused=True)
     generator = torch.Generator().manual_seed(0)
-    train.train_one_epoch(network, optimizer, x[:WARMUP_IMAGES], y[:WARMUP_IMAGES], BATCH_SIZE, generator)
+    train.train_one_epoch(network, optimizer, x[:WARMUP_IMAGES], y[:WARMUP_IMAGES], BATCH_SIZE, generator,
+                          precision=precision)
     start = time.perf_counter()
-    loss, _ = train.train_one_epoch(network, optimizer, x, y, BATCH_SIZE, generator)
+    loss, _ = train.train_one_epoch(network, optimizer, x, y, BATCH_SIZE, generator, precision=precision)
     loss.item()
     return time.perf_counter() - start
 
 
-def worker_seconds(python: str, worker: str, images: int, threads: int) -> float:
-    command = [python, __file__, "--worker", worker, "--images", str(images), "--threads", str(threads)]
+def worker_seconds(python: str, worker: str, args) -> float:
+    command = [python, __file__, "--worker", worker, "--images", str(args.images), "--threads", str(args.threads),
+               "--precision", args.precision]
     result = subprocess.run(command, capture_output=True, text=True, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])["seconds"]
 
@@ -81,20 +83,22 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default: 3)")
     parser.add_argument("--images", type=int, default=IMAGES, help=f"images per epoch (default: {IMAGES})")
     parser.add_argument("--threads", type=int, default=2, help="fmnist's CPU threads (default: 2)")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                        help="fmnist's precision; TensorFlow-Keras runs float32 as the report did (default: fp32)")
     parser.add_argument("--worker", choices=("tensorflow", "fmnist"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker == "tensorflow":
         print(json.dumps({"seconds": keras_epoch_seconds(args.images)}))
         return
     if args.worker == "fmnist":
-        print(json.dumps({"seconds": fmnist_epoch_seconds(args.images, args.threads)}))
+        print(json.dumps({"seconds": fmnist_epoch_seconds(args.images, args.threads, args.precision)}))
         return
     if not args.tf_python:
         parser.error("--tf-python is required: the Python of an environment with tensorflow")
     seconds = {"TensorFlow-Keras": [], "fmnist": []}
     for round_number in range(1, args.rounds + 1):
-        seconds["TensorFlow-Keras"].append(worker_seconds(args.tf_python, "tensorflow", args.images, args.threads))
-        seconds["fmnist"].append(worker_seconds(sys.executable, "fmnist", args.images, args.threads))
+        seconds["TensorFlow-Keras"].append(worker_seconds(args.tf_python, "tensorflow", args))
+        seconds["fmnist"].append(worker_seconds(sys.executable, "fmnist", args))
         print(f"round {round_number}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in seconds.items()), flush=True)
     steps = -(-args.images // BATCH_SIZE)
     medians = {name: statistics.median(values) for name, values in seconds.items()}
