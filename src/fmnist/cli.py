@@ -76,6 +76,7 @@ class EpochProgress:
         import rich.progress
 
         self.epochs, self.steps, self.show_values = epochs, steps, show_values
+        self.epoch = 0  # epochs finished so far
         self.bar = rich.progress.Progress(
             rich.progress.TextColumn("{task.description}"), rich.progress.BarColumn(),
             rich.progress.MofNCompleteColumn(), rich.progress.TextColumn("{task.fields[values]}"),
@@ -103,9 +104,7 @@ class EpochProgress:
             self.bar.remove_task(self.task)
             self.task = None
         self.epoch = row["epoch"]
-        console.print(keras_line(row, self.epochs), soft_wrap=True)
-
-    epoch = 0
+        console.print(keras_line(row, self.epochs))
 
 
 def train_config(args, **extra):
@@ -113,8 +112,8 @@ def train_config(args, **extra):
 
     try:
         return train.TrainConfig(epochs=args.epochs or train.EPOCHS, batch_size=args.batch_size,
-                                 learning_rate=args.learning_rate, validation_fraction=args.validation_fraction, seed=args.seed,
-                                 threads=args.threads, device=args.device, limit=args.limit,
+                                 learning_rate=args.learning_rate, validation_fraction=args.validation_fraction,
+                                 seed=args.seed, threads=args.threads, device=args.device, limit=args.limit,
                                  data_dir=str(args.data_dir) if args.data_dir else None, dropout=args.dropout,
                                  precision=args.precision, **extra)
     except ValueError as exc:
@@ -127,7 +126,8 @@ def run_training(config, run_dir: Path, resume: bool = False, progress: bool = T
 
     from fmnist import data, runs, train
 
-    steps = math.ceil(data.split_index(config.limit or 60_000, config.validation_fraction) / config.batch_size)
+    images = config.limit or data.FILES["train_images"].count
+    steps = math.ceil(data.split_index(images, config.validation_fraction) / config.batch_size)
     on_cpu = train.resolve_device(config.device).type == "cpu"
     with EpochProgress(config.epochs, steps, show_values=on_cpu, enabled=progress) as bar:
         if resume:
