@@ -44,6 +44,8 @@ def test_short_training_learns_writes_run_dir_and_is_reproducible(tmp_path):
     assert json.loads(metadata["class_names"])[9] == "Ankle boot" and metadata["architecture"] == model.ARCHITECTURE
     train.fit(config, tmp_path / "b")
     assert_same_weights(tmp_path / "a", tmp_path / "b")
+    with pytest.raises(errors.RunError, match="already holds a run"):  # a finished run is never overwritten
+        train.fit(config, tmp_path / "a")
     train.fit(train.TrainConfig(epochs=2, seed=4, **QUICK), tmp_path / "c")
     assert not torch.equal(weights(tmp_path / "a")["dense1.kernel"], weights(tmp_path / "c")["dense1.kernel"])
 

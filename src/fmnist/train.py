@@ -236,6 +236,9 @@ def save_epoch(run_dir: Path, state: TrainingState, best_val_loss: float) -> flo
 def start_or_resume(config: TrainConfig, run_dir: Path, resume: bool, device: torch.device,
                     write: bool = True) -> TrainingState:
     state = new_state(config, device)
+    if write and not resume and (run_dir / runs.CONFIG).exists():  # rank 0 decides; others follow
+        raise errors.RunError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, "
+                              f"or write to another directory")
     if resume:
         state.restore(runs.load_checkpoint(run_dir / runs.CHECKPOINT))
         state.history = runs.read_json(run_dir / runs.HISTORY)[:state.epoch] if state.epoch else []
