@@ -236,9 +236,6 @@ def save_epoch(run_dir: Path, state: TrainingState, best_val_loss: float) -> flo
 def start_or_resume(config: TrainConfig, run_dir: Path, resume: bool, device: torch.device,
                     write: bool = True) -> TrainingState:
     state = new_state(config, device)
-    if write and not resume and (run_dir / runs.CONFIG).exists():  # rank 0 decides; others follow
-        raise errors.RunError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, "
-                              f"or write to another directory")
     if resume:
         state.restore(runs.load_checkpoint(run_dir / runs.CHECKPOINT))
         state.history = runs.read_json(run_dir / runs.HISTORY)[:state.epoch] if state.epoch else []
@@ -301,6 +298,11 @@ def fit(config: TrainConfig, run_dir: Path, resume: bool = False,
     Under torchrun every process trains its shard of each global batch; only rank 0 writes or reports.
     """
     shard, device = setup(config)
+    if not resume and (Path(run_dir) / runs.CONFIG).exists():
+        raise errors.RunError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, "
+                              f"or write to another directory")
+    if shard.world_size > 1:
+        torch.distributed.barrier()  # every rank has looked before rank 0 writes anything
     train_data, val_data = prepare_data(config, device)
     state = start_or_resume(config, Path(run_dir), resume, device, write=shard.is_main)
     network = state.network
