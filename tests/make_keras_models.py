@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 from keras import layers  # noqa: E402
 
 
-def seed_cnn(second_filters=64, padding="same"):
+def seed_cnn(second_filters=64, padding="same", dropout=0.5):
     return keras.Sequential([
         keras.Input((28, 28, 1)),
         layers.Conv2D(32, (2, 2), strides=(2, 2), padding="same", activation="relu"),
@@ -22,8 +22,8 @@ def seed_cnn(second_filters=64, padding="same"):
         layers.Conv2D(second_filters, (2, 2), strides=(2, 2), padding=padding, activation="relu"),
         layers.MaxPooling2D((2, 2), strides=(1, 1), padding="same"),
         layers.Flatten(),
-        layers.Dense(256, activation="relu"), layers.Dropout(0.5),
-        layers.Dense(128, activation="relu"), layers.Dropout(0.5),
+        layers.Dense(256, activation="relu"), layers.Dropout(dropout),
+        layers.Dense(128, activation="relu"), layers.Dropout(dropout),
         layers.Dense(10, activation="softmax"),
     ])
 
