@@ -4,7 +4,6 @@ Every function takes plain arrays and a path, writes one PNG atomically and retu
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import matplotlib
@@ -13,7 +12,7 @@ matplotlib.use("Agg")  # files only: never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from fmnist import data  # noqa: E402
+from fmnist import data, runs  # noqa: E402
 
 DPI = 100
 WRONG_COLOR = "#c62828"
@@ -21,13 +20,11 @@ RIGHT_COLOR = "#2e7d32"
 
 
 def save(figure, path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    figure.savefig(tmp, dpi=DPI, format="png")
-    plt.close(figure)
-    os.replace(tmp, path)
-    return path
+    """Write the figure as PNG atomically (runs.write_atomic) and free it."""
+    try:
+        return runs.write_atomic(Path(path), lambda tmp: figure.savefig(tmp, dpi=DPI, format="png"))
+    finally:
+        plt.close(figure)
 
 
 def image_grid(images: np.ndarray, captions: list[str], path: Path, colors: list[str] | None = None,
