@@ -16,7 +16,8 @@ def test_bench_quick_runs_and_reports_ratios():
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     steps = report["step_seconds"]
-    assert set(steps) == {"fmnist", "plain eager PyTorch"} and all(s > 0 for s in steps.values())
+    assert set(steps) == {"fmnist", "fmnist, PyTorch ops only", "plain eager PyTorch"}
+    assert all(s > 0 for s in steps.values()) and 0 < report["matmul_seconds"]
     assert abs(report["speedup"] - steps["plain eager PyTorch"] / steps["fmnist"]) < 1e-9
     assert report["eval_images_per_second"] > 0 and report["epoch_seconds"] > 0
     assert report["machine"]["threads"] == 2 and report["machine"]["torch"] == torch.__version__
@@ -27,6 +28,7 @@ def test_bench_table_output():
                             timeout=240)
     assert result.returncode == 0, result.stderr
     assert "ms/step" in result.stdout and "plain eager PyTorch" in result.stdout and "images/s" in result.stdout
+    assert "matrix products alone" in result.stdout
 
 
 def test_baseline_is_the_same_network():

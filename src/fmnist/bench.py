@@ -66,9 +66,12 @@ def compare_steps(batch_size: int, steps: int, rounds: int, device: torch.device
     x = torch.rand(batch_size, 28, 28, 1, device=device)
     y = torch.randint(0, 10, (batch_size,), device=device)
     ours = model.SeedCNN().to(device).train()
+    unfused = model.SeedCNN(implementation="torch").to(device).train()
     plain = PlainCNN().to(device).train()
     steps_by_name = {
         "fmnist": step_function(ours, train.KerasAdam(ours.parameters(), fused=True), x, y, precision),
+        "fmnist, PyTorch ops only": step_function(unfused, train.KerasAdam(unfused.parameters(), fused=True), x, y,
+                                                  precision),
         "plain eager PyTorch": step_function(plain, torch.optim.Adam(plain.parameters(), eps=1e-7),
                                              x.permute(0, 3, 1, 2).contiguous(), y),
     }
@@ -79,6 +82,27 @@ def compare_steps(batch_size: int, steps: int, rounds: int, device: torch.device
         for name, step in steps_by_name.items():
             samples[name].append(time_steps(step, steps, device))
     return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def matmul_seconds(batch_size: int, steps: int, device: torch.device) -> float:
+    """Seconds per step for the training step's matrix products alone (forward and backward, float32).
+
+    No implementation that uses PyTorch's matmul can take less: this is the floor under the step time.
+    """
+    rows = {"conv1": batch_size * 196, "conv2": batch_size * 49, "dense": batch_size}
+    shapes = [(rows["conv1"], 4, 32), (rows["conv2"], 128, 64), (batch_size, 3136, 256), (batch_size, 256, 128),
+              (batch_size, 128, 10)]  # (rows, in, out) of each layer's product
+    operands = [(torch.rand(m, k, device=device), torch.rand(k, n, device=device), torch.rand(m, n, device=device))
+                for m, k, n in shapes]
+
+    def step():
+        for index, (x, w, grad) in enumerate(operands):
+            x @ w            # forward
+            x.t() @ grad     # kernel gradient
+            if index:        # input gradient (the first layer's input is the image: none needed)
+                grad @ w.t()
+    time_steps(step, 3, device)
+    return min(time_steps(step, steps, device) for _ in range(3))
 
 
 def time_epoch(num_train: int, num_val: int, batch_size: int, device: torch.device,
@@ -125,5 +149,6 @@ def run(quick: bool = False, device: str = "auto", threads: int | None = None, b
     epoch_seconds, val_seconds = time_epoch(num_train, num_val, batch_size, target, precision)
     return {"machine": train.describe_machine(target), "batch_size": batch_size, "quick": quick, "precision": precision,
             "step_seconds": per_step, "speedup": per_step["plain eager PyTorch"] / per_step["fmnist"],
+            "matmul_seconds": matmul_seconds(batch_size, steps, target),
             "epoch_seconds": epoch_seconds, "validation_seconds": val_seconds, "epoch_images": num_train,
             "eval_images_per_second": evaluation_throughput(num_eval, target)}

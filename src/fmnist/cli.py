@@ -287,6 +287,8 @@ def cmd_bench(args) -> int:
         table.add_row(name, f"{1000 * seconds:.2f}", f"{result['batch_size'] / seconds:,.0f}",
                       f"{baseline / seconds:.2f}x")
     console.print(table)
+    console.print(f"the step's matrix products alone (the floor under any step here): "
+                  f"{1000 * result['matmul_seconds']:.2f} ms")
     console.print(f"one epoch of {result['epoch_images']:,} images: {result['epoch_seconds']:.2f} s "
                   f"+ validation {result['validation_seconds']:.2f} s")
     console.print(f"evaluation: {result['eval_images_per_second']:,.0f} images/s")

@@ -11,6 +11,8 @@ Speed tricks, each a small function checked against its plain version in the tes
   column to the right, ignored by the max), kept in channels-last memory end to end: PyTorch's
   channels-last pooling kernel (and its backward) is several times faster than the NCHW one.
 - `dropout`: a uniform draw compared in place instead of a Bernoulli sampler.
+- on the CPU in float32, each convolution block's bias + ReLU + pooling is one fused pass forward and
+  one backward (`kernels.py`, numba), bit-identical to the forms above; they serve CUDA, bf16 and ONNX.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fmnist import data
+from fmnist import data, kernels
 
 # Hyperparameters of the report's network (shared/SPEC.md).
 CONV_FILTERS = (32, 64)
@@ -103,21 +105,45 @@ class KerasLayer(nn.Module):
             self.bias.zero_()
 
 
-class SeedCNN(nn.Module):
-    """Input (N, 28, 28, 1) floats in [0, 1]; output (N, 10) logits (softmax gives Keras's output)."""
+IMPLEMENTATIONS = ("fused", "torch", "reference")
 
-    def __init__(self, dropout: float = DROPOUT, fast: bool = True):
+
+class SeedCNN(nn.Module):
+    """Input (N, 28, 28, 1) floats in [0, 1]; output (N, 10) logits (softmax gives Keras's output).
+
+    `implementation` picks how the convolution blocks run, all computing the same function:
+    "fused" (default) uses the CPU kernels where they apply and the PyTorch fast forms elsewhere,
+    "torch" the PyTorch fast forms only, "reference" the plain forms.
+    """
+
+    def __init__(self, dropout: float = DROPOUT, implementation: str = "fused"):
         super().__init__()
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
         for name, _, shapes in LAYERS:
             self.add_module(name, KerasLayer(shapes["kernel"], shapes["bias"]))
         self.dropout = dropout
-        self.conv = conv2x2_stride2 if fast else conv2x2_stride2_reference
-        self.pool = max_pool_2x2_same if fast else max_pool_2x2_same_reference
+        self.implementation = implementation
+        plain = implementation == "reference"
+        self.conv = conv2x2_stride2_reference if plain else conv2x2_stride2
+        self.pool = max_pool_2x2_same_reference if plain else max_pool_2x2_same
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
+        if self.implementation == "fused" and kernels.applicable(x) and not x.requires_grad:
+            return self.features_fused(x)
         x = self.pool(F.relu(self.conv(x, self.conv1.kernel, self.conv1.bias)))  # (N, 14, 14, 32)
         x = self.pool(F.relu(self.conv(x, self.conv2.kernel, self.conv2.bias)))  # (N, 7, 7, 64)
         return x.reshape(x.shape[0], -1)  # (N, 3136) in (row, column, channel) order, as Keras's Flatten
+
+    def features_fused(self, x: torch.Tensor) -> torch.Tensor:
+        """The same features with the CPU kernels: two matmuls and two fused passes."""
+        n, size = x.shape[0], x.shape[1] // 2
+        windows = kernels.space_to_depth(x)                          # (N*14*14, 4): conv1's 2x2 windows
+        z = windows @ self.conv1.kernel.reshape(windows.shape[1], -1)  # (N*14*14, 32), bias not yet added
+        windows = kernels.bias_relu_pool(z.view(n, size, size, -1), self.conv1.bias, patches=True)  # (N*7*7, 128)
+        z = windows @ self.conv2.kernel.reshape(windows.shape[1], -1)  # (N*7*7, 64)
+        x = kernels.bias_relu_pool(z.view(n, size // 2, size // 2, -1), self.conv2.bias)  # (N, 7, 7, 64)
+        return x.reshape(n, -1)                                      # (N, 3136), Keras's Flatten order
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x)

@@ -1,0 +1,173 @@
+"""Fused CPU kernels (numba) for the convolution blocks: bias + ReLU + Keras "same" 2x2 stride-1 pooling.
+
+Why: on a CPU the network's arithmetic is in its matmuls; everything between them is memory passes.
+PyTorch's eager form of one block (addmm broadcasting the bias, ReLU, a -inf pad, max_pool2d writing
+int64 indices, the permute copy that makes the next convolution's windows) reads and writes the
+14x14x32 activations about ten times, and its backward as often again. Here a block is:
+
+    z = windows @ kernel                      (PyTorch's matmul, no bias)
+    out = bias_relu_pool(z, bias)             (one pass: bias, ReLU, pool, 1-byte winner codes)
+
+and the backward is one pass too: each input gathers the gradients of the (up to four) windows whose
+first maximum it is, in the order PyTorch's max_pool2d backward adds them, so the result is
+bit-identical to `max_pool_2x2_same(relu(z + bias))`. The first block can write its output straight in
+the second convolution's window order ("patches"), which removes the permute copy and its backward.
+
+Pooling semantics (Keras "same", stride 1, pool 2x2): window (i, j) covers (i, j), (i, j+1), (i+1, j),
+(i+1, j+1); cells past the bottom/right edge are padding that never wins. Ties go to the first cell in
+that order, as in PyTorch and TensorFlow. `bias_relu_pool` handles float32 CPU tensors; the model uses
+the plain PyTorch forms everywhere else (CUDA, bf16 autocast, ONNX tracing).
+"""
+from __future__ import annotations
+
+import functools
+import warnings
+
+import numba
+import numpy as np
+import torch
+
+# A thread-safe threading layer (OpenMP or TBB): the HTTP server runs predictions on several threads,
+# and numba's default fallback ("workqueue") aborts the process on concurrent parallel calls.
+numba.config.THREADING_LAYER = "threadsafe"
+
+ZERO = np.float32(0.0)
+NO_WINNER = np.int8(4)  # the window's maximum is <= 0: ReLU makes it 0 and no gradient flows
+JIT = dict(parallel=True, cache=True, boundscheck=False, nogil=True)
+
+
+@numba.njit(cache=True, inline="always")
+def _row(b, i, j, h, w, patches):
+    """Row of activation (b, i, j) in the output: NHWC order, or the next conv's 2x2 windows."""
+    if patches:  # (N, H/2, W/2, 2, 2, C): window (i//2, j//2), offset (i%2, j%2) inside it
+        return (((b * (h // 2) + i // 2) * (w // 2) + j // 2) * 2 + i % 2) * 2 + j % 2
+    return (b * h + i) * w + j
+
+
+@numba.njit(**JIT)
+def _forward(z, bias, out, code, patches):
+    """out[row(b,i,j)] = max(0, max of window (i,j) of z + bias); code = which cell won (0-3) or 4."""
+    n, h, w, c = z.shape
+    for b in numba.prange(n):
+        for i in range(h):
+            i1 = min(i + 1, h - 1)  # at the edge the window repeats a cell: a repeat never wins a tie
+            for j in range(w):
+                j1 = min(j + 1, w - 1)
+                r0, r1, r2, r3 = z[b, i, j], z[b, i, j1], z[b, i1, j], z[b, i1, j1]
+                o, k_code = out[_row(b, i, j, h, w, patches)], code[b, i, j]
+                for k in range(c):  # channels are contiguous: this loop vectorizes
+                    a0, a1, a2, a3 = r0[k] + bias[k], r1[k] + bias[k], r2[k] + bias[k], r3[k] + bias[k]
+                    m01 = a0 if a0 >= a1 else a1
+                    m23 = a2 if a2 >= a3 else a3
+                    m = m01 if m01 >= m23 else m23
+                    winner = np.int8(2) if a2 == m else np.int8(3)
+                    winner = np.int8(1) if a1 == m else winner
+                    winner = np.int8(0) if a0 == m else winner
+                    k_code[k] = winner if m > ZERO else NO_WINNER
+                    o[k] = m if m > ZERO else ZERO
+
+
+@numba.njit(**JIT)
+def _backward(code, grad, dz, patches):
+    """dz[b,i,j] = sum of grad over the windows (i-1..i, j-1..j) whose winner is cell (i, j)."""
+    n, h, w, c = code.shape
+    nobody = np.full(c, NO_WINNER, dtype=np.int8)  # stands in for windows past the top/left edge
+    nothing = np.zeros(c, dtype=np.float32)
+    for b in numba.prange(n):
+        for i in range(h):
+            for j in range(w):
+                up, left = i > 0, j > 0
+                c0, g0 = code[b, i, j], grad[_row(b, i, j, h, w, patches)]  # (i, j) is cell 0 of its window
+                c1 = code[b, i, j - 1] if left else nobody                     # cell 1 of window (i, j-1)
+                g1 = grad[_row(b, i, j - 1, h, w, patches)] if left else nothing
+                c2 = code[b, i - 1, j] if up else nobody                       # cell 2 of window (i-1, j)
+                g2 = grad[_row(b, i - 1, j, h, w, patches)] if up else nothing
+                c3 = code[b, i - 1, j - 1] if up and left else nobody         # cell 3 of window (i-1, j-1)
+                g3 = grad[_row(b, i - 1, j - 1, h, w, patches)] if up and left else nothing
+                d = dz[b, i, j]
+                for k in range(c):  # summed in max_pool2d's backward order: bit-identical results
+                    s = g3[k] if c3[k] == 3 else ZERO
+                    s += g2[k] if c2[k] == 2 else ZERO
+                    s += g1[k] if c1[k] == 1 else ZERO
+                    s += g0[k] if c0[k] == 0 else ZERO
+                    d[k] = s
+
+
+@numba.njit(**JIT)
+def _space_to_depth(x, out):
+    """(N, H, W, C) -> (N, H/2, W/2, 2, 2, C): the 2x2 stride-2 windows as rows (the first conv's input)."""
+    n, h, w, c = x.shape
+    for b in numba.prange(n):
+        for i in range(h):
+            for j in range(w):
+                o, s = out[b, i // 2, j // 2, i % 2, j % 2], x[b, i, j]
+                for k in range(c):
+                    o[k] = s[k]
+
+
+def _use_torch_threads() -> None:
+    """Numba's pool follows torch's thread count (torchrun sets 1 per process, --threads sets N)."""
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+
+
+class BiasReluPool(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, z: torch.Tensor, bias: torch.Tensor, patches: bool) -> torch.Tensor:
+        n, h, w, c = z.shape
+        rows = n * h * w
+        out = torch.empty(rows, c)
+        code = torch.empty(z.shape, dtype=torch.int8)  # 1 byte per activation instead of int64 indices
+        _use_torch_threads()
+        _forward(z.detach().numpy(), bias.detach().numpy(), out.numpy(), code.numpy(), patches)
+        ctx.save_for_backward(code)
+        ctx.patches = patches
+        return out.view(rows // 4, 4 * c) if patches else out.view(n, h, w, c)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (code,) = ctx.saved_tensors
+        c = code.shape[-1]
+        grad = grad.contiguous().view(-1, c)  # rows in the forward's output order
+        dz = torch.empty(code.shape)
+        _use_torch_threads()
+        _backward(code.numpy(), grad.numpy(), dz.numpy(), ctx.patches)
+        return dz, dz.sum((0, 1, 2)), None
+
+
+@functools.cache
+def available() -> bool:
+    """Whether numba can compile and run the kernels here (once per process; else PyTorch's forms run)."""
+    try:
+        space_to_depth(torch.zeros(1, 2, 2, 1))
+        return True
+    except Exception as exc:  # numba's errors have no common base; any failure means "use PyTorch"
+        warnings.warn(f"fmnist: the fused CPU kernels are unavailable ({exc}); using PyTorch's forms", stacklevel=2)
+        return False
+
+
+def applicable(x: torch.Tensor) -> bool:
+    """Whether the fused kernels can run: float32 on the CPU, outside autocast and ONNX/JIT tracing."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+            and not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export() and available())
+
+
+def bias_relu_pool(z: torch.Tensor, bias: torch.Tensor, patches: bool = False) -> torch.Tensor:
+    """max_pool_2x2_same(relu(z + bias)) for z (N, H, W, C) float32 on the CPU, fused.
+
+    Returns (N, H, W, C); with `patches`, the same values as (N*H/2*W/2, 4*C): each row one 2x2
+    stride-2 window in (kh, kw, C) order, ready for the next convolution's matmul (H, W even).
+    """
+    if patches and (z.shape[1] % 2 or z.shape[2] % 2):
+        raise ValueError(f"patches need an even height and width, got {tuple(z.shape)}")
+    return BiasReluPool.apply(z.contiguous(), bias, patches)
+
+
+def space_to_depth(x: torch.Tensor) -> torch.Tensor:
+    """(N, H, W, C) -> (N*H/2*W/2, 4*C) windows of the 2x2 stride-2 convolution (no gradient)."""
+    n, h, w, c = x.shape
+    if x.requires_grad or h % 2 or w % 2:
+        raise ValueError("space_to_depth takes an even-sized input that needs no gradient")
+    out = torch.empty(n, h // 2, w // 2, 2, 2, c)
+    _use_torch_threads()
+    _space_to_depth(x.contiguous().numpy(), out.numpy())
+    return out.view(n * (h // 2) * (w // 2), 4 * c)

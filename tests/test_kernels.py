@@ -1,0 +1,98 @@
+"""The fused CPU kernels against the plain PyTorch forms they replace: bit for bit, forward and backward."""
+from __future__ import annotations
+
+import concurrent.futures
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fmnist import kernels, model, train
+
+
+def to_windows(x: torch.Tensor) -> torch.Tensor:
+    """(N, H, W, C) -> (N*H/2*W/2, 4C): 2x2 stride-2 windows in (kh, kw, C) order, the plain way."""
+    n, h, w, c = x.shape
+    return x.reshape(n, h // 2, 2, w // 2, 2, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, 4 * c)
+
+
+def activations(shape, seed=0):
+    """Random pre-activations with the ties real images make: zeros, repeated values, all-negative windows."""
+    generator = torch.Generator().manual_seed(seed)
+    z = torch.randn(shape, generator=generator)
+    z[:, :2] = 0.0
+    z[:, 2:4] = z[:, 2:4].round()
+    z[-1] = -z[-1].abs() - 1.0  # a whole image whose every window is negative: no gradient at all
+    return z
+
+
+@pytest.mark.parametrize("shape, patches", [((6, 14, 14, 32), True), ((6, 14, 14, 32), False),
+                                            ((5, 7, 7, 64), False), ((3, 5, 4, 3), False), ((2, 1, 1, 2), False)])
+def test_bias_relu_pool_is_bit_identical_to_pytorch_forward_and_backward(shape, patches):
+    z, bias = activations(shape), torch.randn(shape[-1])
+    fused_inputs = [t.clone().requires_grad_() for t in (z, bias)]
+    plain_inputs = [t.clone().requires_grad_() for t in (z, bias)]
+    fused = kernels.bias_relu_pool(*fused_inputs, patches=patches)
+    plain = model.max_pool_2x2_same_reference(torch.relu(plain_inputs[0] + plain_inputs[1]))
+    plain = to_windows(plain) if patches else plain
+    assert fused.shape == plain.shape and torch.equal(fused, plain)
+    grad = torch.randn(fused.shape)
+    fused.backward(grad)
+    plain.backward(grad)
+    assert torch.equal(fused_inputs[0].grad, plain_inputs[0].grad)  # same winners, same summation order
+    torch.testing.assert_close(fused_inputs[1].grad, plain_inputs[1].grad)  # a sum: order may differ
+
+
+def test_patches_need_even_sizes():
+    with pytest.raises(ValueError, match="even"):
+        kernels.bias_relu_pool(torch.zeros(1, 7, 7, 4), torch.zeros(4), patches=True)
+
+
+def test_space_to_depth_gives_the_convolution_windows():
+    x = torch.rand(3, 28, 28, 1)
+    assert torch.equal(kernels.space_to_depth(x), to_windows(x))
+    with pytest.raises(ValueError):
+        kernels.space_to_depth(x.requires_grad_())
+
+
+def test_fused_network_equals_pytorch_network_in_training():
+    """Same weights, dropout off: outputs and every parameter gradient agree (float rounding aside)."""
+    torch.manual_seed(0)
+    networks = {name: model.SeedCNN(dropout=0.0, implementation=name) for name in model.IMPLEMENTATIONS}
+    for network in networks.values():
+        network.load_state_dict(networks["reference"].state_dict())
+    x, y = torch.rand(16, 28, 28, 1), torch.randint(0, 10, (16,))
+    x[:4] = 0.0  # blank images: every pooling window ties
+    results = {}
+    for name, network in networks.items():
+        loss = F.cross_entropy(network(x), y)
+        loss.backward()
+        results[name] = [loss.detach()] + [p.grad for p in network.parameters()]
+    for name in ("fused", "torch"):
+        for ours, plain in zip(results[name], results["reference"]):
+            torch.testing.assert_close(ours, plain, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_kernels_are_used_only_where_they_apply():
+    x = torch.rand(2, 28, 28, 1)
+    assert kernels.applicable(x)
+    assert not kernels.applicable(x.double())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not kernels.applicable(x)
+    # A network asked for the fused form still runs under autocast (bf16 training) via PyTorch's forms.
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model.SeedCNN()(x).shape == (2, 10)
+    with pytest.raises(ValueError, match="implementation"):
+        model.SeedCNN(implementation="fast")
+
+
+def test_kernels_are_safe_to_call_from_many_threads():
+    """The HTTP server predicts on a thread pool: concurrent calls must neither crash nor mix results."""
+    network = model.SeedCNN().eval()
+    batches = [torch.rand(64, 28, 28, 1, generator=torch.Generator().manual_seed(i)) for i in range(8)]
+    expected = [train.predict_probabilities(network, batch) for batch in batches]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        for _ in range(3):
+            got = list(pool.map(lambda batch: train.predict_probabilities(network, batch), batches))
+            for ours, reference in zip(got, expected):
+                assert torch.equal(ours, reference)
