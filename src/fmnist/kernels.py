@@ -15,8 +15,9 @@ the second convolution's window order ("patches"), which removes the permute cop
 
 Pooling semantics (Keras "same", stride 1, pool 2x2): window (i, j) covers (i, j), (i, j+1), (i+1, j),
 (i+1, j+1); cells past the bottom/right edge are padding that never wins. Ties go to the first cell in
-that order, as in PyTorch and TensorFlow. `bias_relu_pool` handles float32 CPU tensors; the model uses
-the plain PyTorch forms everywhere else (CUDA, bf16 autocast, ONNX tracing).
+that order, as in PyTorch and TensorFlow. `bias_relu_pool` handles float32 CPU tensors (under bf16
+autocast the model runs the blocks in float32); the model uses the PyTorch forms elsewhere (CUDA,
+ONNX tracing).
 """
 from __future__ import annotations
 
@@ -146,9 +147,9 @@ def available() -> bool:
 
 
 def applicable(x: torch.Tensor) -> bool:
-    """Whether the fused kernels can run: float32 on the CPU, outside autocast and ONNX/JIT tracing."""
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
-            and not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export() and available())
+    """Whether the fused kernels can take this input: float32 on the CPU, outside ONNX/JIT tracing."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.jit.is_tracing()
+            and not torch.onnx.is_in_onnx_export() and available())
 
 
 def bias_relu_pool(z: torch.Tensor, bias: torch.Tensor, patches: bool = False) -> torch.Tensor:

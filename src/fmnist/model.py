@@ -130,7 +130,10 @@ class SeedCNN(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         if self.implementation == "fused" and kernels.applicable(x) and not x.requires_grad:
-            return self.features_fused(x)
+            # Under bf16 autocast the blocks stay float32 (the kernels' type); the dense layers,
+            # where the arithmetic is, still run in bf16.
+            with torch.autocast("cpu", enabled=False):
+                return self.features_fused(x)
         x = self.pool(F.relu(self.conv(x, self.conv1.kernel, self.conv1.bias)))  # (N, 14, 14, 32)
         x = self.pool(F.relu(self.conv(x, self.conv2.kernel, self.conv2.bias)))  # (N, 7, 7, 64)
         return x.reshape(x.shape[0], -1)  # (N, 3136) in (row, column, channel) order, as Keras's Flatten
