@@ -3,10 +3,10 @@
 # the benchmark, then the 50-epoch run with the report's settings, on CUDA. Results go to $OUT.
 #
 # That machine has python3 with a CUDA torch, numpy, scikit-learn, matplotlib, rich, pillow,
-# safetensors, h5py, onnx(runtime), but no platformdirs and no internet. Prepare here, once:
+# safetensors, h5py, onnx(runtime), but no platformdirs or numba and no internet. Prepare here, once:
 #   echo /.gpu/ >> .git/info/exclude; mkdir -p .gpu/data
 #   cp /usr/share/datasets/fashion-mnist/*.gz .gpu/data/
-#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 -d .gpu/whl platformdirs
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 -d .gpu/whl platformdirs numba llvmlite
 # then run (device tool): command "bash benchmarks/gpu_check.sh", carry [".gpu"], timeout_s 540.
 set -euo pipefail
 export PYTHONUNBUFFERED=1

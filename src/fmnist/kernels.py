@@ -87,10 +87,11 @@ def _backward(code, grad, dz, patches):
                 g3 = grad[_row(b, i - 1, j - 1, h, w, patches)] if up and left else nothing
                 d = dz[b, i, j]
                 for k in range(c):  # summed in max_pool2d's backward order: bit-identical results
-                    s = g3[k] if c3[k] == 3 else ZERO
-                    s += g2[k] if c2[k] == 2 else ZERO
-                    s += g1[k] if c1[k] == 1 else ZERO
-                    s += g0[k] if c0[k] == 0 else ZERO
+                    v0, v1, v2, v3 = g0[k], g1[k], g2[k], g3[k]  # loads outside the selects: vectorizes
+                    s = v3 if c3[k] == 3 else ZERO
+                    s += v2 if c2[k] == 2 else ZERO
+                    s += v1 if c1[k] == 1 else ZERO
+                    s += v0 if c0[k] == 0 else ZERO
                     d[k] = s
 
 
