@@ -487,9 +487,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     if args.command != "data":  # every other command computes with torch
-        from fmnist import train
+        from fmnist import kernels, train
 
         train.flush_denormals()  # first, so that torch's worker threads inherit it
+        with console.status("preparing the CPU kernels (compiled on first use, then cached)"):
+            kernels.available()
     try:
         return args.handler(args)
     except errors.FmnistError as exc:
