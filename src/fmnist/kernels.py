@@ -54,45 +54,41 @@ def _forward(z, bias, out, code, patches):
             i1 = min(i + 1, h - 1)  # at the edge the window repeats a cell: a repeat never wins a tie
             for j in range(w):
                 j1 = min(j + 1, w - 1)
-                r0, r1, r2, r3 = z[b, i, j], z[b, i, j1], z[b, i1, j], z[b, i1, j1]
-                o, k_code = out[_row(b, i, j, h, w, patches)], code[b, i, j]
+                row = _row(b, i, j, h, w, patches)
+                # Plain element indexing, no row views: a view per (b, i, j) costs more than its 32 channels.
                 for k in range(c):  # channels are contiguous: this loop vectorizes
-                    a0, a1, a2, a3 = r0[k] + bias[k], r1[k] + bias[k], r2[k] + bias[k], r3[k] + bias[k]
+                    a0, a1 = z[b, i, j, k] + bias[k], z[b, i, j1, k] + bias[k]
+                    a2, a3 = z[b, i1, j, k] + bias[k], z[b, i1, j1, k] + bias[k]
                     m01 = a0 if a0 >= a1 else a1
                     m23 = a2 if a2 >= a3 else a3
                     m = m01 if m01 >= m23 else m23
                     winner = np.int8(2) if a2 == m else np.int8(3)
                     winner = np.int8(1) if a1 == m else winner
                     winner = np.int8(0) if a0 == m else winner
-                    k_code[k] = winner if m > ZERO else NO_WINNER
-                    o[k] = m if m > ZERO else ZERO
+                    code[b, i, j, k] = winner if m > ZERO else NO_WINNER
+                    out[row, k] = m if m > ZERO else ZERO
 
 
 @numba.njit(**JIT)
 def _backward(code, grad, dz, patches):
     """dz[b,i,j] = sum of grad over the windows (i-1..i, j-1..j) whose winner is cell (i, j)."""
     n, h, w, c = code.shape
-    nobody = np.full(c, NO_WINNER, dtype=np.int8)  # stands in for windows past the top/left edge
-    nothing = np.zeros(c, dtype=np.float32)
     for b in numba.prange(n):
         for i in range(h):
             for j in range(w):
-                up, left = i > 0, j > 0
-                c0, g0 = code[b, i, j], grad[_row(b, i, j, h, w, patches)]  # (i, j) is cell 0 of its window
-                c1 = code[b, i, j - 1] if left else nobody                     # cell 1 of window (i, j-1)
-                g1 = grad[_row(b, i, j - 1, h, w, patches)] if left else nothing
-                c2 = code[b, i - 1, j] if up else nobody                       # cell 2 of window (i-1, j)
-                g2 = grad[_row(b, i - 1, j, h, w, patches)] if up else nothing
-                c3 = code[b, i - 1, j - 1] if up and left else nobody         # cell 3 of window (i-1, j-1)
-                g3 = grad[_row(b, i - 1, j - 1, h, w, patches)] if up and left else nothing
-                d = dz[b, i, j]
+                up, left = max(i - 1, 0), max(j - 1, 0)
+                # (i, j) is cell 0 of window (i, j), cell 1 of (i, j-1), 2 of (i-1, j), 3 of (i-1, j-1);
+                # a window past the top/left edge asks for code -1, which no cell has.
+                want1, want2, want3 = (1 if j else -1), (2 if i else -1), (3 if i and j else -1)
+                r0, r1 = _row(b, i, j, h, w, patches), _row(b, i, left, h, w, patches)
+                r2, r3 = _row(b, up, j, h, w, patches), _row(b, up, left, h, w, patches)
                 for k in range(c):  # summed in max_pool2d's backward order: bit-identical results
-                    v0, v1, v2, v3 = g0[k], g1[k], g2[k], g3[k]  # loads outside the selects: vectorizes
-                    s = v3 if c3[k] == 3 else ZERO
-                    s += v2 if c2[k] == 2 else ZERO
-                    s += v1 if c1[k] == 1 else ZERO
-                    s += v0 if c0[k] == 0 else ZERO
-                    d[k] = s
+                    v0, v1, v2, v3 = grad[r0, k], grad[r1, k], grad[r2, k], grad[r3, k]  # loads outside selects
+                    s = v3 if code[b, up, left, k] == want3 else ZERO
+                    s += v2 if code[b, up, j, k] == want2 else ZERO
+                    s += v1 if code[b, i, left, k] == want1 else ZERO
+                    s += v0 if code[b, i, j, k] == 0 else ZERO
+                    dz[b, i, j, k] = s
 
 
 @numba.njit(**JIT)
@@ -102,9 +98,8 @@ def _space_to_depth(x, out):
     for b in numba.prange(n):
         for i in range(h):
             for j in range(w):
-                o, s = out[b, i // 2, j // 2, i % 2, j % 2], x[b, i, j]
                 for k in range(c):
-                    o[k] = s[k]
+                    out[b, i // 2, j // 2, i % 2, j % 2, k] = x[b, i, j, k]
 
 
 def _use_torch_threads() -> None:
