@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import concurrent.futures
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -97,3 +99,16 @@ def test_kernels_are_safe_to_call_from_many_threads():
             got = list(pool.map(lambda batch: train.predict_probabilities(network, batch), batches))
             for ours, reference in zip(got, expected):
                 assert torch.equal(ours, reference)
+
+
+def test_first_use_inside_inference_mode_still_enables_the_kernels():
+    """A fresh process whose first forward pass is an evaluation (inference mode) must get the kernels."""
+    program = ("import torch, warnings\n"
+               "warnings.simplefilter('error')\n"
+               "from fmnist import kernels, model\n"
+               "with torch.inference_mode():\n"
+               "    model.SeedCNN().eval()(torch.rand(2, 28, 28, 1))\n"
+               "print(kernels.available())\n")
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "True"

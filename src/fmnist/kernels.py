@@ -135,13 +135,15 @@ class BiasReluPool(torch.autograd.Function):
 def available() -> bool:
     """Whether numba can compile and run the kernels here (else PyTorch's forms run).
 
-    Runs each kernel once on a tiny input: the first time on a machine this compiles them (about
-    10 s; numba caches the machine code beside this file or in its user cache), later ~0.3 s.
+    Runs each kernel once on a tiny input: the first time on a machine this compiles them (10-15 s;
+    numba caches the machine code beside this file or in its user cache), later ~0.5 s. The first
+    call may come from inside inference mode (evaluation), so gradients are switched on here.
     """
     try:
-        z = torch.zeros(1, 2, 2, 1, requires_grad=True)
-        bias_relu_pool(z, torch.zeros(1), patches=True).sum().backward()
-        space_to_depth(z.detach())
+        with torch.inference_mode(False), torch.enable_grad():
+            z = torch.zeros(1, 2, 2, 1, requires_grad=True)
+            bias_relu_pool(z, torch.zeros(1), patches=True).sum().backward()
+            space_to_depth(z.detach())
         return True
     except Exception as exc:  # numba's errors have no common base; any failure means "use PyTorch"
         warnings.warn(f"fmnist: the fused CPU kernels are unavailable ({exc}); using PyTorch's forms", stacklevel=2)
