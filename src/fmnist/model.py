@@ -11,8 +11,8 @@ Speed tricks, each a small function checked against its plain version in the tes
   column to the right, ignored by the max), kept in channels-last memory end to end: PyTorch's
   channels-last pooling kernel (and its backward) is several times faster than the NCHW one.
 - `dropout`: a uniform draw compared in place instead of a Bernoulli sampler.
-- on the CPU in float32, each convolution block's bias + ReLU + pooling is one fused pass forward and
-  one backward (`kernels.py`, numba), bit-identical to the forms above; they serve CUDA, bf16 and ONNX.
+- on the CPU, each convolution block's bias + ReLU + pooling is one fused float32 pass forward and
+  one backward (`kernels.py`, numba), bit-identical to the forms above, which serve CUDA and ONNX.
 """
 from __future__ import annotations
 
