@@ -112,3 +112,19 @@ def test_first_use_inside_inference_mode_still_enables_the_kernels():
     result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "True"
+
+
+def test_without_numba_the_network_falls_back_to_pytorch_with_a_warning():
+    """numba often lags new NumPy releases: fmnist must still import and compute the same outputs."""
+    program = ("import sys, warnings, torch\n"
+               "sys.modules['numba'] = None  # makes `import numba` raise ImportError\n"
+               "from fmnist import kernels, model\n"
+               "torch.manual_seed(0)\n"
+               "network = model.SeedCNN().eval()\n"
+               "with warnings.catch_warnings(record=True) as caught:\n"
+               "    warnings.simplefilter('always')\n"
+               "    out = network(torch.rand(3, 28, 28, 1))\n"
+               "print(kernels.available(), out.shape[1], any('numba does not import' in str(w.message) for w in caught))\n")
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "10", "True"]

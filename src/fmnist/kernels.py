@@ -24,20 +24,33 @@ from __future__ import annotations
 import functools
 import warnings
 
-import numba
 import numpy as np
 import torch
 
-# A thread-safe threading layer (OpenMP or TBB): the HTTP server runs predictions on several threads,
-# and numba's default fallback ("workqueue") aborts the process on concurrent parallel calls.
-numba.config.THREADING_LAYER = "threadsafe"
+try:
+    import numba
+except ImportError as exc:  # numba often lags a new NumPy or Python: then PyTorch's forms run
+    numba, UNAVAILABLE = None, f"numba does not import: {exc}"
+else:
+    UNAVAILABLE = None
+    # A thread-safe threading layer (OpenMP or TBB): the HTTP server predicts on several threads, and
+    # numba's fallback layer ("workqueue") aborts the process on concurrent parallel calls.
+    numba.config.THREADING_LAYER = "threadsafe"
 
 ZERO = np.float32(0.0)
 NO_WINNER = np.int8(4)  # the window's maximum is <= 0: ReLU makes it 0 and no gradient flows
-JIT = dict(parallel=True, cache=True, boundscheck=False, nogil=True)
 
 
-@numba.njit(cache=True, inline="always")
+def _jit(**options):
+    """numba.njit, or the plain Python function where numba is missing (then it is never called)."""
+    return numba.njit(cache=True, **options) if numba else (lambda function: function)
+
+
+kernel = _jit(parallel=True, boundscheck=False, nogil=True)
+prange = numba.prange if numba else range
+
+
+@_jit(inline="always")
 def _row(b, i, j, h, w, patches):
     """Row of activation (b, i, j) in the output: NHWC order, or the next conv's 2x2 windows."""
     if patches:  # (N, H/2, W/2, 2, 2, C): window (i//2, j//2), offset (i%2, j%2) inside it
@@ -45,11 +58,11 @@ def _row(b, i, j, h, w, patches):
     return (b * h + i) * w + j
 
 
-@numba.njit(**JIT)
+@kernel
 def _forward(z, bias, out, code, patches):
     """out[row(b,i,j)] = max(0, max of window (i,j) of z + bias); code = which cell won (0-3) or 4."""
     n, h, w, c = z.shape
-    for b in numba.prange(n):
+    for b in prange(n):
         for i in range(h):
             i1 = min(i + 1, h - 1)  # at the edge the window repeats a cell: a repeat never wins a tie
             for j in range(w):
@@ -69,11 +82,11 @@ def _forward(z, bias, out, code, patches):
                     out[row, k] = m if m > ZERO else ZERO
 
 
-@numba.njit(**JIT)
+@kernel
 def _backward(code, grad, dz, patches):
     """dz[b,i,j] = sum of grad over the windows (i-1..i, j-1..j) whose winner is cell (i, j)."""
     n, h, w, c = code.shape
-    for b in numba.prange(n):
+    for b in prange(n):
         for i in range(h):
             for j in range(w):
                 up, left = max(i - 1, 0), max(j - 1, 0)
@@ -91,11 +104,11 @@ def _backward(code, grad, dz, patches):
                     dz[b, i, j, k] = s
 
 
-@numba.njit(**JIT)
+@kernel
 def _space_to_depth(x, out):
     """(N, H, W, C) -> (N, H/2, W/2, 2, 2, C): the 2x2 stride-2 windows as rows (the first conv's input)."""
     n, h, w, c = x.shape
-    for b in numba.prange(n):
+    for b in prange(n):
         for i in range(h):
             for j in range(w):
                 for k in range(c):
@@ -139,6 +152,10 @@ def available() -> bool:
     numba caches the machine code beside this file or in its user cache), later ~0.5 s. The first
     call may come from inside inference mode (evaluation), so gradients are switched on here.
     """
+    if UNAVAILABLE:
+        warnings.warn(f"fmnist: the fused CPU kernels are unavailable ({UNAVAILABLE}); using PyTorch's forms",
+                      stacklevel=2)
+        return False
     try:
         with torch.inference_mode(False), torch.enable_grad():
             z = torch.zeros(1, 2, 2, 1, requires_grad=True)
