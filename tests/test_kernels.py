@@ -101,6 +101,13 @@ def test_kernels_are_safe_to_call_from_many_threads():
                 assert torch.equal(ours, reference)
 
 
+def run_python(program: str) -> str:
+    """Run `program` in a fresh interpreter (first-use behaviour is per process); its stdout."""
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
 def test_first_use_inside_inference_mode_still_enables_the_kernels():
     """A fresh process whose first forward pass is an evaluation (inference mode) must get the kernels."""
     program = ("import torch, warnings\n"
@@ -109,9 +116,7 @@ def test_first_use_inside_inference_mode_still_enables_the_kernels():
                "with torch.inference_mode():\n"
                "    model.SeedCNN().eval()(torch.rand(2, 28, 28, 1))\n"
                "print(kernels.available())\n")
-    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "True"
+    assert run_python(program).strip() == "True"
 
 
 def test_without_numba_the_network_falls_back_to_pytorch_with_a_warning():
@@ -124,7 +129,6 @@ def test_without_numba_the_network_falls_back_to_pytorch_with_a_warning():
                "with warnings.catch_warnings(record=True) as caught:\n"
                "    warnings.simplefilter('always')\n"
                "    out = network(torch.rand(3, 28, 28, 1))\n"
-               "print(kernels.available(), out.shape[1], any('numba does not import' in str(w.message) for w in caught))\n")
-    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["False", "10", "True"]
+               "warned = any('numba does not import' in str(w.message) for w in caught)\n"
+               "print(kernels.available(), out.shape[1], warned)\n")
+    assert run_python(program).split() == ["False", "10", "True"]

@@ -7,6 +7,7 @@ shared machine affects both alike.
 """
 from __future__ import annotations
 
+import math
 import statistics
 import time
 
@@ -89,11 +90,13 @@ def matmul_seconds(batch_size: int, steps: int, device: torch.device) -> float:
 
     No implementation that uses PyTorch's matmul can take less: this is the floor under the step time.
     """
-    rows = {"conv1": batch_size * 196, "conv2": batch_size * 49, "dense": batch_size}
-    shapes = [(rows["conv1"], 4, 32), (rows["conv2"], 128, 64), (batch_size, 3136, 256), (batch_size, 256, 128),
-              (batch_size, 128, 10)]  # (rows, in, out) of each layer's product
-    operands = [(torch.rand(m, k, device=device), torch.rand(k, n, device=device), torch.rand(m, n, device=device))
-                for m, k, n in shapes]
+    positions = {"conv1": 14 * 14, "conv2": 7 * 7}  # output positions per image; a dense layer has one
+    operands = []
+    for name, _, shapes in model.LAYERS:  # each layer's product: (rows, in) @ (in, out)
+        rows = batch_size * positions.get(name, 1)
+        fan_in, fan_out = math.prod(shapes["kernel"][:-1]), shapes["kernel"][-1]  # HWIO (or in, out) as a matrix
+        operands.append((torch.rand(rows, fan_in, device=device), torch.rand(fan_in, fan_out, device=device),
+                         torch.rand(rows, fan_out, device=device)))
 
     def step():
         for index, (x, w, grad) in enumerate(operands):

@@ -168,9 +168,10 @@ def available() -> bool:
 
 
 def applicable(x: torch.Tensor) -> bool:
-    """Whether the fused kernels can take this input: float32 on the CPU, outside ONNX/JIT tracing."""
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.jit.is_tracing()
-            and not torch.onnx.is_in_onnx_export() and available())
+    """Whether the fused kernels can take this input: float32 on the CPU, needing no gradient of its
+    own (the first block's windows have no backward), outside ONNX/JIT tracing."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and not x.requires_grad
+            and not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export() and available())
 
 
 def bias_relu_pool(z: torch.Tensor, bias: torch.Tensor, patches: bool = False) -> torch.Tensor:

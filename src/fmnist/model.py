@@ -129,7 +129,7 @@ class SeedCNN(nn.Module):
         self.pool = max_pool_2x2_same_reference if plain else max_pool_2x2_same
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        if self.implementation == "fused" and kernels.applicable(x) and not x.requires_grad:
+        if self.implementation == "fused" and kernels.applicable(x):
             # Under bf16 autocast the blocks stay float32 (the kernels' type); the dense layers,
             # where the arithmetic is, still run in bf16.
             with torch.autocast("cpu", enabled=False):
