@@ -6,12 +6,13 @@ import hashlib
 import http.server
 import os
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from fmnist import data
+from fmnist import cli, data
 
 REAL_DATA = data.SYSTEM_DIR
 
@@ -46,10 +47,17 @@ def write_tiny_dataset(directory: Path, num_train: int = 12, num_test: int = 6, 
 
 
 class MirrorHandler(http.server.BaseHTTPRequestHandler):
-    """Serves files from `root`; a path under /drop/ announces the full length, sends half, hangs up."""
+    """Serves files from `root`. Hostile paths, each bounded in bytes and time so the server stops by itself:
+    /drop/   announces the full length, sends half, hangs up;
+    /trickle/ announces the full length, then sends one byte every 0.2 s (at most 60 s);
+    /endless/ sends zeros with no length, until the client stops reading (at most 64 MB);
+    /huge/   announces 300 MB, then sends zeros the same way."""
     root: Path
 
     def do_GET(self):  # noqa: N802 (http.server's naming)
+        kind = self.path.split("/")[1]
+        if kind in ("trickle", "endless", "huge"):
+            return self.send_hostile(kind)
         dropping = self.path.startswith("/drop/")
         path = self.root / self.path.removeprefix("/drop/").lstrip("/")
         if not path.is_file():
@@ -62,6 +70,29 @@ class MirrorHandler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body[: len(body) // 2] if dropping else body)
         if dropping:
             self.close_connection = True
+
+    def send_hostile(self, kind: str) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "300000000" if kind == "huge" else "1000")
+        if kind == "endless":
+            self.send_header("Connection", "close")
+        if kind != "endless":
+            self.end_headers()
+        else:  # no Content-Length: the body ends when the connection does
+            self._headers_buffer = [h for h in self._headers_buffer if not h.startswith(b"Content-Length")]
+            self.end_headers()
+        try:
+            if kind == "trickle":
+                for _ in range(300):
+                    self.wfile.write(b"\x1f")
+                    self.wfile.flush()
+                    time.sleep(0.2)
+            else:
+                for _ in range(1024):
+                    self.wfile.write(bytes(1 << 16))
+        except OSError:  # the client gave up: what the test waits for
+            pass
+        self.close_connection = True
 
     def log_message(self, *args):
         pass
@@ -115,3 +146,14 @@ def trained_run(tmp_path_factory):
 def real_dataset():
     require_real_data()
     return data.load()
+
+
+def run_cli(capsys, *args) -> tuple[int, str, str]:
+    """`fmnist ARGS...` in this process (the real CLI code; no interpreter start-up): (exit code, stdout, stderr).
+    An exception escaping the CLI fails the calling test, as a traceback would."""
+    try:
+        code = cli.main([str(arg) for arg in args])
+    except SystemExit as exit_:  # argparse refuses bad arguments this way
+        code = exit_.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import subprocess
 import sys
 
@@ -34,7 +35,7 @@ def damage(path, transform):
 @pytest.mark.parametrize("key, transform, message", [
     ("train_images", lambda raw: raw[:-100], "truncated"),
     ("train_images", lambda raw: b"\x00\x00\x0d\x03" + raw[4:], "bad magic"),
-    ("train_labels", lambda raw: raw + b"\x00", "trailing bytes"),
+    ("train_labels", lambda raw: raw + b"\x00", "decompresses to more than the 20 bytes"),
     ("train_images", lambda raw: raw[:4] + np.array([12, 27, 28], ">u4").tobytes() + raw[16:], "27x28"),
     ("train_images", lambda raw: b"\x00\x00\x08\x01" + raw[4:], "has 1 dimensions"),
 ])
@@ -190,3 +191,56 @@ def test_cli_help_and_version(capsys):
     with pytest.raises(SystemExit):
         cli.main(["--version"])
     assert "fmnist 0.1.0" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile mirrors and files: bytes, time and decompressed size bounded by what the files are
+@pytest.mark.parametrize("kind, message", [("trickle", "not finished within 1 s"),
+                                           ("endless", "sent more than the"),
+                                           ("huge", "announces 300,000,000 bytes")])
+def test_hostile_mirror_is_given_up(tmp_path, http_mirror, isolated_cache, kind, message):
+    url, served = http_mirror
+    specs = write_tiny_dataset(served)
+    directory = tmp_path / "downloads"
+    with pytest.raises(errors.DataError, match=message):
+        data.download(specs["train_images"], directory, (url + kind + "/",), progress=False, deadline_s=1)
+    assert not list(directory.iterdir()), "nothing kept from a failed download"
+
+
+def test_gzip_bomb_in_a_data_directory_is_refused_unread(tmp_path):
+    specs = write_tiny_dataset(tmp_path)
+    bomb = gzip.compress(bytes(500_000), compresslevel=9)  # within the file's byte limit, 25,000x its size unpacked
+    assert len(bomb) <= specs["train_labels"].max_file_bytes
+    (tmp_path / specs["train_labels"].filename).write_bytes(bomb)
+    with pytest.raises(errors.DataError, match="decompresses to more than the 20 bytes"):
+        data.load(data_dir=tmp_path, files=specs)
+    real = tmp_path / "real" / data.FILES["train_images"].filename  # the real file's limits: 200 MB stops at 47 MB
+    real.parent.mkdir()
+    real.write_bytes(gzip.compress(bytes(200_000_000), compresslevel=1))
+    with pytest.raises(errors.DataError, match="decompresses to more than the 47,040,016 bytes"):
+        data.read_idx(real, data.FILES["train_images"])
+    (tmp_path / specs["train_labels"].filename).write_bytes(bytes(specs["train_labels"].max_file_bytes + 1))
+    with pytest.raises(errors.DataError, match="over the limit"):
+        data.load(data_dir=tmp_path, files=specs)
+
+
+AS_NOBODY = """
+import os, sys
+from fmnist import data, errors
+if os.geteuid() == 0:
+    os.setgid(65534); os.setuid(65534)  # nobody: root reads everything, a user does not
+try:
+    data.load(data_dir=sys.argv[1], progress=False)
+except errors.DataError as exc:
+    print(exc)
+"""
+
+
+def test_unreadable_data_directory_is_one_line(tmp_path):
+    write_tiny_dataset(tmp_path / "locked")
+    (tmp_path / "locked").chmod(0)
+    result = subprocess.run([sys.executable, "-c", AS_NOBODY, str(tmp_path / "locked")], capture_output=True,
+                            text=True)
+    (tmp_path / "locked").chmod(0o700)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert "cannot be read (Permission denied)" in result.stdout, result.stdout

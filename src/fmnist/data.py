@@ -6,13 +6,15 @@ Search order (the first that has all four files wins; `load` says which):
   3. the user cache ($FMNIST_CACHE_DIR or platformdirs' user cache dir);
   4. a download of the missing files into that cache, mirror after mirror.
 
+Every byte count is bounded by what the files are known to be (`IdxFile.size`): a download, a local
+file and its decompression stop at the known size, and a download also at DOWNLOAD_DEADLINE_S in all.
+
 Checksums are SHA-256 of the *decompressed* IDX bytes: Debian's .gz files differ byte-wise from
 upstream's (the gzip header's file name is stripped) but decompress to the same bytes.
 """
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import hashlib
 import http.client
 import math
@@ -27,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import platformdirs
 
-from fmnist import errors
+from fmnist import errors, files
 
 # ---------------------------------------------------------------------------------------------
 # Dataset facts
@@ -47,6 +49,16 @@ class IdxFile:
     count: int      # number of images or labels
     ndim: int       # 3 for images (N, 28, 28), 1 for labels (N,)
 
+    @property
+    def size(self) -> int:
+        """Bytes of the decompressed IDX file: magic, one 4-byte size per dimension, one byte per value."""
+        return 4 + 4 * self.ndim + self.count * (IMAGE_SIZE * IMAGE_SIZE if self.ndim == 3 else 1)
+
+    @property
+    def max_file_bytes(self) -> int:
+        """The most a copy on disk or a mirror may hold: gzip adds < 0.1 % to incompressible bytes."""
+        return self.size + self.size // 1000 + 1024
+
 
 FILES = {
     "train_images": IdxFile("train-images-idx3-ubyte.gz",
@@ -65,7 +77,8 @@ MIRRORS = (
     "https://github.com/zalandoresearch/fashion-mnist/raw/master/data/fashion/",
 )
 SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
-DOWNLOAD_TIMEOUT_S = 30
+DOWNLOAD_TIMEOUT_S = 30     # for each network read
+DOWNLOAD_DEADLINE_S = 600   # for a whole file: a mirror trickling bytes must not hold a download forever
 IDX_UBYTE = 0x08  # IDX type code of unsigned bytes: the only type Fashion-MNIST uses
 
 
@@ -81,14 +94,23 @@ class Dataset:
 
 # ---------------------------------------------------------------------------------------------
 # Reading and checking one file
-def decompress(raw: bytes, path: Path) -> bytes:
-    """The IDX bytes of a file that may or may not be gzip-compressed."""
+def decompress(raw: bytes, path: Path, max_bytes: int) -> bytes:
+    """The IDX bytes of a file that may or may not be gzip-compressed, never more than `max_bytes`."""
     if raw[:2] != b"\x1f\x8b":
         return raw
-    try:
-        return gzip.decompress(raw)
-    except (OSError, EOFError, zlib.error) as exc:
-        raise errors.DataError(f"{path}: not a valid gzip file ({exc})") from None
+    out, rest = [], raw
+    while rest:  # gzip members, one after another (the files have one)
+        member = zlib.decompressobj(wbits=31)
+        try:
+            out.append(member.decompress(rest, max_bytes + 1 - sum(map(len, out))))
+        except zlib.error as exc:
+            raise errors.DataError(f"{path}: not a valid gzip file ({exc})") from None
+        if sum(map(len, out)) > max_bytes:
+            raise errors.DataError(f"{path}: decompresses to more than the {max_bytes:,} bytes the file holds")
+        if not member.eof:
+            raise errors.DataError(f"{path}: not a valid gzip file (truncated)")
+        rest = member.unused_data
+    return b"".join(out)
 
 
 def parse_idx(data: bytes, path: Path, spec: IdxFile | None = None) -> np.ndarray:
@@ -113,11 +135,12 @@ def parse_idx(data: bytes, path: Path, spec: IdxFile | None = None) -> np.ndarra
 
 def read_idx(path: Path, spec: IdxFile | None = None) -> np.ndarray:
     """Read, decompress, verify (checksum when `spec` is given) and parse one IDX file."""
+    known = [spec] if spec else FILES.values()
     try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise errors.DataError(f"{path}: cannot be read ({exc.strerror})") from None
-    data = decompress(raw, path)
+        raw = files.read_regular(path, max(s.max_file_bytes for s in known))
+    except errors.InputError as exc:
+        raise errors.DataError(str(exc)) from None
+    data = decompress(raw, path, max(s.size for s in known))
     if spec is not None:
         digest = hashlib.sha256(data).hexdigest()
         if digest != spec.sha256:
@@ -141,8 +164,12 @@ def configured_mirrors() -> tuple[str, ...]:
 def find_in(directory: Path, spec: IdxFile) -> Path | None:
     """The file for `spec` in `directory`, compressed or not."""
     for name in (spec.filename, spec.filename.removesuffix(".gz")):
-        if (directory / name).is_file():
-            return directory / name
+        try:
+            if (directory / name).is_file():
+                return directory / name
+        except OSError as exc:  # e.g. a directory this user may not enter
+            raise errors.DataError(f"{directory}: cannot be read ({exc.strerror}); fix its permissions "
+                                   f"or pass another --data-dir") from None
     return None
 
 
@@ -177,28 +204,33 @@ def locate(data_dir: Path | str | None = None, files: dict[str, IdxFile] = FILES
 
 # ---------------------------------------------------------------------------------------------
 # Downloading
-def download(spec: IdxFile, directory: Path, mirrors: tuple[str, ...], progress: bool = True) -> Path:
+def download(spec: IdxFile, directory: Path, mirrors: tuple[str, ...], progress: bool = True,
+             deadline_s: float = DOWNLOAD_DEADLINE_S) -> Path:
     """Fetch `spec` from the first mirror that serves the right bytes; never leave a bad file."""
-    directory.mkdir(parents=True, exist_ok=True)
+    files.output_dir(directory)
     failures = []
     for mirror in mirrors:
         url = mirror.rstrip("/") + "/" + spec.filename
         try:
-            return fetch_verified(url, spec, directory, progress)
+            return fetch_verified(url, spec, directory, progress, deadline_s)
         except (OSError, http.client.HTTPException, errors.DataError) as exc:
             failures.append(f"{url}: {exc}")
     raise errors.DataError(f"could not download {spec.filename} from any mirror ({'; '.join(failures)}); "
                            f"install the Debian package dataset-fashion-mnist or pass --data-dir")
 
 
-def fetch_verified(url: str, spec: IdxFile, directory: Path, progress: bool) -> Path:
+def fetch_verified(url: str, spec: IdxFile, directory: Path, progress: bool,
+                   deadline_s: float = DOWNLOAD_DEADLINE_S) -> Path:
     """Stream `url` into a temp file, check it, and only then give it its real name."""
     fd, tmp_name = tempfile.mkstemp(prefix=spec.filename + ".", suffix=".part", dir=directory)
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
-            copy_with_progress(response, out, int(response.headers.get("Content-Length") or 0),
-                               spec.filename, progress)
+            declared = int(response.headers.get("Content-Length") or 0)
+            if declared > spec.max_file_bytes:
+                raise errors.DataError(f"the mirror announces {declared:,} bytes, more than the file can be "
+                                       f"({spec.max_file_bytes:,})")
+            copy_with_progress(response, out, declared, spec, progress, deadline_s)
         read_idx(tmp, spec)  # raises on a bad gzip, bad checksum or a bad IDX layout
         final = directory / spec.filename
         os.replace(tmp, final)
@@ -207,16 +239,23 @@ def fetch_verified(url: str, spec: IdxFile, directory: Path, progress: bool) -> 
         tmp.unlink(missing_ok=True)
 
 
-def copy_with_progress(response, out, total: int, label: str, progress: bool) -> None:
+def copy_with_progress(response, out, total: int, spec: IdxFile, progress: bool, deadline_s: float) -> None:
+    """Copy the body to `out`, stopping at the file's known size and after `deadline_s` in all."""
     import rich.progress  # imported here: only downloads need it
 
+    stop = time.monotonic() + deadline_s
     columns = (rich.progress.TextColumn("{task.description}"), rich.progress.BarColumn(),
                rich.progress.DownloadColumn(), rich.progress.TransferSpeedColumn())
     with rich.progress.Progress(*columns, disable=not progress, transient=True) as bar:
-        task = bar.add_task(f"downloading {label}", total=total or None)
-        while chunk := response.read(1 << 16):
+        task = bar.add_task(f"downloading {spec.filename}", total=total or None)
+        # read1: what has arrived, at most one socket read, so a trickle still reaches the deadline check
+        while chunk := response.read1(1 << 16):
             out.write(chunk)
             bar.update(task, advance=len(chunk))
+            if out.tell() > spec.max_file_bytes:
+                raise errors.DataError(f"the mirror sent more than the {spec.max_file_bytes:,} bytes the file can be")
+            if time.monotonic() > stop:
+                raise errors.DataError(f"not finished within {deadline_s:g} s ({out.tell():,} bytes so far)")
     # http.client raises IncompleteRead on a short body only for chunked replies: check it here.
     if total and out.tell() != total:
         raise errors.DataError(f"connection closed after {out.tell():,} of {total:,} bytes")
