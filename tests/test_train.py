@@ -2,16 +2,18 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
 
 import numpy as np
+import PIL.Image
 import pytest
 import safetensors.torch
 import torch
 
-from conftest import require_real_data
+from conftest import require_real_data, run_cli
 from fmnist import errors, model, runs, train
 
 QUICK = dict(limit=3000, threads=2)  # 2,400 training / 600 validation images
@@ -70,11 +72,12 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path):
 def test_ctrl_c_in_the_cli_saves_explains_and_resumes(tmp_path):
     require_real_data()
     run_dir = tmp_path / "run"
-    command = [sys.executable, "-m", "fmnist", "train", "--epochs", "30", "--limit", "3000", "--threads", "2",
+    # 10,000 epochs: however busy the machine, the run cannot finish before Ctrl-C arrives.
+    command = [sys.executable, "-m", "fmnist", "train", "--epochs", "10000", "--limit", "3000", "--threads", "2",
                "--quiet", "--out", str(run_dir)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in process.stdout:  # wait for the first finished epoch, then press Ctrl-C
-        if line.startswith("Epoch 1/30"):
+        if line.startswith("Epoch 1/10000"):
             break
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=60)
@@ -145,3 +148,142 @@ def test_missing_foreign_or_damaged_run_dir(tmp_path):
     (tmp_path / runs.CHECKPOINT).write_bytes(b"not a checkpoint")
     with pytest.raises(errors.RunError, match="damaged"):
         runs.load_checkpoint(tmp_path / runs.CHECKPOINT)
+
+
+# ---------------------------------------------------------------------------------------------
+# Every state a kill can leave a run in is resumable, and the best weights are never lost
+def interrupt_at_step(step):
+    def on_step(done, *_):
+        if done == step:
+            raise KeyboardInterrupt
+    return on_step
+
+
+def test_ctrl_c_during_epoch_one_resumes_from_the_cli_and_from_reproduce(tmp_path, capsys):
+    require_real_data()
+    config = train.TrainConfig(epochs=2, seed=5, **QUICK)
+    train.fit(config, tmp_path / "straight")
+    with pytest.raises(KeyboardInterrupt):
+        train.fit(config, tmp_path / "run", on_step=interrupt_at_step(3))
+    assert not (tmp_path / "run" / runs.HISTORY).exists()  # the state the CLI could not resume
+    code, _, err = run_cli(capsys, "train", "--epochs", 2, "--limit", 3000, "--seed", 5, "--out", tmp_path / "run")
+    assert code == 2 and f"--resume {tmp_path / 'run'}" in err
+    code, _, err = run_cli(capsys, "train", "--resume", tmp_path / "run", "--quiet")
+    assert code == 0, err
+    assert_same_weights(tmp_path / "straight", tmp_path / "run")
+    # reproduce, re-run over a seed interrupted in its first epoch, continues it
+    with pytest.raises(KeyboardInterrupt):
+        train.fit(train.TrainConfig(epochs=1, seed=0, **QUICK), tmp_path / "study" / "seed-0",
+                  on_step=interrupt_at_step(2))
+    code, _, err = run_cli(capsys, "reproduce", "--epochs", 1, "--limit", 3000, "--threads", 2, "--quiet",
+                           "--out", tmp_path / "study")
+    assert code == 0, err
+    assert len(runs.read_history(tmp_path / "study" / "seed-0")) == 1
+
+
+@pytest.mark.parametrize("state", ["config only", "history one epoch ahead", "stale temp files"])
+def test_every_state_a_kill_leaves_is_resumable(tmp_path, state):
+    require_real_data()
+    config = train.TrainConfig(epochs=2, seed=2, **QUICK)
+    train.fit(config, tmp_path / "straight")
+    run_dir = tmp_path / "run"
+    if state == "config only":  # killed between writing config.json and the epoch-0 checkpoint
+        with pytest.raises(KeyboardInterrupt):
+            train.fit(config, run_dir, on_step=interrupt_at_step(1))
+        (run_dir / runs.CHECKPOINT).unlink()
+    else:  # killed after epoch 2's history row, before its checkpoint; a write cut short left temp files
+        saved = {}
+        train.fit(config, run_dir, on_epoch=lambda row: saved.setdefault(row["epoch"], runs.load_checkpoint(
+            run_dir / runs.CHECKPOINT)))
+        runs.save_checkpoint(run_dir / runs.CHECKPOINT, saved[1])
+        if state == "stale temp files":
+            (run_dir / ".checkpoint.pt.x1y2.tmp").write_bytes(b"half a checkpoint")
+            (run_dir / ".history.json.a9.tmp").write_text("[")
+    history = train.fit(train.load_config(run_dir), run_dir, resume=True)
+    assert [row["epoch"] for row in history] == [1, 2]
+    assert_same_weights(tmp_path / "straight", run_dir)
+    assert not list(run_dir.glob(".*.tmp"))
+
+
+def test_resume_never_replaces_the_best_weights_with_worse(tmp_path):
+    require_real_data()
+    run_dir = tmp_path / "run"
+    history = train.fit(train.TrainConfig(epochs=3, seed=0, **QUICK), run_dir)
+    best = (run_dir / runs.BEST_WEIGHTS).read_bytes()
+    assert history[0]["val_loss"] > min(row["val_loss"] for row in history)
+    (run_dir / runs.CHECKPOINT).unlink()  # what the damaged-checkpoint error suggests: restart from epoch 0
+    train.fit(train.load_config(run_dir, epochs=1), run_dir, resume=True)
+    assert (run_dir / runs.BEST_WEIGHTS).read_bytes() == best
+
+
+def damage_checkpoint(change):
+    def damage(saved):
+        change(saved)
+        return saved
+    return damage
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda s: s.pop("optimizer"), "damaged \\(KeyError"),
+    (lambda s: s.update(model="weights"), "not a set of named tensors"),
+    (lambda s: s["model"].update({"dense1.kernel": torch.zeros(3, 3)}), "differs at dense1.kernel"),
+    (lambda s: s["model"]["conv1.bias"].fill_(float("nan")), "conv1.bias holds NaN"),
+    (lambda s: s.update(shuffle_rng=torch.zeros(3)), "damaged"),
+    (lambda s: s.update(epoch="two"), "damaged \\(epoch 'two'\\)"),
+    (lambda s: s.update(format="other"), "not an fmnist checkpoint"),
+])
+def test_damaged_checkpoint_is_one_clear_error(tmp_path, change, message):
+    require_real_data()
+    run_dir = tmp_path / "run"
+    train.fit(train.TrainConfig(epochs=1, **QUICK), run_dir)
+    saved = runs.load_checkpoint(run_dir / runs.CHECKPOINT)
+    runs.save_checkpoint(run_dir / runs.CHECKPOINT, damage_checkpoint(change)(saved))
+    with pytest.raises(errors.RunError, match=message):
+        train.fit(train.load_config(run_dir, epochs=2), run_dir, resume=True)
+
+
+@pytest.mark.parametrize("name, content, command", [
+    (runs.CONFIG, "[]", "train"), (runs.CONFIG, '{"batch_size": "128"}', "train"), (runs.CONFIG, '{"seed": 1.5}', "evaluate"),
+    (runs.HISTORY, '{"epoch": 1}', "train"), (runs.HISTORY, '[{"epoch": 1, "loss": "low"}]', "evaluate"),
+    (runs.CONFIG, "{not json", "evaluate"),
+])
+def test_damaged_run_files_are_one_line_errors(tmp_path, capsys, trained_run, name, content, command):
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run, run_dir)
+    (run_dir / name).write_text(content)
+    args = ["train", "--resume", run_dir, "--epochs", 4] if command == "train" else [command, run_dir]
+    code, _, err = run_cli(capsys, *args)
+    assert code == 2 and err.startswith("error:") and str(run_dir / name) in err, err
+
+
+def test_outputs_of_the_wrong_kind_are_one_line_errors(tmp_path, capsys, trained_run):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    image = tmp_path / "img.png"
+    PIL.Image.new("L", (40, 40), 200).save(image)
+    for args in (["train", "--epochs", 1, "--limit", 3000, "--out", a_file], ["data", "--out", a_file],
+                 ["predict", trained_run, image, "--save-preprocessed", a_file],
+                 ["export", trained_run, "--out", tmp_path, "--no-verify"]):
+        code, _, err = run_cli(capsys, *args)
+        assert code == 2 and err.startswith("error:") and ("is a file" in err or "is a directory" in err), (args, err)
+
+
+STARTUP_INTERRUPT = """
+import os, signal, sys
+from fmnist import cli, data, kernels
+ctrl_c = lambda *args, **kwargs: signal.raise_signal(signal.SIGINT)  # a real SIGINT, at a known moment
+if sys.argv[1] == "kernels":
+    kernels.available = ctrl_c
+else:
+    data.load = ctrl_c
+sys.exit(cli.main(["train", "--limit", "3000", "--out", sys.argv[2]]))
+"""
+
+
+@pytest.mark.parametrize("moment", ["kernels", "data"])
+def test_ctrl_c_during_start_up_is_one_line(tmp_path, moment):
+    result = subprocess.run([sys.executable, "-c", STARTUP_INTERRUPT, moment, str(tmp_path / "run")],
+                            capture_output=True, text=True)
+    assert result.returncode == 130 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith("error: interrupted") and result.stderr.count("\n") == 1, result.stderr
+    assert not runs.holds_run(tmp_path / "run")

@@ -67,9 +67,9 @@ def write_figures(run_dir: Path, dataset: data.Dataset, probabilities: np.ndarra
     worst = confident_mistakes(probabilities, labels)
     figures.predictions(dataset.test_images[worst], labels[worst], predicted[worst], probabilities[worst],
                         out / "mistakes.png", "Most confident mistakes: predicted (probability) / true")
-    history_path = Path(run_dir) / runs.HISTORY
-    if history_path.exists():
-        figures.learning_curves(runs.read_json(history_path), out / "learning_curves.png")
+    history = runs.read_history(run_dir)
+    if history:
+        figures.learning_curves(history, out / "learning_curves.png")
 
 
 def evaluate_run(run_dir: Path, weights: str = runs.WEIGHTS, data_dir: str | None = None,

@@ -113,8 +113,8 @@ def build(run_dir: Path) -> list:
     """The report's blocks, from a run directory that `fmnist evaluate` has been through."""
     run_dir = Path(run_dir)
     metrics = evaluate.load_metrics(run_dir)
-    config = runs.read_json(run_dir / runs.CONFIG)
-    history = runs.read_json(run_dir / runs.HISTORY) if (run_dir / runs.HISTORY).exists() else []
+    config = runs.read_config(run_dir)
+    history = runs.read_history(run_dir)
     test_m, train_m = metrics["test"], metrics["train"]
     network = model.SeedCNN()
     return [

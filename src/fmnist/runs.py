@@ -12,11 +12,16 @@
       report.html, report.md `fmnist report`: the whole experiment on one page
       model.onnx             `fmnist export`
 
-Every file is written to a temp file in the same directory and renamed: a crash never leaves half a file.
+Every file is written to a temp file in the same directory (`.NAME.*.tmp`) and renamed: a crash never
+leaves half a file, and the temp files a kill leaves behind are removed when the run is next written.
+A run is resumable from every state a kill can leave it in: config.json alone (from epoch 0), a
+checkpoint without history (killed in epoch 1), history one epoch ahead of the checkpoint (killed
+between the two writes; the checkpoint counts).
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -73,6 +78,79 @@ def read_json(path: Path):
         raise errors.RunError(f"{path} is damaged ({exc})") from None
 
 
+def read_config(run_dir: Path) -> dict:
+    path = Path(run_dir) / CONFIG
+    config = read_json(path)
+    if not isinstance(config, dict):
+        raise errors.RunError(f"{path} is damaged: it holds a JSON {type(config).__name__}, not an object")
+    return config
+
+
+HISTORY_FIELDS = {"epoch": int, "loss": float, "accuracy": float, "val_loss": float, "val_accuracy": float,
+                  "train_seconds": float, "seconds": float, "steps": int}
+
+
+def read_history(run_dir: Path) -> list[dict]:
+    """One row per finished epoch; [] where none was written (imported, or stopped in epoch 1)."""
+    path = Path(run_dir) / HISTORY
+    if not path.exists():
+        return []
+    history = read_json(path)
+    if not isinstance(history, list) or not all(valid_row(row, epoch) for epoch, row in enumerate(history, 1)):
+        raise errors.RunError(f"{path} is damaged: expected a list of rows for epochs 1, 2, ... with "
+                              f"{', '.join(HISTORY_FIELDS)} as numbers")
+    return history
+
+
+def valid_row(row, epoch: int) -> bool:
+    def fits(value, kind) -> bool:  # JSON writes 1.0 as 1.0, but accept an int where a float belongs
+        return not isinstance(value, bool) and isinstance(value, (int, float) if kind is float else kind)
+    return isinstance(row, dict) and row.get("epoch") == epoch and all(
+        fits(row.get(key), kind) for key, kind in HISTORY_FIELDS.items())
+
+
+def holds_run(run_dir: Path) -> bool:
+    return any((Path(run_dir) / name).exists() for name in (CONFIG, WEIGHTS, BEST_WEIGHTS, CHECKPOINT, HISTORY))
+
+
+def require_new(run_dir: Path, how_to_continue: str) -> Path:
+    """A directory for a new run: refused if it is a file or already holds a run (never overwritten)."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise errors.OutputError(f"{run_dir} is a file: give a directory for the run")
+    if holds_run(run_dir):
+        raise errors.RunError(f"{run_dir} already holds a run: {how_to_continue}, or write to another directory")
+    return run_dir
+
+
+def remove_stale_temp_files(run_dir: Path) -> None:
+    """Temp files of writes that a kill interrupted. Call only as the run's one writer."""
+    for name in (CONFIG, HISTORY, WEIGHTS, BEST_WEIGHTS, CHECKPOINT):
+        for stale in Path(run_dir).glob(f".{name}.*.tmp"):
+            stale.unlink(missing_ok=True)
+
+
+def expected_shapes() -> dict[str, tuple[int, ...]]:
+    return {f"{layer}.{part}": shape for layer, _, parts in model.LAYERS for part, shape in parts.items()}
+
+
+def check_state(state: dict, where: str, error: type[errors.FmnistError] = errors.RunError) -> dict:
+    """The network's tensors, exactly: every name and shape, float32, finite. Anything else is refused."""
+    if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
+        raise error(f"{where}: the weights are not a set of named tensors")
+    expected, found = expected_shapes(), {name: tuple(t.shape) for name, t in state.items()}
+    if expected != found:
+        wrong = sorted(set(expected.items()) ^ set(found.items()))[0][0]
+        raise error(f"{where}: weights do not match the architecture (differs at {wrong}: "
+                    f"expected {expected.get(wrong)}, found {found.get(wrong)})")
+    for name, tensor in state.items():
+        if tensor.dtype != torch.float32:
+            raise error(f"{where}: {name} is {tensor.dtype}, expected float32")
+        if not torch.isfinite(tensor).all():
+            raise error(f"{where}: {name} holds NaN or infinite values")
+    return state
+
+
 def save_weights(path: Path, state: dict[str, torch.Tensor], **extra) -> Path:
     metadata = {"format": "fmnist", "architecture": model.ARCHITECTURE,
                 "class_names": json.dumps(list(data.CLASS_NAMES)), "preprocessing": PREPROCESSING,
@@ -95,21 +173,27 @@ def load_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     return tensors, metadata
 
 
+def best_val_loss(run_dir: Path) -> float:
+    """The validation loss best.safetensors was saved at (inf where there is none, or an older run's)."""
+    path = Path(run_dir) / BEST_WEIGHTS
+    if not path.is_file():
+        return math.inf
+    try:
+        with safetensors.safe_open(str(path), framework="pt") as handle:
+            return float((handle.metadata() or {}).get("val_loss", "inf"))
+    except Exception:  # a damaged file: the next better epoch replaces it
+        return math.inf
+
+
 def load_model(run_dir: Path, weights: str = WEIGHTS, dropout: float = model.DROPOUT) -> model.SeedCNN:
-    """The network of a run directory, in eval mode; clear errors for foreign or mismatched weights."""
-    tensors, metadata = load_weights(Path(run_dir) / weights)
+    """The network of a run directory, in eval mode; clear errors for foreign, mismatched or damaged weights."""
+    where = Path(run_dir) / weights
+    tensors, metadata = load_weights(where)
     if metadata.get("architecture") != model.ARCHITECTURE:
-        raise errors.RunError(f"{Path(run_dir) / weights}: architecture {metadata.get('architecture')!r}, "
+        raise errors.RunError(f"{where}: architecture {metadata.get('architecture')!r}, "
                               f"this version of fmnist reads {model.ARCHITECTURE!r}")
     network = model.SeedCNN(dropout=dropout)
-    expected = {name: tuple(p.shape) for name, p in network.state_dict().items()}
-    found = {name: tuple(t.shape) for name, t in tensors.items()}
-    if expected != found:
-        wrong = sorted(set(expected.items()) ^ set(found.items()))
-        raise errors.RunError(f"{Path(run_dir) / weights}: weights do not match the architecture "
-                              f"(differs at {wrong[0][0]}: expected {expected.get(wrong[0][0])}, "
-                              f"found {found.get(wrong[0][0])})")
-    network.load_state_dict(tensors)
+    network.load_state_dict(check_state(tensors, str(where)))
     return network.eval()
 
 

@@ -11,6 +11,7 @@ import math
 import os
 import platform
 import time
+import typing
 from pathlib import Path
 from typing import Callable
 
@@ -46,6 +47,7 @@ class TrainConfig:
     precision: str = "fp32"      # fp32 | bf16 (autocast; weights and optimizer stay float32)
 
     def __post_init__(self):
+        self.check_types()
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"epochs and batch size must be >= 1 (got {self.epochs}, {self.batch_size})")
         if not self.learning_rate > 0:
@@ -60,6 +62,16 @@ class TrainConfig:
             raise ValueError(f"precision must be fp32 or bf16, got {self.precision!r}")
         if self.threads is not None and self.threads < 1 or self.limit is not None and self.limit < 2:
             raise ValueError("threads must be >= 1 and limit >= 2")
+
+    def check_types(self) -> None:
+        """Each field of its annotated type (a config.json may hold anything); an int is a fine float."""
+        for name, kind in typing.get_type_hints(TrainConfig).items():
+            value = getattr(self, name)
+            allowed = typing.get_args(kind) or (kind,)
+            if float in allowed:
+                allowed += (int,)
+            if isinstance(value, bool) or not isinstance(value, allowed):
+                raise ValueError(f"{name} must be {' or '.join(t.__name__ for t in allowed)}, got {value!r}")
 
 
 class KerasAdam(torch.optim.Adam):
@@ -179,14 +191,24 @@ class TrainingState:
                 "shuffle_rng": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
                 "epoch": self.epoch, "format": CHECKPOINT_FORMAT}
 
-    def restore(self, saved: dict) -> None:
-        if saved.get("format") != CHECKPOINT_FORMAT:
-            raise errors.RunError("the checkpoint is not an fmnist checkpoint")
-        self.network.load_state_dict(saved["model"])
-        self.optimizer.load_state_dict(saved["optimizer"])
-        self.generator.set_state(saved["shuffle_rng"])
-        torch.set_rng_state(saved["torch_rng"])
-        self.epoch = int(saved["epoch"])
+    def restore(self, saved: dict, where: str) -> None:
+        """Everything from a checkpoint, or one RunError naming what is damaged (nothing from it is trusted)."""
+        if not isinstance(saved, dict) or saved.get("format") != CHECKPOINT_FORMAT:
+            raise errors.RunError(f"{where} is not an fmnist checkpoint")
+        try:
+            self.network.load_state_dict(runs.check_state(saved["model"], where))
+            self.optimizer.load_state_dict(saved["optimizer"])
+            self.generator.set_state(saved["shuffle_rng"])
+            torch.set_rng_state(saved["torch_rng"])
+            epoch = saved["epoch"]
+        except errors.RunError:
+            raise
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
+            raise errors.RunError(f"{where} is damaged ({type(exc).__name__}: {exc}); "
+                                  f"delete it to restart the run from epoch 0") from None
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise errors.RunError(f"{where} is damaged (epoch {epoch!r})")
+        self.epoch = epoch
 
 
 def prepare_data(config: TrainConfig, device: torch.device):
@@ -227,21 +249,36 @@ def save_epoch(run_dir: Path, state: TrainingState, best_val_loss: float) -> flo
     runs.save_weights(run_dir / runs.WEIGHTS, state.network.state_dict(), epoch=state.epoch)
     if row["val_loss"] < best_val_loss:
         best_val_loss = row["val_loss"]
-        runs.save_weights(run_dir / runs.BEST_WEIGHTS, state.network.state_dict(), epoch=state.epoch)
+        runs.save_weights(run_dir / runs.BEST_WEIGHTS, state.network.state_dict(), epoch=state.epoch,
+                          val_loss=best_val_loss)
     runs.write_json(run_dir / runs.HISTORY, state.history)
     runs.save_checkpoint(run_dir / runs.CHECKPOINT, state.checkpoint())  # last: it marks the epoch done
     return best_val_loss
 
 
+def resume_epoch(run_dir: Path) -> int:
+    """Epochs a run has finished, by its checkpoint; 0 where none was written yet."""
+    path = Path(run_dir) / runs.CHECKPOINT
+    return int(runs.load_checkpoint(path).get("epoch", 0)) if path.is_file() else 0
+
+
 def start_or_resume(config: TrainConfig, run_dir: Path, resume: bool, device: torch.device,
                     write: bool = True) -> TrainingState:
+    """A new state (written as epoch 0 at once), or the checkpoint's; a run killed before its first
+    checkpoint resumes from epoch 0, which its seed makes the same state."""
     state = new_state(config, device)
-    if resume:
-        state.restore(runs.load_checkpoint(run_dir / runs.CHECKPOINT))
-        state.history = runs.read_json(run_dir / runs.HISTORY)[:state.epoch] if state.epoch else []
+    checkpoint = run_dir / runs.CHECKPOINT
+    if resume and checkpoint.is_file():
+        state.restore(runs.load_checkpoint(checkpoint), str(checkpoint))
+        state.history = runs.read_history(run_dir)[:state.epoch]  # history may be one epoch ahead: the checkpoint counts
+        if len(state.history) < state.epoch:
+            raise errors.RunError(f"{run_dir / runs.HISTORY} holds {len(state.history)} epochs but the checkpoint "
+                                  f"is at epoch {state.epoch}: restore history.json, or start a new run")
     elif write:
-        runs.write_json(run_dir / runs.CONFIG, {**dataclasses.asdict(config), "machine": describe_machine(device)})
-        runs.save_checkpoint(run_dir / runs.CHECKPOINT, state.checkpoint())  # epoch 0: resumable at once
+        if not resume:
+            runs.write_json(run_dir / runs.CONFIG, {**dataclasses.asdict(config),
+                                                    "machine": describe_machine(device)})
+        runs.save_checkpoint(checkpoint, state.checkpoint())  # epoch 0: resumable at once
     return state
 
 
@@ -298,23 +335,28 @@ def fit(config: TrainConfig, run_dir: Path, resume: bool = False,
     Under torchrun every process trains its shard of each global batch; only rank 0 writes or reports.
     """
     shard, device = setup(config)
-    if not resume and (Path(run_dir) / runs.CONFIG).exists():
-        raise errors.RunError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, "
-                              f"or write to another directory")
+    run_dir = Path(run_dir)
+    if not resume:
+        runs.require_new(run_dir, f"continue it with --resume {run_dir}")
+    elif not (run_dir / runs.CONFIG).is_file():
+        raise errors.RunError(f"{run_dir / runs.CONFIG} is missing: {run_dir} holds no run to resume")
     if shard.world_size > 1:
         torch.distributed.barrier()  # every rank has looked before rank 0 writes anything
+    if shard.is_main:
+        runs.remove_stale_temp_files(run_dir)
     train_data, val_data = prepare_data(config, device)
-    state = start_or_resume(config, Path(run_dir), resume, device, write=shard.is_main)
+    state = start_or_resume(config, run_dir, resume, device, write=shard.is_main)
     network = state.network
     if shard.world_size > 1:
         device_ids = [device] if device.type == "cuda" else None
         network = torch.nn.parallel.DistributedDataParallel(network, device_ids=device_ids)
-    best = min((row["val_loss"] for row in state.history), default=math.inf)
+    # The best weights may be better than any row of a shortened history: never replace them with worse.
+    best = min([row["val_loss"] for row in state.history] + [runs.best_val_loss(run_dir)])
     while state.epoch < config.epochs:
         state.history.append(run_epoch(state, network, train_data, val_data, config, shard,
                                        on_step if shard.is_main else None))
         if shard.is_main:
-            best = save_epoch(Path(run_dir), state, best)
+            best = save_epoch(run_dir, state, best)
             if on_epoch is not None:
                 on_epoch(state.history[-1])
     return state.history
@@ -322,7 +364,7 @@ def fit(config: TrainConfig, run_dir: Path, resume: bool = False,
 
 def load_config(run_dir: Path, **overrides) -> TrainConfig:
     """The TrainConfig stored in a run directory (for --resume), with `overrides` applied."""
-    stored = runs.read_json(Path(run_dir) / runs.CONFIG)
+    stored = runs.read_config(run_dir)
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     try:
         return TrainConfig(**{**{k: v for k, v in stored.items() if k in fields}, **overrides})
