@@ -2,7 +2,8 @@
 
 usage: python make_keras_models.py OUT_DIR IMAGES.npy
 Writes seed.keras, seed.h5 (the report's architecture, random Glorot weights), expected.npy (Keras's
-own predictions on IMAGES), and wrong.keras / wrong.h5 (one layer differs).
+own predictions on IMAGES), functional.keras / functional.h5 (the same network and weights as a
+Functional model whose layers have other names), and wrong.keras / wrong.h5 (one layer differs).
 """
 import os
 import sys
@@ -28,6 +29,17 @@ def seed_cnn(second_filters=64, padding="same", dropout=0.5):
     ])
 
 
+def as_functional(sequential):
+    """The same layers and weights, rebuilt as a Functional model (new layers, so other names)."""
+    inputs = keras.Input((28, 28, 1))
+    x = inputs
+    for layer in sequential.layers:
+        x = layer.__class__.from_config({**layer.get_config(), "name": layer.name + "_f"})(x)
+    functional = keras.Model(inputs, x)
+    functional.set_weights(sequential.get_weights())
+    return functional
+
+
 if __name__ == "__main__":
     out, images = sys.argv[1], np.load(sys.argv[2])
     keras.utils.set_random_seed(0)
@@ -40,5 +52,8 @@ if __name__ == "__main__":
     model.save(os.path.join(out, "seed.keras"))
     model.save(os.path.join(out, "seed.h5"))
     np.save(os.path.join(out, "expected.npy"), model.predict(images, verbose=0))
+    functional = as_functional(model)
+    functional.save(os.path.join(out, "functional.keras"))
+    functional.save(os.path.join(out, "functional.h5"))
     seed_cnn(second_filters=48).save(os.path.join(out, "wrong.keras"))
     seed_cnn(padding="valid").save(os.path.join(out, "wrong.h5"))
