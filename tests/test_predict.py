@@ -3,15 +3,18 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import struct
 import subprocess
 import sys
+import warnings
 import zlib
 
 import numpy as np
 import PIL.Image
 import pytest
 
+from conftest import run_cli
 from fmnist import errors, predict, runs
 
 
@@ -119,3 +122,65 @@ def test_cli_predicts_good_files_and_reports_bad_ones(tmp_path, trained_run, rea
     top = json.loads(as_json.stdout)[0]["top"]
     assert len(top) == 3 and top[0]["probability"] >= top[1]["probability"] >= top[2]["probability"]
     assert abs(sum(t["probability"] for t in top) - 1) < 0.2 or top[0]["probability"] > 0.5
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile inputs: work bounded by what a 28x28 result needs, regular files only, nothing lost
+def png(image: PIL.Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("mode, size", [("RGBA", (4096, 4096)), ("P", (4096, 4096)), ("I;16", (4096, 4096)),
+                                        ("1", (4096, 4096)), ("L", (16_000_000, 1))])
+def test_limit_sized_images_are_shrunk_before_any_full_size_work(mode, size):
+    raw = png(PIL.Image.new(mode, size))
+    assert len(raw) < 200_000, "tiny files: the cost is in the pixels they declare"
+    image = predict.open_image(raw, "big")
+    assert max(image.size) <= predict.WORKING_SIZE
+    assert predict.preprocess(image).shape == (28, 28)
+
+
+def test_pixel_limit_applies_to_decoded_pixels():
+    with pytest.raises(errors.TooLarge, match="4097x4096 pixels is more than the limit"):
+        predict.open_image(png_header_only(4097, 4096), "over")
+    buffer = io.BytesIO()  # a 48-megapixel JPEG decodes at 1/4 scale (2000x1500), within the limit; then halved
+    PIL.Image.new("RGB", (8000, 6000), (200, 30, 30)).save(buffer, "JPEG")
+    assert predict.open_image(buffer.getvalue(), "photo.jpg").size == (1000, 750)
+
+
+def test_float_image_with_nan_pixels_gives_no_warning(tmp_path):
+    values = np.full((60, 40), 200.0, np.float32)
+    values[10:30, 10:30] = np.nan
+    PIL.Image.fromarray(values).save(tmp_path / "nan.tiff")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert predict.preprocess(predict.open_image(tmp_path / "nan.tiff", "nan")).shape == (28, 28)
+
+
+def test_cli_reads_regular_files_only_and_keeps_every_view(tmp_path, trained_run, real_dataset):
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)  # reading it would wait for a writer forever
+    shoes = [tmp_path / part / "shoe.png" for part in ("a", "b")]
+    for index, path in enumerate(shoes):
+        path.parent.mkdir()
+        as_product_photo(real_dataset.test_images[index]).save(path)
+    seen = tmp_path / "seen"
+    command = [sys.executable, "-m", "fmnist", "predict", str(trained_run), str(fifo), "/dev/zero", *map(str, shoes),
+               "--save-preprocessed", str(seen), "--json"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.count("not a regular file") == 2, result.stderr
+    views = [row["preprocessed"] for row in json.loads(result.stdout) if "top" in row]
+    assert [os.path.basename(v) for v in views] == ["shoe.28x28.png", "shoe-2.28x28.png"]
+    first, second = (np.asarray(PIL.Image.open(v)) for v in views)
+    assert not np.array_equal(first, second), "both views kept, neither overwritten"
+
+
+@pytest.mark.parametrize("top", ["-1", "0", "11"])
+def test_top_outside_1_to_10_is_refused(tmp_path, capsys, trained_run, top):
+    image = tmp_path / "x.png"
+    PIL.Image.new("L", (30, 30), 128).save(image)
+    code, _, err = run_cli(capsys, "predict", trained_run, image, "--top", top)
+    assert code == 2 and "must be from 1 to 10" in err

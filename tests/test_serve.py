@@ -3,19 +3,25 @@ from __future__ import annotations
 
 import concurrent.futures
 import io
+import logging
 import os
 import shutil
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import httpx
+import PIL.Image
 import pytest
+import safetensors.torch
 import uvicorn
 
-from fmnist import runs, serve
-from test_predict import as_product_photo, confident_correct
+from fmnist import errors, predict, runs, serve
+from test_predict import as_product_photo, confident_correct, png, png_header_only
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
@@ -26,21 +32,34 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(trained_run):
+def running(app, **options):
+    """A real uvicorn server with fmnist's settings on a free loopback port, in a thread; yields its URL.
+
+    log_config=None: uvicorn's loggers propagate, so tests read what the server logs (caplog).
+    """
     port = free_port()
-    config = uvicorn.Config(serve.create_app(trained_run, max_bytes=1_000_000), host="127.0.0.1", port=port,
-                            log_level="warning")
-    instance = uvicorn.Server(config)
+    instance = uvicorn.Server(serve.server_config(app, "127.0.0.1", port, log_config=None, **options))
     thread = threading.Thread(target=instance.run, daemon=True)
     thread.start()
-    deadline = time.time() + 30
-    while not instance.started and time.time() < deadline:
+    deadline = time.time() + 60
+    while not instance.started and time.time() < deadline and thread.is_alive():
         time.sleep(0.05)
     assert instance.started
     yield f"http://127.0.0.1:{port}"
     instance.should_exit = True
-    thread.join(timeout=10)
+    thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(trained_run):
+    app = serve.create_app(trained_run, max_bytes=1_000_000, allowed_hosts=serve.LOOPBACK_NAMES)
+    yield from running(app, log_level="warning")
+
+
+@pytest.fixture(scope="module")
+def impatient_server(trained_run):
+    """Requests must arrive whole within 1 s: the deadline for slow and idle clients, made short."""
+    yield from running(serve.create_app(trained_run), log_level="info", request_timeout=1)
 
 
 @pytest.fixture(scope="module")
@@ -133,3 +152,140 @@ def test_page_in_headless_chromium(server, photos, tmp_path):
         driver.save_screenshot(str(ARTIFACTS / "serve-page.png"))
     finally:
         driver.quit()
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile clients: the status is the error's type, requests and connections are bounded
+def test_status_comes_from_the_error_type_not_its_words(server, photos):
+    damaged = photos[0][0][:300]
+    for name, raw, status in (("pixels over the limit.png", damaged, 400), ("not an image format.png", damaged, 400),
+                              ("notes.png", b"plain text, not an image", 415),
+                              ("bomb.png", png_header_only(5000, 5000), 413)):
+        reply = httpx.post(f"{server}/predict", files={"file": (name, raw, "image/png")})
+        assert reply.status_code == status, (name, reply.text)
+    for content_type in ("IMAGE/JPEG", "Image/Jpeg; charset=binary", "application/OCTET-stream"):
+        reply = httpx.post(f"{server}/predict", content=photos[0][0], headers={"Content-Type": content_type})
+        assert reply.status_code == 200, content_type
+
+
+def test_files_per_request_are_capped(server):
+    small = png(PIL.Image.new("L", (28, 28), 30))
+    allowed = httpx.post(f"{server}/predict", files=[("file", (f"{i}.png", small, "image/png"))
+                                                      for i in range(serve.MAX_FILES)], timeout=120)
+    assert allowed.status_code == 200 and len(allowed.json()["predictions"]) == serve.MAX_FILES
+    refused = httpx.post(f"{server}/predict", files=[("file", (f"{i}.png", small, "image/png"))
+                                                      for i in range(serve.MAX_FILES + 1)])
+    assert refused.status_code == 400 and "Too many files" in refused.json()["detail"]
+
+
+def test_no_external_pages_nosniff_and_host_checked(server):
+    assert httpx.get(f"{server}/docs").status_code == 404 and httpx.get(f"{server}/redoc").status_code == 404
+    assert httpx.get(f"{server}/openapi.json").status_code == 200
+    for path in ("/", "/health", "/openapi.json"):
+        assert httpx.get(server + path).headers["x-content-type-options"] == "nosniff"
+    assert httpx.get(f"{server}/health", headers={"Host": "evil.example"}).status_code == 400  # DNS rebinding
+    assert httpx.get(f"{server}/health", headers={"Host": "localhost:8000"}).status_code == 200
+    assert serve.default_allowed_hosts("127.0.0.1") == serve.LOOPBACK_NAMES
+    assert serve.default_allowed_hosts("0.0.0.0") is None
+
+
+def test_non_finite_weights_are_refused_at_start(tmp_path, trained_run):
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run, run_dir)
+    state = safetensors.torch.load_file(str(run_dir / runs.WEIGHTS))
+    state["dense3.bias"][0] = float("nan")
+    runs.save_weights(run_dir / runs.WEIGHTS, state)
+    with pytest.raises(errors.RunError, match="dense3.bias holds NaN"):
+        serve.create_app(run_dir)
+    result = subprocess.run([sys.executable, "-m", "fmnist", "serve", str(run_dir), "--port", str(free_port())],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "holds NaN" in result.stderr and "Traceback" not in result.stderr
+
+
+def closed_by_server(sock: socket.socket) -> bool:
+    """Wait (up to a minute, a state not a time) for the server to close the connection."""
+    sock.settimeout(60)
+    try:
+        while sock.recv(4096):
+            pass
+        return True
+    except ConnectionResetError:
+        return True
+    except socket.timeout:
+        return False
+
+
+def test_slow_and_idle_clients_are_dropped(impatient_server, caplog):
+    caplog.set_level(logging.INFO)
+    address = ("127.0.0.1", int(impatient_server.rsplit(":", 1)[1]))
+    half_headers = [socket.create_connection(address) for _ in range(20)]
+    for sock in half_headers:
+        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Le")
+    idle = socket.create_connection(address)
+    trickle = socket.create_connection(address)
+    trickle.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
+                    b"Content-Length: 1000\r\n\r\n\x89PNG")
+    assert all(closed_by_server(sock) for sock in [*half_headers, idle, trickle])
+    for sock in [*half_headers, idle, trickle]:
+        sock.close()
+    assert httpx.get(f"{impatient_server}/health").status_code == 200
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+    assert sum("no whole request within 1 s" in r.getMessage() for r in caplog.records) >= 22
+
+
+def test_client_leaving_mid_body_is_one_log_line(impatient_server, caplog):
+    caplog.set_level(logging.INFO)
+    sock = socket.create_connection(("127.0.0.1", int(impatient_server.rsplit(":", 1)[1])))
+    sock.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
+                 b"Content-Length: 100000\r\n\r\n" + bytes(5000))
+    sock.close()
+    deadline = time.time() + 60
+    while not any("went away" in r.getMessage() for r in caplog.records) and time.time() < deadline:
+        time.sleep(0.05)  # waiting for the server to notice: a state, bounded
+    assert [r.getMessage() for r in caplog.records if "went away" in r.getMessage()]
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+
+
+def rss_kib(pid: int, field: str) -> int:
+    line = next(l for l in Path(f"/proc/{pid}/status").read_text().splitlines() if l.startswith(field + ":"))
+    return int(line.split()[1])
+
+
+def limit_sized_images() -> list[tuple[str, bytes]]:
+    """Small files that declare the most pixels the server accepts, in its costliest modes."""
+    jpeg = io.BytesIO()
+    PIL.Image.new("RGB", (8000, 6000), (200, 30, 30)).save(jpeg, "JPEG")
+    side = int(predict.MAX_PIXELS ** 0.5)
+    return [("rgba.png", png(PIL.Image.new("RGBA", (side, side), (0, 0, 0, 0)))),
+            ("palette.png", png(PIL.Image.new("P", (side, side)))),
+            ("sixteen.png", png(PIL.Image.new("I;16", (side, side), 300))),
+            ("line.png", png(PIL.Image.new("L", (predict.MAX_PIXELS, 1), 255))),
+            ("photo.jpg", jpeg.getvalue())]
+
+
+def test_server_memory_is_bounded_for_limit_sized_images(tmp_path, trained_run, photos):
+    """Peak RSS of a real `fmnist serve` process (Linux /proc: VmHWM, reset through clear_refs)."""
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "fmnist", "serve", str(trained_run), "--port", str(port)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and process.poll() is None:
+            try:
+                if httpx.post(f"{url}/predict", content=photos[0][0], headers={"Content-Type": "image/jpeg"}).is_success:
+                    break  # started, and the first prediction (its one-time costs) done
+            except httpx.TransportError:
+                time.sleep(0.2)
+        files = [("file", (name, raw, "image/*")) for name, raw in limit_sized_images()]
+        Path(f"/proc/{process.pid}/clear_refs").write_text("5")  # peak RSS := current RSS
+        start = rss_kib(process.pid, "VmRSS")
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:  # four such requests at once
+            replies = list(pool.map(lambda _: httpx.post(f"{url}/predict", files=files, timeout=300), range(4)))
+        assert all(reply.status_code == 200 for reply in replies), [r.text for r in replies]
+        grown_mb = (rss_kib(process.pid, "VmHWM") - start) / 1024
+        print(f"peak RSS growth for 4 concurrent requests of {len(files)} limit-sized images: {grown_mb:.0f} MB")
+        assert grown_mb < 300
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=60)

@@ -36,7 +36,7 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_data(args) -> int:
-    from fmnist import data, figures
+    from fmnist import data, figures, files
 
     dataset, seconds = data.timed_load(data_dir=args.data_dir)
     console.print(f"source: {dataset.source}  (loaded and verified in {seconds:.2f} s)")
@@ -56,7 +56,7 @@ def cmd_data(args) -> int:
     for label, name in enumerate(data.CLASS_NAMES):
         counts.add_row(str(label), name, f"{train_counts[label]:,}", f"{test_counts[label]:,}")
     console.print(counts)
-    path = figures.samples(dataset.train_images, dataset.train_labels, Path(args.out) / "samples.png")
+    path = figures.samples(dataset.train_images, dataset.train_labels, files.output_dir(args.out) / "samples.png")
     console.print(f"wrote {path}")
     return 0
 
@@ -131,12 +131,13 @@ def run_training(config, run_dir: Path, resume: bool = False, progress: bool = T
     on_cpu = train.resolve_device(config.device).type == "cpu"
     with EpochProgress(config.epochs, steps, show_values=on_cpu, enabled=progress) as bar:
         if resume:
-            bar.epoch = len(runs.read_json(run_dir / runs.HISTORY))
+            bar.epoch = train.resume_epoch(run_dir)
         try:
             return train.fit(config, run_dir, resume=resume, on_epoch=bar.on_epoch, on_step=bar.on_step)
         except KeyboardInterrupt:
-            done = runs.load_checkpoint(run_dir / runs.CHECKPOINT)["epoch"]
-            raise Interrupted(f"interrupted: the checkpoint of epoch {done} is in {run_dir}; "
+            if not (run_dir / runs.CONFIG).is_file():
+                raise Interrupted("interrupted before the run started: nothing was written") from None
+            raise Interrupted(f"interrupted: the checkpoint of epoch {train.resume_epoch(run_dir)} is in {run_dir}; "
                               f"continue with: fmnist train --resume {run_dir}") from None
 
 
@@ -248,9 +249,8 @@ def cmd_reproduce(args) -> int:
         run_dir = out / f"seed-{seed}"
         console.rule(f"seed {seed}: {run_dir}")
         config = train_config(argparse.Namespace(**{**vars(args), "seed": seed}))
-        done = run_dir / runs.HISTORY
-        if not (done.exists() and len(runs.read_json(done)) >= config.epochs):  # finished runs are kept
-            run_training(config, run_dir, resume=(run_dir / runs.CHECKPOINT).exists(), progress=not args.quiet)
+        if len(runs.read_history(run_dir)) < config.epochs:  # finished runs are kept, others continued
+            run_training(config, run_dir, resume=(run_dir / runs.CONFIG).is_file(), progress=not args.quiet)
         metrics = evaluate.evaluate_run(run_dir, data_dir=args.data_dir, device=args.device)
         print_metrics(metrics)
         html_path, _ = report.write_report(run_dir)
@@ -301,27 +301,28 @@ def cmd_predict(args) -> int:
 
     import PIL.Image
 
-    from fmnist import predict, runs
+    from fmnist import files, predict, runs
 
     network = runs.load_model(Path(args.run), runs.BEST_WEIGHTS if args.weights == "best" else runs.WEIGHTS)
     paths = predict.expand_paths(args.images)
     if not paths:
         raise errors.InputError("no image files found in " + ", ".join(map(str, args.images)))
+    out_dir = files.output_dir(args.save_preprocessed) if args.save_preprocessed else None
+    names = predict.preprocessed_names(paths)
     results, failures = [], 0
     for path in paths:
         try:
             pixels = predict.preprocess(predict.open_image(path, str(path)))
         except errors.InputError as exc:
             failures += 1
-            error_console.print(f"[bold red]error:[/] {rich.markup.escape(str(exc))}", soft_wrap=True)
+            report_error(str(exc), 1)
             results.append({"file": str(path), "error": str(exc)})
             continue
         top = predict.classify(network, pixels[None], k=args.top)[0]
         results.append({"file": str(path), "top": top})
-        if args.save_preprocessed:
-            target = Path(args.save_preprocessed) / (path.stem + ".28x28.png")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            PIL.Image.fromarray(pixels).save(target)
+        if out_dir:
+            saved = runs.write_atomic(out_dir / names[path], lambda tmp: PIL.Image.fromarray(pixels).save(tmp, "PNG"))
+            results[-1]["preprocessed"] = str(saved)
         if not args.json:
             ranked = ", ".join(f"{t['class']} {t['probability']:.1%}" for t in top)
             console.print(f"{path}: {ranked}", soft_wrap=True)
@@ -331,10 +332,11 @@ def cmd_predict(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from fmnist import data, export, runs
+    from fmnist import data, export, files, runs
 
     weights = runs.BEST_WEIGHTS if args.weights == "best" else runs.WEIGHTS
-    path = export.export_onnx(Path(args.run), Path(args.out) if args.out else None, weights)
+    out = files.output_file(args.out, runs.ONNX) if args.out else None
+    path = export.export_onnx(Path(args.run), out, weights)
     console.print(f"wrote {path}")
     if not args.no_verify:
         dataset = data.load(data_dir=args.data_dir)
@@ -355,8 +357,18 @@ def cmd_serve(args) -> int:
     from fmnist import serve
 
     console.print(f"serving {args.run} on http://{args.host}:{args.port}/ (Ctrl-C stops)")
-    serve.serve(Path(args.run), host=args.host, port=args.port, max_bytes=args.max_bytes)
+    serve.serve(Path(args.run), host=args.host, port=args.port, max_bytes=args.max_bytes,
+                allowed_hosts=args.allowed_host)
     return 0
+
+
+def top_count(text: str) -> int:
+    from fmnist import data
+
+    value = int(text)
+    if not 1 <= value <= data.NUM_CLASSES:
+        raise argparse.ArgumentTypeError(f"must be from 1 to {data.NUM_CLASSES}, got {value}")
+    return value
 
 
 def add_weights_option(parser: argparse.ArgumentParser) -> None:
@@ -436,7 +448,7 @@ def add_use_commands(commands) -> None:
                     "fmnist predict runs/train photos/ --json --save-preprocessed seen/"])
     p.add_argument("run", help="run directory")
     p.add_argument("images", nargs="+", type=Path, help="image files or directories")
-    p.add_argument("--top", type=int, default=3, help="classes to show per image (default: 3)")
+    p.add_argument("--top", type=top_count, default=3, help="classes to show per image, 1 to 10 (default: 3)")
     p.add_argument("--json", action="store_true", help="print JSON (default: one line per file)")
     p.add_argument("--save-preprocessed", metavar="DIR", help="save the 28x28 the model saw (default: don't)")
     add_weights_option(p)
@@ -467,6 +479,9 @@ def add_use_commands(commands) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     p.add_argument("--max-bytes", type=int, default=5 * 1024 * 1024, help="request size limit (default: 5 MB)")
+    p.add_argument("--allowed-host", action="append", metavar="NAME",
+                   help="a host name clients may use (repeatable; default: 127.0.0.1 and localhost on a loopback "
+                        "address, any name otherwise)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -486,17 +501,29 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
-    if args.command != "data":  # every other command computes with torch
-        from fmnist import kernels, train
-
-        train.flush_denormals()  # first, so that torch's worker threads inherit it
-        with console.status("preparing the CPU kernels (compiled on first use, then cached)"):
-            kernels.available()
     try:
+        if args.command != "data":  # every other command computes with torch
+            prepare_kernels()
         return args.handler(args)
     except errors.FmnistError as exc:
-        error_console.print(f"[bold red]error:[/] {rich.markup.escape(str(exc))}", soft_wrap=True)
-        return getattr(exc, "exit_code", 2)
+        return report_error(str(exc), getattr(exc, "exit_code", 2))
+    except KeyboardInterrupt:  # before or after training (training's own Ctrl-C says how to resume)
+        return report_error("interrupted", Interrupted.exit_code)
+    except OSError as exc:  # the machine's side: disk full, permissions, a path of the wrong kind
+        return report_error(f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}", 2)
+
+
+def prepare_kernels() -> None:
+    from fmnist import kernels, train
+
+    train.flush_denormals()  # first, so that torch's worker threads inherit it
+    with console.status("preparing the CPU kernels (compiled on first use, then cached)"):
+        kernels.available()
+
+
+def report_error(message: str, exit_code: int) -> int:
+    error_console.print(f"[bold red]error:[/] {rich.markup.escape(message)}", soft_wrap=True)
+    return exit_code
 
 
 if __name__ == "__main__":

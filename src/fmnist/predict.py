@@ -17,47 +17,60 @@ import PIL.ImageFilter
 import PIL.ImageOps
 import torch
 
-from fmnist import data, errors, train
+from fmnist import data, errors, files, train
 
-MAX_PIXELS = 50_000_000         # larger images are refused (decompression bombs)
-TRIM_TOLERANCE = 0.05           # "close to the corner colour": within 5 % of the largest RGB distance
+# Limits: a 28x28 classifier needs few pixels, so work is bounded by what the result can use.
+MAX_FILE_BYTES = 64 * 1024 * 1024  # an image file on disk (the server limits its request bodies itself)
+MAX_PIXELS = 4096 * 4096           # decoded pixels (at most 4 bytes each: 64 MB); JPEGs decode reduced first
+WORKING_SIZE = 1024                # longest edge kept for trimming; everything after decoding runs on this
+TRIM_TOLERANCE = 0.05              # "close to the corner colour": within 5 % of the largest RGB distance
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 
 def open_image(source: Path | bytes, name: str, max_pixels: int = MAX_PIXELS) -> PIL.Image.Image:
-    """Decode a file or bytes fully (first frame), refusing what is not a sane image."""
-    try:
-        raw = source if isinstance(source, bytes) else Path(source).read_bytes()
-    except OSError as exc:
-        raise errors.InputError(f"{name}: cannot be read ({exc.strerror})") from None
+    """Decode a file or bytes (first frame), refusing what is not a sane image; at most WORKING_SIZE wide."""
+    raw = source if isinstance(source, bytes) else files.read_regular(Path(source), MAX_FILE_BYTES)
     if not raw:
         raise errors.InputError(f"{name}: empty file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", PIL.Image.DecompressionBombWarning)
             image = PIL.Image.open(io.BytesIO(raw))
+            image.draft(None, (WORKING_SIZE, WORKING_SIZE))  # JPEG: decode at 1/2, 1/4 or 1/8 scale (no-op otherwise)
             width, height = image.size
             if width * height > max_pixels or width < 1 or height < 1:
-                raise errors.InputError(f"{name}: {width}x{height} pixels is more than the limit of "
-                                        f"{max_pixels:,}")
+                raise errors.TooLarge(f"{name}: {width}x{height} pixels is more than the limit of {max_pixels:,}")
             image.seek(0)   # the first frame of a GIF or WebP animation
             image.load()    # decode now: a truncated file fails here, not later
+            return shrink(image)
     except errors.InputError:
         raise
     except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning):
-        raise errors.InputError(f"{name}: too many pixels, over the limit of {max_pixels:,} "
-                                f"(a decompression bomb?)") from None
+        raise errors.TooLarge(f"{name}: too many pixels, over the limit of {max_pixels:,} "
+                              f"(a decompression bomb?)") from None
     except PIL.UnidentifiedImageError:
-        raise errors.InputError(f"{name}: not an image format Pillow can read") from None
+        raise errors.UnsupportedInput(f"{name}: not an image format Pillow can read") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise errors.InputError(f"{name}: damaged or truncated image ({exc})") from None
-    return image
+
+
+def shrink(image: PIL.Image.Image) -> PIL.Image.Image:
+    """At most WORKING_SIZE on the longest edge, by subsampling, in any mode: later steps never touch full size.
+
+    Nearest-neighbour costs only its output (Pillow's box `reduce` copies the whole image first for alpha,
+    palette and 16-bit modes), and it is the paper's own way of resizing.
+    """
+    factor = -(-max(image.size) // WORKING_SIZE)  # ceil
+    if factor <= 1:
+        return image
+    size = (-(-image.width // factor), -(-image.height // factor))
+    return image.resize(size, PIL.Image.Resampling.NEAREST)
 
 
 def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
     """8-bit RGB; transparency composited onto white (a product photo's background)."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        values = np.asarray(image, dtype=np.float64)
+        values = np.nan_to_num(np.asarray(image, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
         top = 65535.0 if values.max() > 255 else 255.0
         image = PIL.Image.fromarray(np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8))
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
@@ -69,7 +82,7 @@ def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
 
 def trim(image: PIL.Image.Image) -> tuple[PIL.Image.Image, tuple[int, int, int]]:
     """Crop the edges whose colour is within TRIM_TOLERANCE of the corners' colour; return the colour too."""
-    pixels = np.asarray(image, dtype=np.int32)  # (H, W, 3)
+    pixels = np.asarray(image, dtype=np.float32)  # (H, W, 3), at most WORKING_SIZE on a side
     corners = pixels[[0, 0, -1, -1], [0, -1, 0, -1]]
     background = np.median(corners, axis=0)
     distance = np.sqrt(((pixels - background) ** 2).sum(axis=2))
@@ -105,6 +118,8 @@ def classify(network, images: np.ndarray, k: int = 3) -> list[list[dict]]:
     device = next(network.parameters()).device
     with torch.inference_mode():
         probabilities = train.predict_probabilities(network, train.to_tensor(images, device)).cpu().numpy()
+    if not np.isfinite(probabilities).all():  # JSON cannot hold NaN; weights are checked on load, but say so
+        raise errors.RunError("the model's output is not finite: its weights are damaged")
     return [top_classes(row, k) for row in probabilities]
 
 
@@ -117,3 +132,16 @@ def expand_paths(paths: list[Path]) -> list[Path]:
         else:
             found.append(path)
     return found
+
+
+def preprocessed_names(paths: list[Path]) -> dict[Path, str]:
+    """A distinct file name for each image's 28x28 view: a/shoe.png and b/shoe.png must not overwrite."""
+    names, taken = {}, set()
+    for path in paths:
+        name, count = f"{path.stem}.28x28.png", 1
+        while name in taken:
+            count += 1
+            name = f"{path.stem}-{count}.28x28.png"
+        taken.add(name)
+        names[path] = name
+    return names
