@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import zipfile
 import signal
 import subprocess
 import sys
@@ -287,3 +288,18 @@ def test_ctrl_c_during_start_up_is_one_line(tmp_path, moment):
     assert result.returncode == 130 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.startswith("error: interrupted") and result.stderr.count("\n") == 1, result.stderr
     assert not runs.holds_run(tmp_path / "run")
+
+
+def test_oversized_run_files_are_refused_unread(tmp_path, trained_run):
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run, run_dir)
+    with open(run_dir / runs.WEIGHTS, "r+b") as handle:
+        handle.truncate(runs.MAX_FILE_BYTES + 1)  # sparse: costs no disk
+    with pytest.raises(errors.RunError, match="is 268,435,457 bytes, over the limit"):
+        runs.load_model(run_dir)
+    with zipfile.ZipFile(run_dir / runs.CHECKPOINT, "w", zipfile.ZIP_DEFLATED) as bomb, bomb.open("data", "w") as entry:
+        for _ in range(runs.MAX_FILE_BYTES // (1 << 20) + 1):
+            entry.write(bytes(1 << 20))  # 257 MB of zeros in ~0.3 MB
+    assert (run_dir / runs.CHECKPOINT).stat().st_size < 1_000_000
+    with pytest.raises(errors.RunError, match="unpacks to 269,484,032 bytes, over the limit"):
+        runs.load_checkpoint(run_dir / runs.CHECKPOINT)

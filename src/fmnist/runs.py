@@ -24,6 +24,7 @@ import json
 import math
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 
 import safetensors
@@ -43,6 +44,7 @@ FIGURES = "figures"
 REPORT_HTML = "report.html"
 REPORT_MD = "report.md"
 ONNX = "model.onnx"
+MAX_FILE_BYTES = 256 << 20  # weights or checkpoint; the seed's checkpoint (weights and Adam's moments) is ~10 MB
 PREPROCESSING = "grayscale uint8 28x28, light object on dark background, divided by 255; input (N, 28, 28, 1) float32"
 
 
@@ -164,6 +166,7 @@ def load_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     path = Path(path)
     if not path.is_file():
         raise errors.RunError(f"{path} is missing: is {path.parent} a run directory?")
+    check_size(path, path.stat().st_size)
     try:
         with safetensors.safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
@@ -197,6 +200,11 @@ def load_model(run_dir: Path, weights: str = WEIGHTS, dropout: float = model.DRO
     return network.eval()
 
 
+def check_size(path: Path, size: int, what: str = "is") -> None:
+    if size > MAX_FILE_BYTES:
+        raise errors.RunError(f"{path} {what} {size:,} bytes, over the limit of {MAX_FILE_BYTES:,} for a run's file")
+
+
 def save_checkpoint(path: Path, state: dict) -> Path:
     return write_atomic(path, lambda tmp: torch.save(state, tmp))
 
@@ -205,6 +213,12 @@ def load_checkpoint(path: Path) -> dict:
     """weights_only=True: a checkpoint can hold tensors and plain values, never code to run."""
     if not Path(path).is_file():
         raise errors.RunError(f"{path} is missing: nothing to resume")
+    check_size(path, Path(path).stat().st_size)
+    try:  # torch.save writes a zip, and torch.load allocates what its entries declare
+        with zipfile.ZipFile(path) as archive:
+            check_size(path, sum(info.file_size for info in archive.infolist()), "unpacks to")
+    except zipfile.BadZipFile:
+        pass  # not a zip: torch.load says it is damaged
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling errors come in many types
