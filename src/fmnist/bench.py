@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fmnist import model, train
+from fmnist import threads as cpu_threads
 
 
 class PlainCNN(nn.Module):
@@ -143,8 +144,7 @@ def run(quick: bool = False, device: str = "auto", threads: int | None = None, b
         precision: str = "fp32") -> dict:
     """Everything `fmnist bench` prints, as a dict."""
     train.flush_denormals()
-    if threads:
-        torch.set_num_threads(threads)
+    cpu_threads.use(threads)
     target = train.resolve_device(device)
     steps, rounds = (3, 2) if quick else (30, 7)
     num_train, num_val, num_eval = (1_280, 320, 2_000) if quick else (48_000, 12_000, 10_000)

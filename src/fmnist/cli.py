@@ -185,7 +185,8 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
                         help="last fraction of the training images held out, as Keras's validation_split "
                              "(default: 0.2)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads (default: the CPUs this process may use, by affinity and cgroup quota)")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
     parser.add_argument("--limit", type=int, default=None,
                         help="use only the first N training images, for quick runs (default: all 60,000)")
@@ -431,7 +432,8 @@ def add_experiment_commands(commands) -> None:
                    "same batch, one epoch, and evaluation throughput.",
                    ["fmnist bench", "fmnist bench --threads 2 --json"])
     p.add_argument("--quick", action="store_true", help="a few steps only, to check that it runs (default: off)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads (default: the CPUs this process may use, by affinity and cgroup quota)")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
     p.add_argument("--batch-size", type=int, default=128, help="batch size (default: 128)")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="fmnist's step precision "
@@ -503,7 +505,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         if args.command != "data":  # every other command computes with torch
-            prepare_kernels()
+            prepare_kernels(getattr(args, "threads", None))
         return args.handler(args)
     except errors.FmnistError as exc:
         return report_error(str(exc), getattr(exc, "exit_code", 2))
@@ -513,10 +515,12 @@ def main(argv: list[str] | None = None) -> int:
         return report_error(f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}", 2)
 
 
-def prepare_kernels() -> None:
+def prepare_kernels(threads: int | None) -> None:
     from fmnist import kernels, train
+    from fmnist import threads as cpu_threads
 
     train.flush_denormals()  # first, so that torch's worker threads inherit it
+    cpu_threads.use(threads)  # then the pool's size (numba's follows it)
     with console.status("preparing the CPU kernels (compiled on first use, then cached)"):
         kernels.available()
 

@@ -27,6 +27,8 @@ import warnings
 import numpy as np
 import torch
 
+from fmnist import threads
+
 try:
     import numba
 except ImportError as exc:  # numba often lags a new NumPy or Python: then PyTorch's forms run
@@ -115,8 +117,16 @@ def _space_to_depth(x, out):
                     out[b, i // 2, j // 2, i % 2, j % 2, k] = x[b, i, j, k]
 
 
+@functools.cache
+def _start_pool() -> None:
+    """Load numba's threading layer (its own libgomp) with libgomp's default spinning: see threads.py."""
+    with threads.default_spinning():
+        numba.get_num_threads()
+
+
 def _use_torch_threads() -> None:
     """Numba's pool follows torch's thread count (torchrun sets 1 per process, --threads sets N)."""
+    _start_pool()
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
 
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 import fmnist
-from fmnist import data, errors, model, runs
+from fmnist import data, errors, model, runs, threads
 
 # The report's settings.
 EPOCHS = 50
@@ -40,7 +40,7 @@ class TrainConfig:
     validation_fraction: float = VALIDATION_FRACTION
     dropout: float = model.DROPOUT
     seed: int = 0
-    threads: int | None = None   # None: torch's default
+    threads: int | None = None   # None: the CPUs this process may use (threads.available_cpus)
     device: str = "auto"         # auto | cpu | cuda
     limit: int | None = None     # use only the first `limit` training images (quick runs, tests)
     data_dir: str | None = None
@@ -239,8 +239,11 @@ def cpu_name() -> str:
 
 def describe_machine(device: torch.device) -> dict:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+    available, why = threads.available_cpus()
     return {"fmnist": fmnist.__version__, "torch": torch.__version__, "python": platform.python_version(),
-            "device": str(device), "device_name": name, "threads": torch.get_num_threads(), "cpus": os.cpu_count()}
+            "device": str(device), "device_name": name, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+            "available_cpus": available, "cpu_limit": why,
+            "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
 
 
 def save_epoch(run_dir: Path, state: TrainingState, best_val_loss: float) -> float:
@@ -295,8 +298,7 @@ def flush_denormals() -> None:
 def setup(config: TrainConfig) -> tuple[Shard, torch.device]:
     """Threads, determinism, and (under torchrun) the process group: gloo on CPU, NCCL on GPU."""
     flush_denormals()
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    threads.use(config.threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
     device = resolve_device(config.device)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))

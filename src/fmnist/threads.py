@@ -1,0 +1,86 @@
+"""CPU threads on a shared machine: how many this process may use, and how its idle threads wait.
+
+Two facts, measured with benchmarks/contention.py (README, "Speed on a shared machine"):
+- OpenMP threads spin while they wait for work. PyTorch's libgomp spins 300,000 rounds by default; when
+  another process holds a core, a parallel region's threads burn their time slices spinning at its
+  barriers for one that is not running: a step beside one busy process took 3-4x its quiet time, two
+  trainings at once each 4-5x. A short spin (SPIN_COUNT) sleeps soon enough to share, and costs the
+  quiet step ~3 % (within noise). libgomp reads it when it loads, hence `configure_waiting` at
+  `import fmnist`, before fmnist imports torch; a user's own GOMP_SPINCOUNT or OMP_WAIT_POLICY wins.
+  numba's kernels run on a second libgomp (numba links the system's by file name, so the loader cannot
+  share PyTorch's): its short regions between PyTorch's ops want the default spin (a short one made
+  the quiet step 10-30 % slower and did not help under contention), so it loads inside
+  `default_spinning`.
+- PyTorch starts a thread per CPU it sees, but a container's CPU quota (cgroup) can be lower than that:
+  `available_cpus` counts the CPUs of the affinity mask, capped by the quota.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from pathlib import Path
+
+SPIN_COUNT = 1000  # libgomp's spin rounds before a waiting thread sleeps (its default: 300,000)
+CGROUP = Path("/sys/fs/cgroup")
+
+
+def configure_waiting(environ=os.environ) -> bool:
+    """Short spinning for the OpenMP runtime loaded next (PyTorch's), unless the user chose; True if set."""
+    if "GOMP_SPINCOUNT" in environ or "OMP_WAIT_POLICY" in environ:
+        return False
+    environ["GOMP_SPINCOUNT"] = str(SPIN_COUNT)
+    return True
+
+
+SET_BY_FMNIST = False  # whether `import fmnist` set GOMP_SPINCOUNT (__init__.py)
+
+
+@contextlib.contextmanager
+def default_spinning(environ=os.environ):
+    """An OpenMP runtime loaded inside waits as it would by default (what fmnist set is lifted meanwhile)."""
+    ours = SET_BY_FMNIST and environ.get("GOMP_SPINCOUNT") == str(SPIN_COUNT)
+    if ours:
+        del environ["GOMP_SPINCOUNT"]
+    try:
+        yield
+    finally:
+        if ours:
+            environ["GOMP_SPINCOUNT"] = str(SPIN_COUNT)
+
+
+def cgroup_quota(root: Path = CGROUP) -> float | None:
+    """CPUs' worth of time per period the cgroup allows (v2 cpu.max, v1 cfs quota/period); None: no limit."""
+    try:
+        if (root / "cpu.max").is_file():
+            quota, period = (root / "cpu.max").read_text().split()[:2]
+            return None if quota == "max" else int(quota) / int(period)
+        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+        return None if quota <= 0 else quota / period
+    except (OSError, ValueError):
+        return None
+
+
+def available_cpus(affinity: set[int] | None = None, quota: float | None = -1.0) -> tuple[int, str]:
+    """(threads to use by default, why): the affinity mask's CPUs, capped by the cgroup quota (at least 1).
+
+    Both can be given, for tests; by default they are read from this process and its cgroup.
+    """
+    affinity = os.sched_getaffinity(0) if affinity is None else affinity
+    quota = cgroup_quota() if quota == -1.0 else quota
+    if quota is not None and quota < len(affinity):
+        return max(1, math.floor(quota)), f"cgroup CPU quota of {quota:g} CPUs ({len(affinity)} in the affinity mask)"
+    return len(affinity), f"{len(affinity)} CPUs in the affinity mask" + ("" if quota is None else
+                                                                          f", cgroup quota {quota:g}")
+
+
+def use(threads: int | None = None) -> int:
+    """Set PyTorch's intra-op threads: `threads`, else OMP_NUM_THREADS where set (torchrun sets 1), else
+    what `available_cpus` allows. Returns the count."""
+    import torch
+
+    count = threads or (torch.get_num_threads() if "OMP_NUM_THREADS" in os.environ else available_cpus()[0])
+    if torch.get_num_threads() != count:
+        torch.set_num_threads(count)
+    return count
