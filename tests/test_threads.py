@@ -1,0 +1,87 @@
+"""Threads on a shared machine: the default thread count, OpenMP's waiting, and training beside another."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import safetensors.torch
+import torch
+
+from conftest import require_real_data
+from fmnist import runs, threads
+
+
+@pytest.mark.parametrize("cpus, quota, expected", [(4, None, 4), (4, 2.0, 2), (4, 1.5, 1), (4, 0.3, 1),
+                                                    (2, 8.0, 2), (1, None, 1)])
+def test_thread_count_from_affinity_and_quota(cpus, quota, expected):
+    count, why = threads.available_cpus(affinity=set(range(cpus)), quota=quota)
+    assert count == expected
+    assert ("quota" in why) == (quota is not None) and f"{cpus}" in why
+
+
+@pytest.mark.parametrize("files, quota", [({"cpu.max": "150000 100000\n"}, 1.5), ({"cpu.max": "max 100000\n"}, None),
+                                          ({"cpu/cpu.cfs_quota_us": "200000", "cpu/cpu.cfs_period_us": "100000"}, 2.0),
+                                          ({"cpu/cpu.cfs_quota_us": "-1", "cpu/cpu.cfs_period_us": "100000"}, None),
+                                          ({"cpu.max": "garbage"}, None), ({}, None)])
+def test_cgroup_quota_v1_and_v2(tmp_path, files, quota):
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert threads.cgroup_quota(tmp_path) == quota
+
+
+def test_spinning_is_set_only_where_the_user_chose_nothing(monkeypatch):
+    environ = {}
+    assert threads.configure_waiting(environ) and environ == {"GOMP_SPINCOUNT": str(threads.SPIN_COUNT)}
+    for chosen in ({"OMP_WAIT_POLICY": "passive"}, {"GOMP_SPINCOUNT": "5000"}):
+        environ = dict(chosen)
+        assert not threads.configure_waiting(environ) and environ == chosen
+    # numba's runtime loads with libgomp's default: fmnist's setting is lifted meanwhile, a user's never
+    monkeypatch.setattr(threads, "SET_BY_FMNIST", True)
+    environ = {"GOMP_SPINCOUNT": str(threads.SPIN_COUNT)}
+    with threads.default_spinning(environ):
+        assert "GOMP_SPINCOUNT" not in environ
+    assert environ == {"GOMP_SPINCOUNT": str(threads.SPIN_COUNT)}
+    monkeypatch.setattr(threads, "SET_BY_FMNIST", False)
+    with threads.default_spinning(environ):
+        assert environ == {"GOMP_SPINCOUNT": str(threads.SPIN_COUNT)}
+
+
+PROBE = "import os, fmnist, torch; print(os.environ.get('GOMP_SPINCOUNT'), torch.get_num_threads())"
+
+
+def test_import_fmnist_sets_waiting_before_torch_loads():
+    clean = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    result = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, env=clean)
+    assert result.stdout.split()[0] == str(threads.SPIN_COUNT), result.stderr
+    passive = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True,
+                             env={**clean, "OMP_WAIT_POLICY": "passive"})
+    assert passive.stdout.split()[0] == "None", passive.stderr
+
+
+def test_run_records_the_cpus_it_may_use(trained_run):
+    machine = json.loads((trained_run / runs.CONFIG).read_text())["machine"]
+    assert machine["available_cpus"] == threads.available_cpus()[0] and machine["cpu_limit"]
+    assert machine["threads"] == 2  # the fixture asked for 2
+
+
+def test_two_trainings_at_once_give_the_weights_of_one_alone(tmp_path):
+    """Contention changes timing only: two runs sharing the CPUs end with the weights of a run alone."""
+    require_real_data()
+
+    def start(name):
+        return subprocess.Popen([sys.executable, "-m", "fmnist", "train", "--epochs", "1", "--limit", "3000", "--seed",
+                                 "7", "--threads", "2", "--quiet", "--out", str(tmp_path / name)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    alone = start("alone")
+    assert alone.wait() == 0, alone.stderr.read()
+    together = [start("first"), start("second")]
+    assert [process.wait() for process in together] == [0, 0]
+    reference = safetensors.torch.load_file(str(tmp_path / "alone" / runs.WEIGHTS))
+    for name in ("first", "second"):
+        weights = safetensors.torch.load_file(str(tmp_path / name / runs.WEIGHTS))
+        assert all(torch.equal(weights[key], reference[key]) for key in reference), name
