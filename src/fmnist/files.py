@@ -22,7 +22,7 @@ def read_regular(path: Path, max_bytes: int) -> bytes:
     with os.fdopen(fd, "rb") as handle:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise errors.InputError(f"{path}: not a regular file (a device, pipe or socket)")
+            raise errors.InputError(f"{path}: not a regular file (a directory, device, pipe or socket)")
         if info.st_size > max_bytes:
             raise errors.TooLarge(f"{path}: {info.st_size:,} bytes, over the limit of {max_bytes:,}")
         try:

@@ -90,8 +90,7 @@ def create_app(run_dir: Path, max_bytes: int = MAX_BYTES, max_pixels: int = pred
     network = runs.load_model(Path(run_dir))
     # No /docs or /redoc: their pages load scripts from a CDN. /openapi.json stays.
     app = fastapi.FastAPI(title="fmnist", description="Fashion-MNIST classifier", docs_url=None, redoc_url=None)
-    if allowed_hosts:
-        app.add_middleware(fastapi.middleware.trustedhost.TrustedHostMiddleware, allowed_hosts=allowed_hosts)
+    add_protections(app, allowed_hosts)
     page = importlib.resources.files("fmnist").joinpath("static/index.html").read_text()
     decoding = threading.BoundedSemaphore(CONCURRENT_DECODES)
 
@@ -104,16 +103,6 @@ def create_app(run_dir: Path, max_bytes: int = MAX_BYTES, max_pixels: int = pred
         tops = predict.classify(network, np.stack(images))
         return [{"name": name, "top": top, "preprocessed": png_data_url(pixels)}
                 for (name, _), top, pixels in zip(files, tops, images)]
-
-    @app.exception_handler(errors.FmnistError)
-    async def fmnist_error(request: fastapi.Request, exc: errors.FmnistError):
-        return fastapi.responses.JSONResponse({"detail": str(exc)}, status_code=exc.http_status)
-
-    @app.middleware("http")
-    async def no_sniffing(request: fastapi.Request, call_next):
-        response = await call_next(request)
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        return response
 
     @app.get("/", response_class=fastapi.responses.HTMLResponse)
     def index():
@@ -130,6 +119,22 @@ def create_app(run_dir: Path, max_bytes: int = MAX_BYTES, max_pixels: int = pred
         return {"predictions": await fastapi.concurrency.run_in_threadpool(classify, files)}
 
     return app
+
+
+def add_protections(app: fastapi.FastAPI, allowed_hosts: list[str] | None) -> None:
+    """Host names checked (when given), fmnist's errors as JSON with their type's status, nosniff everywhere."""
+    if allowed_hosts:
+        app.add_middleware(fastapi.middleware.trustedhost.TrustedHostMiddleware, allowed_hosts=allowed_hosts)
+
+    @app.exception_handler(errors.FmnistError)
+    async def fmnist_error(request: fastapi.Request, exc: errors.FmnistError):
+        return fastapi.responses.JSONResponse({"detail": str(exc)}, status_code=exc.http_status)
+
+    @app.middleware("http")
+    async def no_sniffing(request: fastapi.Request, call_next):
+        response = await call_next(request)
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        return response
 
 
 class DeadlineH11Protocol(H11Protocol):
