@@ -99,7 +99,7 @@ def test_training_steps_match_keras(tmp_path):
 
 # ---------------------------------------------------------------------------------------------
 # Hostile and damaged Keras files, each made from a real one
-KERNEL = tuple(runs.expected_shapes()["dense1.kernel"])
+KERNEL = keras_import.SHAPES["dense1.kernel"]
 
 
 def dense_kernel_path(handle: h5py.File) -> str:

@@ -194,7 +194,7 @@ def test_non_finite_weights_are_refused_at_start(tmp_path, trained_run):
     shutil.copytree(trained_run, run_dir)
     state = safetensors.torch.load_file(str(run_dir / runs.WEIGHTS))
     state["dense3.bias"][0] = float("nan")
-    runs.save_weights(run_dir / runs.WEIGHTS, state)
+    runs.save_weights(run_dir / runs.WEIGHTS, state, runs.model.ARCHITECTURE)
     with pytest.raises(errors.RunError, match="dense3.bias holds NaN"):
         serve.create_app(run_dir)
     result = subprocess.run([sys.executable, "-m", "fmnist", "serve", str(run_dir), "--port", str(free_port())],

@@ -143,7 +143,7 @@ def test_missing_foreign_or_damaged_run_dir(tmp_path):
         runs.load_model(tmp_path)
     state = model.SeedCNN().state_dict()
     state["dense1.kernel"] = torch.zeros(3136, 128)
-    runs.save_weights(tmp_path / runs.WEIGHTS, state)
+    runs.save_weights(tmp_path / runs.WEIGHTS, state, runs.model.ARCHITECTURE)
     with pytest.raises(errors.RunError, match="differs at dense1.kernel"):
         runs.load_model(tmp_path)
     (tmp_path / runs.CHECKPOINT).write_bytes(b"not a checkpoint")

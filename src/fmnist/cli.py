@@ -108,14 +108,16 @@ class EpochProgress:
 
 
 def train_config(args, **extra):
-    from fmnist import train
+    """The model's recipe (TrainConfig.for_model), with the flags that were given on top."""
+    from fmnist import models, train
 
     try:
-        return train.TrainConfig(epochs=args.epochs or train.EPOCHS, batch_size=args.batch_size,
-                                 learning_rate=args.learning_rate, validation_fraction=args.validation_fraction,
-                                 seed=args.seed, threads=args.threads, device=args.device, limit=args.limit,
-                                 data_dir=str(args.data_dir) if args.data_dir else None, dropout=args.dropout,
-                                 precision=args.precision, **extra)
+        return train.TrainConfig.for_model(
+            args.model or models.DEFAULT, epochs=args.epochs, batch_size=args.batch_size,
+            learning_rate=args.learning_rate, validation_fraction=args.validation_fraction, seed=args.seed,
+            threads=args.threads, device=args.device, limit=args.limit,
+            data_dir=str(args.data_dir) if args.data_dir else None, dropout=args.dropout, precision=args.precision,
+            **extra)
     except ValueError as exc:
         raise errors.FmnistError(str(exc)) from None
 
@@ -146,7 +148,7 @@ class Interrupted(errors.FmnistError):
 
 
 def cmd_train(args) -> int:
-    from fmnist import model, train
+    from fmnist import models, train
 
     console.quiet = os.environ.get("RANK", "0") != "0"  # under torchrun only rank 0 speaks
     if args.resume:
@@ -157,7 +159,7 @@ def cmd_train(args) -> int:
     else:
         run_dir = Path(args.out)
         config = train_config(args)
-        print_summary(model.SeedCNN())
+        print_summary(models.get(config.model).build(config.dropout))
     history = run_training(config, run_dir, resume=bool(args.resume), progress=not args.quiet)
     best = min(history, key=lambda row: row["val_loss"])
     console.print(f"done: {run_dir} (lowest val_loss {best['val_loss']:.4f} at epoch {best['epoch']}); "
@@ -178,23 +180,46 @@ def print_summary(network) -> None:
 
 
 def add_train_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--epochs", type=int, default=None, help="epochs (default: 50)")
-    parser.add_argument("--batch-size", type=int, default=128, help="batch size (default: 128)")
-    parser.add_argument("--learning-rate", type=float, default=1e-3, help="Adam learning rate (default: 0.001)")
-    parser.add_argument("--validation-fraction", type=float, default=0.2,
+    """Training flags. Recipe settings default to None: the model's recipe decides (`fmnist models`)."""
+    parser.add_argument("--model", default=None, help="the network to train (default: seed-cnn, the report's; "
+                                                      "see `fmnist models`)")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs (default: the model's recipe)")
+    parser.add_argument("--batch-size", type=int, default=None, help="batch size (default: the model's recipe)")
+    parser.add_argument("--learning-rate", type=float, default=None,
+                        help="learning rate (default: the model's recipe)")
+    parser.add_argument("--validation-fraction", type=float, default=None,
                         help="last fraction of the training images held out, as Keras's validation_split "
-                             "(default: 0.2)")
+                             "(default: the model's recipe; the report's 0.2)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads (default: the CPUs this process may use, by affinity and cgroup quota)")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
     parser.add_argument("--limit", type=int, default=None,
                         help="use only the first N training images, for quick runs (default: all 60,000)")
-    parser.add_argument("--dropout", type=float, default=0.5, help="dropout rate (default: 0.5)")
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+    parser.add_argument("--dropout", type=float, default=None, help="dropout rate (default: the model's recipe)")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default=None,
                         help="bf16 autocast for speed on CPUs/GPUs that support it (default: fp32)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar (default: off)")
     add_data_options(parser)
+
+
+def cmd_models(args) -> int:
+    """The registry as a table; measured accuracy and time are in the README, not here."""
+    from fmnist import models, train
+
+    table = rich.table.Table(title="models (fmnist train --model NAME)")
+    for column in ("name", "parameters", "MFLOPs/image", "recipe"):
+        table.add_column(column, justify="right" if column in ("parameters", "MFLOPs/image") else "left")
+    for name, spec in models.REGISTRY.items():
+        config, network = train.TrainConfig.for_model(name), spec.build(0.0)
+        recipe = (f"{config.epochs} epochs, batch {config.batch_size}, Adam lr {config.learning_rate:g}, "
+                  f"dropout {config.dropout:g}")
+        table.add_row(name + (" (default)" if name == models.DEFAULT else ""), f"{models.parameters(network):,}",
+                      f"{models.mflops_per_image(network):.2f}", recipe)
+    console.print(table)
+    for name, spec in models.REGISTRY.items():
+        console.print(f"{name}: {spec.description} (weights tagged {spec.architecture})")
+    return 0
 
 
 def cmd_evaluate(args) -> int:
@@ -403,6 +428,10 @@ def add_experiment_commands(commands) -> None:
     p.add_argument("--out", default="runs/train", help="run directory to write (default: runs/train)")
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted run with its own settings "
                                                     "(--epochs may extend it)")
+
+    subcommand(commands, "models", cmd_models, "list the networks fmnist trains, with their recipes",
+               "The model registry: each network's name, parameters, forward MFLOPs per image and the training "
+               "recipe `fmnist train --model NAME` uses (flags override any part of it).", ["fmnist models"])
 
     p = subcommand(commands, "evaluate", cmd_evaluate, "loss/accuracy on train and test, per-class table, figures",
                    "Evaluate a run on its training split and the test set; writes metrics.json, "

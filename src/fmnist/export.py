@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 import torch
 
-from fmnist import data, errors, model, runs
+from fmnist import data, errors, models, runs
 
 OPSET = 17
 INPUT, OUTPUT = "images", "probabilities"
@@ -32,7 +32,8 @@ class WithSoftmax(torch.nn.Module):
 def export_onnx(run_dir: Path, path: Path | None = None, weights: str = runs.WEIGHTS) -> Path:
     run_dir = Path(run_dir)
     path = Path(path) if path else run_dir / runs.ONNX
-    network = WithSoftmax(runs.load_model(run_dir, weights)).eval()
+    loaded = runs.load_model(run_dir, weights)
+    network, spec = WithSoftmax(loaded).eval(), models.for_architecture(models.architecture_of(loaded))
     example = torch.rand(2, data.IMAGE_SIZE, data.IMAGE_SIZE, 1)
 
     def write(tmp: Path) -> None:
@@ -42,7 +43,8 @@ def export_onnx(run_dir: Path, path: Path | None = None, weights: str = runs.WEI
                               dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}}, opset_version=OPSET,
                               dynamo=False)
         exported = onnx.load(str(tmp))
-        for key, value in (("class_names", json.dumps(list(data.CLASS_NAMES))), ("architecture", model.ARCHITECTURE),
+        for key, value in (("class_names", json.dumps(list(data.CLASS_NAMES))), ("model", spec.name),
+                           ("architecture", spec.architecture),
                            ("preprocessing", runs.PREPROCESSING), ("source_run", str(run_dir.resolve()))):
             exported.metadata_props.add(key=key, value=value)
         onnx.checker.check_model(exported, full_check=True)

@@ -51,6 +51,7 @@ EXPECTED = (conv(model.CONV_FILTERS[0]), POOL, conv(model.CONV_FILTERS[1]), POOL
             dense(data.NUM_CLASSES, "softmax"))
 KERAS_DEFAULTS = {"dilation_rate": [1, 1], "groups": 1, "use_bias": True, "data_format": "channels_last"}
 WEIGHTED = tuple(name for name, _, _ in model.LAYERS)  # fmnist's names of the layers with weights, in order
+SHAPES = {f"{layer}.{part}": shape for layer, _, parts in model.LAYERS for part, shape in parts.items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,10 +193,9 @@ def legacy_paths(handle: h5py.File, names: list[str]) -> list[str]:
 
 
 def read_state(handle: h5py.File, paths: list[str], where: str) -> dict[str, torch.Tensor]:
-    shapes = runs.expected_shapes()
-    state = {name: torch.from_numpy(stored_array(handle, path, shapes[name]).astype(np.float32))
-             for name, path in zip(shapes, paths)}  # shapes are in model.LAYERS order: kernel, bias per layer
-    return runs.check_state(state, where, errors.InputError)
+    state = {name: torch.from_numpy(stored_array(handle, path, SHAPES[name]).astype(np.float32))
+             for name, path in zip(SHAPES, paths)}  # SHAPES are in model.LAYERS order: kernel, bias per layer
+    return runs.check_state(state, model.SeedCNN().state_dict(), where, errors.InputError)
 
 
 def read_member(archive: zipfile.ZipFile, name: str, max_bytes: int) -> bytes:
@@ -252,5 +252,5 @@ def import_keras(path: Path, run_dir: Path) -> Path:
     run_dir = runs.require_new(run_dir, "import into another directory")
     state = read_keras(path)
     runs.write_json(run_dir / runs.CONFIG, {**dataclasses.asdict(train.TrainConfig()), "imported_from": str(path)})
-    runs.save_weights(run_dir / runs.WEIGHTS, state, imported_from=str(path))
+    runs.save_weights(run_dir / runs.WEIGHTS, state, model.ARCHITECTURE, imported_from=str(path))
     return run_dir

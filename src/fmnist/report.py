@@ -11,7 +11,7 @@ import html
 import re
 from pathlib import Path
 
-from fmnist import data, evaluate, model, runs
+from fmnist import data, evaluate, model, models, runs
 
 # The original report's published figures (shared/SPEC.md), and its framework rerun on a 2-core machine.
 PUBLISHED = {"test_loss": 0.4215, "test_accuracy": 0.9059, "train_loss": 0.0406, "train_accuracy": 0.9854,
@@ -116,7 +116,7 @@ def build(run_dir: Path) -> list:
     config = runs.read_config(run_dir)
     history = runs.read_history(run_dir)
     test_m, train_m = metrics["test"], metrics["train"]
-    network = model.SeedCNN()
+    network = models.get(config.get("model", models.DEFAULT)).build(0.0)  # runs before the registry: the seed
     return [
         p(f"Run <code>{html.escape(str(run_dir))}</code>, weights {metrics['weights']}, "
           f"written {datetime.datetime.now():%Y-%m-%d %H:%M}."),

@@ -31,7 +31,7 @@ import safetensors
 import safetensors.torch
 import torch
 
-from fmnist import data, errors, model
+from fmnist import data, errors, model, models
 
 CONFIG = "config.json"
 HISTORY = "history.json"
@@ -132,29 +132,28 @@ def remove_stale_temp_files(run_dir: Path) -> None:
             stale.unlink(missing_ok=True)
 
 
-def expected_shapes() -> dict[str, tuple[int, ...]]:
-    return {f"{layer}.{part}": shape for layer, _, parts in model.LAYERS for part, shape in parts.items()}
-
-
-def check_state(state: dict, where: str, error: type[errors.FmnistError] = errors.RunError) -> dict:
-    """The network's tensors, exactly: every name and shape, float32, finite. Anything else is refused."""
+def check_state(state: dict, reference: dict[str, torch.Tensor], where: str,
+                error: type[errors.FmnistError] = errors.RunError) -> dict:
+    """Exactly the tensors of `reference` (a network's state_dict): every name, shape and dtype, and
+    finite values. Anything else is refused before it is used."""
     if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
         raise error(f"{where}: the weights are not a set of named tensors")
-    expected, found = expected_shapes(), {name: tuple(t.shape) for name, t in state.items()}
+    expected, found = ({name: tuple(t.shape) for name, t in tensors.items()} for tensors in (reference, state))
     if expected != found:
         wrong = sorted(set(expected.items()) ^ set(found.items()))[0][0]
         raise error(f"{where}: weights do not match the architecture (differs at {wrong}: "
                     f"expected {expected.get(wrong)}, found {found.get(wrong)})")
     for name, tensor in state.items():
-        if tensor.dtype != torch.float32:
-            raise error(f"{where}: {name} is {tensor.dtype}, expected float32")
-        if not torch.isfinite(tensor).all():
+        if tensor.dtype != reference[name].dtype:
+            raise error(f"{where}: {name} is {tensor.dtype}, expected {reference[name].dtype}")
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise error(f"{where}: {name} holds NaN or infinite values")
     return state
 
 
-def save_weights(path: Path, state: dict[str, torch.Tensor], **extra) -> Path:
-    metadata = {"format": "fmnist", "architecture": model.ARCHITECTURE,
+def save_weights(path: Path, state: dict[str, torch.Tensor], architecture: str, **extra) -> Path:
+    """Tensors plus readable metadata: the architecture tag `load_model` rebuilds from, classes, preprocessing."""
+    metadata = {"format": "fmnist", "architecture": architecture,
                 "class_names": json.dumps(list(data.CLASS_NAMES)), "preprocessing": PREPROCESSING,
                 **{key: str(value) for key, value in extra.items()}}
     tensors = {name: tensor.detach().to("cpu").contiguous() for name, tensor in state.items()}
@@ -188,15 +187,18 @@ def best_val_loss(run_dir: Path) -> float:
         return math.inf
 
 
-def load_model(run_dir: Path, weights: str = WEIGHTS, dropout: float = model.DROPOUT) -> model.SeedCNN:
-    """The network of a run directory, in eval mode; clear errors for foreign, mismatched or damaged weights."""
+def load_model(run_dir: Path, weights: str = WEIGHTS, dropout: float = model.DROPOUT) -> torch.nn.Module:
+    """The network a run recorded (its weights' architecture tag), in eval mode; clear errors for foreign,
+    mismatched or damaged weights."""
     where = Path(run_dir) / weights
     tensors, metadata = load_weights(where)
-    if metadata.get("architecture") != model.ARCHITECTURE:
+    spec = models.for_architecture(metadata.get("architecture"))
+    if spec is None:
+        known = ", ".join(spec.architecture for spec in models.REGISTRY.values())
         raise errors.RunError(f"{where}: architecture {metadata.get('architecture')!r}, "
-                              f"this version of fmnist reads {model.ARCHITECTURE!r}")
-    network = model.SeedCNN(dropout=dropout)
-    network.load_state_dict(check_state(tensors, str(where)))
+                              f"this version of fmnist reads {known}")
+    network = spec.build(dropout)
+    network.load_state_dict(check_state(tensors, network.state_dict(), str(where)))
     return network.eval()
 
 

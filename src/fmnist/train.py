@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 import fmnist
-from fmnist import data, errors, model, runs, threads
+from fmnist import data, errors, model, models, runs, threads
 
 # The report's settings.
 EPOCHS = 50
@@ -29,16 +29,20 @@ LEARNING_RATE = 1e-3
 BETA_1, BETA_2, EPSILON = 0.9, 0.999, 1e-7  # Keras's Adam defaults
 VALIDATION_FRACTION = 0.2
 CHECKPOINT_FORMAT = "fmnist-checkpoint-v1"
+DROPOUT = model.DROPOUT  # named here: inside TrainConfig, `model` is the field naming the network
 EVAL_BATCH_SIZE = 512  # measured: ~2.5x the images/s of 2048 on a 2-core CPU (cache-sized)
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
+    """A run's settings. The defaults are the seed model's recipe (the report's); other models' recipes
+    change some of them (`for_model`), and explicit values (flags) override a recipe."""
+    model: str = models.DEFAULT
     epochs: int = EPOCHS
     batch_size: int = BATCH_SIZE
     learning_rate: float = LEARNING_RATE
     validation_fraction: float = VALIDATION_FRACTION
-    dropout: float = model.DROPOUT
+    dropout: float = DROPOUT
     seed: int = 0
     threads: int | None = None   # None: the CPUs this process may use (threads.available_cpus)
     device: str = "auto"         # auto | cpu | cuda
@@ -46,8 +50,15 @@ class TrainConfig:
     data_dir: str | None = None
     precision: str = "fp32"      # fp32 | bf16 (autocast; weights and optimizer stay float32)
 
+    @classmethod
+    def for_model(cls, name: str = models.DEFAULT, **overrides) -> "TrainConfig":
+        """The model's recipe, with `overrides` (those that are not None) on top."""
+        chosen = {key: value for key, value in overrides.items() if value is not None}
+        return cls(model=name, **{**models.get(name).recipe, **chosen})
+
     def __post_init__(self):
         self.check_types()
+        models.get(self.model)  # ValueError naming the models there are
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"epochs and batch size must be >= 1 (got {self.epochs}, {self.batch_size})")
         if not self.learning_rate > 0:
@@ -180,7 +191,7 @@ def predict_probabilities(network, images, batch_size: int = EVAL_BATCH_SIZE) ->
 @dataclasses.dataclass
 class TrainingState:
     """Everything a checkpoint restores."""
-    network: model.SeedCNN
+    network: torch.nn.Module
     optimizer: KerasAdam
     generator: torch.Generator  # the shuffling RNG (dropout uses torch's global RNG)
     epoch: int = 0
@@ -189,14 +200,18 @@ class TrainingState:
     def checkpoint(self) -> dict:
         return {"model": self.network.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "shuffle_rng": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
-                "epoch": self.epoch, "format": CHECKPOINT_FORMAT}
+                "epoch": self.epoch, "format": CHECKPOINT_FORMAT,
+                "architecture": models.architecture_of(self.network)}
 
     def restore(self, saved: dict, where: str) -> None:
         """Everything from a checkpoint, or one RunError naming what is damaged (nothing from it is trusted)."""
         if not isinstance(saved, dict) or saved.get("format") != CHECKPOINT_FORMAT:
             raise errors.RunError(f"{where} is not an fmnist checkpoint")
+        ours = models.architecture_of(self.network)
+        if saved.get("architecture", model.ARCHITECTURE) != ours:  # older checkpoints: the seed's
+            raise errors.RunError(f"{where} holds a {saved.get('architecture')!r} network, the run's config a {ours!r}")
         try:
-            self.network.load_state_dict(runs.check_state(saved["model"], where))
+            self.network.load_state_dict(runs.check_state(saved["model"], self.network.state_dict(), where))
             self.optimizer.load_state_dict(saved["optimizer"])
             self.generator.set_state(saved["shuffle_rng"])
             torch.set_rng_state(saved["torch_rng"])
@@ -224,7 +239,7 @@ def prepare_data(config: TrainConfig, device: torch.device):
 
 def new_state(config: TrainConfig, device: torch.device) -> TrainingState:
     torch.manual_seed(config.seed)  # initial weights and dropout masks
-    network = model.SeedCNN(dropout=config.dropout).to(device)
+    network = models.get(config.model).build(config.dropout).to(device)
     generator = torch.Generator().manual_seed(config.seed + 1)
     return TrainingState(network, make_optimizer(network, config), generator)
 
@@ -248,12 +263,12 @@ def describe_machine(device: torch.device) -> dict:
 
 def save_epoch(run_dir: Path, state: TrainingState, best_val_loss: float) -> float:
     """Write the epoch's weights, history and checkpoint (best weights when validation improved)."""
-    row = state.history[-1]
-    runs.save_weights(run_dir / runs.WEIGHTS, state.network.state_dict(), epoch=state.epoch)
+    row, architecture = state.history[-1], models.architecture_of(state.network)
+    runs.save_weights(run_dir / runs.WEIGHTS, state.network.state_dict(), architecture, epoch=state.epoch)
     if row["val_loss"] < best_val_loss:
         best_val_loss = row["val_loss"]
-        runs.save_weights(run_dir / runs.BEST_WEIGHTS, state.network.state_dict(), epoch=state.epoch,
-                          val_loss=best_val_loss)
+        runs.save_weights(run_dir / runs.BEST_WEIGHTS, state.network.state_dict(), architecture,
+                          epoch=state.epoch, val_loss=best_val_loss)
     runs.write_json(run_dir / runs.HISTORY, state.history)
     runs.save_checkpoint(run_dir / runs.CHECKPOINT, state.checkpoint())  # last: it marks the epoch done
     return best_val_loss

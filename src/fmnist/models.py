@@ -1,0 +1,66 @@
+"""The model registry: every network fmnist can train, by name, with the training recipe it defaults to.
+
+A model is
+  name          what users type (`--model`) and config.json records;
+  architecture  the tag recorded in the weights' metadata, checkpoints and ONNX files, from which
+                `runs.load_model` rebuilds the network (bump it when a model's layout changes);
+  network       its class: Class(dropout=...) takes (N, 28, 28, 1) floats in [0, 1] to (N, 10) logits;
+  recipe        the TrainConfig values its training defaults to, where they differ from the seed's.
+The seed CNN (the report's network and settings) is the default, and its recipe is TrainConfig's own defaults.
+"""
+from __future__ import annotations
+
+import dataclasses
+import torch
+from torch import nn
+
+from fmnist import model
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    architecture: str
+    network: type[nn.Module]
+    description: str
+    recipe: dict = dataclasses.field(default_factory=dict)
+
+    def build(self, dropout: float) -> nn.Module:
+        return self.network(dropout=dropout)
+
+
+SEED = ModelSpec("seed-cnn", model.ARCHITECTURE, model.SeedCNN,
+                 "the report's CNN: 2 conv (2x2, stride 2) + same-padded pooling, 3 dense, dropout")
+REGISTRY = {spec.name: spec for spec in (SEED,)}
+DEFAULT = SEED.name
+
+
+def get(name: str) -> ModelSpec:
+    if name not in REGISTRY:
+        raise ValueError(f"unknown model {name!r}: fmnist has {', '.join(REGISTRY)} (see `fmnist models`)")
+    return REGISTRY[name]
+
+
+def for_architecture(architecture: str | None) -> ModelSpec | None:
+    """The model whose weights carry this architecture tag; None for a foreign or unknown one."""
+    return next((spec for spec in REGISTRY.values() if spec.architecture == architecture), None)
+
+
+def architecture_of(network: nn.Module) -> str:
+    """The tag to record for a network (its class names it; a wrapper such as DDP is looked through)."""
+    network = getattr(network, "module", network)
+    return next(spec.architecture for spec in REGISTRY.values() if isinstance(network, spec.network))
+
+
+def parameters(network: nn.Module) -> int:
+    return sum(p.numel() for p in network.parameters())
+
+
+def mflops_per_image(network: nn.Module) -> float:
+    """Forward MFLOPs for one image (multiply-adds count 2), by PyTorch's own FLOP counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        network.eval()(torch.zeros(1, 28, 28, 1))
+    return counter.get_total_flops() / 1e6

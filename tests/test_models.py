@@ -1,0 +1,85 @@
+"""The model registry: every model through the whole toolchain, recipes as defaults, old runs still load."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+
+import httpx
+import numpy as np
+import onnx
+import PIL.Image
+import pytest
+import torch
+
+from conftest import require_real_data, run_cli
+from fmnist import errors, evaluate, export, models, predict, runs, serve, train
+from test_serve import running
+
+
+@pytest.mark.parametrize("name", list(models.REGISTRY))
+def test_every_model_through_the_whole_toolchain(tmp_path, real_dataset, name):
+    """Train one tiny epoch, load, evaluate, predict, export to ONNX (onnxruntime parity), serve a request."""
+    run_dir = tmp_path / "run"
+    train.fit(train.TrainConfig.for_model(name, epochs=1, limit=600, threads=2), run_dir)
+    assert json.loads((run_dir / runs.CONFIG).read_text())["model"] == name
+    network = runs.load_model(run_dir)
+    assert isinstance(network, models.get(name).network)
+    loss, accuracy = train.evaluate(network, train.to_tensor(real_dataset.test_images[:500], torch.device("cpu")),
+                                    torch.from_numpy(real_dataset.test_labels[:500]))
+    assert np.isfinite(loss) and 0 <= accuracy <= 1
+    assert len(predict.classify(network, real_dataset.test_images[:3])) == 3
+    onnx_path = export.export_onnx(run_dir)
+    assert export.verify(run_dir, onnx_path, real_dataset.test_images[:200]) <= 1e-5
+    metadata = {p.key: p.value for p in onnx.load(str(onnx_path)).metadata_props}
+    assert metadata["model"] == name and metadata["architecture"] == models.get(name).architecture
+    image = io.BytesIO()
+    PIL.Image.fromarray(255 - real_dataset.test_images[0]).save(image, "PNG")
+    with contextlib.contextmanager(running)(serve.create_app(run_dir), log_level="warning") as url:
+        reply = httpx.post(f"{url}/predict", content=image.getvalue(), headers={"Content-Type": "image/png"})
+    assert reply.status_code == 200 and len(reply.json()["predictions"][0]["top"]) == 3
+
+
+def test_a_run_written_before_the_registry_still_evaluates_and_resumes(tmp_path, capsys, trained_run):
+    """The previous format: config.json without "model", a checkpoint without "architecture"."""
+    run_dir = tmp_path / "old"
+    shutil.copytree(trained_run, run_dir)
+    config = json.loads((run_dir / runs.CONFIG).read_text())
+    del config["model"]
+    (run_dir / runs.CONFIG).write_text(json.dumps(config))
+    saved = runs.load_checkpoint(run_dir / runs.CHECKPOINT)
+    del saved["architecture"]
+    runs.save_checkpoint(run_dir / runs.CHECKPOINT, saved)
+    code, _, err = run_cli(capsys, "evaluate", run_dir)
+    assert code == 0, err
+    assert train.load_config(run_dir).model == models.DEFAULT
+    history = train.fit(train.load_config(run_dir, epochs=4), run_dir, resume=True)
+    assert [row["epoch"] for row in history] == [1, 2, 3, 4]
+
+
+def test_recipe_defaults_and_flag_overrides():
+    assert train.TrainConfig.for_model() == train.TrainConfig()  # the seed's recipe is TrainConfig's defaults
+    config = train.TrainConfig.for_model(models.DEFAULT, epochs=3, batch_size=None, learning_rate=None)
+    assert config.epochs == 3 and config.batch_size == train.BATCH_SIZE and config.model == models.DEFAULT
+    with pytest.raises(ValueError, match="unknown model 'resnet': fmnist has seed-cnn"):
+        train.TrainConfig.for_model("resnet")
+
+
+def test_models_command_and_unknown_model_errors(tmp_path, capsys):
+    code, out, _ = run_cli(capsys, "models")
+    network = models.SEED.build(0.5)
+    assert code == 0 and "seed-cnn (default)" in out and f"{models.parameters(network):,}" in out
+    assert 2.0 < models.mflops_per_image(network) < 3.0  # 2x2 convolutions and three dense layers: ~2.5 MFLOPs
+    code, _, err = run_cli(capsys, "train", "--model", "resnet", "--out", tmp_path / "run")
+    assert code == 2 and err.startswith("error: unknown model 'resnet'")
+
+
+def test_checkpoint_of_another_architecture_is_refused(tmp_path, trained_run):
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run, run_dir)
+    saved = runs.load_checkpoint(run_dir / runs.CHECKPOINT)
+    saved["architecture"] = "some-other-net-v3"
+    runs.save_checkpoint(run_dir / runs.CHECKPOINT, saved)
+    with pytest.raises(errors.RunError, match="holds a 'some-other-net-v3' network"):
+        train.fit(train.load_config(run_dir, epochs=4), run_dir, resume=True)
