@@ -111,3 +111,17 @@ def test_evaluate_weights_of_another_architecture_fail_clearly(tmp_path):
     result = subprocess.run([sys.executable, "-m", "fmnist", "evaluate", str(tmp_path)], capture_output=True, text=True)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "do not match the architecture" in result.stderr and "conv2.kernel" in result.stderr
+
+
+def test_time_to_accuracy_and_the_seed_summary():
+    rows = [{"epoch": e, "seconds": 10.0, "val_accuracy": a, "loss": 0.5, "accuracy": a, "val_loss": 0.4,
+             "train_seconds": 9.0, "steps": 375} for e, a in ((1, 0.90), (2, 0.915), (3, 0.92))]
+    assert runs.elapsed(rows) == [10.0, 20.0, 30.0]  # rows without "elapsed": summed
+    rows[2]["elapsed"] = 35.0  # recorded (a resumed run's own clock) wins
+    assert runs.elapsed(rows) == [10.0, 20.0, 35.0]
+    assert runs.time_to_accuracy(rows, 0.91) == 20.0 and runs.time_to_accuracy(rows, 0.93) is None
+    metrics = {"test": {"accuracy": 0.91, "loss": 0.3}, "train": {"accuracy": 0.95, "loss": 0.1}}
+    summary = report.seed_summary({0: metrics, 1: metrics}, {0: rows, 1: rows[:2]})
+    assert summary["seeds"][1]["seconds"] == 20.0 and summary["stats"]["seconds"]["mean"] == 27.5
+    table = report.summary_markdown(summary)
+    assert "| 0 | 0.9100 | 0.3000 | 0.9500 | 0.1000 | 35 s | 20 s / never |" in table

@@ -24,6 +24,7 @@ def test_every_model_through_the_whole_toolchain(tmp_path, real_dataset, name):
     run_dir = tmp_path / "run"
     train.fit(train.TrainConfig.for_model(name, epochs=1, limit=600, threads=2), run_dir)
     assert json.loads((run_dir / runs.CONFIG).read_text())["model"] == name
+    assert runs.read_history(run_dir)[-1]["elapsed"] == runs.read_history(run_dir)[-1]["seconds"]  # one epoch
     network = runs.load_model(run_dir)
     assert isinstance(network, models.get(name).network)
     loss, accuracy = train.evaluate(network, train.to_tensor(real_dataset.test_images[:500], torch.device("cpu")),

@@ -270,7 +270,7 @@ def cmd_reproduce(args) -> int:
 
     out = Path(args.out)
     cmd_data(argparse.Namespace(data_dir=args.data_dir, out=out))
-    results = {}
+    results, histories = {}, {}
     for seed in range(args.seed, args.seed + args.seeds):
         run_dir = out / f"seed-{seed}"
         console.rule(f"seed {seed}: {run_dir}")
@@ -281,8 +281,8 @@ def cmd_reproduce(args) -> int:
         print_metrics(metrics)
         html_path, _ = report.write_report(run_dir)
         console.print(f"report: {html_path}")
-        results[seed] = metrics
-    summary = report.seed_summary(results)
+        results[seed], histories[seed] = metrics, runs.read_history(run_dir)
+    summary = report.seed_summary(results, histories)
     runs.write_json(out / "summary.json", summary)
     runs.write_text(out / "summary.md", report.summary_markdown(summary))
     console.print(report.summary_markdown(summary))

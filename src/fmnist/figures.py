@@ -61,10 +61,15 @@ def predictions(images: np.ndarray, labels: np.ndarray, predicted: np.ndarray, p
 
 
 def learning_curves(history: list[dict], path: Path) -> Path:
-    """Loss and accuracy per epoch, training vs validation, best validation epoch marked."""
+    """Loss and accuracy per epoch, training vs validation, best validation epoch marked; and validation
+    accuracy against elapsed seconds (time to accuracy)."""
     epochs = [row["epoch"] for row in history]
     best = min(history, key=lambda row: row["val_loss"])["epoch"]
-    figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(12, 4.5))
+    figure, (loss_axis, accuracy_axis, time_axis) = plt.subplots(1, 3, figsize=(17, 4.5))
+    time_axis.plot(runs.elapsed(history), [row["val_accuracy"] for row in history], marker=".")
+    time_axis.set_xlabel("seconds of training and validation")
+    time_axis.set_ylabel("validation accuracy")
+    time_axis.grid(alpha=0.3)
     for axis, key, label in ((loss_axis, "loss", "loss"), (accuracy_axis, "accuracy", "accuracy")):
         axis.plot(epochs, [row[key] for row in history], label=f"training {label}")
         axis.plot(epochs, [row["val_" + key] for row in history], label=f"validation {label}")

@@ -2,7 +2,8 @@
 
     RUN/
       config.json            the resolved training configuration, plus machine and versions
-      history.json           one entry per finished epoch: loss, accuracy, val_loss, val_accuracy, seconds
+      history.json           one entry per finished epoch: loss, accuracy, val_loss, val_accuracy, seconds,
+                             elapsed (cumulative seconds of training and validation, across resumes)
       model.safetensors      final weights; header metadata: architecture, class names, preprocessing
       best.safetensors       weights of the epoch with the lowest validation loss
       checkpoint.pt          model + optimizer + RNG states + epoch, to resume (read with weights_only)
@@ -102,6 +103,22 @@ def read_history(run_dir: Path) -> list[dict]:
         raise errors.RunError(f"{path} is damaged: expected a list of rows for epochs 1, 2, ... with "
                               f"{', '.join(HISTORY_FIELDS)} as numbers")
     return history
+
+
+def elapsed(history: list[dict]) -> list[float]:
+    """Cumulative seconds of training and validation at the end of each epoch (rows written before
+    `elapsed` was recorded: summed from their own seconds)."""
+    total, out = 0.0, []
+    for row in history:
+        total = row.get("elapsed", total + row["seconds"])
+        out.append(total)
+    return out
+
+
+def time_to_accuracy(history: list[dict], accuracy: float) -> float | None:
+    """Elapsed seconds when validation accuracy first reached `accuracy`; None if it never did."""
+    return next((seconds for row, seconds in zip(history, elapsed(history)) if row["val_accuracy"] >= accuracy),
+                None)
 
 
 def valid_row(row, epoch: int) -> bool:

@@ -370,8 +370,9 @@ def fit(config: TrainConfig, run_dir: Path, resume: bool = False,
     # The best weights may be better than any row of a shortened history: never replace them with worse.
     best = min([row["val_loss"] for row in state.history] + [runs.best_val_loss(run_dir)])
     while state.epoch < config.epochs:
-        state.history.append(run_epoch(state, network, train_data, val_data, config, shard,
-                                       on_step if shard.is_main else None))
+        row = run_epoch(state, network, train_data, val_data, config, shard, on_step if shard.is_main else None)
+        row["elapsed"] = (runs.elapsed(state.history)[-1] if state.history else 0.0) + row["seconds"]
+        state.history.append(row)
         if shard.is_main:
             best = save_epoch(run_dir, state, best)
             if on_epoch is not None:
