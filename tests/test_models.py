@@ -84,3 +84,11 @@ def test_checkpoint_of_another_architecture_is_refused(tmp_path, trained_run):
     runs.save_checkpoint(run_dir / runs.CHECKPOINT, saved)
     with pytest.raises(errors.RunError, match="holds a 'some-other-net-v3' network"):
         train.fit(train.load_config(run_dir, epochs=4), run_dir, resume=True)
+
+
+def test_layer_table_of_the_seed_and_of_any_network():
+    seed = models.layer_table(models.SEED.build(0.5))
+    assert seed[0] == ("conv1 (Conv2D)", "(None, 14, 14, 32)", 160) and sum(row[2] for row in seed) == 845_674
+    other = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 16), torch.nn.ReLU(), torch.nn.Linear(16, 10))
+    assert models.layer_table(other) == [("0 (Flatten)", "(None, 784)", 0), ("1 (Linear)", "(None, 16)", 12_560),
+                                         ("2 (ReLU)", "(None, 16)", 0), ("3 (Linear)", "(None, 10)", 170)]

@@ -159,7 +159,7 @@ def cmd_train(args) -> int:
     else:
         run_dir = Path(args.out)
         config = train_config(args)
-        print_summary(models.get(config.model).build(config.dropout))
+        print_summary(config.model, models.get(config.model).build(config.dropout))
     history = run_training(config, run_dir, resume=bool(args.resume), progress=not args.quiet)
     best = min(history, key=lambda row: row["val_loss"])
     console.print(f"done: {run_dir} (lowest val_loss {best['val_loss']:.4f} at epoch {best['epoch']}); "
@@ -167,16 +167,16 @@ def cmd_train(args) -> int:
     return 0
 
 
-def print_summary(network) -> None:
-    from fmnist import model
+def print_summary(name: str, network) -> None:
+    from fmnist import models
 
-    table = rich.table.Table(title="Model: seed CNN (Keras semantics)")
+    table = rich.table.Table(title=f"Model: {name}")
     for column in ("Layer (type)", "Output Shape", "Param #"):
         table.add_column(column, justify="right" if column == "Param #" else "left")
-    for name, shape, count in model.summary(network):
-        table.add_row(name, shape, f"{count:,}")
+    for layer, shape, count in models.layer_table(network):
+        table.add_row(layer, shape, f"{count:,}")
     console.print(table)
-    console.print(f"Total params: {model.count_parameters(network):,}")
+    console.print(f"Total params: {models.parameters(network):,}")
 
 
 def add_train_options(parser: argparse.ArgumentParser) -> None:

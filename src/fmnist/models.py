@@ -5,12 +5,15 @@ A model is
   architecture  the tag recorded in the weights' metadata, checkpoints and ONNX files, from which
                 `runs.load_model` rebuilds the network (bump it when a model's layout changes);
   network       its class: Class(dropout=...) takes (N, 28, 28, 1) floats in [0, 1] to (N, 10) logits;
-  recipe        the TrainConfig values its training defaults to, where they differ from the seed's.
+  recipe        the TrainConfig values its training defaults to, where they differ from the seed's;
+  summary       its layer table (layer, output shape, parameters), if not the generic one (`layer_table`).
 The seed CNN (the report's network and settings) is the default, and its recipe is TrainConfig's own defaults.
 """
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable
+
 import torch
 from torch import nn
 
@@ -24,13 +27,15 @@ class ModelSpec:
     network: type[nn.Module]
     description: str
     recipe: dict = dataclasses.field(default_factory=dict)
+    summary: Callable[[nn.Module], list[tuple[str, str, int]]] | None = None
 
     def build(self, dropout: float) -> nn.Module:
         return self.network(dropout=dropout)
 
 
 SEED = ModelSpec("seed-cnn", model.ARCHITECTURE, model.SeedCNN,
-                 "the report's CNN: 2 conv (2x2, stride 2) + same-padded pooling, 3 dense, dropout")
+                 "the report's CNN: 2 conv (2x2, stride 2) + same-padded pooling, 3 dense, dropout",
+                 summary=model.summary)  # Keras's layer names and order, as the report's table
 REGISTRY = {spec.name: spec for spec in (SEED,)}
 DEFAULT = SEED.name
 
@@ -52,8 +57,28 @@ def architecture_of(network: nn.Module) -> str:
     return next(spec.architecture for spec in REGISTRY.values() if isinstance(network, spec.network))
 
 
-def parameters(network: nn.Module) -> int:
-    return sum(p.numel() for p in network.parameters())
+def layer_table(network: nn.Module) -> list[tuple[str, str, int]]:
+    """(layer, output shape, parameters) rows: the model's own table, else one row per leaf module that runs."""
+    spec = next((spec for spec in REGISTRY.values() if isinstance(network, spec.network)), None)
+    if spec is not None and spec.summary is not None:
+        return spec.summary(network)
+    rows = []
+
+    def record(name):
+        return lambda module, inputs, output: rows.append(
+            (f"{name} ({type(module).__name__})", str((None, *output.shape[1:])),  # Keras-style: batch None
+             sum(p.numel() for p in module.parameters(recurse=False))))
+
+    hooks = [module.register_forward_hook(record(name)) for name, module in network.named_modules()
+             if not list(module.children())]
+    with torch.no_grad():
+        network.eval()(torch.zeros(1, 28, 28, 1))  # one blank image traces the shapes
+    for hook in hooks:
+        hook.remove()
+    return rows
+
+
+parameters = model.count_parameters  # one implementation, offered beside the registry
 
 
 def mflops_per_image(network: nn.Module) -> float:

@@ -131,8 +131,8 @@ def build(run_dir: Path) -> list:
         image("samples.png", "first 25 training images"),
         h("Architecture"),
         table(("layer (type)", "output shape", "params"),
-              [(name, shape, f"{count:,}") for name, shape, count in model.summary(network)]
-              + [("total", "", f"{model.count_parameters(network):,}")]),
+              [(name, shape, f"{count:,}") for name, shape, count in models.layer_table(network)]
+              + [("total", "", f"{models.parameters(network):,}")]),
         h("Training"), *training_blocks(config, history),
         h("Results"),
         table(("data", "images", "loss", "accuracy"),
