@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import zipfile
 import signal
@@ -243,6 +244,16 @@ def test_damaged_checkpoint_is_one_clear_error(tmp_path, change, message):
         train.fit(train.load_config(run_dir, epochs=2), run_dir, resume=True)
 
 
+def test_damaged_checkpoint_epoch_is_one_line_from_the_cli(tmp_path, capsys, trained_run):
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run, run_dir)
+    saved = runs.load_checkpoint(run_dir / runs.CHECKPOINT)
+    saved["epoch"] = "two"
+    runs.save_checkpoint(run_dir / runs.CHECKPOINT, saved)
+    code, _, err = run_cli(capsys, "train", "--resume", run_dir, "--epochs", 4)
+    assert code == 2 and err.startswith("error:") and "damaged (epoch 'two')" in err, err
+
+
 @pytest.mark.parametrize("name, content, command", [
     (runs.CONFIG, "[]", "train"), (runs.CONFIG, '{"batch_size": "128"}', "train"), (runs.CONFIG, '{"seed": 1.5}', "evaluate"),
     (runs.HISTORY, '{"epoch": 1}', "train"), (runs.HISTORY, '[{"epoch": 1, "loss": "low"}]', "evaluate"),
@@ -293,6 +304,14 @@ def test_ctrl_c_during_start_up_is_one_line(tmp_path, moment):
 def test_oversized_run_files_are_refused_unread(tmp_path, trained_run):
     run_dir = tmp_path / "run"
     shutil.copytree(trained_run, run_dir)
+    with open(run_dir / runs.HISTORY, "r+b") as handle:
+        handle.truncate(runs.MAX_JSON_BYTES + 1)
+    with pytest.raises(errors.RunError, match="over the limit"):
+        runs.read_history(run_dir)
+    (run_dir / runs.CONFIG).unlink()
+    os.mkfifo(run_dir / runs.CONFIG)  # reading it would wait for a writer forever
+    with pytest.raises(errors.RunError, match="not a regular file"):
+        runs.read_config(run_dir)
     with open(run_dir / runs.WEIGHTS, "r+b") as handle:
         handle.truncate(runs.MAX_FILE_BYTES + 1)  # sparse: costs no disk
     with pytest.raises(errors.RunError, match="is 268,435,457 bytes, over the limit"):

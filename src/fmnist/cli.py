@@ -541,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # before or after training (training's own Ctrl-C says how to resume)
         return report_error("interrupted", Interrupted.exit_code)
     except OSError as exc:  # the machine's side: disk full, permissions, a path of the wrong kind
-        return report_error(f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}", 2)
+        return report_error(f"{f'{exc.filename}: ' if exc.filename else ''}{exc.strerror or exc}", 2)
 
 
 def prepare_kernels(threads: int | None) -> None:

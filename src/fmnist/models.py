@@ -85,7 +85,8 @@ def mflops_per_image(network: nn.Module) -> float:
     """Forward MFLOPs for one image (multiply-adds count 2), by PyTorch's own FLOP counter."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    counter = FlopCounterMode(display=False)
+    counter, training = FlopCounterMode(display=False), network.training
     with torch.no_grad(), counter:
         network.eval()(torch.zeros(1, 28, 28, 1))
+    network.train(training)  # the caller's mode, as it was
     return counter.get_total_flops() / 1e6

@@ -32,7 +32,7 @@ import safetensors
 import safetensors.torch
 import torch
 
-from fmnist import data, errors, model, models
+from fmnist import data, errors, files, model, models
 
 CONFIG = "config.json"
 HISTORY = "history.json"
@@ -46,6 +46,7 @@ REPORT_HTML = "report.html"
 REPORT_MD = "report.md"
 ONNX = "model.onnx"
 MAX_FILE_BYTES = 256 << 20  # weights or checkpoint; the seed's checkpoint (weights and Adam's moments) is ~10 MB
+MAX_JSON_BYTES = 16 << 20   # config, history, metrics: a 1,000-epoch history is ~250 KB
 PREPROCESSING = "grayscale uint8 28x28, light object on dark background, divided by 255; input (N, 28, 28, 1) float32"
 
 
@@ -72,13 +73,16 @@ def write_text(path: Path, text: str) -> Path:
 
 
 def read_json(path: Path):
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
+    """A run's JSON file: a regular file of at most MAX_JSON_BYTES, parsed; RunError otherwise."""
+    if not Path(path).exists():
         raise errors.RunError(f"{path} is missing: is {Path(path).parent} a run directory "
-                              f"(made by `fmnist train` or `fmnist import-keras`)?") from None
-    except (OSError, ValueError) as exc:
-        raise errors.RunError(f"{path} is damaged ({exc})") from None
+                              f"(made by `fmnist train` or `fmnist import-keras`)?")
+    try:
+        return json.loads(files.read_regular(Path(path), MAX_JSON_BYTES))
+    except errors.InputError as exc:  # not a regular file, unreadable, or too large
+        raise errors.RunError(str(exc)) from None
+    except (ValueError, RecursionError) as exc:
+        raise errors.RunError(f"{path} is damaged ({type(exc).__name__}: {exc})") from None
 
 
 def read_config(run_dir: Path) -> dict:

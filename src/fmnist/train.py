@@ -215,15 +215,20 @@ class TrainingState:
             self.optimizer.load_state_dict(saved["optimizer"])
             self.generator.set_state(saved["shuffle_rng"])
             torch.set_rng_state(saved["torch_rng"])
-            epoch = saved["epoch"]
         except errors.RunError:
             raise
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
             raise errors.RunError(f"{where} is damaged ({type(exc).__name__}: {exc}); "
                                   f"delete it to restart the run from epoch 0") from None
-        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-            raise errors.RunError(f"{where} is damaged (epoch {epoch!r})")
-        self.epoch = epoch
+        self.epoch = checkpoint_epoch(saved, where)
+
+
+def checkpoint_epoch(saved, where: str) -> int:
+    """The epochs a loaded checkpoint has finished, checked (a damaged one is a RunError)."""
+    epoch = saved.get("epoch") if isinstance(saved, dict) else None
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise errors.RunError(f"{where} is damaged (epoch {epoch!r})")
+    return epoch
 
 
 def prepare_data(config: TrainConfig, device: torch.device):
@@ -277,7 +282,7 @@ def save_epoch(run_dir: Path, state: TrainingState, best_val_loss: float) -> flo
 def resume_epoch(run_dir: Path) -> int:
     """Epochs a run has finished, by its checkpoint; 0 where none was written yet."""
     path = Path(run_dir) / runs.CHECKPOINT
-    return int(runs.load_checkpoint(path).get("epoch", 0)) if path.is_file() else 0
+    return checkpoint_epoch(runs.load_checkpoint(path), str(path)) if path.is_file() else 0
 
 
 def start_or_resume(config: TrainConfig, run_dir: Path, resume: bool, device: torch.device,
