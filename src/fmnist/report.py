@@ -226,7 +226,8 @@ def seed_summary(results: dict[int, dict], histories: dict[int, list[dict]]) -> 
     stats = {}
     for key in per_seed[next(iter(per_seed))]:
         values = np.array([row[key] for row in per_seed.values()], dtype=float)  # None (never reached): NaN
-        stats[key] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+        single = 0.0 if np.isfinite(values).all() else math.nan  # one seed: no spread, unless never reached
+        stats[key] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else single,
                       "min": float(values.min()), "max": float(values.max())}
     return {"seeds": per_seed, "stats": stats, "published": PUBLISHED}
 
