@@ -7,7 +7,8 @@ import sys
 
 import torch
 
-from fmnist import bench, model
+from conftest import run_cli
+from fmnist import bench, model, models
 
 
 def test_bench_quick_runs_and_reports_ratios():
@@ -17,7 +18,7 @@ def test_bench_quick_runs_and_reports_ratios():
     report = json.loads(result.stdout)
     steps = report["step_seconds"]
     assert set(steps) == {"fmnist", "fmnist, PyTorch ops only", "plain eager PyTorch"}
-    assert all(s > 0 for s in steps.values()) and 0 < report["matmul_seconds"]
+    assert all(s > 0 for s in steps.values()) and 0 < report["floor_seconds"]
     assert abs(report["speedup"] - steps["plain eager PyTorch"] / steps["fmnist"]) < 1e-9
     assert report["eval_images_per_second"] > 0 and report["epoch_seconds"] > 0
     assert report["machine"]["threads"] == 2 and report["machine"]["torch"] == torch.__version__
@@ -31,6 +32,21 @@ def test_bench_table_output():
     assert "matrix products alone" in result.stdout
 
 
-def test_baseline_is_the_same_network():
+def test_bench_of_another_model_in_process(capsys):
+    code, out, _ = run_cli(capsys, "bench", "--quick", "--threads", "2", "--model", "fast-cnn", "--json")
+    report = json.loads(out)
+    assert code == 0 and report["model"] == "fast-cnn"
+    assert set(report["step_seconds"]) == {"fmnist", "plain eager PyTorch"} and report["floor_seconds"] > 0
+    code, _, err = run_cli(capsys, "bench", "--quick", "--model", "resnet")
+    assert code == 2 and err.startswith("error: unknown model 'resnet'")
+
+
+def test_baselines_are_the_same_networks():
     assert model.count_parameters(bench.PlainCNN()) == model.count_parameters(model.SeedCNN()) == 845_674
     assert bench.PlainCNN()(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    fast, plain = models.FAST.build(0.0).eval(), bench.PlainFastCNN().eval()
+    # fast-cnn's head reads (row, column, channel); nn.Flatten gives (channel, row, column).
+    head = fast.head.weight.reshape(10, 7, 7, -1).permute(0, 3, 1, 2).reshape(10, -1)  # (10, 7*7*C) in CHW order
+    plain.load_state_dict({**fast.state_dict(), "head.weight": head})
+    x = torch.rand(4, 28, 28, 1)
+    torch.testing.assert_close(plain(x.permute(0, 3, 1, 2).contiguous()), fast(x), rtol=0, atol=1e-5)

@@ -16,7 +16,7 @@ import safetensors.torch
 import torch
 
 from conftest import require_real_data, run_cli
-from fmnist import errors, model, runs, train
+from fmnist import errors, model, models, runs, train
 
 QUICK = dict(limit=3000, threads=2)  # 2,400 training / 600 validation images
 
@@ -54,9 +54,11 @@ def test_short_training_learns_writes_run_dir_and_is_reproducible(tmp_path):
     assert not torch.equal(weights(tmp_path / "a")["dense1.kernel"], weights(tmp_path / "c")["dense1.kernel"])
 
 
-def test_resume_after_interruption_equals_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("name", list(models.REGISTRY))
+def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, name):
+    """Every model's recipe: its augmentation draws, schedule and optimizer state continue exactly."""
     require_real_data()
-    config = train.TrainConfig(epochs=3, seed=1, **QUICK)
+    config = train.TrainConfig.for_model(name, epochs=3, seed=1, **QUICK)
     train.fit(config, tmp_path / "straight")
 
     def interrupt_after_first_epoch(row):

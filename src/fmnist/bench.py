@@ -1,9 +1,9 @@
 """Training speed, measured as ratios in one run: fmnist's step against a plain eager PyTorch baseline.
 
-The baseline is what a straightforward port looks like: NCHW nn.Conv2d, F.max_pool2d on an explicitly
-padded tensor, nn.Linear, torch.optim.Adam with default settings. Both see the same random batch;
-their timings are interleaved round by round and the median round is reported, so that a noisy,
-shared machine affects both alike.
+The baseline is what a straightforward port of the same network looks like (`PLAIN`): NCHW tensors,
+nn.Conv2d, nn.Linear, F.max_pool2d, the same optimizer. Both see the same random batch; their
+timings are interleaved round by round and the median round is reported, so that a noisy, shared
+machine affects both alike. The floor is the step's convolutions and matrix products alone.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fmnist import model, train
+from fmnist import model, models, train
 from fmnist import threads as cpu_threads
 
 
@@ -35,11 +35,26 @@ class PlainCNN(nn.Module):
         return self.dense3(x)
 
 
-def step_function(network, optimizer, x, y, precision: str = "fp32"):
+class PlainFastCNN(nn.Module):
+    """fast-cnn written the plain way: NCHW-contiguous tensors, nn.Flatten in PyTorch's (C, H, W) order."""
+
+    def __init__(self):
+        super().__init__()
+        fast = models.FAST.build(0.0).to(memory_format=torch.contiguous_format)
+        self.features, self.head = fast.features, nn.Linear(fast.head.in_features, 10)
+
+    def forward(self, x):  # x: (N, 1, 28, 28)
+        return self.head(self.features(x).flatten(1))
+
+
+PLAIN = {"seed-cnn": PlainCNN, "fast-cnn": PlainFastCNN}  # each model's plain eager port (NCHW input)
+
+
+def step_function(network, optimizer, x, y, precision: str = "fp32", label_smoothing: float = 0.0):
     def step():
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             logits = network(x)
-        loss = F.cross_entropy(logits.float(), y)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -61,33 +76,64 @@ def time_steps(step, steps: int, device: torch.device) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def compare_steps(batch_size: int, steps: int, rounds: int, device: torch.device,
+def compare_steps(name: str, batch_size: int, steps: int, rounds: int, device: torch.device,
                   precision: str = "fp32") -> dict[str, float]:
     """Median seconds per training step of fmnist and of the plain baseline, interleaved."""
     torch.manual_seed(0)
+    config = train.TrainConfig.for_model(name)
     x = torch.rand(batch_size, 28, 28, 1, device=device)
     y = torch.randint(0, 10, (batch_size,), device=device)
-    ours = model.SeedCNN().to(device).train()
-    unfused = model.SeedCNN(implementation="torch").to(device).train()
-    plain = PlainCNN().to(device).train()
-    steps_by_name = {
-        "fmnist": step_function(ours, train.KerasAdam(ours.parameters(), fused=True), x, y, precision),
-        "fmnist, PyTorch ops only": step_function(unfused, train.KerasAdam(unfused.parameters(), fused=True), x, y,
-                                                  precision),
-        "plain eager PyTorch": step_function(plain, torch.optim.Adam(plain.parameters(), eps=1e-7),
-                                             x.permute(0, 3, 1, 2).contiguous(), y),
-    }
+
+    def ours(**kwargs):
+        network = (model.SeedCNN(**kwargs) if kwargs else models.get(name).build(config.dropout)).to(device).train()
+        return step_function(network, train.make_optimizer(network, config), x, y, precision, config.label_smoothing)
+
+    plain = PLAIN[name]().to(device).train()
+    optimizer = torch.optim.Adam(plain.parameters(), eps=1e-7) if config.optimizer == "adam" else \
+        train.make_optimizer(plain, config)  # the same optimizer, written the usual way
+    steps_by_name = {"fmnist": ours()}
+    if name == models.SEED.name:  # the seed's fused CPU kernels against its PyTorch fast forms
+        steps_by_name["fmnist, PyTorch ops only"] = ours(implementation="torch")
+    steps_by_name["plain eager PyTorch"] = step_function(plain, optimizer, x.permute(0, 3, 1, 2).contiguous(), y,
+                                                         label_smoothing=config.label_smoothing)
     for step in steps_by_name.values():
         time_steps(step, 3, device)  # warm-up: allocator, kernels, thread pool
-    samples = {name: [] for name in steps_by_name}
+    samples = {key: [] for key in steps_by_name}
     for _ in range(rounds):
-        for name, step in steps_by_name.items():
-            samples[name].append(time_steps(step, steps, device))
-    return {name: statistics.median(values) for name, values in samples.items()}
+        for key, step in steps_by_name.items():
+            samples[key].append(time_steps(step, steps, device))
+    return {key: statistics.median(values) for key, values in samples.items()}
+
+
+def floor_seconds(name: str, batch_size: int, steps: int, device: torch.device) -> float:
+    """Seconds per step of the step's convolutions and matrix products alone: the floor under it."""
+    if name == models.SEED.name:
+        return matmul_seconds(batch_size, steps, device)
+    return layer_seconds(models.get(name).build(0.0).to(device), batch_size, steps, device)
+
+
+def layer_seconds(network: nn.Module, batch_size: int, steps: int, device: torch.device) -> float:
+    """Each nn.Conv2d and nn.Linear of the network, forward and backward on inputs of its real shape
+    and memory format, nothing between them (float32)."""
+    inputs = []
+    hooks = [layer.register_forward_hook(lambda layer, args, out: inputs.append((layer, args[0].detach())))
+             for layer in network.modules() if isinstance(layer, (nn.Conv2d, nn.Linear))]
+    network.train()(torch.rand(batch_size, 28, 28, 1, device=device))
+    for hook in hooks:
+        hook.remove()
+    operands = [(layer, x.requires_grad_(index > 0), torch.rand_like(layer(x)))
+                for index, (layer, x) in enumerate(inputs)]  # the image needs no gradient
+
+    def step():
+        for layer, x, grad in operands:
+            out = layer(x)
+            torch.autograd.backward(out, grad)
+    time_steps(step, 3, device)
+    return min(time_steps(step, steps, device) for _ in range(3))
 
 
 def matmul_seconds(batch_size: int, steps: int, device: torch.device) -> float:
-    """Seconds per step for the training step's matrix products alone (forward and backward, float32).
+    """Seconds per step for the seed's matrix products alone (forward and backward, float32).
 
     No implementation that uses PyTorch's matmul can take less: this is the floor under the step time.
     """
@@ -109,28 +155,33 @@ def matmul_seconds(batch_size: int, steps: int, device: torch.device) -> float:
     return min(time_steps(step, steps, device) for _ in range(3))
 
 
-def time_epoch(num_train: int, num_val: int, batch_size: int, device: torch.device,
+def time_epoch(name: str, num_train: int, num_val: int, batch_size: int, device: torch.device,
                precision: str = "fp32") -> tuple[float, float]:
-    """(seconds for one training epoch, seconds for its validation) on random data of the real sizes."""
+    """(seconds for one training epoch, seconds for its validation) on random data of the real sizes,
+    with the model's whole recipe (augmentation, schedule, TTA)."""
     torch.manual_seed(0)
+    config = train.TrainConfig.for_model(name, batch_size=batch_size)
     images = torch.rand(num_train + num_val, 28, 28, 1, device=device)
     labels = torch.randint(0, 10, (num_train + num_val,), device=device)
-    network = model.SeedCNN().to(device)
-    optimizer = train.KerasAdam(network.parameters(), fused=True)
-    generator = torch.Generator().manual_seed(0)
+    network = models.get(name).build(config.dropout).to(device)
+    optimizer = train.make_optimizer(network, config)
+    schedule = train.schedule_of(config, math.ceil(num_train / batch_size))
+    rates = None if schedule is None else [schedule(step) for step in range(math.ceil(num_train / batch_size))]
     synchronize(device)
     start = time.perf_counter()
-    loss, _ = train.train_one_epoch(network, optimizer, images[:num_train], labels[:num_train], batch_size, generator,
-                                    precision=precision)
+    loss, _ = train.train_one_epoch(network, optimizer, images[:num_train], labels[:num_train], batch_size,
+                                    torch.Generator().manual_seed(0), precision=precision, flip=config.flip,
+                                    shift=config.shift, label_smoothing=config.label_smoothing, rates=rates)
     loss.item()  # waits for the device
     middle = time.perf_counter()
-    train.evaluate(network, images[num_train:], labels[num_train:])
+    train.evaluate(models.evaluation_form(network, config.tta), images[num_train:], labels[num_train:])
     return middle - start, time.perf_counter() - middle
 
 
-def evaluation_throughput(num_images: int, device: torch.device) -> float:
-    """Images per second through predict_probabilities (inference mode, large batches)."""
-    network = model.SeedCNN().to(device).eval()
+def evaluation_throughput(name: str, num_images: int, device: torch.device) -> float:
+    """Images per second through predict_probabilities (inference mode, large batches, the model's TTA)."""
+    network = models.evaluation_form(models.get(name).build(0.0), train.TrainConfig.for_model(name).tta)
+    network = network.to(device).eval()
     images = torch.rand(num_images, 28, 28, 1, device=device)
     train.predict_probabilities(network, images[:train.EVAL_BATCH_SIZE])  # warm-up
     synchronize(device)
@@ -141,17 +192,19 @@ def evaluation_throughput(num_images: int, device: torch.device) -> float:
 
 
 def run(quick: bool = False, device: str = "auto", threads: int | None = None, batch_size: int = 128,
-        precision: str = "fp32") -> dict:
+        precision: str = "fp32", name: str = models.DEFAULT) -> dict:
     """Everything `fmnist bench` prints, as a dict."""
+    models.get(name)  # ValueError naming the models there are
     train.flush_denormals()
     cpu_threads.use(threads)
     target = train.resolve_device(device)
     steps, rounds = (3, 2) if quick else (30, 7)
     num_train, num_val, num_eval = (1_280, 320, 2_000) if quick else (48_000, 12_000, 10_000)
-    per_step = compare_steps(batch_size, steps, rounds, target, precision)
-    epoch_seconds, val_seconds = time_epoch(num_train, num_val, batch_size, target, precision)
-    return {"machine": train.describe_machine(target), "batch_size": batch_size, "quick": quick, "precision": precision,
-            "step_seconds": per_step, "speedup": per_step["plain eager PyTorch"] / per_step["fmnist"],
-            "matmul_seconds": matmul_seconds(batch_size, steps, target),
+    per_step = compare_steps(name, batch_size, steps, rounds, target, precision)
+    epoch_seconds, val_seconds = time_epoch(name, num_train, num_val, batch_size, target, precision)
+    return {"machine": train.describe_machine(target), "model": name, "batch_size": batch_size, "quick": quick,
+            "precision": precision, "step_seconds": per_step,
+            "speedup": per_step["plain eager PyTorch"] / per_step["fmnist"],
+            "floor_seconds": floor_seconds(name, batch_size, steps, target),
             "epoch_seconds": epoch_seconds, "validation_seconds": val_seconds, "epoch_images": num_train,
-            "eval_images_per_second": evaluation_throughput(num_eval, target)}
+            "eval_images_per_second": evaluation_throughput(name, num_eval, target)}

@@ -117,7 +117,8 @@ def train_config(args, **extra):
             learning_rate=args.learning_rate, validation_fraction=args.validation_fraction, seed=args.seed,
             threads=args.threads, device=args.device, limit=args.limit,
             data_dir=str(args.data_dir) if args.data_dir else None, dropout=args.dropout, precision=args.precision,
-            **extra)
+            optimizer=args.optimizer, weight_decay=args.weight_decay, schedule=args.schedule, warmup=args.warmup,
+            label_smoothing=args.label_smoothing, flip=args.flip, shift=args.shift, tta=args.tta, **extra)
     except ValueError as exc:
         raise errors.FmnistError(str(exc)) from None
 
@@ -179,10 +180,11 @@ def print_summary(name: str, network) -> None:
     console.print(f"Total params: {models.parameters(network):,}")
 
 
-def add_train_options(parser: argparse.ArgumentParser) -> None:
+def add_train_options(parser: argparse.ArgumentParser, several_models: bool = False) -> None:
     """Training flags. Recipe settings default to None: the model's recipe decides (`fmnist models`)."""
-    parser.add_argument("--model", default=None, help="the network to train (default: seed-cnn, the report's; "
-                                                      "see `fmnist models`)")
+    parser.add_argument("--model", default=None, action="append" if several_models else "store",
+                        help="the network to train (default: seed-cnn, the report's; see `fmnist models`)"
+                             + ("; repeat it to compare models" if several_models else ""))
     parser.add_argument("--epochs", type=int, default=None, help="epochs (default: the model's recipe)")
     parser.add_argument("--batch-size", type=int, default=None, help="batch size (default: the model's recipe)")
     parser.add_argument("--learning-rate", type=float, default=None,
@@ -200,7 +202,26 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=("fp32", "bf16"), default=None,
                         help="bf16 autocast for speed on CPUs/GPUs that support it (default: fp32)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar (default: off)")
+    add_recipe_options(parser)
     add_data_options(parser)
+
+
+def add_recipe_options(parser: argparse.ArgumentParser) -> None:
+    from fmnist import recipe
+
+    group = parser.add_argument_group("recipe (each default: the model's recipe, see `fmnist models`)")
+    group.add_argument("--optimizer", choices=recipe.OPTIMIZERS, default=None,
+                       help="adam (Keras's, the report's), sgd (Nesterov momentum 0.9) or adamw")
+    group.add_argument("--weight-decay", type=float, default=None, help="on weights, not biases or BatchNorm")
+    group.add_argument("--schedule", choices=recipe.SCHEDULES, default=None,
+                       help="constant, or onecycle: linear warm-up to --learning-rate, then linear decay to 0")
+    group.add_argument("--warmup", type=float, default=None, help="fraction of all steps spent warming up")
+    group.add_argument("--label-smoothing", type=float, default=None, help="e.g. 0.1")
+    group.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                       help="mirror a random half of the training images each epoch")
+    group.add_argument("--shift", type=int, default=None, help="move each training image up to N pixels")
+    group.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                       help="evaluate and predict on the mean of each image and its mirror")
 
 
 def cmd_models(args) -> int:
@@ -212,10 +233,8 @@ def cmd_models(args) -> int:
         table.add_column(column, justify="right" if column in ("parameters", "MFLOPs/image") else "left")
     for name, spec in models.REGISTRY.items():
         config, network = train.TrainConfig.for_model(name), spec.build(0.0)
-        recipe = (f"{config.epochs} epochs, batch {config.batch_size}, Adam lr {config.learning_rate:g}, "
-                  f"dropout {config.dropout:g}")
         table.add_row(name + (" (default)" if name == models.DEFAULT else ""), f"{models.parameters(network):,}",
-                      f"{models.mflops_per_image(network):.2f}", recipe)
+                      f"{models.mflops_per_image(network):.2f}", train.describe_recipe(config))
     console.print(table)
     for name, spec in models.REGISTRY.items():
         console.print(f"{name}: {spec.description} (weights tagged {spec.architecture})")
@@ -265,17 +284,40 @@ def cmd_report(args) -> int:
 
 
 def cmd_reproduce(args) -> int:
-    """The whole experiment: data check, training per seed, evaluation, report, summary over seeds."""
+    """The whole experiment: data check, then per model and seed training, evaluation and report; a summary
+    over seeds, and with several models one comparison table."""
+    from fmnist import bench, models, report, runs, train
+
+    out, names = Path(args.out), list(dict.fromkeys(args.model or [models.DEFAULT]))
+    for name in names:  # every model's settings checked before hours of training
+        train_config(argparse.Namespace(**{**vars(args), "model": name}))
+    cmd_data(argparse.Namespace(data_dir=args.data_dir, out=out))
+    summaries = {name: reproduce_model(args, name, out / name if len(names) > 1 else out) for name in names}
+    if len(names) > 1:
+        rows = {}
+        for name in names:
+            network = models.get(name).build(0.0)
+            with console.status(f"timing inference of {name}"):
+                speed = bench.evaluation_throughput(name, 10_000, train.resolve_device(args.device))
+            rows[name] = {"summary": summaries[name], "parameters": models.parameters(network),
+                          "images_per_second": speed}
+        runs.write_json(out / "comparison.json", rows)
+        runs.write_text(out / "comparison.md", report.comparison_markdown(rows))
+        console.print(report.comparison_markdown(rows))
+        console.print(f"comparison: {out / 'comparison.md'}")
+    return 0
+
+
+def reproduce_model(args, name: str, out: Path) -> dict:
+    """Every seed of one model (finished runs are kept, others continued); its summary over seeds."""
     from fmnist import evaluate, report, runs
 
-    out = Path(args.out)
-    cmd_data(argparse.Namespace(data_dir=args.data_dir, out=out))
     results, histories = {}, {}
     for seed in range(args.seed, args.seed + args.seeds):
         run_dir = out / f"seed-{seed}"
-        console.rule(f"seed {seed}: {run_dir}")
-        config = train_config(argparse.Namespace(**{**vars(args), "seed": seed}))
-        if len(runs.read_history(run_dir)) < config.epochs:  # finished runs are kept, others continued
+        console.rule(f"{name}, seed {seed}: {run_dir}")
+        config = train_config(argparse.Namespace(**{**vars(args), "seed": seed, "model": name}))
+        if len(runs.read_history(run_dir)) < config.epochs:
             run_training(config, run_dir, resume=(run_dir / runs.CONFIG).is_file(), progress=not args.quiet)
         metrics = evaluate.evaluate_run(run_dir, data_dir=args.data_dir, device=args.device)
         print_metrics(metrics)
@@ -288,7 +330,13 @@ def cmd_reproduce(args) -> int:
     console.print(report.summary_markdown(summary))
     console.print(f"reports: {', '.join(str(out / f'seed-{s}' / runs.REPORT_HTML) for s in results)}; "
                   f"summary: {out / 'summary.md'}")
-    return 0
+    return summary
+
+
+def models_default() -> str:
+    from fmnist import models
+
+    return models.DEFAULT
 
 
 def cmd_bench(args) -> int:
@@ -297,14 +345,17 @@ def cmd_bench(args) -> int:
     from fmnist import bench
 
     with console.status("timing training steps, an epoch and evaluation"):
-        result = bench.run(quick=args.quick, device=args.device, threads=args.threads, batch_size=args.batch_size,
-                           precision=args.precision)
+        try:
+            result = bench.run(quick=args.quick, device=args.device, threads=args.threads, batch_size=args.batch_size,
+                               precision=args.precision, name=args.model)
+        except ValueError as exc:
+            raise errors.FmnistError(str(exc)) from None
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
     m = result["machine"]
     console.print(f"machine: {m['device_name']} ({m['device']}, {m['threads']} threads), torch {m['torch']}; "
-                  f"fmnist in {result['precision']}")
+                  f"{result['model']} in {result['precision']}")
     table = rich.table.Table(title=f"training step, batch {result['batch_size']} (median of interleaved rounds)")
     for column in ("implementation", "ms/step", "samples/s", "speed-up"):
         table.add_column(column, justify="left" if column == "implementation" else "right")
@@ -313,8 +364,8 @@ def cmd_bench(args) -> int:
         table.add_row(name, f"{1000 * seconds:.2f}", f"{result['batch_size'] / seconds:,.0f}",
                       f"{baseline / seconds:.2f}x")
     console.print(table)
-    console.print(f"the step's matrix products alone (the floor under any step here): "
-                  f"{1000 * result['matmul_seconds']:.2f} ms")
+    console.print(f"the step's convolutions and matrix products alone (the floor under any step here): "
+                  f"{1000 * result['floor_seconds']:.2f} ms")
     console.print(f"one epoch of {result['epoch_images']:,} images: {result['epoch_seconds']:.2f} s "
                   f"+ validation {result['validation_seconds']:.2f} s")
     console.print(f"evaluation: {result['eval_images_per_second']:,.0f} images/s")
@@ -451,15 +502,19 @@ def add_experiment_commands(commands) -> None:
                    "Reproduce the report: data check and sample grid, training with its settings, evaluation "
                    "and report, for one or more seeds. Re-running continues where it stopped.",
                    ["fmnist reproduce", "fmnist reproduce --seeds 3",
+                    "fmnist reproduce --model fast-cnn --seeds 3",
+                    "fmnist reproduce --model seed-cnn --model fast-cnn --seeds 3   (one comparison table)",
                     "fmnist reproduce --epochs 1 --limit 3000 --out /tmp/quick"])
-    add_train_options(p)
+    add_train_options(p, several_models=True)
     p.add_argument("--seeds", type=int, default=1, help="number of seeds, from --seed on (default: 1)")
     p.add_argument("--out", default="runs/reproduce", help="output directory (default: runs/reproduce)")
 
     p = subcommand(commands, "bench", cmd_bench, "time training and evaluation against plain eager PyTorch",
                    "Time fmnist's training step and a plain eager PyTorch version of the same network on the "
                    "same batch, one epoch, and evaluation throughput.",
-                   ["fmnist bench", "fmnist bench --threads 2 --json"])
+                   ["fmnist bench", "fmnist bench --model fast-cnn", "fmnist bench --threads 2 --json"])
+    p.add_argument("--model", default=models_default(), help="the network to time (default: %(default)s; "
+                                                            "see `fmnist models`)")
     p.add_argument("--quick", action="store_true", help="a few steps only, to check that it runs (default: off)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads (default: the CPUs this process may use, by affinity and cgroup quota)")

@@ -12,7 +12,7 @@ import math
 import re
 from pathlib import Path
 
-from fmnist import data, evaluate, model, models, runs
+from fmnist import data, evaluate, model, models, runs, train
 
 # The original report's published figures (shared/SPEC.md), and its framework rerun on a 2-core machine.
 PUBLISHED = {"test_loss": 0.4215, "test_accuracy": 0.9059, "train_loss": 0.0406, "train_accuracy": 0.9854,
@@ -92,14 +92,14 @@ def per_class_table(metrics: dict) -> tuple:
                   "report: correct"), rows)
 
 
-def training_blocks(config: dict, history: list[dict]) -> list:
+def training_blocks(config: dict, history: list[dict], recipe: str) -> list:
     if not history:
         return [p("No training history: this run was imported, not trained here.")]
     machine = config.get("machine", {})
     total = sum(row["train_seconds"] for row in history)
     steps = sum(row["steps"] for row in history)
-    rows = [("epochs", len(history)), ("batch size", config["batch_size"]), ("steps per epoch", history[-1]["steps"]),
-            ("optimizer", f"Adam (learning rate {config['learning_rate']}, beta 0.9/0.999, epsilon 1e-7)"),
+    rows = [("model", config.get("model", models.DEFAULT)), ("epochs", len(history)),
+            ("steps per epoch", history[-1]["steps"]), ("recipe", recipe),
             ("loss", "categorical cross-entropy"), ("validation fraction", config["validation_fraction"]),
             ("seed", config["seed"]), ("device", f"{machine.get('device')} ({machine.get('device_name')}), "
                                                  f"{machine.get('threads')} threads"),
@@ -133,7 +133,7 @@ def build(run_dir: Path) -> list:
         table(("layer (type)", "output shape", "params"),
               [(name, shape, f"{count:,}") for name, shape, count in models.layer_table(network)]
               + [("total", "", f"{models.parameters(network):,}")]),
-        h("Training"), *training_blocks(config, history),
+        h("Training"), *training_blocks(config, history, train.describe_recipe(train.load_config(run_dir))),
         h("Results"),
         table(("data", "images", "loss", "accuracy"),
               [("training split", f"{train_m['count']:,}", f"{train_m['loss']:.4f}", f"{train_m['accuracy']:.4f}"),
@@ -248,4 +248,24 @@ def summary_markdown(summary: dict) -> str:
         lines.append(f"| {stat} | {cells({key: values[stat] for key, values in summary['stats'].items()})}")
     lines.append(f"| original report (1 run) | {PUBLISHED['test_accuracy']:.4f} | {PUBLISHED['test_loss']:.4f} | "
                  f"{PUBLISHED['train_accuracy']:.4f} | {PUBLISHED['train_loss']:.4f} | | |")
+    return "\n".join(lines) + "\n"
+
+
+def comparison_markdown(rows: dict[str, dict]) -> str:
+    """One row per model: test accuracy mean ± sd over seeds, training time, time to TIME_TO, size, speed."""
+    def mean_sd(stats: dict, scale: float = 1.0, digits: int = 4) -> str:
+        if math.isnan(stats["mean"]):
+            return "never"
+        spread = "" if math.isnan(stats["std"]) else f" ± {stats['std'] * scale:.{digits}f}"
+        return f"{stats['mean'] * scale:.{digits}f}{spread}"
+
+    lines = ["| model | seeds | test accuracy | training time (s) | "
+             + " | ".join(f"time to {a} validation accuracy (s)" for a in TIME_TO)
+             + " | parameters | inference images/s |", "|---" * (6 + len(TIME_TO)) + "|"]
+    for name, row in rows.items():
+        stats = row["summary"]["stats"]
+        times = " | ".join(mean_sd(stats[f"seconds_to_{a}"], digits=0) for a in TIME_TO)
+        lines.append(f"| {name} | {len(row['summary']['seeds'])} | {mean_sd(stats['test_accuracy'])} | "
+                     f"{mean_sd(stats['seconds'], digits=0)} | {times} | {row['parameters']:,} | "
+                     f"{row['images_per_second']:,.0f} |")
     return "\n".join(lines) + "\n"

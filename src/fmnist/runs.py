@@ -4,7 +4,8 @@
       config.json            the resolved training configuration, plus machine and versions
       history.json           one entry per finished epoch: loss, accuracy, val_loss, val_accuracy, seconds,
                              elapsed (cumulative seconds of training and validation, across resumes)
-      model.safetensors      final weights; header metadata: architecture, class names, preprocessing
+      model.safetensors      final weights; header metadata: architecture, class names, preprocessing,
+                             tta ("flip": predictions average each image and its mirror; absent: none)
       best.safetensors       weights of the epoch with the lowest validation loss
       checkpoint.pt          model + optimizer + RNG states + epoch, to resume (read with weights_only)
       metrics.json           `fmnist evaluate`: train and test loss/accuracy, per-class table, confusion
@@ -220,7 +221,7 @@ def load_model(run_dir: Path, weights: str = WEIGHTS, dropout: float = model.DRO
                               f"this version of fmnist reads {known}")
     network = spec.build(dropout)
     network.load_state_dict(check_state(tensors, network.state_dict(), str(where)))
-    return network.eval()
+    return models.evaluation_form(network, tta=metadata.get("tta") == "flip").eval()
 
 
 def check_size(path: Path, size: int, what: str = "is") -> None:

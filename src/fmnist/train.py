@@ -1,4 +1,5 @@
-"""Training as the report did it: Adam, categorical cross-entropy, 50 epochs of 375 steps of 128.
+"""Training: by default as the report did it (Adam, categorical cross-entropy, 50 epochs of 375 steps
+of 128); other models' recipes add the pieces in recipe.py (optimizers, schedule, augmentation, TTA).
 
 `fit` is the driver: it prepares data and state, runs `train_one_epoch` and `evaluate` per epoch,
 keeps the run directory (runs.py) current after every epoch, and hands each epoch's figures to an
@@ -13,14 +14,14 @@ import platform
 import time
 import typing
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 import fmnist
-from fmnist import data, errors, model, models, runs, threads
+from fmnist import data, errors, model, models, recipe, runs, threads
 
 # The report's settings.
 EPOCHS = 50
@@ -31,6 +32,7 @@ VALIDATION_FRACTION = 0.2
 CHECKPOINT_FORMAT = "fmnist-checkpoint-v1"
 DROPOUT = model.DROPOUT  # named here: inside TrainConfig, `model` is the field naming the network
 EVAL_BATCH_SIZE = 512  # measured: ~2.5x the images/s of 2048 on a 2-core CPU (cache-sized)
+MAX_SHIFT = 8  # pixels: beyond a third of a 28-pixel image, translation leaves too little of the item
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +51,15 @@ class TrainConfig:
     limit: int | None = None     # use only the first `limit` training images (quick runs, tests)
     data_dir: str | None = None
     precision: str = "fp32"      # fp32 | bf16 (autocast; weights and optimizer stay float32)
+    # The recipe beyond the report's (recipe.py); these defaults are the report's: none of it.
+    optimizer: str = "adam"      # adam (Keras's) | sgd (Nesterov momentum) | adamw
+    weight_decay: float = 0.0    # on weights only, not biases or BatchNorm
+    schedule: str = "constant"   # constant | onecycle (linear warm-up to learning_rate, linear decay to 0)
+    warmup: float = 0.0          # one-cycle: the fraction of all steps spent warming up
+    label_smoothing: float = 0.0
+    flip: bool = False           # augmentation: mirror half the training images, drawn anew each epoch
+    shift: int = 0               # augmentation: move each training image up to this many pixels
+    tta: bool = False            # evaluate and predict on the mean of each image and its mirror
 
     @classmethod
     def for_model(cls, name: str = models.DEFAULT, **overrides) -> "TrainConfig":
@@ -73,6 +84,19 @@ class TrainConfig:
             raise ValueError(f"precision must be fp32 or bf16, got {self.precision!r}")
         if self.threads is not None and self.threads < 1 or self.limit is not None and self.limit < 2:
             raise ValueError("threads must be >= 1 and limit >= 2")
+        self.check_recipe()
+
+    def check_recipe(self) -> None:
+        if self.optimizer not in recipe.OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(recipe.OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.schedule not in recipe.SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(recipe.SCHEDULES)}, got {self.schedule!r}")
+        if self.optimizer == "adam" and self.weight_decay:
+            raise ValueError("Keras's Adam takes no weight decay: choose --optimizer adamw or sgd")
+        if not (0 <= self.weight_decay < 1 and 0 <= self.warmup < 1 and 0 <= self.label_smoothing < 1):
+            raise ValueError("weight decay, warm-up and label smoothing must be in [0, 1)")
+        if not 0 <= self.shift <= MAX_SHIFT:
+            raise ValueError(f"shift must be 0..{MAX_SHIFT} pixels, got {self.shift}")
 
     def check_types(self) -> None:
         """Each field of its annotated type (a config.json may hold anything); an int is a fine float."""
@@ -81,8 +105,22 @@ class TrainConfig:
             allowed = typing.get_args(kind) or (kind,)
             if float in allowed:
                 allowed += (int,)
-            if isinstance(value, bool) or not isinstance(value, allowed):
+            if isinstance(value, bool) != (bool in allowed) or not isinstance(value, allowed):
                 raise ValueError(f"{name} must be {' or '.join(t.__name__ for t in allowed)}, got {value!r}")
+
+
+def describe_recipe(config: TrainConfig) -> str:
+    """The main settings of a config's recipe, in one line (`fmnist models`, the report)."""
+    optimizer = {"adam": "Adam (Keras)", "sgd": "SGD Nesterov", "adamw": "AdamW"}[config.optimizer]
+    parts = [f"{config.epochs} epochs", f"batch {config.batch_size}", f"{optimizer} lr {config.learning_rate:g}"]
+    parts += [f"weight decay {config.weight_decay:g}"] if config.weight_decay else []
+    parts += [f"one-cycle ({config.warmup:.0%} warm-up)"] if config.schedule == "onecycle" else []
+    parts += [f"label smoothing {config.label_smoothing:g}"] if config.label_smoothing else []
+    parts += [f"dropout {config.dropout:g}"] if config.dropout else []
+    augmentation = ["flips"] * config.flip + [f"shifts ±{config.shift} px"] * bool(config.shift)
+    parts += [" + ".join(augmentation)] if augmentation else []
+    parts += ["flip TTA"] if config.tta else []
+    return ", ".join(parts)
 
 
 class KerasAdam(torch.optim.Adam):
@@ -117,9 +155,16 @@ def to_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(images).to(device).float().div_(255.0).unsqueeze(-1)
 
 
-def make_optimizer(network: torch.nn.Module, config: TrainConfig) -> KerasAdam:
-    # fused: one kernel for all parameters (CPU and CUDA), the cheapest Adam step PyTorch has.
-    return KerasAdam(network.parameters(), lr=config.learning_rate, fused=True)
+def make_optimizer(network: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    return recipe.make_optimizer(network, config.optimizer, config.learning_rate, config.weight_decay, KerasAdam)
+
+
+def schedule_of(config: TrainConfig, steps_per_epoch: int) -> Callable[[int], float] | None:
+    """Global step -> learning rate; None for a constant rate (nothing to set per step)."""
+    if config.schedule == "constant":
+        return None
+    total = config.epochs * steps_per_epoch
+    return lambda step: recipe.learning_rate(step, total, config.learning_rate, config.schedule, config.warmup)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -139,20 +184,27 @@ class Shard:
 
 
 def train_one_epoch(network, optimizer, images, labels, batch_size, generator, on_step=None,
-                    shard: Shard = Shard(), precision: str = "fp32"):
-    """One pass over the training part, reshuffled; returns (mean loss, accuracy) as device tensors."""
+                    shard: Shard = Shard(), precision: str = "fp32", flip: bool = False, shift: int = 0,
+                    label_smoothing: float = 0.0, rates: Sequence[float] | None = None):
+    """One pass over the training part, reshuffled and augmented; returns (mean loss, accuracy) as device
+    tensors. `rates` gives each step's learning rate (None: the optimizer's, unchanged)."""
     network.train()
     order = torch.randperm(len(images), generator=generator).to(images.device)  # same order on every rank
     images, labels = images[order], labels[order]  # one gather per epoch, then contiguous slices
+    images = recipe.augment(images, generator, flip, shift)  # per epoch, not per step; same on every rank
     loss_sum = torch.zeros((), device=images.device)
     correct = torch.zeros((), dtype=torch.long, device=images.device)
     seen = 0
     for step, start in enumerate(range(0, len(images), batch_size)):
         low, high = shard.part(start, min(start + batch_size, len(images)))
         x, y = images[low:high], labels[low:high]
+        if rates is not None:
+            for group in optimizer.param_groups:
+                group["lr"] = rates[step]
         with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             logits = network(x)
-        loss = F.cross_entropy(logits.float(), y)  # = categorical cross-entropy of softmax on one-hot labels
+        # = categorical cross-entropy of softmax on (smoothed) one-hot labels
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()  # under DDP: gradients averaged over ranks = the global batch's mean gradient
         optimizer.step()
@@ -192,7 +244,7 @@ def predict_probabilities(network, images, batch_size: int = EVAL_BATCH_SIZE) ->
 class TrainingState:
     """Everything a checkpoint restores."""
     network: torch.nn.Module
-    optimizer: KerasAdam
+    optimizer: torch.optim.Optimizer
     generator: torch.Generator  # the shuffling RNG (dropout uses torch's global RNG)
     epoch: int = 0
     history: list = dataclasses.field(default_factory=list)
@@ -266,14 +318,15 @@ def describe_machine(device: torch.device) -> dict:
             "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
 
 
-def save_epoch(run_dir: Path, state: TrainingState, best_val_loss: float) -> float:
+def save_epoch(run_dir: Path, state: TrainingState, best_val_loss: float, tta: bool) -> float:
     """Write the epoch's weights, history and checkpoint (best weights when validation improved)."""
     row, architecture = state.history[-1], models.architecture_of(state.network)
-    runs.save_weights(run_dir / runs.WEIGHTS, state.network.state_dict(), architecture, epoch=state.epoch)
+    extra = {"tta": "flip"} if tta else {}
+    runs.save_weights(run_dir / runs.WEIGHTS, state.network.state_dict(), architecture, epoch=state.epoch, **extra)
     if row["val_loss"] < best_val_loss:
         best_val_loss = row["val_loss"]
         runs.save_weights(run_dir / runs.BEST_WEIGHTS, state.network.state_dict(), architecture,
-                          epoch=state.epoch, val_loss=best_val_loss)
+                          epoch=state.epoch, val_loss=best_val_loss, **extra)
     runs.write_json(run_dir / runs.HISTORY, state.history)
     runs.save_checkpoint(run_dir / runs.CHECKPOINT, state.checkpoint())  # last: it marks the epoch done
     return best_val_loss
@@ -332,22 +385,37 @@ def setup(config: TrainConfig) -> tuple[Shard, torch.device]:
     return Shard(torch.distributed.get_rank(), world_size), device
 
 
+def distributed(network: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """The network under DDP. On CUDA its BatchNorm layers become SyncBatchNorm (statistics over the
+    global batch). PyTorch's SyncBatchNorm runs on GPUs only, so on CPU each process normalises its
+    part of the batch, and DDP sends rank 0's running statistics to every rank with each forward
+    (broadcast_buffers), so that all ranks hold the same model."""
+    if device.type == "cuda":
+        network = torch.nn.SyncBatchNorm.convert_sync_batchnorm(network)  # in place below the top module
+        return torch.nn.parallel.DistributedDataParallel(network, device_ids=[device])
+    return torch.nn.parallel.DistributedDataParallel(network)
+
+
 def run_epoch(state: TrainingState, network, train_data, val_data, config: TrainConfig, shard: Shard,
               on_step=None) -> dict:
     """Train one epoch, validate, and return its history row."""
     start = time.perf_counter()
+    steps = math.ceil(len(train_data[0]) / config.batch_size)
+    schedule = schedule_of(config, steps)
+    rates = None if schedule is None else [schedule(state.epoch * steps + step) for step in range(steps)]
     loss, accuracy = train_one_epoch(network, state.optimizer, *train_data, config.batch_size, state.generator,
-                                     on_step, shard, config.precision)
+                                     on_step, shard, config.precision, config.flip, config.shift,
+                                     config.label_smoothing, rates)
     loss, accuracy = loss.item(), accuracy.item()  # host sync: once per epoch
     if not math.isfinite(loss):
         raise errors.FmnistError(f"training loss became {loss} in epoch {state.epoch + 1}; the run stops. "
                                  f"The checkpoint of epoch {state.epoch} is kept; try a lower --learning-rate")
     train_seconds = time.perf_counter() - start
-    val_loss, val_accuracy = evaluate(state.network, *val_data)
+    val_loss, val_accuracy = evaluate(models.evaluation_form(state.network, config.tta), *val_data)
     state.epoch += 1
     return {"epoch": state.epoch, "loss": loss, "accuracy": accuracy, "val_loss": val_loss,
             "val_accuracy": val_accuracy, "train_seconds": train_seconds, "seconds": time.perf_counter() - start,
-            "steps": math.ceil(len(train_data[0]) / config.batch_size)}
+            "steps": steps}
 
 
 def fit(config: TrainConfig, run_dir: Path, resume: bool = False,
@@ -370,8 +438,7 @@ def fit(config: TrainConfig, run_dir: Path, resume: bool = False,
     state = start_or_resume(config, run_dir, resume, device, write=shard.is_main)
     network = state.network
     if shard.world_size > 1:
-        device_ids = [device] if device.type == "cuda" else None
-        network = torch.nn.parallel.DistributedDataParallel(network, device_ids=device_ids)
+        network = distributed(network, device)
     # The best weights may be better than any row of a shortened history: never replace them with worse.
     best = min([row["val_loss"] for row in state.history] + [runs.best_val_loss(run_dir)])
     while state.epoch < config.epochs:
@@ -379,7 +446,7 @@ def fit(config: TrainConfig, run_dir: Path, resume: bool = False,
         row["elapsed"] = (runs.elapsed(state.history)[-1] if state.history else 0.0) + row["seconds"]
         state.history.append(row)
         if shard.is_main:
-            best = save_epoch(run_dir, state, best)
+            best = save_epoch(run_dir, state, best, config.tta)
             if on_epoch is not None:
                 on_epoch(state.history[-1])
     return state.history

@@ -1,0 +1,126 @@
+"""The pieces of a modern training recipe, each a small function beside the plain form it must equal.
+
+- `augment`: random horizontal flips and translations, drawn once per epoch for the whole (shuffled)
+  training set from the run's shuffling generator, so a resumed run draws the same images.
+- `make_optimizer`: Keras's Adam (the seed's), SGD with Nesterov momentum, or AdamW; weight decay
+  applies to weights only (not to biases or BatchNorm's scale and shift).
+- `learning_rate`: constant, or one-cycle (linear warm-up from 0 to the peak, linear decay to 0), a
+  function of the global step: nothing to checkpoint, and a resumed run continues on the same curve.
+- `FlipAveraged`: flip test-time augmentation, the mean of the logits of an image and its mirror.
+Images are NHWC (N, 28, 28, 1) as everywhere in fmnist: width, the flipped axis, is dim 2.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+OPTIMIZERS = ("adam", "sgd", "adamw")
+SCHEDULES = ("constant", "onecycle")
+MOMENTUM = 0.9  # SGD's; AdamW uses the seed's Adam betas
+
+
+# ---------------------------------------------------------------------------------------------
+# Augmentation
+def augment(images: torch.Tensor, generator: torch.Generator, flip: bool, shift: int) -> torch.Tensor:
+    """Each image mirrored with probability 1/2 (if `flip`) and moved by up to `shift` pixels in each
+    direction (uniform, zeros fill in), as new images. Nothing is drawn when neither is asked for."""
+    n = len(images)
+    if flip:
+        mirrored = torch.rand(n, generator=generator) < 0.5               # (N,)
+        images = torch.where(mirrored.to(images.device)[:, None, None, None], images.flip(2), images)
+    if shift:
+        offsets = torch.randint(0, 2 * shift + 1, (n, 2), generator=generator)  # (N, 2): (dy, dx) + shift
+        images = translate(images, offsets.to(images.device), shift)
+    return images
+
+
+def translate(images: torch.Tensor, offsets: torch.Tensor, shift: int) -> torch.Tensor:
+    """Image i moved by offsets[i] - shift pixels (rows, columns), zero-filled: one slice copy per
+    distinct offset ((2*shift+1)^2 of them, each over all its images) instead of one per image."""
+    n, h, w, _ = images.shape
+    padded = F.pad(images, (0, 0, shift, shift, shift, shift))   # (N, H+2s, W+2s, C)
+    side = 2 * shift + 1
+    codes = offsets[:, 0] * side + offsets[:, 1]                  # (N,): which offset each image drew
+    out = torch.empty_like(images)
+    for code in range(side * side):
+        chosen = (codes == code).nonzero().squeeze(1)
+        dy, dx = divmod(code, side)
+        # a window of the padded image starting at (2s - dy', ...) moves the content by dy' = dy - s
+        out[chosen] = padded[chosen, 2 * shift - dy:2 * shift - dy + h, 2 * shift - dx:2 * shift - dx + w]
+    return out
+
+
+def translate_reference(images: torch.Tensor, offsets: torch.Tensor, shift: int) -> torch.Tensor:
+    """The plain form: each image rolled and its wrapped-around edge zeroed, one at a time."""
+    out = torch.zeros_like(images)
+    h, w = images.shape[1:3]
+    for i, (dy, dx) in enumerate((offsets - shift).tolist()):
+        source = images[i, max(0, -dy):h - max(0, dy), max(0, -dx):w - max(0, dx)]
+        out[i, max(0, dy):max(0, dy) + source.shape[0], max(0, dx):max(0, dx) + source.shape[1]] = source
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimizer and schedule
+def parameter_groups(network: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on weights (matrices, kernels) only: decaying BatchNorm's scale or a bias only hurts."""
+    weights = [p for p in network.parameters() if p.ndim > 1]
+    others = [p for p in network.parameters() if p.ndim <= 1]
+    return [{"params": weights, "weight_decay": weight_decay}, {"params": others, "weight_decay": 0.0}]
+
+
+def make_optimizer(network: nn.Module, name: str, learning_rate: float, weight_decay: float,
+                   adam: type[torch.optim.Optimizer]) -> torch.optim.Optimizer:
+    """`adam` is the seed's (Keras's Adam, one group, as the report); the others group the parameters."""
+    if name == "adam":
+        if weight_decay:
+            raise ValueError("Keras's Adam takes no weight decay: use --optimizer adamw")
+        return adam(network.parameters(), lr=learning_rate, fused=True)  # fused: one kernel for all parameters
+    groups = parameter_groups(network, weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=learning_rate, momentum=MOMENTUM, nesterov=True)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=learning_rate, fused=True)
+    raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
+
+
+def learning_rate(step: int, total_steps: int, peak: float, schedule: str, warmup: float) -> float:
+    """The rate for global step `step` (0-based) of `total_steps`."""
+    if schedule == "constant":
+        return peak
+    warm = max(1, round(warmup * total_steps))
+    if step < warm:
+        return peak * (step + 1) / warm                                  # reaches the peak at step warm-1
+    return peak * max(0.0, (total_steps - 1 - step) / max(1, total_steps - warm))  # 0 at the last step
+
+
+# ---------------------------------------------------------------------------------------------
+# Test-time augmentation
+class FlipAveraged(nn.Module):
+    """In eval mode, the mean of the network's logits for each image and its mirror image, computed as
+    one batch of 2N (one pass through the layers); in training mode, the network itself.
+
+    The wrapped network's parameters keep their names (`state_dict` is the network's own)."""
+
+    def __init__(self, network: nn.Module):
+        super().__init__()
+        self.network = network
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            return self.network(x)
+        n = x.shape[0]
+        logits = self.network(torch.cat([x, x.flip(2)]))  # (2N, 10): the images, then their mirrors
+        return (logits[:n] + logits[n:]) / 2
+
+    def state_dict(self, *args, **kwargs):
+        return self.network.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        return self.network.load_state_dict(state_dict, strict, assign)
+
+
+def flip_averaged_reference(network: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The plain form: two passes, averaged."""
+    return (network(x) + network(x.flip(2))) / 2
