@@ -6,7 +6,7 @@ TensorFlow is not a dependency of fmnist: install it in a virtual environment of
     python benchmarks/compare_keras.py --tf-python /tmp/tfenv/bin/python --rounds 3 [--precision bf16]
 
 Each round runs one training epoch of the report's network on 48,000 random images at batch 128,
-first in TensorFlow-Keras (`model.fit`, as the report did), then in fmnist (`train.train_one_epoch`),
+first in TensorFlow-Keras (`model.fit`, as the report did), then in fmnist (`training.train_one_epoch`),
 each in a fresh process after a warm-up epoch on a few batches. The medians and their ratio are printed.
 """
 from __future__ import annotations
@@ -53,19 +53,19 @@ def keras_epoch_seconds(images: int) -> float:
 def fmnist_epoch_seconds(images: int, threads: int, precision: str) -> float:
     import torch
 
-    from fmnist import model, train
+    from fmnist import model, training
 
-    train.flush_denormals()
+    training.flush_denormals()
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     x, y = torch.rand(images, 28, 28, 1), torch.randint(0, 10, (images,))
     network = model.SeedCNN()
-    optimizer = train.KerasAdam(network.parameters(), fused=True)
+    optimizer = training.KerasAdam(network.parameters(), fused=True)
     generator = torch.Generator().manual_seed(0)
-    train.train_one_epoch(network, optimizer, x[:WARMUP_IMAGES], y[:WARMUP_IMAGES], BATCH_SIZE, generator,
+    training.train_one_epoch(network, optimizer, x[:WARMUP_IMAGES], y[:WARMUP_IMAGES], BATCH_SIZE, generator,
                           precision=precision)
     start = time.perf_counter()
-    loss, _ = train.train_one_epoch(network, optimizer, x, y, BATCH_SIZE, generator, precision=precision)
+    loss, _ = training.train_one_epoch(network, optimizer, x, y, BATCH_SIZE, generator, precision=precision)
     loss.item()
     return time.perf_counter() - start
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from conftest import require_real_data, run_cli
-from fmnist import errors, evaluate, export, models, predict, recipe, runs, serve, train
+from fmnist import errors, evaluate, export, models, predict, recipe, runs, serve, training
 from test_serve import running
 
 
@@ -22,13 +22,13 @@ from test_serve import running
 def test_every_model_through_the_whole_toolchain(tmp_path, real_dataset, name):
     """Train one tiny epoch, load, evaluate, predict, export to ONNX (onnxruntime parity), serve a request."""
     run_dir = tmp_path / "run"
-    train.fit(train.TrainConfig.for_model(name, epochs=1, limit=600, threads=2), run_dir)
+    training.fit(training.TrainConfig.for_model(name, epochs=1, limit=600, threads=2), run_dir)
     assert json.loads((run_dir / runs.CONFIG).read_text())["model"] == name
     assert runs.read_history(run_dir)[-1]["elapsed"] == runs.read_history(run_dir)[-1]["seconds"]  # one epoch
     network = runs.load_model(run_dir)
     assert isinstance(models.unwrapped(network), models.get(name).network)
-    assert isinstance(network, recipe.FlipAveraged) == train.TrainConfig.for_model(name).tta  # weights say so
-    loss, accuracy = train.evaluate(network, train.to_tensor(real_dataset.test_images[:500], torch.device("cpu")),
+    assert isinstance(network, recipe.FlipAveraged) == training.TrainConfig.for_model(name).tta  # weights say so
+    loss, accuracy = training.evaluate(network, training.to_tensor(real_dataset.test_images[:500], torch.device("cpu")),
                                     torch.from_numpy(real_dataset.test_labels[:500]))
     assert np.isfinite(loss) and 0 <= accuracy <= 1
     assert len(predict.classify(network, real_dataset.test_images[:3])) == 3
@@ -48,8 +48,8 @@ def test_the_new_recipe_beats_the_seed_at_an_equal_small_budget(tmp_path):
     would not clear this margin (measured: 0.827 vs 0.874 on this budget)."""
     require_real_data()
     budget = dict(epochs=6, limit=10_000, seed=0, threads=2)
-    seed = train.fit(train.TrainConfig.for_model("seed-cnn", **budget), tmp_path / "seed")[-1]["val_accuracy"]
-    fast = train.fit(train.TrainConfig.for_model("fast-cnn", **budget), tmp_path / "fast")[-1]["val_accuracy"]
+    seed = training.fit(training.TrainConfig.for_model("seed-cnn", **budget), tmp_path / "seed")[-1]["val_accuracy"]
+    fast = training.fit(training.TrainConfig.for_model("fast-cnn", **budget), tmp_path / "fast")[-1]["val_accuracy"]
     assert fast >= seed + 0.03, (seed, fast)
 
 
@@ -84,17 +84,17 @@ def test_a_run_written_before_the_registry_still_evaluates_and_resumes(tmp_path,
     runs.save_checkpoint(run_dir / runs.CHECKPOINT, saved)
     code, _, err = run_cli(capsys, "evaluate", run_dir)
     assert code == 0, err
-    assert train.load_config(run_dir).model == models.DEFAULT
-    history = train.fit(train.load_config(run_dir, epochs=4), run_dir, resume=True)
+    assert training.load_config(run_dir).model == models.DEFAULT
+    history = training.fit(training.load_config(run_dir, epochs=4), run_dir, resume=True)
     assert [row["epoch"] for row in history] == [1, 2, 3, 4]
 
 
 def test_recipe_defaults_and_flag_overrides():
-    assert train.TrainConfig.for_model() == train.TrainConfig()  # the seed's recipe is TrainConfig's defaults
-    config = train.TrainConfig.for_model(models.DEFAULT, epochs=3, batch_size=None, learning_rate=None)
-    assert config.epochs == 3 and config.batch_size == train.BATCH_SIZE and config.model == models.DEFAULT
+    assert training.TrainConfig.for_model() == training.TrainConfig()  # the seed's recipe is TrainConfig's defaults
+    config = training.TrainConfig.for_model(models.DEFAULT, epochs=3, batch_size=None, learning_rate=None)
+    assert config.epochs == 3 and config.batch_size == training.BATCH_SIZE and config.model == models.DEFAULT
     with pytest.raises(ValueError, match="unknown model 'resnet': fmnist has seed-cnn"):
-        train.TrainConfig.for_model("resnet")
+        training.TrainConfig.for_model("resnet")
 
 
 def test_models_command_and_unknown_model_errors(tmp_path, capsys):
@@ -113,7 +113,7 @@ def test_checkpoint_of_another_architecture_is_refused(tmp_path, trained_run):
     saved["architecture"] = "some-other-net-v3"
     runs.save_checkpoint(run_dir / runs.CHECKPOINT, saved)
     with pytest.raises(errors.RunError, match="holds a 'some-other-net-v3' network"):
-        train.fit(train.load_config(run_dir, epochs=4), run_dir, resume=True)
+        training.fit(training.load_config(run_dir, epochs=4), run_dir, resume=True)
 
 
 def test_layer_table_of_the_seed_and_of_any_network():
@@ -122,3 +122,17 @@ def test_layer_table_of_the_seed_and_of_any_network():
     other = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 16), torch.nn.ReLU(), torch.nn.Linear(16, 10))
     assert models.layer_table(other) == [("0 (Flatten)", "(None, 784)", 0), ("1 (Linear)", "(None, 16)", 12_560),
                                          ("2 (ReLU)", "(None, 16)", 0), ("3 (Linear)", "(None, 10)", 170)]
+
+
+def test_fast_cnn_inference_form_is_the_same_function():
+    """BatchNorm folded into the convolutions (for_inference) against the network as trained, in eval mode."""
+    torch.manual_seed(0)
+    network = models.FAST.build(0.0)
+    network.train()(torch.rand(256, 28, 28, 1))  # running statistics away from their initial values
+    x = torch.rand(16, 28, 28, 1)
+    with torch.no_grad():
+        expected = network.eval()(x)
+        folded = network.for_inference()
+        torch.testing.assert_close(folded(x), expected, rtol=0, atol=1e-5)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in network.modules())  # the original is untouched

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from fmnist import models, recipe, train
+from fmnist import models, recipe, training
 
 
 def images(n=64, seed=0):
@@ -47,9 +47,9 @@ def test_augment_without_augmentation_draws_nothing_and_keeps_images():
 def test_an_epoch_with_the_whole_recipe_runs_and_sets_each_steps_rate():
     torch.manual_seed(0)
     network = models.get("seed-cnn").build(0.0)
-    optimizer = train.make_optimizer(network, train.TrainConfig(optimizer="sgd", weight_decay=5e-4))
+    optimizer = training.make_optimizer(network, training.TrainConfig(optimizer="sgd", weight_decay=5e-4))
     x, y = images(32), torch.arange(32) % 10
-    loss, accuracy = train.train_one_epoch(network, optimizer, x, y, 16, torch.Generator().manual_seed(0),
+    loss, accuracy = training.train_one_epoch(network, optimizer, x, y, 16, torch.Generator().manual_seed(0),
                                            flip=True, shift=2, label_smoothing=0.1, rates=[0.05, 0.01])
     assert torch.isfinite(loss) and 0 <= accuracy <= 1
     assert {group["lr"] for group in optimizer.param_groups} == {0.01}  # the last step's
@@ -65,10 +65,10 @@ def test_one_cycle_rises_to_its_peak_and_ends_at_zero():
 
 
 def test_the_schedule_continues_across_epochs():
-    config = train.TrainConfig(optimizer="sgd", schedule="onecycle", warmup=0.25, epochs=4, learning_rate=1.0)
-    schedule = train.schedule_of(config, steps_per_epoch=10)
+    config = training.TrainConfig(optimizer="sgd", schedule="onecycle", warmup=0.25, epochs=4, learning_rate=1.0)
+    schedule = training.schedule_of(config, steps_per_epoch=10)
     assert schedule(9) == pytest.approx(1.0) and schedule(39) == 0.0
-    assert train.schedule_of(train.TrainConfig(), 10) is None  # the seed's: nothing set per step
+    assert training.schedule_of(training.TrainConfig(), 10) is None  # the seed's: nothing set per step
 
 
 def test_weight_decay_applies_to_weights_only():
@@ -83,7 +83,7 @@ def test_weight_decay_applies_to_weights_only():
                                  {"shift": 9}, {"label_smoothing": 1.0}, {"flip": 1}])
 def test_a_bad_recipe_is_a_value_error(bad):
     with pytest.raises(ValueError):
-        train.TrainConfig(**bad)
+        training.TrainConfig(**bad)
 
 
 @pytest.mark.parametrize("name", list(models.REGISTRY))

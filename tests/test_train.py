@@ -16,7 +16,7 @@ import safetensors.torch
 import torch
 
 from conftest import require_real_data, run_cli
-from fmnist import errors, model, models, runs, train
+from fmnist import errors, model, models, runs, training
 
 QUICK = dict(limit=3000, threads=2)  # 2,400 training / 600 validation images
 
@@ -34,8 +34,8 @@ def assert_same_weights(a, b):
 
 def test_short_training_learns_writes_run_dir_and_is_reproducible(tmp_path):
     require_real_data()
-    config = train.TrainConfig(epochs=2, seed=3, **QUICK)
-    history = train.fit(config, tmp_path / "a")
+    config = training.TrainConfig(epochs=2, seed=3, **QUICK)
+    history = training.fit(config, tmp_path / "a")
     assert [row["epoch"] for row in history] == [1, 2]
     assert history[-1]["val_accuracy"] > 0.6, "well above chance (0.1)"
     assert history[-1]["steps"] == 19  # ceil(2400 / 128)
@@ -46,11 +46,11 @@ def test_short_training_learns_writes_run_dir_and_is_reproducible(tmp_path):
     assert stored["seed"] == 3 and stored["machine"]["torch"] == torch.__version__
     _, metadata = runs.load_weights(tmp_path / "a" / runs.WEIGHTS)
     assert json.loads(metadata["class_names"])[9] == "Ankle boot" and metadata["architecture"] == model.ARCHITECTURE
-    train.fit(config, tmp_path / "b")
+    training.fit(config, tmp_path / "b")
     assert_same_weights(tmp_path / "a", tmp_path / "b")
     with pytest.raises(errors.RunError, match="already holds a run"):  # a finished run is never overwritten
-        train.fit(config, tmp_path / "a")
-    train.fit(train.TrainConfig(epochs=2, seed=4, **QUICK), tmp_path / "c")
+        training.fit(config, tmp_path / "a")
+    training.fit(training.TrainConfig(epochs=2, seed=4, **QUICK), tmp_path / "c")
     assert not torch.equal(weights(tmp_path / "a")["dense1.kernel"], weights(tmp_path / "c")["dense1.kernel"])
 
 
@@ -58,17 +58,17 @@ def test_short_training_learns_writes_run_dir_and_is_reproducible(tmp_path):
 def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, name):
     """Every model's recipe: its augmentation draws, schedule and optimizer state continue exactly."""
     require_real_data()
-    config = train.TrainConfig.for_model(name, epochs=3, seed=1, **QUICK)
-    train.fit(config, tmp_path / "straight")
+    config = training.TrainConfig.for_model(name, epochs=3, seed=1, **QUICK)
+    training.fit(config, tmp_path / "straight")
 
     def interrupt_after_first_epoch(row):
         if row["epoch"] == 1:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train.fit(config, tmp_path / "resumed", on_epoch=interrupt_after_first_epoch)
+        training.fit(config, tmp_path / "resumed", on_epoch=interrupt_after_first_epoch)
     assert runs.load_checkpoint(tmp_path / "resumed" / runs.CHECKPOINT)["epoch"] == 1
-    history = train.fit(train.load_config(tmp_path / "resumed"), tmp_path / "resumed", resume=True)
+    history = training.fit(training.load_config(tmp_path / "resumed"), tmp_path / "resumed", resume=True)
     assert [row["epoch"] for row in history] == [1, 2, 3]
     assert_same_weights(tmp_path / "straight", tmp_path / "resumed")
 
@@ -99,7 +99,7 @@ def test_ctrl_c_in_the_cli_saves_explains_and_resumes(tmp_path):
 def test_non_finite_loss_stops_with_clear_error_and_keeps_checkpoint(tmp_path):
     require_real_data()
     with pytest.raises(errors.FmnistError, match="training loss became"):
-        train.fit(train.TrainConfig(epochs=2, learning_rate=1e6, **QUICK), tmp_path)
+        training.fit(training.TrainConfig(epochs=2, learning_rate=1e6, **QUICK), tmp_path)
     assert runs.load_checkpoint(tmp_path / runs.CHECKPOINT)["epoch"] == 0
 
 
@@ -109,7 +109,7 @@ def test_keras_adam_matches_keras_update_rule():
     w0 = rng.normal(size=50)
     grads = [rng.normal(size=50) * 1e-4 for _ in range(5)]  # small: the ε placement matters
     param = torch.nn.Parameter(torch.tensor(w0))
-    optimizer = train.KerasAdam([param], lr=1e-3, fused=False)
+    optimizer = training.KerasAdam([param], lr=1e-3, fused=False)
     w, m, v = w0.copy(), np.zeros(50), np.zeros(50)
     for t, g in enumerate(grads, start=1):
         param.grad = torch.tensor(g)
@@ -122,9 +122,9 @@ def test_keras_adam_matches_keras_update_rule():
 
 def test_config_validation():
     with pytest.raises(ValueError, match="validation fraction"):
-        train.TrainConfig(validation_fraction=1.5)
+        training.TrainConfig(validation_fraction=1.5)
     with pytest.raises(ValueError, match="device"):
-        train.TrainConfig(device="tpu")
+        training.TrainConfig(device="tpu")
 
 
 def test_cuda_on_a_cpu_only_machine_is_a_clear_error(tmp_path):
@@ -165,10 +165,10 @@ def interrupt_at_step(step):
 
 def test_ctrl_c_during_epoch_one_resumes_from_the_cli_and_from_reproduce(tmp_path, capsys):
     require_real_data()
-    config = train.TrainConfig(epochs=2, seed=5, **QUICK)
-    train.fit(config, tmp_path / "straight")
+    config = training.TrainConfig(epochs=2, seed=5, **QUICK)
+    training.fit(config, tmp_path / "straight")
     with pytest.raises(KeyboardInterrupt):
-        train.fit(config, tmp_path / "run", on_step=interrupt_at_step(3))
+        training.fit(config, tmp_path / "run", on_step=interrupt_at_step(3))
     assert not (tmp_path / "run" / runs.HISTORY).exists()  # the state the CLI could not resume
     code, _, err = run_cli(capsys, "train", "--epochs", 2, "--limit", 3000, "--seed", 5, "--out", tmp_path / "run")
     assert code == 2 and f"--resume {tmp_path / 'run'}" in err
@@ -177,7 +177,7 @@ def test_ctrl_c_during_epoch_one_resumes_from_the_cli_and_from_reproduce(tmp_pat
     assert_same_weights(tmp_path / "straight", tmp_path / "run")
     # reproduce, re-run over a seed interrupted in its first epoch, continues it
     with pytest.raises(KeyboardInterrupt):
-        train.fit(train.TrainConfig(epochs=1, seed=0, **QUICK), tmp_path / "study" / "seed-0",
+        training.fit(training.TrainConfig(epochs=1, seed=0, **QUICK), tmp_path / "study" / "seed-0",
                   on_step=interrupt_at_step(2))
     code, _, err = run_cli(capsys, "reproduce", "--epochs", 1, "--limit", 3000, "--threads", 2, "--quiet",
                            "--out", tmp_path / "study")
@@ -188,22 +188,22 @@ def test_ctrl_c_during_epoch_one_resumes_from_the_cli_and_from_reproduce(tmp_pat
 @pytest.mark.parametrize("state", ["config only", "history one epoch ahead", "stale temp files"])
 def test_every_state_a_kill_leaves_is_resumable(tmp_path, state):
     require_real_data()
-    config = train.TrainConfig(epochs=2, seed=2, **QUICK)
-    train.fit(config, tmp_path / "straight")
+    config = training.TrainConfig(epochs=2, seed=2, **QUICK)
+    training.fit(config, tmp_path / "straight")
     run_dir = tmp_path / "run"
     if state == "config only":  # killed between writing config.json and the epoch-0 checkpoint
         with pytest.raises(KeyboardInterrupt):
-            train.fit(config, run_dir, on_step=interrupt_at_step(1))
+            training.fit(config, run_dir, on_step=interrupt_at_step(1))
         (run_dir / runs.CHECKPOINT).unlink()
     else:  # killed after epoch 2's history row, before its checkpoint; a write cut short left temp files
         saved = {}
-        train.fit(config, run_dir, on_epoch=lambda row: saved.setdefault(row["epoch"], runs.load_checkpoint(
+        training.fit(config, run_dir, on_epoch=lambda row: saved.setdefault(row["epoch"], runs.load_checkpoint(
             run_dir / runs.CHECKPOINT)))
         runs.save_checkpoint(run_dir / runs.CHECKPOINT, saved[1])
         if state == "stale temp files":
             (run_dir / ".checkpoint.pt.x1y2.tmp").write_bytes(b"half a checkpoint")
             (run_dir / ".history.json.a9.tmp").write_text("[")
-    history = train.fit(train.load_config(run_dir), run_dir, resume=True)
+    history = training.fit(training.load_config(run_dir), run_dir, resume=True)
     assert [row["epoch"] for row in history] == [1, 2]
     assert_same_weights(tmp_path / "straight", run_dir)
     assert not list(run_dir.glob(".*.tmp"))
@@ -212,11 +212,11 @@ def test_every_state_a_kill_leaves_is_resumable(tmp_path, state):
 def test_resume_never_replaces_the_best_weights_with_worse(tmp_path):
     require_real_data()
     run_dir = tmp_path / "run"
-    history = train.fit(train.TrainConfig(epochs=3, seed=0, **QUICK), run_dir)
+    history = training.fit(training.TrainConfig(epochs=3, seed=0, **QUICK), run_dir)
     best = (run_dir / runs.BEST_WEIGHTS).read_bytes()
     assert history[0]["val_loss"] > min(row["val_loss"] for row in history)
     (run_dir / runs.CHECKPOINT).unlink()  # what the damaged-checkpoint error suggests: restart from epoch 0
-    train.fit(train.load_config(run_dir, epochs=1), run_dir, resume=True)
+    training.fit(training.load_config(run_dir, epochs=1), run_dir, resume=True)
     assert (run_dir / runs.BEST_WEIGHTS).read_bytes() == best
 
 
@@ -239,11 +239,11 @@ def damage_checkpoint(change):
 def test_damaged_checkpoint_is_one_clear_error(tmp_path, change, message):
     require_real_data()
     run_dir = tmp_path / "run"
-    train.fit(train.TrainConfig(epochs=1, **QUICK), run_dir)
+    training.fit(training.TrainConfig(epochs=1, **QUICK), run_dir)
     saved = runs.load_checkpoint(run_dir / runs.CHECKPOINT)
     runs.save_checkpoint(run_dir / runs.CHECKPOINT, damage_checkpoint(change)(saved))
     with pytest.raises(errors.RunError, match=message):
-        train.fit(train.load_config(run_dir, epochs=2), run_dir, resume=True)
+        training.fit(training.load_config(run_dir, epochs=2), run_dir, resume=True)
 
 
 def test_damaged_checkpoint_epoch_is_one_line_from_the_cli(tmp_path, capsys, trained_run):

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fmnist import model, models, train
+from fmnist import model, models, training
 from fmnist import threads as cpu_threads
 
 
@@ -80,17 +80,17 @@ def compare_steps(name: str, batch_size: int, steps: int, rounds: int, device: t
                   precision: str = "fp32") -> dict[str, float]:
     """Median seconds per training step of fmnist and of the plain baseline, interleaved."""
     torch.manual_seed(0)
-    config = train.TrainConfig.for_model(name)
+    config = training.TrainConfig.for_model(name)
     x = torch.rand(batch_size, 28, 28, 1, device=device)
     y = torch.randint(0, 10, (batch_size,), device=device)
 
     def ours(**kwargs):
         network = (model.SeedCNN(**kwargs) if kwargs else models.get(name).build(config.dropout)).to(device).train()
-        return step_function(network, train.make_optimizer(network, config), x, y, precision, config.label_smoothing)
+        return step_function(network, training.make_optimizer(network, config), x, y, precision, config.label_smoothing)
 
     plain = PLAIN[name]().to(device).train()
     optimizer = torch.optim.Adam(plain.parameters(), eps=1e-7) if config.optimizer == "adam" else \
-        train.make_optimizer(plain, config)  # the same optimizer, written the usual way
+        training.make_optimizer(plain, config)  # the same optimizer, written the usual way
     steps_by_name = {"fmnist": ours()}
     if name == models.SEED.name:  # the seed's fused CPU kernels against its PyTorch fast forms
         steps_by_name["fmnist, PyTorch ops only"] = ours(implementation="torch")
@@ -160,33 +160,33 @@ def time_epoch(name: str, num_train: int, num_val: int, batch_size: int, device:
     """(seconds for one training epoch, seconds for its validation) on random data of the real sizes,
     with the model's whole recipe (augmentation, schedule, TTA)."""
     torch.manual_seed(0)
-    config = train.TrainConfig.for_model(name, batch_size=batch_size)
+    config = training.TrainConfig.for_model(name, batch_size=batch_size)
     images = torch.rand(num_train + num_val, 28, 28, 1, device=device)
     labels = torch.randint(0, 10, (num_train + num_val,), device=device)
     network = models.get(name).build(config.dropout).to(device)
-    optimizer = train.make_optimizer(network, config)
-    schedule = train.schedule_of(config, math.ceil(num_train / batch_size))
+    optimizer = training.make_optimizer(network, config)
+    schedule = training.schedule_of(config, math.ceil(num_train / batch_size))
     rates = None if schedule is None else [schedule(step) for step in range(math.ceil(num_train / batch_size))]
     synchronize(device)
     start = time.perf_counter()
-    loss, _ = train.train_one_epoch(network, optimizer, images[:num_train], labels[:num_train], batch_size,
+    loss, _ = training.train_one_epoch(network, optimizer, images[:num_train], labels[:num_train], batch_size,
                                     torch.Generator().manual_seed(0), precision=precision, flip=config.flip,
                                     shift=config.shift, label_smoothing=config.label_smoothing, rates=rates)
     loss.item()  # waits for the device
     middle = time.perf_counter()
-    train.evaluate(models.evaluation_form(network, config.tta), images[num_train:], labels[num_train:])
+    training.evaluate(models.evaluation_form(network, config.tta), images[num_train:], labels[num_train:])
     return middle - start, time.perf_counter() - middle
 
 
 def evaluation_throughput(name: str, num_images: int, device: torch.device) -> float:
     """Images per second through predict_probabilities (inference mode, large batches, the model's TTA)."""
-    network = models.evaluation_form(models.get(name).build(0.0), train.TrainConfig.for_model(name).tta)
+    network = models.evaluation_form(models.get(name).build(0.0), training.TrainConfig.for_model(name).tta)
     network = network.to(device).eval()
     images = torch.rand(num_images, 28, 28, 1, device=device)
-    train.predict_probabilities(network, images[:train.EVAL_BATCH_SIZE])  # warm-up
+    training.predict_probabilities(network, images[:training.EVAL_BATCH_SIZE])  # warm-up
     synchronize(device)
     start = time.perf_counter()
-    train.predict_probabilities(network, images)
+    training.predict_probabilities(network, images)
     synchronize(device)
     return num_images / (time.perf_counter() - start)
 
@@ -195,14 +195,14 @@ def run(quick: bool = False, device: str = "auto", threads: int | None = None, b
         precision: str = "fp32", name: str = models.DEFAULT) -> dict:
     """Everything `fmnist bench` prints, as a dict."""
     models.get(name)  # ValueError naming the models there are
-    train.flush_denormals()
+    training.flush_denormals()
     cpu_threads.use(threads)
-    target = train.resolve_device(device)
+    target = training.resolve_device(device)
     steps, rounds = (3, 2) if quick else (30, 7)
     num_train, num_val, num_eval = (1_280, 320, 2_000) if quick else (48_000, 12_000, 10_000)
     per_step = compare_steps(name, batch_size, steps, rounds, target, precision)
     epoch_seconds, val_seconds = time_epoch(name, num_train, num_val, batch_size, target, precision)
-    return {"machine": train.describe_machine(target), "model": name, "batch_size": batch_size, "quick": quick,
+    return {"machine": training.describe_machine(target), "model": name, "batch_size": batch_size, "quick": quick,
             "precision": precision, "step_seconds": per_step,
             "speedup": per_step["plain eager PyTorch"] / per_step["fmnist"],
             "floor_seconds": floor_seconds(name, batch_size, steps, target),

@@ -15,9 +15,9 @@ import rich.markup
 import rich.table
 
 import fmnist
-from fmnist import errors
+from fmnist import errors, progress
 
-console = rich.console.Console(highlight=False, soft_wrap=True)  # never break a path across lines
+console = progress.console  # one console for the CLI and the library's progress
 error_console = rich.console.Console(stderr=True, highlight=False)
 EXAMPLES = """examples:
   fmnist reproduce                        the whole report: data, 50 epochs, evaluation, HTML report
@@ -62,106 +62,40 @@ def cmd_data(args) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-def keras_line(row: dict, epochs: int) -> str:
-    """One fixed-format line per epoch, as Keras's fit(verbose=2) prints it."""
-    return (f"Epoch {row['epoch']}/{epochs} - {row['seconds']:.1f}s - "
-            f"{1000 * row['train_seconds'] / row['steps']:.1f}ms/step - accuracy: {row['accuracy']:.4f} - "
-            f"loss: {row['loss']:.4f} - val_accuracy: {row['val_accuracy']:.4f} - val_loss: {row['val_loss']:.4f}")
+def recipe_settings(args) -> dict:
+    """The training flags as TrainConfig fields (None: not given, the model's recipe decides)."""
+    return dict(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+                validation_fraction=args.validation_fraction, threads=args.threads, device=args.device,
+                limit=args.limit, data_dir=str(args.data_dir) if args.data_dir else None, dropout=args.dropout,
+                precision=args.precision, optimizer=args.optimizer, weight_decay=args.weight_decay,
+                schedule=args.schedule, warmup=args.warmup, label_smoothing=args.label_smoothing, flip=args.flip,
+                shift=args.shift, tta=args.tta)
 
 
-class EpochProgress:
-    """A live bar per epoch with running loss and accuracy, then the epoch's line."""
-
-    def __init__(self, epochs: int, steps: int, show_values: bool, enabled: bool = True):
-        import rich.progress
-
-        self.epochs, self.steps, self.show_values = epochs, steps, show_values
-        self.epoch = 0  # epochs finished so far
-        self.bar = rich.progress.Progress(
-            rich.progress.TextColumn("{task.description}"), rich.progress.BarColumn(),
-            rich.progress.MofNCompleteColumn(), rich.progress.TextColumn("{task.fields[values]}"),
-            rich.progress.TimeRemainingColumn(), console=console, transient=True, disable=not enabled)
-        self.task = None
-
-    def __enter__(self):
-        self.bar.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        return self.bar.__exit__(*exc)
-
-    def on_step(self, step: int, loss_sum, correct, seen: int) -> None:
-        if self.task is None:
-            self.task = self.bar.add_task(f"epoch {self.epoch + 1}/{self.epochs}", total=self.steps, values="")
-        if step % 25 == 0 or step == self.steps:
-            # .item() syncs with the device: only on the CPU, where it costs nothing.
-            values = (f"loss {loss_sum.item() / seen:.4f} acc {correct.item() / seen:.4f}"
-                      if self.show_values else "")
-            self.bar.update(self.task, completed=step, values=values)
-
-    def on_epoch(self, row: dict) -> None:
-        if self.task is not None:
-            self.bar.remove_task(self.task)
-            self.task = None
-        self.epoch = row["epoch"]
-        console.print(keras_line(row, self.epochs))
-
-
-def train_config(args, **extra):
+def train_config(args):
     """The model's recipe (TrainConfig.for_model), with the flags that were given on top."""
-    from fmnist import models, train
+    from fmnist import models, training
 
     try:
-        return train.TrainConfig.for_model(
-            args.model or models.DEFAULT, epochs=args.epochs, batch_size=args.batch_size,
-            learning_rate=args.learning_rate, validation_fraction=args.validation_fraction, seed=args.seed,
-            threads=args.threads, device=args.device, limit=args.limit,
-            data_dir=str(args.data_dir) if args.data_dir else None, dropout=args.dropout, precision=args.precision,
-            optimizer=args.optimizer, weight_decay=args.weight_decay, schedule=args.schedule, warmup=args.warmup,
-            label_smoothing=args.label_smoothing, flip=args.flip, shift=args.shift, tta=args.tta, **extra)
+        return training.TrainConfig.for_model(args.model or models.DEFAULT, seed=args.seed, **recipe_settings(args))
     except ValueError as exc:
         raise errors.FmnistError(str(exc)) from None
 
 
-def run_training(config, run_dir: Path, resume: bool = False, progress: bool = True) -> list[dict]:
-    """fit() with a progress bar and one line per epoch; Ctrl-C explains how to resume."""
-    import math
-
-    from fmnist import data, runs, train
-
-    images = config.limit or data.FILES["train_images"].count
-    steps = math.ceil(data.split_index(images, config.validation_fraction) / config.batch_size)
-    on_cpu = train.resolve_device(config.device).type == "cpu"
-    with EpochProgress(config.epochs, steps, show_values=on_cpu, enabled=progress) as bar:
-        if resume:
-            bar.epoch = train.resume_epoch(run_dir)
-        try:
-            return train.fit(config, run_dir, resume=resume, on_epoch=bar.on_epoch, on_step=bar.on_step)
-        except KeyboardInterrupt:
-            if not (run_dir / runs.CONFIG).is_file():
-                raise Interrupted("interrupted before the run started: nothing was written") from None
-            raise Interrupted(f"interrupted: the checkpoint of epoch {train.resume_epoch(run_dir)} is in {run_dir}; "
-                              f"continue with: fmnist train --resume {run_dir}") from None
-
-
-class Interrupted(errors.FmnistError):
-    exit_code = 130
-
-
 def cmd_train(args) -> int:
-    from fmnist import models, train
+    from fmnist import api, models, training
 
     console.quiet = os.environ.get("RANK", "0") != "0"  # under torchrun only rank 0 speaks
     if args.resume:
         run_dir = Path(args.resume)
         overrides = {"epochs": args.epochs} if args.epochs else {}
-        config = train.load_config(run_dir, **overrides)
+        config = training.load_config(run_dir, **overrides)
         console.print(f"resuming {run_dir}")
     else:
         run_dir = Path(args.out)
         config = train_config(args)
         print_summary(config.model, models.get(config.model).build(config.dropout))
-    history = run_training(config, run_dir, resume=bool(args.resume), progress=not args.quiet)
+    history = api.fit_with_progress(config, run_dir, resume=bool(args.resume), show_progress=not args.quiet)
     best = min(history, key=lambda row: row["val_loss"])
     console.print(f"done: {run_dir} (lowest val_loss {best['val_loss']:.4f} at epoch {best['epoch']}); "
                   f"next: fmnist evaluate {run_dir}")
@@ -226,15 +160,15 @@ def add_recipe_options(parser: argparse.ArgumentParser) -> None:
 
 def cmd_models(args) -> int:
     """The registry as a table; measured accuracy and time are in the README, not here."""
-    from fmnist import models, train
+    from fmnist import models, training
 
     table = rich.table.Table(title="models (fmnist train --model NAME)")
     for column in ("name", "parameters", "MFLOPs/image", "recipe"):
         table.add_column(column, justify="right" if column in ("parameters", "MFLOPs/image") else "left")
     for name, spec in models.REGISTRY.items():
-        config, network = train.TrainConfig.for_model(name), spec.build(0.0)
+        config, network = training.TrainConfig.for_model(name), spec.build(0.0)
         table.add_row(name + (" (default)" if name == models.DEFAULT else ""), f"{models.parameters(network):,}",
-                      f"{models.mflops_per_image(network):.2f}", train.describe_recipe(config))
+                      f"{models.mflops_per_image(network):.2f}", training.describe_recipe(config))
     console.print(table)
     for name, spec in models.REGISTRY.items():
         console.print(f"{name}: {spec.description} (weights tagged {spec.architecture})")
@@ -284,53 +218,29 @@ def cmd_report(args) -> int:
 
 
 def cmd_reproduce(args) -> int:
-    """The whole experiment: data check, then per model and seed training, evaluation and report; a summary
-    over seeds, and with several models one comparison table."""
-    from fmnist import bench, models, report, runs, train
+    """The whole experiment (api.reproduce), printing each seed's metrics, the summaries, the comparison."""
+    from fmnist import api, models, report
 
     out, names = Path(args.out), list(dict.fromkeys(args.model or [models.DEFAULT]))
+    settings = recipe_settings(args)
     for name in names:  # every model's settings checked before hours of training
         train_config(argparse.Namespace(**{**vars(args), "model": name}))
     cmd_data(argparse.Namespace(data_dir=args.data_dir, out=out))
-    summaries = {name: reproduce_model(args, name, out / name if len(names) > 1 else out) for name in names}
+
+    def on_seed(name, seed, metrics, html_path):
+        print_metrics(metrics)
+        console.print(f"report: {html_path}")
+
+    summaries = api.reproduce(names, args.seeds, out, first_seed=args.seed, show_progress=not args.quiet,
+                              on_seed=on_seed, **settings)
+    for name, summary in summaries.items():
+        model_out = out / name if len(names) > 1 else out
+        console.print(report.summary_markdown(summary))
+        console.print(f"summary: {model_out / 'summary.md'}")
     if len(names) > 1:
-        rows = {}
-        for name in names:
-            network = models.get(name).build(0.0)
-            with console.status(f"timing inference of {name}"):
-                speed = bench.evaluation_throughput(name, 10_000, train.resolve_device(args.device))
-            rows[name] = {"summary": summaries[name], "parameters": models.parameters(network),
-                          "images_per_second": speed}
-        runs.write_json(out / "comparison.json", rows)
-        runs.write_text(out / "comparison.md", report.comparison_markdown(rows))
-        console.print(report.comparison_markdown(rows))
+        console.print((out / "comparison.md").read_text())
         console.print(f"comparison: {out / 'comparison.md'}")
     return 0
-
-
-def reproduce_model(args, name: str, out: Path) -> dict:
-    """Every seed of one model (finished runs are kept, others continued); its summary over seeds."""
-    from fmnist import evaluate, report, runs
-
-    results, histories = {}, {}
-    for seed in range(args.seed, args.seed + args.seeds):
-        run_dir = out / f"seed-{seed}"
-        console.rule(f"{name}, seed {seed}: {run_dir}")
-        config = train_config(argparse.Namespace(**{**vars(args), "seed": seed, "model": name}))
-        if len(runs.read_history(run_dir)) < config.epochs:
-            run_training(config, run_dir, resume=(run_dir / runs.CONFIG).is_file(), progress=not args.quiet)
-        metrics = evaluate.evaluate_run(run_dir, data_dir=args.data_dir, device=args.device)
-        print_metrics(metrics)
-        html_path, _ = report.write_report(run_dir)
-        console.print(f"report: {html_path}")
-        results[seed], histories[seed] = metrics, runs.read_history(run_dir)
-    summary = report.seed_summary(results, histories)
-    runs.write_json(out / "summary.json", summary)
-    runs.write_text(out / "summary.md", report.summary_markdown(summary))
-    console.print(report.summary_markdown(summary))
-    console.print(f"reports: {', '.join(str(out / f'seed-{s}' / runs.REPORT_HTML) for s in results)}; "
-                  f"summary: {out / 'summary.md'}")
-    return summary
 
 
 def models_default() -> str:
@@ -409,16 +319,18 @@ def cmd_predict(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from fmnist import data, export, files, runs
+    from fmnist import api, data, export, files
 
-    weights = runs.BEST_WEIGHTS if args.weights == "best" else runs.WEIGHTS
-    out = files.output_file(args.out, runs.ONNX) if args.out else None
-    path = export.export_onnx(Path(args.run), out, weights)
+    run = api.open_run(args.run)
+    out = files.output_file(args.out, f"model.{args.format}") if args.out else None
+    path = run.export(args.format, out, args.weights, verify=False)
     console.print(f"wrote {path}")
-    if not args.no_verify:
+    if args.format == "onnx" and not args.no_verify:
         dataset = data.load(data_dir=args.data_dir)
-        difference = export.verify(Path(args.run), path, dataset.test_images[:1000], weights)
+        difference = export.verify(run.path, path, dataset.test_images[:1000], api.weights_file(args.weights))
         console.print(f"checked: onnxruntime vs PyTorch on 1,000 test images, max abs difference {difference:.1e}")
+    elif args.format == "keras":
+        console.print("load it with keras.saving.load_model (Keras 3); fmnist import-keras reads it back")
     return 0
 
 
@@ -539,13 +451,14 @@ def add_use_commands(commands) -> None:
     p.add_argument("--save-preprocessed", metavar="DIR", help="save the 28x28 the model saw (default: don't)")
     add_weights_option(p)
 
-    p = subcommand(commands, "export", cmd_export, "export a run to ONNX (checked with onnxruntime)",
+    p = subcommand(commands, "export", cmd_export, "export a run to ONNX (checked with onnxruntime) or Keras",
                    "Export to ONNX: input (N, 28, 28, 1) float32 in [0, 1], probabilities out, class names in "
-                   "the metadata; verified against PyTorch on 1,000 test images.",
-                   ["fmnist export runs/train --format onnx"])
+                   "the metadata; verified against PyTorch on 1,000 test images. Or, for the report's network "
+                   "(seed-cnn), to a Keras 3 .keras file that keras.saving.load_model reads.",
+                   ["fmnist export runs/train --format onnx", "fmnist export runs/train --format keras"])
     p.add_argument("run", help="run directory")
-    p.add_argument("--format", choices=("onnx",), default="onnx", help="export format (default: onnx)")
-    p.add_argument("--out", help="output file (default: RUN/model.onnx)")
+    p.add_argument("--format", choices=("onnx", "keras"), default="onnx", help="export format (default: onnx)")
+    p.add_argument("--out", help="output file (default: RUN/model.onnx or RUN/model.keras)")
     p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime check (default: check)")
     add_weights_option(p)
     add_data_options(p)
@@ -594,16 +507,16 @@ def main(argv: list[str] | None = None) -> int:
     except errors.FmnistError as exc:
         return report_error(str(exc), getattr(exc, "exit_code", 2))
     except KeyboardInterrupt:  # before or after training (training's own Ctrl-C says how to resume)
-        return report_error("interrupted", Interrupted.exit_code)
+        return report_error("interrupted", errors.Interrupted.exit_code)
     except OSError as exc:  # the machine's side: disk full, permissions, a path of the wrong kind
         return report_error(f"{f'{exc.filename}: ' if exc.filename else ''}{exc.strerror or exc}", 2)
 
 
 def prepare_kernels(threads: int | None) -> None:
-    from fmnist import kernels, train
+    from fmnist import kernels, training
     from fmnist import threads as cpu_threads
 
-    train.flush_denormals()  # first, so that torch's worker threads inherit it
+    training.flush_denormals()  # first, so that torch's worker threads inherit it
     cpu_threads.use(threads)  # then the pool's size (numba's follows it)
     with console.status("preparing the CPU kernels (compiled on first use, then cached)"):
         kernels.available()

@@ -10,6 +10,11 @@ class FmnistError(Exception):
     http_status = 500
 
 
+class Interrupted(FmnistError):
+    """Ctrl-C: the message says what was kept and how to continue."""
+    exit_code = 130
+
+
 class DataError(FmnistError):
     """A dataset file is missing, damaged, or not the one expected."""
 

@@ -11,7 +11,7 @@ import numpy as np
 import sklearn.metrics
 import torch
 
-from fmnist import data, errors, figures, runs, train
+from fmnist import data, errors, figures, runs, training
 
 GRID = 25  # images in the prediction and mistake grids
 
@@ -37,7 +37,7 @@ def loss_and_accuracy(probabilities: np.ndarray, labels: np.ndarray) -> dict:
 def predict(network, images: np.ndarray, device: torch.device | None = None) -> np.ndarray:
     """Probabilities (N, 10) for uint8 images (N, 28, 28)."""
     device = device or next(network.parameters()).device
-    return train.predict_probabilities(network, train.to_tensor(images, device)).cpu().numpy()
+    return training.predict_probabilities(network, training.to_tensor(images, device)).cpu().numpy()
 
 
 def predictions_csv(probabilities: np.ndarray, labels: np.ndarray) -> str:
@@ -76,8 +76,8 @@ def evaluate_run(run_dir: Path, weights: str = runs.WEIGHTS, data_dir: str | Non
                  device: str = "auto") -> dict:
     """Evaluate a run directory on its training split and the test set; write metrics, predictions, figures."""
     run_dir = Path(run_dir)
-    config = train.load_config(run_dir)
-    network = runs.load_model(run_dir, weights).to(train.resolve_device(device))
+    config = training.load_config(run_dir)
+    network = runs.load_model(run_dir, weights).to(training.resolve_device(device))
     dataset = data.load(data_dir=data_dir or config.data_dir)
     images, labels = dataset.train_images, dataset.train_labels
     if config.limit:

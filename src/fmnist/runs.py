@@ -221,7 +221,7 @@ def load_model(run_dir: Path, weights: str = WEIGHTS, dropout: float = model.DRO
                               f"this version of fmnist reads {known}")
     network = spec.build(dropout)
     network.load_state_dict(check_state(tensors, network.state_dict(), str(where)))
-    return models.evaluation_form(network, tta=metadata.get("tta") == "flip").eval()
+    return models.evaluation_form(network, tta=metadata.get("tta") == "flip")
 
 
 def check_size(path: Path, size: int, what: str = "is") -> None:

@@ -1,0 +1,229 @@
+"""The Python API: everything the CLI does, as functions and a `Run` (the CLI prints what these return).
+
+    import fmnist                                   # first: it sets how OpenMP threads wait
+    dataset = fmnist.load_data()                    # arrays + fmnist.CLASS_NAMES, checked as the CLI does
+    run = fmnist.train(fmnist.TrainConfig.for_model("fast-cnn", epochs=2, limit=6000), "runs/quick")
+    run.evaluate()["test"]["accuracy"]
+    run.predict(dataset.test_images[:5]).names      # arrays, or image files: ["photo.jpg"]
+    run.report()                                    # report.html and report.md
+    run.export("onnx")                              # or "keras" (the seed network)
+    fmnist.open_run("runs/quick")                   # any run directory, later
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from fmnist import data, errors, models, progress, runs, training
+
+CLASS_NAMES = data.CLASS_NAMES
+WEIGHTS = {"final": runs.WEIGHTS, "best": runs.BEST_WEIGHTS}
+
+
+def load_data(data_dir: str | Path | None = None, show_progress: bool = True) -> data.Dataset:
+    """Fashion-MNIST as uint8 arrays: train_images (60000, 28, 28), train_labels, test_images, test_labels.
+
+    >>> dataset = fmnist.load_data()
+    >>> fmnist.CLASS_NAMES[dataset.train_labels[0]]
+    'Ankle boot'
+    """
+    return data.load(data_dir=data_dir, progress=show_progress)
+
+
+@dataclasses.dataclass(frozen=True)
+class Predictions:
+    """What Run.predict returns, one row per image."""
+    probabilities: np.ndarray  # (N, 10) float32, rows sum to 1
+    classes: np.ndarray        # (N,) int64, the most probable class
+    names: list[str]           # (N,) its name
+
+
+def weights_file(weights: str) -> str:
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights must be 'final' or 'best', got {weights!r}")
+    return WEIGHTS[weights]
+
+
+class Run:
+    """A run directory (its layout: runs.py): a trained or imported model with its history and results."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not (self.path / runs.CONFIG).is_file():
+            raise errors.RunError(f"{self.path} holds no run ({runs.CONFIG} is missing)")
+
+    def __repr__(self) -> str:
+        return f"fmnist.Run({str(self.path)!r})"
+
+    @property
+    def config(self) -> training.TrainConfig:
+        return training.load_config(self.path)
+
+    @property
+    def history(self) -> list[dict]:
+        """One row per epoch: loss, accuracy, val_loss, val_accuracy, seconds, elapsed, ..."""
+        return runs.read_history(self.path)
+
+    def model(self, weights: str = "final"):
+        """The network (torch.nn.Module, eval mode) as evaluation and prediction run it."""
+        return runs.load_model(self.path, weights_file(weights))
+
+    def evaluate(self, weights: str = "final", device: str = "auto") -> dict:
+        """Loss and accuracy on the training split and the test set, the per-class table and confusion
+        matrix; also writes metrics.json, predictions.csv and the figures into the run."""
+        from fmnist import evaluate
+
+        return evaluate.evaluate_run(self.path, weights_file(weights), device=device)
+
+    def predict(self, images: np.ndarray | Sequence[str | Path], weights: str = "final") -> Predictions:
+        """Classes and probabilities for dataset-style arrays ((N, 28, 28) uint8, light object on dark) or
+        for image files, which are preprocessed as the dataset was made (`fmnist predict`)."""
+        pixels = as_pixels(images)
+        network = self.model(weights)
+        device = next(network.parameters()).device
+        probabilities = training.predict_probabilities(network, training.to_tensor(pixels, device)).cpu().numpy()
+        classes = probabilities.argmax(1)
+        return Predictions(probabilities, classes, [CLASS_NAMES[c] for c in classes])
+
+    def report(self) -> tuple[Path, Path]:
+        """report.html (self-contained) and report.md; evaluates first if that has not been done."""
+        from fmnist import report
+
+        if not (self.path / runs.METRICS).is_file():
+            self.evaluate()
+        return report.write_report(self.path)
+
+    def export(self, format: str = "onnx", out: str | Path | None = None, weights: str = "final",
+               verify: bool = True) -> Path:
+        """An ONNX file (with `verify`, checked with onnxruntime on 1,000 test images: an error if it
+        differs from PyTorch by more than 1e-4) or a Keras 3 .keras file (seed-cnn only)."""
+        from fmnist import export
+
+        if format == "onnx":
+            path = export.export_onnx(self.path, Path(out) if out else None, weights_file(weights))
+            if verify:
+                images = load_data(self.config.data_dir, False).test_images[:1000]
+                difference = export.verify(self.path, path, images, weights_file(weights))
+                if not difference <= 1e-4:
+                    raise errors.FmnistError(f"{path}: onnxruntime differs from PyTorch by {difference:.1e}")
+            return path
+        if format == "keras":
+            from fmnist import keras_export
+
+            return keras_export.export_keras(self.path, Path(out) if out else None, weights_file(weights))
+        raise ValueError(f"format must be 'onnx' or 'keras', got {format!r}")
+
+
+def as_pixels(images) -> np.ndarray:
+    """(N, 28, 28) uint8 from dataset-style arrays or from image files."""
+    from fmnist import predict
+
+    if isinstance(images, np.ndarray):
+        if images.shape[-2:] != (data.IMAGE_SIZE, data.IMAGE_SIZE) or images.dtype != np.uint8:
+            raise errors.InputError(f"images must be (N, 28, 28) uint8 arrays as load_data gives, got "
+                                    f"{images.shape} {images.dtype}")
+        return images.reshape(-1, data.IMAGE_SIZE, data.IMAGE_SIZE)
+    paths = [Path(p) for p in ([images] if isinstance(images, (str, Path)) else images)]
+    return np.stack([predict.preprocess(predict.open_image(path, str(path))) for path in paths])
+
+
+def open_run(path: str | Path) -> Run:
+    """A run directory written by train, reproduce or import-keras.
+
+    >>> run = fmnist.open_run("runs/reproduce/seed-0")
+    >>> run.history[-1]["val_accuracy"]
+    """
+    return Run(path)
+
+
+def train(config: training.TrainConfig | None = None, out: str | Path = "runs/train", *, resume: bool = False,
+          show_progress: bool = True, **settings) -> Run:
+    """Train a model into the run directory `out` (a bar per epoch and one line each, in a terminal or a
+    notebook) and return the Run. `settings` go to TrainConfig.for_model when no config is given:
+
+    >>> run = fmnist.train(model="fast-cnn", epochs=2, limit=6000, out="runs/quick")
+    >>> run = fmnist.train(out="runs/quick", resume=True, epochs=4)   # continue, to 4 epochs
+
+    Ctrl-C keeps the last finished epoch's checkpoint; resume=True continues from it.
+    """
+    run_dir = Path(out)
+    if resume:
+        config = training.load_config(run_dir, **settings)
+    elif config is None:
+        config = training.TrainConfig.for_model(settings.pop("model", models.DEFAULT), **settings)
+    elif settings:
+        raise ValueError("give either a TrainConfig or settings, not both")
+    fit_with_progress(config, run_dir, resume, show_progress)
+    return Run(run_dir)
+
+
+def fit_with_progress(config: training.TrainConfig, run_dir: Path, resume: bool = False,
+                      show_progress: bool = True) -> list[dict]:
+    """training.fit with a bar per epoch and one line per epoch; Ctrl-C says how to resume."""
+    images = config.limit or data.FILES["train_images"].count
+    steps = math.ceil(data.split_index(images, config.validation_fraction) / config.batch_size)
+    on_cpu = training.resolve_device(config.device).type == "cpu"
+    with progress.EpochProgress(config.epochs, steps, show_values=on_cpu, enabled=show_progress) as bar:
+        if resume:
+            bar.epoch = training.resume_epoch(run_dir)
+        try:
+            return training.fit(config, run_dir, resume=resume, on_epoch=bar.on_epoch, on_step=bar.on_step)
+        except KeyboardInterrupt:
+            if not (run_dir / runs.CONFIG).is_file():
+                raise errors.Interrupted("interrupted before the run started: nothing was written") from None
+            raise errors.Interrupted(f"interrupted: the checkpoint of epoch {training.resume_epoch(run_dir)} is in "
+                              f"{run_dir}; continue with: fmnist train --resume {run_dir}") from None
+
+
+def reproduce(model_names: Iterable[str] = (models.DEFAULT,), seeds: int = 1, out: str | Path = "runs/reproduce",
+              first_seed: int = 0, show_progress: bool = True,
+              on_seed: Callable[[str, int, dict, Path], None] | None = None, **settings) -> dict:
+    """Per model and seed: train (finished runs are kept, others continued), evaluate, report; a summary
+    over seeds per model, and with several models a comparison (comparison.md). Returns the summaries.
+    `on_seed(model, seed, metrics, report_html)` is called after each seed."""
+    from fmnist import report
+
+    out, names = Path(out), list(dict.fromkeys(model_names))
+    configs = {(name, seed): training.TrainConfig.for_model(name, seed=seed, **settings)  # all checked first
+               for name in names for seed in range(first_seed, first_seed + seeds)}
+    summaries = {}
+    for name in names:
+        model_out = out / name if len(names) > 1 else out
+        results, histories = {}, {}
+        for seed in range(first_seed, first_seed + seeds):
+            run = reproduce_seed(configs[name, seed], model_out / f"seed-{seed}", show_progress)
+            results[seed], histories[seed] = run.evaluate(device=configs[name, seed].device), run.history
+            html_path, _ = run.report()
+            if on_seed is not None:
+                on_seed(name, seed, results[seed], html_path)
+        summaries[name] = report.seed_summary(results, histories)
+        runs.write_json(model_out / "summary.json", summaries[name])
+        runs.write_text(model_out / "summary.md", report.summary_markdown(summaries[name]))
+    if len(names) > 1:
+        write_comparison(summaries, out, configs[names[0], first_seed].device)
+    return summaries
+
+
+def reproduce_seed(config: training.TrainConfig, run_dir: Path, show_progress: bool) -> Run:
+    progress.console.rule(f"{config.model}, seed {config.seed}: {run_dir}")
+    if len(runs.read_history(run_dir)) < config.epochs:
+        fit_with_progress(config, run_dir, resume=(run_dir / runs.CONFIG).is_file(), show_progress=show_progress)
+    return Run(run_dir)
+
+
+def write_comparison(summaries: dict[str, dict], out: Path, device: str) -> dict:
+    """comparison.json and comparison.md: one row per model (accuracy, times, size, inference speed)."""
+    from fmnist import bench, report
+
+    rows = {}
+    for name, summary in summaries.items():
+        speed = bench.evaluation_throughput(name, 10_000, training.resolve_device(device))
+        rows[name] = {"summary": summary, "parameters": models.parameters(models.get(name).build(0.0)),
+                      "images_per_second": speed}
+    runs.write_json(out / "comparison.json", rows)
+    runs.write_text(out / "comparison.md", report.comparison_markdown(rows))
+    return rows

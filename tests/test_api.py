@@ -1,0 +1,53 @@
+"""The Python API as a user calls it, in a temp folder: data, training, evaluation, prediction, report."""
+from __future__ import annotations
+
+import numpy as np
+import PIL.Image
+import pytest
+
+import fmnist
+from conftest import require_real_data
+from fmnist import errors
+
+
+def test_the_api_end_to_end(tmp_path, monkeypatch):
+    require_real_data()
+    monkeypatch.chdir(tmp_path)
+    dataset = fmnist.load_data(show_progress=False)
+    assert dataset.train_images.shape == (60_000, 28, 28) and len(fmnist.CLASS_NAMES) == 10
+    run = fmnist.train(model="seed-cnn", epochs=1, limit=3000, threads=2, out="runs/quick", show_progress=False)
+    assert isinstance(run, fmnist.Run) and (tmp_path / "runs/quick/model.safetensors").is_file()
+    assert run.config.epochs == 1 and len(run.history) == 1
+    metrics = run.evaluate()
+    assert metrics["test"]["count"] == 10_000 and metrics["test"]["accuracy"] > 0.5
+    arrays = run.predict(dataset.test_images[:8])
+    assert arrays.probabilities.shape == (8, 10) and np.allclose(arrays.probabilities.sum(1), 1, atol=1e-5)
+    assert arrays.names == [fmnist.CLASS_NAMES[c] for c in arrays.classes]
+    # An image file as a photo would be: dark item on a light background, larger than 28x28.
+    PIL.Image.fromarray(255 - dataset.test_images[0]).resize((112, 112)).save("shoe.png")
+    from_file = run.predict(["shoe.png"])
+    assert from_file.classes.shape == (1,) and from_file.probabilities.shape == (1, 10)
+    html, markdown = run.report()
+    assert html.is_file() and markdown.is_file() and "Test accuracy" in html.read_text()
+    again = fmnist.open_run("runs/quick")
+    assert again.history == run.history and repr(again) == "fmnist.Run('runs/quick')"
+    resumed = fmnist.train(out="runs/quick", resume=True, epochs=2, show_progress=False)
+    assert [row["epoch"] for row in resumed.history] == [1, 2]
+
+
+def test_api_errors_are_clear(tmp_path):
+    with pytest.raises(errors.RunError, match="holds no run"):
+        fmnist.open_run(tmp_path)
+    with pytest.raises(ValueError, match="unknown model"):
+        fmnist.train(model="resnet", out=tmp_path / "x")
+    with pytest.raises(ValueError, match="either a TrainConfig or settings"):
+        fmnist.train(fmnist.TrainConfig(), out=tmp_path / "y", epochs=2)
+
+
+def test_the_api_is_documented_and_typed():
+    import pathlib
+
+    for name in fmnist.__all__:
+        value = getattr(fmnist, name)
+        assert name == "CLASS_NAMES" or value.__doc__, f"{name} has no docstring"
+    assert (pathlib.Path(fmnist.__file__).parent / "py.typed").is_file()
