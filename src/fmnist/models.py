@@ -40,7 +40,7 @@ FAST = ModelSpec("fast-cnn", fastcnn.ARCHITECTURE, fastcnn.FastCNN,
                  "a small BatchNorm CNN (five 3x3 convs, 16/32/64 channels at 28/14/7 px, flatten), for accuracy per CPU-second",
                  recipe={"epochs": 18, "batch_size": 128, "learning_rate": 0.1, "dropout": 0.0,
                          "optimizer": "sgd", "weight_decay": 5e-4, "schedule": "onecycle", "warmup": 0.2,
-                         "label_smoothing": 0.1, "flip": True, "shift": 2, "tta": True})
+                         "label_smoothing": 0.1, "flip": True, "shift": 1, "tta": True})
 REGISTRY = {spec.name: spec for spec in (SEED, FAST)}
 DEFAULT = SEED.name
 
