@@ -181,10 +181,12 @@ def fit_with_progress(config: training.TrainConfig, run_dir: Path, resume: bool 
 
 def reproduce(model_names: Iterable[str] = (models.DEFAULT,), seeds: int = 1, out: str | Path = "runs/reproduce",
               first_seed: int = 0, show_progress: bool = True,
-              on_seed: Callable[[str, int, dict, Path], None] | None = None, **settings) -> dict:
+              on_seed: Callable[[str, int, dict, Path], None] | None = None, workers: int | None = None,
+              address: str | None = None, **settings) -> dict:
     """Per model and seed: train (finished runs are kept, others continued), evaluate, report; a summary
     over seeds per model, and with several models a comparison (comparison.md). Returns the summaries.
-    `on_seed(model, seed, metrics, report_html)` is called after each seed."""
+    `on_seed(model, seed, metrics, report_html)` is called after each seed. With `workers` (or a Ray
+    `address`), each model's seeds train in parallel on Ray (`fmnist[sweep]`), `threads` each."""
     from fmnist import report
 
     out, names = Path(out), list(dict.fromkeys(model_names))
@@ -194,6 +196,9 @@ def reproduce(model_names: Iterable[str] = (models.DEFAULT,), seeds: int = 1, ou
     for name in names:
         model_out = out / name if len(names) > 1 else out
         results, histories = {}, {}
+        if workers or address:
+            train_in_parallel([configs[name, s] for s in range(first_seed, first_seed + seeds)], model_out,
+                              workers, address)
         for seed in range(first_seed, first_seed + seeds):
             run = reproduce_seed(configs[name, seed], model_out / f"seed-{seed}", show_progress)
             results[seed], histories[seed] = run.evaluate(device=configs[name, seed].device), run.history
@@ -206,6 +211,18 @@ def reproduce(model_names: Iterable[str] = (models.DEFAULT,), seeds: int = 1, ou
     if len(names) > 1:
         write_comparison(summaries, out, configs[names[0], first_seed].device)
     return summaries
+
+
+def train_in_parallel(configs: list[training.TrainConfig], out: Path, workers: int | None,
+                      address: str | None) -> None:
+    """Seeds as trials of the sweep engine (Ray Tune): run directories out/seed-N, Tune's state in out/tune."""
+    from fmnist import sweep
+
+    per_trial = configs[0].threads or 1
+    todo = [{"model": c.model, "seed": c.seed, "threads": per_trial, "configuration": {},
+             "settings": {k: v for k, v in dataclasses.asdict(c).items() if k not in sweep.FIXED_BY_TRIAL},
+             "run_dir": str((out / f"seed-{c.seed}").resolve())} for c in configs]
+    sweep.run_trials(todo, out.resolve(), per_trial, workers, address)
 
 
 def reproduce_seed(config: training.TrainConfig, run_dir: Path, show_progress: bool) -> Run:

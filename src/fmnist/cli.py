@@ -231,8 +231,10 @@ def cmd_reproduce(args) -> int:
         print_metrics(metrics)
         console.print(f"report: {html_path}")
 
+    if args.workers or args.address:
+        settings["threads"] = settings["threads"] or 1  # per parallel seed
     summaries = api.reproduce(names, args.seeds, out, first_seed=args.seed, show_progress=not args.quiet,
-                              on_seed=on_seed, **settings)
+                              on_seed=on_seed, workers=args.workers, address=args.address, **settings)
     for name, summary in summaries.items():
         model_out = out / name if len(names) > 1 else out
         console.print(report.summary_markdown(summary))
@@ -240,6 +242,32 @@ def cmd_reproduce(args) -> int:
     if len(names) > 1:
         console.print((out / "comparison.md").read_text())
         console.print(f"comparison: {out / 'comparison.md'}")
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    """A sweep file and/or flags -> trials on Ray -> the summary, chosen on validation."""
+    from fmnist import sweep
+
+    loaded = sweep.load_file(args.file) if args.file else {}
+    try:
+        config = sweep.SweepConfig(
+            model=args.model or loaded.get("model", models_default()),
+            space={**loaded.get("space", {}), **sweep.parse_assignments(args.vary, several=True)},
+            fixed={**loaded.get("fixed", {}), **sweep.parse_assignments(args.set, several=False)},
+            seeds=args.seeds or loaded.get("seeds", 1), search=args.search or loaded.get("search", "grid"),
+            samples=args.samples or loaded.get("samples", 8))
+    except (TypeError, ValueError) as exc:
+        raise errors.FmnistError(f"sweep: {exc}") from None
+    count = len(config.configurations()) * config.seeds
+    console.print(f"sweep of {config.model}: {len(config.configurations())} configurations x {config.seeds} seeds "
+                  f"= {count} trials, {args.threads} threads each, into {args.out}")
+    results = sweep.run(config, Path(args.out), args.threads, args.workers, args.address, verbose=0 if args.quiet else 1)
+    with console.status("evaluating the chosen configuration on the test set"):
+        summary = sweep.summarise(results)
+    paths = sweep.write_summary(summary, Path(args.out))
+    console.print(sweep.summary_markdown(summary))
+    console.print(f"wrote {', '.join(str(path) for path in paths)}")
     return 0
 
 
@@ -419,6 +447,10 @@ def add_experiment_commands(commands) -> None:
                     "fmnist reproduce --epochs 1 --limit 3000 --out /tmp/quick"])
     add_train_options(p, several_models=True)
     p.add_argument("--seeds", type=int, default=1, help="number of seeds, from --seed on (default: 1)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="train the seeds in parallel, K at a time, on Ray (pip install 'fmnist[sweep]'), "
+                        "--threads each (default: one after another)")
+    p.add_argument("--address", default=None, help="a Ray cluster's address for the parallel seeds (default: local)")
     p.add_argument("--out", default="runs/reproduce", help="output directory (default: runs/reproduce)")
 
     p = subcommand(commands, "bench", cmd_bench, "time training and evaluation against plain eager PyTorch",
@@ -435,6 +467,32 @@ def add_experiment_commands(commands) -> None:
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="fmnist's step precision "
                                                                                   "(default: fp32)")
     p.add_argument("--json", action="store_true", help="print the results as JSON (default: a table)")
+
+
+def add_sweep_command(commands) -> None:
+    p = subcommand(commands, "sweep", cmd_sweep, "many runs at once on Ray: recipe sweeps and seed studies",
+                   "Train every configuration of a search space over a model's recipe, for several seeds, in "
+                   "parallel on Ray (local, or a cluster with --address). Each trial is a run directory; "
+                   "running the same command again resumes an interrupted sweep. The summary chooses on "
+                   "validation accuracy and tests only the chosen configuration. Needs Ray: "
+                   "pip install 'fmnist[sweep]'.",
+                   ["fmnist sweep --model fast-cnn --vary learning_rate=0.05,0.1 --vary shift=1,2 --seeds 2",
+                    "fmnist sweep --file sweep.toml --threads 1 --workers 2 --out runs/sweep",
+                    "fmnist sweep --file sweep.toml --address 10.0.0.1:6379   (a Ray cluster)"])
+    p.add_argument("--file", type=Path, help="a TOML sweep file: model, seeds, search, samples, [space], [fixed]")
+    p.add_argument("--model", default=None, help="the network (default: the file's, else seed-cnn)")
+    p.add_argument("--vary", action="append", metavar="NAME=V1,V2", help="a setting and its values (repeatable)")
+    p.add_argument("--set", action="append", metavar="NAME=VALUE", help="a setting held fixed (repeatable)")
+    p.add_argument("--seeds", type=int, default=None, help="seeds per configuration (default: the file's, else 1)")
+    p.add_argument("--search", choices=("grid", "random"), default=None, help="every combination, or --samples "
+                                                                           "random ones (default: grid)")
+    p.add_argument("--samples", type=int, default=None, help="random search: configurations (default: 8)")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads per trial (default: 1)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="trials at once (default: the CPUs this process may use / --threads)")
+    p.add_argument("--address", default=None, help="a Ray cluster's address (default: a local Ray instance)")
+    p.add_argument("--quiet", action="store_true", help="no Tune progress table (default: off)")
+    p.add_argument("--out", default="runs/sweep", help="output directory (default: runs/sweep)")
 
 
 def add_use_commands(commands) -> None:
@@ -490,6 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fmnist {fmnist.__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_experiment_commands(commands)
+    add_sweep_command(commands)
     add_use_commands(commands)
     return parser
 

@@ -99,3 +99,19 @@ def confusion_matrix(matrix: np.ndarray, path: Path) -> Path:
     axis.set_title("Confusion matrix (test set)")
     figure.tight_layout()
     return save(figure, path)
+
+
+def sweep(configurations: list[dict], path: Path) -> Path:
+    """Validation accuracy per configuration of a sweep (mean, with the seeds' standard deviation)."""
+    names = [row["configuration"] for row in configurations]
+    means = [row["val_accuracy_mean"] for row in configurations]
+    errors = [0.0 if np.isnan(row["val_accuracy_std"]) else row["val_accuracy_std"] for row in configurations]
+    figure, axis = plt.subplots(figsize=(8, 0.5 * len(names) + 1.5))
+    axis.barh(np.arange(len(names)), means, xerr=errors, color="tab:blue")
+    axis.set_yticks(np.arange(len(names)), names)
+    axis.invert_yaxis()  # the chosen (best) configuration on top
+    axis.set_xlim(min(means) - 0.02, min(1.0, max(means) + 0.01))
+    axis.set_xlabel("validation accuracy (mean over seeds)")
+    axis.set_title("Sweep: configurations, best first")
+    figure.tight_layout()
+    return save(figure, path)

@@ -1,0 +1,290 @@
+"""Seed studies and recipe sweeps on Ray Tune, each trial an ordinary run directory.
+
+A sweep is a model, a search space over its recipe's settings (grid: every combination; random: N draws
+with a fixed seed), and seeds. Trials run in parallel on a local Ray instance (as many at once as the
+CPUs allow at --threads each) or on a cluster (`address`). Tune keeps the experiment's state in
+OUT/tune, so an interrupted sweep (Ctrl-C, a lost worker) resumes with Tuner.restore: finished trials
+are kept, unfinished ones continue from their run directory's checkpoint. The summary pools seeds per
+configuration, chooses on validation accuracy, and only then evaluates the chosen runs on the test set.
+
+    OUT/
+      trial-<configuration>-seed<seed>/   one run directory per trial (runs.py)
+      tune/                               Ray Tune's experiment state (what resuming reads)
+      summary.json, summary.md, summary.html, summary.png
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import random
+import re
+import tomllib
+import typing
+from pathlib import Path
+
+from fmnist import errors, models, runs, threads, training
+
+SEARCHES = ("grid", "random")
+FIXED_BY_TRIAL = ("seed", "threads", "model")  # set by the sweep itself, not by the space
+FIELDS = {f.name: f for f in dataclasses.fields(training.TrainConfig)}
+MAX_TRIALS = 10_000  # a sweep file's space is enumerated only below this
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepConfig:
+    """What to try: settings -> values (the space), settings held fixed, seeds, and how to search."""
+    model: str = models.DEFAULT
+    space: dict = dataclasses.field(default_factory=dict)
+    fixed: dict = dataclasses.field(default_factory=dict)
+    seeds: int = 1
+    search: str = "grid"
+    samples: int = 8  # random search: configurations drawn
+
+    def __post_init__(self):
+        models.get(self.model)
+        if self.search not in SEARCHES:
+            raise ValueError(f"search must be grid or random, got {self.search!r}")
+        if self.seeds < 1 or self.samples < 1:
+            raise ValueError("seeds and samples must be >= 1")
+        for name, values in self.space.items():
+            if not isinstance(values, list) or not values:
+                raise ValueError(f"{name}: give a non-empty list of values")
+        for name in [*self.space, *self.fixed]:
+            if name in FIXED_BY_TRIAL or name not in FIELDS:
+                raise ValueError(f"{name!r} is not a recipe setting a sweep can vary "
+                                 f"(settings: {', '.join(sorted(set(FIELDS) - set(FIXED_BY_TRIAL)))})")
+        combinations = math.prod(len(values) for values in self.space.values())
+        if combinations * self.seeds > MAX_TRIALS:  # before anything is enumerated
+            raise ValueError(f"{combinations:,} configurations x {self.seeds} seeds: over {MAX_TRIALS:,} trials")
+        for name, values in self.space.items():  # each value's type and range, by TrainConfig's own checks
+            for value in values:
+                training.TrainConfig.for_model(self.model, **self.fixed, **{name: value})
+
+    def configurations(self) -> list[dict]:
+        """The settings each configuration varies, in a fixed order (the same on every run of the sweep)."""
+        names = sorted(self.space)
+        grid = [dict(zip(names, values)) for values in itertools.product(*(self.space[n] for n in names))]
+        if self.search == "grid" or self.samples >= len(grid):
+            return grid
+        return random.Random(0).sample(grid, self.samples)
+
+
+def parse_value(name: str, text: str):
+    """A flag's text as the TrainConfig field's type (int, float, bool or str)."""
+    if name not in FIELDS:
+        raise ValueError(f"{name!r} is not a training setting")
+    kinds = typing.get_args(typing.get_type_hints(training.TrainConfig)[name]) or \
+        (typing.get_type_hints(training.TrainConfig)[name],)
+    if bool in kinds:
+        if text.lower() not in ("true", "false", "1", "0"):
+            raise ValueError(f"{name} takes true or false, got {text!r}")
+        return text.lower() in ("true", "1")
+    for kind in (int, float, str):
+        if kind in kinds:
+            try:
+                return kind(text)
+            except ValueError:
+                continue
+    raise ValueError(f"{name}: {text!r} is not a {' or '.join(k.__name__ for k in kinds)}")
+
+
+def parse_assignments(items: list[str] | None, several: bool) -> dict:
+    """NAME=V1,V2 flags (names with - or _) as {name: [values]} (or {name: value} when not `several`)."""
+    parsed = {}
+    for item in items or []:
+        name, sep, values = item.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or not values:
+            raise ValueError(f"{item!r}: write NAME=VALUE" + ("[,VALUE...]" if several else ""))
+        texts = values.split(",") if several else [values]
+        parsed[name] = [parse_value(name, t.strip()) for t in texts] if several else parse_value(name, texts[0])
+    return parsed
+
+
+MAX_FILE_BYTES = 64 << 10  # a sweep file is a few lines
+
+
+def load_file(path: Path) -> dict:
+    """A sweep file (TOML): model, seeds, search, samples, [space] name = [values], [fixed] name = value."""
+    from fmnist import files
+
+    text = files.read_regular(Path(path), MAX_FILE_BYTES).decode("utf-8", errors="replace")
+    try:
+        loaded = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise errors.InputError(f"{path}: not valid TOML ({exc})") from None
+    known = {"model", "seeds", "search", "samples", "space", "fixed"}
+    if set(loaded) - known:
+        raise errors.InputError(f"{path}: unknown keys {sorted(set(loaded) - known)} (known: {sorted(known)})")
+    return loaded
+
+
+# ---------------------------------------------------------------------------------------------
+# Trials
+def trial_name(configuration: dict, seed: int) -> str:
+    """A directory name that says what the trial is: trial-learning_rate=0.05,shift=1-seed0."""
+    parts = ",".join(f"{k}={v}" for k, v in sorted(configuration.items())) or "recipe"
+    return "trial-" + re.sub(r"[^A-Za-z0-9_.=,+-]", "_", parts) + f"-seed{seed}"
+
+
+def trials(sweep: SweepConfig, out: Path, threads_per_trial: int) -> list[dict]:
+    return [{"model": sweep.model, "settings": {**sweep.fixed, **configuration}, "configuration": configuration,
+             "seed": seed, "threads": threads_per_trial,
+             "run_dir": str((out / trial_name(configuration, seed)).resolve())}
+            for configuration in sweep.configurations() for seed in range(sweep.seeds)]
+
+
+def run_trial(trial: dict) -> dict:
+    """One trial in a Ray worker (or in this process): train or continue its run; validation figures.
+
+    The run directory is the trial's whole state: a trial that was cut off resumes from its checkpoint,
+    a finished one is only read."""
+    import fmnist  # noqa: F401  (a fresh worker: set OpenMP's waiting before torch loads)
+
+    run_dir = Path(trial["run_dir"])
+    config = training.TrainConfig.for_model(trial["model"], seed=trial["seed"], threads=trial["threads"],
+                                            **trial["settings"])
+    if len(runs.read_history(run_dir)) < config.epochs:
+        training.fit(config, run_dir, resume=(run_dir / runs.CONFIG).is_file())
+    history = runs.read_history(run_dir)
+    return {"val_accuracy": history[-1]["val_accuracy"], "val_loss": history[-1]["val_loss"],
+            "seconds": runs.elapsed(history)[-1], "node": node_id()}
+
+
+def node_id() -> str:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
+    except ImportError:
+        return "local"
+
+
+def default_workers(threads_per_trial: int) -> int:
+    available, _ = threads.available_cpus()
+    return max(1, available // threads_per_trial)
+
+
+# ---------------------------------------------------------------------------------------------
+# The driver
+def require_ray():
+    try:
+        import ray  # noqa: F401
+        from ray import tune  # noqa: F401
+    except ImportError:
+        raise errors.FmnistError("fmnist sweep needs Ray: pip install 'fmnist[sweep]'") from None
+
+
+def run(sweep: SweepConfig, out: Path, threads_per_trial: int = 1, workers: int | None = None,
+        address: str | None = None, verbose: int = 1) -> list[dict]:
+    """Every trial of the sweep (resuming an interrupted one in OUT/tune); one result per trial, in trial order."""
+    out = Path(out).resolve()
+    return run_trials(trials(sweep, out, threads_per_trial), out, threads_per_trial, workers, address, verbose)
+
+
+def run_trials(todo: list[dict], out: Path, threads_per_trial: int = 1, workers: int | None = None,
+               address: str | None = None, verbose: int = 1) -> list[dict]:
+    """Trials (dicts of run_trial's arguments) on Ray Tune; Tune's state in OUT/tune."""
+    require_ray()
+    import ray
+    from ray import tune
+
+    out.mkdir(parents=True, exist_ok=True)
+    workers = workers or default_workers(threads_per_trial)
+    if not ray.is_initialized():
+        # A local instance sized to what this process may use; a cluster brings its own resources.
+        ray.init(address=address, num_cpus=None if address else workers * threads_per_trial,
+                 include_dashboard=False, log_to_driver=verbose > 1, configure_logging=False)
+    trainable = tune.with_resources(run_trial_for_tune, {"cpu": threads_per_trial})
+    path = out / "tune"
+    if tune.Tuner.can_restore(str(path)):  # an interrupted sweep: finished trials are kept
+        tuner = tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        tuner = tune.Tuner(trainable, param_space={"trial": tune.grid_search(todo)},
+                           tune_config=tune.TuneConfig(max_concurrent_trials=workers),
+                           run_config=tune.RunConfig(name="tune", storage_path=str(out), verbose=verbose))
+    grid = tuner.fit()
+    by_dir = {result.config["trial"]["run_dir"]: result for result in grid if result.metrics}
+    missing = [t["run_dir"] for t in todo if t["run_dir"] not in by_dir]
+    if missing:
+        raise errors.FmnistError(f"{len(missing)} trials did not finish (first: {missing[0]}); "
+                                 f"run the same command again to continue them")
+    return [{**t, **{k: by_dir[t["run_dir"]].metrics[k] for k in ("val_accuracy", "val_loss", "seconds", "node")}}
+            for t in todo]
+
+
+def run_trial_for_tune(config: dict) -> dict:
+    return run_trial(config["trial"])
+
+
+def run_sequentially(sweep: SweepConfig, out: Path, threads_per_trial: int = 1) -> list[dict]:
+    """The same trials one after another in this process, without Ray (the reference a sweep must equal)."""
+    return [{**t, **run_trial(t)} for t in trials(sweep, Path(out).resolve(), threads_per_trial)]
+
+
+# ---------------------------------------------------------------------------------------------
+# The summary: chosen on validation, then tested
+def summarise(results: list[dict], data_dir: str | None = None) -> dict:
+    """Per configuration: validation accuracy mean ± sd over seeds. The best mean is chosen, and only the
+    chosen configuration's runs are evaluated on the test set."""
+    import numpy as np
+
+    from fmnist import evaluate
+
+    groups: dict[str, list[dict]] = {}
+    for result in results:
+        groups.setdefault(trial_name(result["configuration"], 0)[len("trial-"):-len("-seed0")], []).append(result)
+    rows = []
+    for name, members in groups.items():
+        accuracies = np.array([m["val_accuracy"] for m in members])
+        rows.append({"configuration": name, "settings": members[0]["configuration"], "seeds": len(members),
+                     "val_accuracy_mean": float(accuracies.mean()),
+                     "val_accuracy_std": float(accuracies.std(ddof=1)) if len(members) > 1 else math.nan,
+                     "seconds_mean": float(np.mean([m["seconds"] for m in members])),
+                     "run_dirs": [m["run_dir"] for m in members]})
+    rows.sort(key=lambda row: -row["val_accuracy_mean"])
+    chosen = rows[0]
+    tests = [evaluate.evaluate_run(Path(d), data_dir=data_dir)["test"]["accuracy"] for d in chosen["run_dirs"]]
+    chosen["test_accuracy_mean"] = float(np.mean(tests))
+    chosen["test_accuracy_std"] = float(np.std(tests, ddof=1)) if len(tests) > 1 else math.nan
+    return {"configurations": rows, "chosen": chosen["configuration"], "test_accuracies": tests,
+            "nodes": sorted({r["node"] for r in results})}
+
+
+HEADERS = ("configuration", "seeds", "validation accuracy", "seconds per run", "test accuracy")
+NOTE = "Chosen on validation accuracy; only the chosen configuration was evaluated on the test set."
+
+
+def summary_rows(summary: dict) -> list[tuple[str, ...]]:
+    def spread(mean: float, sd: float) -> str:
+        return f"{mean:.4f}" + ("" if math.isnan(sd) else f" ± {sd:.4f}")
+
+    rows = []
+    for row in summary["configurations"]:
+        chosen = row["configuration"] == summary["chosen"]
+        rows.append((row["configuration"] + (" (chosen)" if chosen else ""), str(row["seeds"]),
+                     spread(row["val_accuracy_mean"], row["val_accuracy_std"]), f"{row['seconds_mean']:.0f}",
+                     spread(row["test_accuracy_mean"], row["test_accuracy_std"]) if chosen else ""))
+    return rows
+
+
+def summary_markdown(summary: dict) -> str:
+    lines = ["| " + " | ".join(HEADERS) + " |", "|---" * len(HEADERS) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in summary_rows(summary)]
+    return "\n".join(lines) + f"\n\n{NOTE}\n"
+
+
+def write_summary(summary: dict, out: Path) -> list[Path]:
+    """summary.json, summary.md, summary.html (the table) and summary.png (validation accuracy per configuration)."""
+    import html
+
+    from fmnist import figures
+
+    out = Path(out)
+    cells = ["<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in HEADERS) + "</tr>"]
+    cells += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in summary_rows(summary)]
+    page = (f"<!doctype html><meta charset='utf-8'><title>fmnist sweep</title><h1>fmnist sweep</h1>"
+            f"<table border=1 cellpadding=4>{''.join(cells)}</table><p>{NOTE}</p><img src='summary.png'>")
+    return [runs.write_json(out / "summary.json", summary), runs.write_text(out / "summary.md", summary_markdown(summary)),
+            runs.write_text(out / "summary.html", page), figures.sweep(summary["configurations"], out / "summary.png")]

@@ -1,0 +1,145 @@
+"""Sweeps and parallel seeds on Ray: a local instance, an interrupted sweep resumed, a two-node cluster.
+
+Each Ray instance here is small (1-2 CPUs) and shut down after its test; trials train the seed network for
+one epoch on 1,200 images at one thread, so results can be compared bit for bit across schedules."""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import torch
+
+from conftest import require_real_data, run_cli
+from fmnist import runs, sweep
+
+TINY = {"epochs": 1, "limit": 1200}
+SPACE = {"learning_rate": [0.001, 0.003]}
+
+
+@pytest.fixture
+def ray_session():
+    ray = pytest.importorskip("ray")
+    yield ray
+    ray.shutdown()
+
+
+def weights(run_dir) -> dict:
+    return safetensors.torch.load_file(str(Path(run_dir) / runs.WEIGHTS))
+
+
+def test_a_tiny_sweep_in_parallel_equals_the_same_trials_in_sequence(tmp_path, ray_session):
+    require_real_data()
+    config = sweep.SweepConfig(model="seed-cnn", space=SPACE, fixed=TINY, seeds=2)
+    parallel = sweep.run(config, tmp_path / "parallel", threads_per_trial=1, workers=2, verbose=0)
+    assert len(parallel) == 4 and len(list((tmp_path / "parallel").glob("trial-*"))) == 4
+    sequential = sweep.run_sequentially(config, tmp_path / "sequential", threads_per_trial=1)
+    for a, b in zip(parallel, sequential):
+        assert a["val_accuracy"] == b["val_accuracy"] and Path(a["run_dir"]).name == Path(b["run_dir"]).name
+        wa, wb = weights(a["run_dir"]), weights(b["run_dir"])
+        assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    summary = sweep.summarise(parallel)
+    means = {row["configuration"]: row["val_accuracy_mean"] for row in summary["configurations"]}
+    assert summary["chosen"] == max(means, key=means.get)  # chosen on validation
+    chosen = summary["configurations"][0]
+    assert len(summary["test_accuracies"]) == 2 and "test_accuracy_mean" in chosen
+    assert all("test_accuracy_mean" not in row for row in summary["configurations"][1:])  # only the chosen is tested
+    paths = sweep.write_summary(summary, tmp_path / "parallel")
+    assert all(path.is_file() for path in paths)
+    assert "(chosen)" in (tmp_path / "parallel" / "summary.md").read_text()
+
+
+def test_reproduce_with_workers_trains_seeds_on_ray_like_one_after_another(tmp_path, capsys, ray_session):
+    require_real_data()
+    common = ["--epochs", 1, "--limit", 1200, "--seeds", 2, "--threads", 1, "--quiet"]
+    code, _, err = run_cli(capsys, "reproduce", *common, "--workers", 2, "--out", tmp_path / "parallel")
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "reproduce", *common, "--out", tmp_path / "sequential")
+    assert code == 0, err
+    for seed in (0, 1):
+        wa, wb = weights(tmp_path / "parallel" / f"seed-{seed}"), weights(tmp_path / "sequential" / f"seed-{seed}")
+        assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    summaries = [json.loads((tmp_path / kind / "summary.json").read_text()) for kind in ("parallel", "sequential")]
+    for seed in ("0", "1"):  # the same test figures, seed by seed
+        for key in ("test_accuracy", "test_loss", "train_accuracy"):
+            assert summaries[0]["seeds"][seed][key] == summaries[1]["seeds"][seed][key]
+
+
+def sweep_command(out: Path, *extra) -> list[str]:
+    return [sys.executable, "-m", "fmnist", "sweep", "--model", "seed-cnn", "--vary", "learning_rate=0.001,0.003",
+            "--set", "epochs=1", "--set", "limit=1200", "--seeds", "2", "--threads", "1", "--quiet",
+            "--out", str(out), *extra]
+
+
+def test_an_interrupted_sweep_finishes_only_the_missing_trials(tmp_path):
+    require_real_data()
+    pytest.importorskip("ray")
+    out = tmp_path / "sweep"
+    process = subprocess.Popen(sweep_command(out, "--workers", "1"), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    first = None
+    while process.poll() is None and first is None:  # wait for a state: one trial's run finished
+        done = [d for d in out.glob("trial-*") if (d / runs.HISTORY).is_file() and len(runs.read_history(d)) == 1]
+        first = done[0] if done else None
+        time.sleep(0.2)
+    assert first is not None, process.communicate()
+    process.send_signal(signal.SIGINT)
+    process.communicate(timeout=300)
+    finished_at = (first / runs.HISTORY).stat().st_mtime_ns
+    again = subprocess.run(sweep_command(out, "--workers", "1"), capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (first / runs.HISTORY).stat().st_mtime_ns == finished_at  # not trained again
+    assert len([d for d in out.glob("trial-*") if len(runs.read_history(d)) == 1]) == 4
+    assert (out / "summary.md").is_file()
+
+
+def test_a_two_node_cluster_on_this_machine_runs_trials_on_both(tmp_path, ray_session):
+    require_real_data()
+    ray_cli = shutil.which("ray", path=str(Path(sys.executable).parent)) or shutil.which("ray")
+    port = 6390 + os.getpid() % 500
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
+    token = Path(temp) / "token"  # Ray's token authentication, as on a real cluster: every node and the driver
+    token.write_text(secrets.token_hex(32))
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+    head = [ray_cli, "start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
+            "--node-ip-address=127.0.0.1", f"--temp-dir={temp}"]
+    second = [ray_cli, "start", f"--address=127.0.0.1:{port}", "--num-cpus=1", "--node-ip-address=127.0.0.1"]
+    try:
+        for command in (head, second):
+            started = subprocess.run(command, capture_output=True, text=True, env=env, timeout=180)
+            assert started.returncode == 0, started.stderr[-3000:]
+        result = subprocess.run(sweep_command(tmp_path / "sweep", "--workers", "2", "--address", f"127.0.0.1:{port}"),
+                                capture_output=True, text=True, timeout=600, env=env)
+        assert result.returncode == 0, result.stderr[-3000:]
+    finally:
+        subprocess.run([ray_cli, "stop", "--force"], capture_output=True, env=env, timeout=180)
+        shutil.rmtree(temp, ignore_errors=True)
+    summary = json.loads((tmp_path / "sweep" / "summary.json").read_text())
+    assert len(summary["nodes"]) == 2 and len(summary["configurations"]) == 2
+
+
+def test_without_ray_the_command_says_how_to_get_it(tmp_path):
+    code = ("import sys; sys.modules['ray'] = None; from fmnist import cli; "  # as if Ray were not installed
+            f"sys.exit(cli.main(['sweep', '--vary', 'learning_rate=0.1', '--out', {str(tmp_path)!r}]))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 2 and "pip install 'fmnist[sweep]'" in result.stderr
+
+
+def test_bad_sweeps_are_one_line(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "sweep", "--vary", "colour=red", "--out", tmp_path)
+    assert code == 2 and "not a training setting" in err
+    (tmp_path / "bad.toml").write_text("model = 'seed-cnn'\n[space]\nlearning_rate = 0.1\n")
+    code, _, err = run_cli(capsys, "sweep", "--file", tmp_path / "bad.toml", "--out", tmp_path)
+    assert code == 2 and "non-empty list" in err
+    (tmp_path / "broken.toml").write_text("model = \n")
+    code, _, err = run_cli(capsys, "sweep", "--file", tmp_path / "broken.toml", "--out", tmp_path)
+    assert code == 2 and "not valid TOML" in err
