@@ -12,7 +12,7 @@ import sklearn.metrics
 import torch
 from PIL import Image
 
-from conftest import require_real_data
+from conftest import require_real_data, run_cli
 from fmnist import data, evaluate, model, report, runs
 
 
@@ -67,14 +67,13 @@ def image_is_real(path, min_size=(300, 200)):
     assert pixels.std() > 10, f"{path} looks blank"
 
 
-def test_reproduce_end_to_end(tmp_path):
+def test_reproduce_end_to_end(tmp_path, capsys):
     require_real_data()
     out = tmp_path / "repro"
-    result = subprocess.run([sys.executable, "-m", "fmnist", "reproduce", "--epochs", "1", "--limit", "3000",
-                             "--threads", "2", "--seeds", "2", "--quiet", "--out", str(out)],
-                            capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    assert "report.html" in result.stdout and "mean" in result.stdout
+    code, stdout, err = run_cli(capsys, "reproduce", "--epochs", 1, "--limit", 3000, "--threads", 2, "--seeds", 2,
+                                "--quiet", "--out", out)
+    assert code == 0, err
+    assert "report.html" in stdout and "mean" in stdout
     image_is_real(out / "samples.png")
     for seed in (0, 1):
         run_dir = out / f"seed-{seed}"
@@ -98,9 +97,9 @@ def test_reproduce_end_to_end(tmp_path):
     assert summary["stats"]["test_accuracy"]["mean"] == pytest.approx(np.mean(accuracies))
     assert summary["stats"]["test_accuracy"]["std"] == pytest.approx(np.std(accuracies, ddof=1))
     # Re-running keeps finished runs: no epoch is trained again.
-    again = subprocess.run([sys.executable, "-m", "fmnist", "reproduce", "--epochs", "1", "--limit", "3000",
-                            "--seeds", "1", "--quiet", "--out", str(out)], capture_output=True, text=True)
-    assert again.returncode == 0 and "Epoch 1/1" not in again.stdout
+    code, stdout, _ = run_cli(capsys, "reproduce", "--epochs", 1, "--limit", 3000, "--seeds", 1, "--quiet",
+                              "--out", out)
+    assert code == 0 and "Epoch 1/1" not in stdout
 
 
 def test_evaluate_weights_of_another_architecture_fail_clearly(tmp_path):

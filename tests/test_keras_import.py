@@ -49,17 +49,15 @@ def test_wrong_architecture_names_the_layer(tmp_path, keras_files):
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
-def test_cli_import_then_evaluate(tmp_path, keras_files):
+def test_cli_import_then_evaluate(tmp_path, capsys, keras_files):
     run_dir = tmp_path / "imported"
-    result = subprocess.run([sys.executable, "-m", "fmnist", "import-keras", str(keras_files / "seed.h5"),
-                             "--out", str(run_dir)], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    evaluated = subprocess.run([sys.executable, "-m", "fmnist", "evaluate", str(run_dir)], capture_output=True,
-                               text=True)
-    assert evaluated.returncode == 0, evaluated.stderr
+    code, _, err = run_cli(capsys, "import-keras", keras_files / "seed.h5", "--out", run_dir)
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "evaluate", run_dir)
+    assert code == 0, err
     assert (run_dir / runs.METRICS).is_file() and (run_dir / runs.FIGURES / "confusion_matrix.png").is_file()
-    reported = subprocess.run([sys.executable, "-m", "fmnist", "report", str(run_dir)], capture_output=True, text=True)
-    assert reported.returncode == 0, reported.stderr
+    code, _, err = run_cli(capsys, "report", run_dir)
+    assert code == 0, err
     assert "imported, not trained here" in (run_dir / runs.REPORT_HTML).read_text()
 
 

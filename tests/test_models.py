@@ -45,12 +45,12 @@ def test_every_model_through_the_whole_toolchain(tmp_path, real_dataset, name):
 
 def test_the_new_recipe_beats_the_seed_at_an_equal_small_budget(tmp_path):
     """Same images, same epochs, same seed: a broken recipe (augmentation, schedule, optimizer, TTA)
-    would not clear this margin (measured: 0.827 vs 0.874 on this budget)."""
+    would not clear this margin (measured: 0.800 vs 0.868 on this budget)."""
     require_real_data()
-    budget = dict(epochs=6, limit=10_000, seed=0, threads=2)
+    budget = dict(epochs=6, limit=6_000, seed=0, threads=2)
     seed = training.fit(training.TrainConfig.for_model("seed-cnn", **budget), tmp_path / "seed")[-1]["val_accuracy"]
     fast = training.fit(training.TrainConfig.for_model("fast-cnn", **budget), tmp_path / "fast")[-1]["val_accuracy"]
-    assert fast >= seed + 0.03, (seed, fast)
+    assert fast >= seed + 0.04, (seed, fast)
 
 
 def test_reproduce_compares_models_in_one_table(tmp_path, capsys):

@@ -20,7 +20,7 @@ import safetensors.torch
 import torch
 
 from conftest import require_real_data, run_cli
-from fmnist import runs, sweep
+from fmnist import runs, sweep, training
 
 TINY = {"epochs": 1, "limit": 1200}
 SPACE = {"learning_rate": [0.001, 0.003]}
@@ -60,23 +60,21 @@ def test_a_tiny_sweep_in_parallel_equals_the_same_trials_in_sequence(tmp_path, r
 
 def test_reproduce_with_workers_trains_seeds_on_ray_like_one_after_another(tmp_path, capsys, ray_session):
     require_real_data()
-    common = ["--epochs", 1, "--limit", 1200, "--seeds", 2, "--threads", 1, "--quiet"]
-    code, _, err = run_cli(capsys, "reproduce", *common, "--workers", 2, "--out", tmp_path / "parallel")
+    code, _, err = run_cli(capsys, "reproduce", "--epochs", 1, "--limit", 1200, "--seeds", 2, "--threads", 1,
+                           "--quiet", "--workers", 2, "--out", tmp_path / "parallel")
     assert code == 0, err
-    code, _, err = run_cli(capsys, "reproduce", *common, "--out", tmp_path / "sequential")
-    assert code == 0, err
-    for seed in (0, 1):
-        wa, wb = weights(tmp_path / "parallel" / f"seed-{seed}"), weights(tmp_path / "sequential" / f"seed-{seed}")
-        assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    summaries = [json.loads((tmp_path / kind / "summary.json").read_text()) for kind in ("parallel", "sequential")]
-    for seed in ("0", "1"):  # the same test figures, seed by seed
-        for key in ("test_accuracy", "test_loss", "train_accuracy"):
-            assert summaries[0]["seeds"][seed][key] == summaries[1]["seeds"][seed][key]
+    summary = json.loads((tmp_path / "parallel" / "summary.json").read_text())
+    assert set(summary["seeds"]) == {"0", "1"} and (tmp_path / "parallel" / "seed-1" / runs.REPORT_HTML).is_file()
+    alone = training.fit(training.TrainConfig(epochs=1, limit=1200, threads=1, seed=1), tmp_path / "alone")
+    assert alone[-1]["val_accuracy"] == runs.read_history(tmp_path / "parallel" / "seed-1")[-1]["val_accuracy"]
+    wa, wb = weights(tmp_path / "parallel" / "seed-1"), weights(tmp_path / "alone")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
 def sweep_command(out: Path, *extra) -> list[str]:
+    """Two trials (two configurations, one seed)."""
     return [sys.executable, "-m", "fmnist", "sweep", "--model", "seed-cnn", "--vary", "learning_rate=0.001,0.003",
-            "--set", "epochs=1", "--set", "limit=1200", "--seeds", "2", "--threads", "1", "--quiet",
+            "--set", "epochs=1", "--set", "limit=1200", "--seeds", "1", "--threads", "1", "--quiet",
             "--out", str(out), *extra]
 
 
@@ -98,7 +96,7 @@ def test_an_interrupted_sweep_finishes_only_the_missing_trials(tmp_path):
     again = subprocess.run(sweep_command(out, "--workers", "1"), capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert (first / runs.HISTORY).stat().st_mtime_ns == finished_at  # not trained again
-    assert len([d for d in out.glob("trial-*") if len(runs.read_history(d)) == 1]) == 4
+    assert len([d for d in out.glob("trial-*") if len(runs.read_history(d)) == 1]) == 2
     assert (out / "summary.md").is_file()
 
 

@@ -18,6 +18,9 @@ from torch import nn
 OPTIMIZERS = ("adam", "sgd", "adamw")
 SCHEDULES = ("constant", "onecycle")
 MOMENTUM = 0.9  # SGD's; AdamW uses the seed's Adam betas
+# Images per pass of flip TTA (2x that through the network): measured for fast-cnn on a 2-core Zen 4,
+# 7,100 test images/s against 4,700 for whole 512-image batches, whose activations leave the caches.
+TTA_CHUNK = 256
 
 
 # ---------------------------------------------------------------------------------------------
@@ -110,6 +113,8 @@ class FlipAveraged(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
             return self.network(x)
+        if x.shape[0] > TTA_CHUNK:
+            return torch.cat([self(x[i:i + TTA_CHUNK]) for i in range(0, x.shape[0], TTA_CHUNK)])
         n = x.shape[0]
         logits = self.network(torch.cat([x, x.flip(2)]))  # (2N, 10): the images, then their mirrors
         return (logits[:n] + logits[n:]) / 2

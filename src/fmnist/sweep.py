@@ -202,7 +202,8 @@ def run_trials(todo: list[dict], out: Path, threads_per_trial: int = 1, workers:
         tuner = tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=True)
     else:
         tuner = tune.Tuner(trainable, param_space={"trial": tune.grid_search(todo)},
-                           tune_config=tune.TuneConfig(max_concurrent_trials=workers),
+                           # reuse_actors: a worker process trains trial after trial (torch loads once)
+                           tune_config=tune.TuneConfig(max_concurrent_trials=workers, reuse_actors=True),
                            run_config=tune.RunConfig(name="tune", storage_path=str(out), verbose=verbose))
     grid = tuner.fit()
     by_dir = {result.config["trial"]["run_dir"]: result for result in grid if result.metrics}
