@@ -187,7 +187,7 @@ def reproduce(model_names: Iterable[str] = (models.DEFAULT,), seeds: int = 1, ou
     over seeds per model, and with several models a comparison (comparison.md). Returns the summaries.
     `on_seed(model, seed, metrics, report_html)` is called after each seed. With `workers` (or a Ray
     `address`), each model's seeds train in parallel on Ray (`fmnist[sweep]`), `threads` each."""
-    from fmnist import report
+    from fmnist import evaluate, report
 
     out, names = Path(out), list(dict.fromkeys(model_names))
     configs = {(name, seed): training.TrainConfig.for_model(name, seed=seed, **settings)  # all checked first
@@ -196,13 +196,18 @@ def reproduce(model_names: Iterable[str] = (models.DEFAULT,), seeds: int = 1, ou
     for name in names:
         model_out = out / name if len(names) > 1 else out
         results, histories = {}, {}
-        if workers or address:
+        parallel = bool(workers or address)
+        if parallel:  # training, evaluation and report of each seed, as trials on Ray
             train_in_parallel([configs[name, s] for s in range(first_seed, first_seed + seeds)], model_out,
                               workers, address)
         for seed in range(first_seed, first_seed + seeds):
             run = reproduce_seed(configs[name, seed], model_out / f"seed-{seed}", show_progress)
-            results[seed], histories[seed] = run.evaluate(device=configs[name, seed].device), run.history
-            html_path, _ = run.report()
+            if parallel:
+                results[seed], html_path = evaluate.load_metrics(run.path), run.path / runs.REPORT_HTML
+            else:
+                results[seed] = run.evaluate(device=configs[name, seed].device)
+                html_path, _ = run.report()
+            histories[seed] = run.history
             if on_seed is not None:
                 on_seed(name, seed, results[seed], html_path)
         summaries[name] = report.seed_summary(results, histories)
@@ -215,11 +220,12 @@ def reproduce(model_names: Iterable[str] = (models.DEFAULT,), seeds: int = 1, ou
 
 def train_in_parallel(configs: list[training.TrainConfig], out: Path, workers: int | None,
                       address: str | None) -> None:
-    """Seeds as trials of the sweep engine (Ray Tune): run directories out/seed-N, Tune's state in out/tune."""
+    """Seeds as trials of the sweep engine (Ray Tune), each trained, evaluated and reported in its worker:
+    run directories out/seed-N, Tune's state in out/tune."""
     from fmnist import sweep
 
     per_trial = configs[0].threads or 1
-    todo = [{"model": c.model, "seed": c.seed, "threads": per_trial, "configuration": {},
+    todo = [{"model": c.model, "seed": c.seed, "threads": per_trial, "configuration": {}, "report": True,
              "settings": {k: v for k, v in dataclasses.asdict(c).items() if k not in sweep.FIXED_BY_TRIAL},
              "run_dir": str((out / f"seed-{c.seed}").resolve())} for c in configs]
     sweep.run_trials(todo, out.resolve(), per_trial, workers, address)

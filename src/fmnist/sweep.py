@@ -136,7 +136,8 @@ def trials(sweep: SweepConfig, out: Path, threads_per_trial: int) -> list[dict]:
 
 
 def run_trial(trial: dict) -> dict:
-    """One trial in a Ray worker (or in this process): train or continue its run; validation figures.
+    """One trial in a Ray worker (or in this process): train or continue its run (and with "report",
+    evaluate it and write its report); validation figures.
 
     The run directory is the trial's whole state: a trial that was cut off resumes from its checkpoint,
     a finished one is only read."""
@@ -147,6 +148,11 @@ def run_trial(trial: dict) -> dict:
                                             **trial["settings"])
     if len(runs.read_history(run_dir)) < config.epochs:
         training.fit(config, run_dir, resume=(run_dir / runs.CONFIG).is_file())
+    if trial.get("report"):  # reproduce's seeds: every one is tested, so in parallel too
+        from fmnist import evaluate, report
+
+        evaluate.evaluate_run(run_dir)
+        report.write_report(run_dir)
     history = runs.read_history(run_dir)
     return {"val_accuracy": history[-1]["val_accuracy"], "val_loss": history[-1]["val_loss"],
             "seconds": runs.elapsed(history)[-1], "node": node_id()}
