@@ -215,7 +215,7 @@ def check_size(path: Path, max_bytes: int) -> None:
 def read_keras_v3(path: Path) -> dict[str, torch.Tensor]:
     check_size(path, MAX_ARCHIVE_BYTES)
     with zipfile.ZipFile(path) as archive:
-        names = check_architecture(parse_config(read_member(archive, "config.json", MAX_CONFIG_BYTES), str(path)))
+        check_architecture(parse_config(read_member(archive, "config.json", MAX_CONFIG_BYTES), str(path)))
         weights = io.BytesIO(read_member(archive, "model.weights.h5", MAX_WEIGHTS_BYTES))
     with h5py.File(weights, "r") as handle:
         return read_state(handle, keras3_paths(), str(path))
