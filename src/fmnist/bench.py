@@ -165,8 +165,7 @@ def time_epoch(name: str, num_train: int, num_val: int, batch_size: int, device:
     labels = torch.randint(0, 10, (num_train + num_val,), device=device)
     network = models.get(name).build(config.dropout).to(device)
     optimizer = training.make_optimizer(network, config)
-    schedule = training.schedule_of(config, math.ceil(num_train / batch_size))
-    rates = None if schedule is None else [schedule(step) for step in range(math.ceil(num_train / batch_size))]
+    rates = training.epoch_rates(config, 0, math.ceil(num_train / batch_size))
     synchronize(device)
     start = time.perf_counter()
     loss, _ = training.train_one_epoch(network, optimizer, images[:num_train], labels[:num_train], batch_size,

@@ -167,6 +167,12 @@ def schedule_of(config: TrainConfig, steps_per_epoch: int) -> Callable[[int], fl
     return lambda step: recipe.learning_rate(step, total, config.learning_rate, config.schedule, config.warmup)
 
 
+def epoch_rates(config: TrainConfig, epoch: int, steps_per_epoch: int) -> list[float] | None:
+    """Each step's learning rate in epoch `epoch` (0-based), computed once per epoch; None if constant."""
+    schedule = schedule_of(config, steps_per_epoch)
+    return None if schedule is None else [schedule(epoch * steps_per_epoch + step) for step in range(steps_per_epoch)]
+
+
 # ---------------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class Shard:
@@ -404,8 +410,7 @@ def run_epoch(state: TrainingState, network, train_data, val_data, config: Train
     """Train one epoch, validate, and return its history row."""
     start = time.perf_counter()
     steps = math.ceil(len(train_data[0]) / config.batch_size)
-    schedule = schedule_of(config, steps)
-    rates = None if schedule is None else [schedule(state.epoch * steps + step) for step in range(steps)]
+    rates = epoch_rates(config, state.epoch, steps)
     loss, accuracy = train_one_epoch(network, state.optimizer, *train_data, config.batch_size, state.generator,
                                      on_step, shard, config.precision, config.flip, config.shift,
                                      config.label_smoothing, rates)
