@@ -5,6 +5,8 @@ import gzip
 import hashlib
 import http.server
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -157,3 +159,42 @@ def run_cli(capsys, *args) -> tuple[int, str, str]:
         code = exit_.code
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+# The reference for "same seed, same weights in any process": one epoch of the seed network on 1,200 images.
+DETERMINISM_RUN = {"epochs": 1, "limit": 1200, "threads": 1, "seed": 1}
+
+
+def fresh_environment() -> dict:
+    """This environment without what `import fmnist` set in it: a new process starts as a user's would."""
+    return {k: v for k, v in os.environ.items() if k not in ("MKL_CBWR", "GOMP_SPINCOUNT")}
+
+
+@pytest.fixture(scope="session")
+def fresh_cli_run(tmp_path_factory):
+    """DETERMINISM_RUN trained by `fmnist train` in a new process (the reference every other process must equal)."""
+    require_real_data()
+    out = tmp_path_factory.mktemp("fresh") / "run"
+    flags = [f"--{name}={value}" for name, value in DETERMINISM_RUN.items()]
+    result = subprocess.run([sys.executable, "-m", "fmnist", "train", *flags, "--quiet", "--out", str(out)],
+                            capture_output=True, text=True, env=fresh_environment())
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+def weights_of(run_dir) -> dict:
+    import safetensors.torch
+
+    from fmnist import runs
+
+    return safetensors.torch.load_file(str(Path(run_dir) / runs.WEIGHTS))
+
+
+def assert_same_weights(run_a, run_b) -> None:
+    """Bit for bit, tensor for tensor."""
+    import torch
+
+    a, b = weights_of(run_a), weights_of(run_b)
+    assert a.keys() == b.keys()
+    different = {k: (a[k] - b[k]).abs().max().item() for k in a if not torch.equal(a[k], b[k])}
+    assert not different, f"weights differ (largest difference per tensor): {different}"

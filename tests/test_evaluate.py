@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import subprocess
 import sys
@@ -124,3 +125,8 @@ def test_time_to_accuracy_and_the_seed_summary():
     assert summary["seeds"][1]["seconds"] == 20.0 and summary["stats"]["seconds"]["mean"] == 27.5
     table = report.summary_markdown(summary)
     assert "| 0 | 0.9100 | 0.3000 | 0.9500 | 0.1000 | 35 s | 20 s / never |" in table
+    assert "| std | 0.0000 | 0.0000 | 0.0000 | 0.0000 | 11 s | 0 s / – |" in table  # never reached: no spread
+    # One seed: every spread is undefined, not 0.
+    single = report.summary_markdown(report.seed_summary({0: metrics}, {0: rows}))
+    assert "| std | – | – | – | – | – | – / – |" in single and "| mean | 0.9100 |" in single
+    assert math.isnan(report.seed_summary({0: metrics}, {0: rows})["stats"]["test_accuracy"]["std"])

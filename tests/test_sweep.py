@@ -16,11 +16,9 @@ import time
 from pathlib import Path
 
 import pytest
-import safetensors.torch
-import torch
 
-from conftest import require_real_data, run_cli
-from fmnist import runs, sweep, training
+from conftest import DETERMINISM_RUN, assert_same_weights, require_real_data, run_cli
+from fmnist import runs, sweep, threads
 
 TINY = {"epochs": 1, "limit": 1200}
 SPACE = {"learning_rate": [0.001, 0.003]}
@@ -35,10 +33,6 @@ def local_ray():
     ray.shutdown()
 
 
-def weights(run_dir) -> dict:
-    return safetensors.torch.load_file(str(Path(run_dir) / runs.WEIGHTS))
-
-
 def test_a_tiny_sweep_in_parallel_equals_the_same_trials_in_sequence(tmp_path, local_ray):
     require_real_data()
     config = sweep.SweepConfig(model="seed-cnn", space=SPACE, fixed=TINY, seeds=2)
@@ -47,8 +41,7 @@ def test_a_tiny_sweep_in_parallel_equals_the_same_trials_in_sequence(tmp_path, l
     sequential = sweep.run_sequentially(config, tmp_path / "sequential", threads_per_trial=1)
     for a, b in zip(parallel, sequential):
         assert a["val_accuracy"] == b["val_accuracy"] and Path(a["run_dir"]).name == Path(b["run_dir"]).name
-        wa, wb = weights(a["run_dir"]), weights(b["run_dir"])
-        assert all(torch.equal(wa[k], wb[k]) for k in wa)
+        assert_same_weights(a["run_dir"], b["run_dir"])
     summary = sweep.summarise(parallel)
     means = {row["configuration"]: row["val_accuracy_mean"] for row in summary["configurations"]}
     assert summary["chosen"] == max(means, key=means.get)  # chosen on validation
@@ -60,17 +53,22 @@ def test_a_tiny_sweep_in_parallel_equals_the_same_trials_in_sequence(tmp_path, l
     assert "(chosen)" in (tmp_path / "parallel" / "summary.md").read_text()
 
 
-def test_reproduce_with_workers_trains_seeds_on_ray_like_one_after_another(tmp_path, capsys, local_ray):
+def test_reproduce_with_workers_trains_seeds_on_ray_like_a_fresh_cli_run(tmp_path, capsys, local_ray, fresh_cli_run):
     require_real_data()
-    code, _, err = run_cli(capsys, "reproduce", "--epochs", 1, "--limit", 1200, "--seeds", 2, "--threads", 1,
+    code, _, err = run_cli(capsys, "reproduce", "--epochs", DETERMINISM_RUN["epochs"], "--limit",
+                           DETERMINISM_RUN["limit"], "--seeds", 2, "--threads", DETERMINISM_RUN["threads"],
                            "--quiet", "--workers", 2, "--out", tmp_path / "parallel")
     assert code == 0, err
     summary = json.loads((tmp_path / "parallel" / "summary.json").read_text())
     assert set(summary["seeds"]) == {"0", "1"} and (tmp_path / "parallel" / "seed-1" / runs.REPORT_HTML).is_file()
-    alone = training.fit(training.TrainConfig(epochs=1, limit=1200, threads=1, seed=1), tmp_path / "alone")
-    assert alone[-1]["val_accuracy"] == runs.read_history(tmp_path / "parallel" / "seed-1")[-1]["val_accuracy"]
-    wa, wb = weights(tmp_path / "parallel" / "seed-1"), weights(tmp_path / "alone")
-    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    # Seed 1 trained in a Ray worker equals the same run trained by `fmnist train` in a new process.
+    assert runs.read_config(tmp_path / "parallel" / "seed-1")["seed"] == DETERMINISM_RUN["seed"]
+    ray_trial, fresh = tmp_path / "parallel" / "seed-1", fresh_cli_run
+    assert runs.read_history(ray_trial)[-1]["val_accuracy"] == runs.read_history(fresh)[-1]["val_accuracy"]
+    assert_same_weights(ray_trial, fresh)
+    # ...and both ran MKL alike: in its reproducible mode, where this torch has MKL.
+    machines = [runs.read_config(run)["machine"] for run in (ray_trial, fresh)]
+    assert machines[0]["mkl_cbwr"] == machines[1]["mkl_cbwr"] == threads.mkl_cnr_branch()
 
 
 def sweep_command(out: Path, *extra) -> list[str]:

@@ -212,11 +212,13 @@ def test_every_state_a_kill_leaves_is_resumable(tmp_path, state):
 def test_resume_never_replaces_the_best_weights_with_worse(tmp_path):
     require_real_data()
     run_dir = tmp_path / "run"
-    history = training.fit(training.TrainConfig(epochs=3, seed=0, **QUICK), run_dir)
+    training.fit(training.TrainConfig(epochs=1, seed=0, **QUICK), run_dir)
+    older = (run_dir / runs.CHECKPOINT).read_bytes()
+    history = training.fit(training.load_config(run_dir, epochs=3), run_dir, resume=True)
     best = (run_dir / runs.BEST_WEIGHTS).read_bytes()
-    assert history[0]["val_loss"] > min(row["val_loss"] for row in history)
-    (run_dir / runs.CHECKPOINT).unlink()  # what the damaged-checkpoint error suggests: restart from epoch 0
-    training.fit(training.load_config(run_dir, epochs=1), run_dir, resume=True)
+    assert history[1]["val_loss"] > min(row["val_loss"] for row in history)
+    (run_dir / runs.CHECKPOINT).write_bytes(older)  # an older checkpoint restored: history is ahead of it
+    training.fit(training.load_config(run_dir, epochs=2), run_dir, resume=True)  # epoch 2 again, not the best
     assert (run_dir / runs.BEST_WEIGHTS).read_bytes() == best
 
 
@@ -254,6 +256,20 @@ def test_damaged_checkpoint_epoch_is_one_line_from_the_cli(tmp_path, capsys, tra
     runs.save_checkpoint(run_dir / runs.CHECKPOINT, saved)
     code, _, err = run_cli(capsys, "train", "--resume", run_dir, "--epochs", 4)
     assert code == 2 and err.startswith("error:") and "damaged (epoch 'two')" in err, err
+
+
+def test_a_finished_run_without_its_checkpoint_is_refused_never_trained_over(tmp_path, capsys, trained_run):
+    run_dir = tmp_path / "seed-0"  # where reproduce keeps seed 0
+    shutil.copytree(trained_run, run_dir)
+    (run_dir / runs.CHECKPOINT).unlink()
+    kept = {name: (run_dir / name).read_bytes() for name in (runs.HISTORY, runs.WEIGHTS, runs.BEST_WEIGHTS)}
+    for args in (["train", "--resume", run_dir, "--epochs", 4],
+                 ["reproduce", "--epochs", 4, "--limit", 12_000, "--threads", 2, "--quiet", "--out", tmp_path]):
+        code, _, err = run_cli(capsys, *args)
+        assert code == 2 and err.startswith("error:") and "holds 3 finished epochs" in err, err
+        assert "restore the checkpoint" in err and len(err.strip().splitlines()) == 1
+        assert all((run_dir / name).read_bytes() == content for name, content in kept.items()), "run replaced"
+        assert not (run_dir / runs.CHECKPOINT).exists()
 
 
 @pytest.mark.parametrize("name, content, command", [

@@ -1,14 +1,22 @@
 """The package as people install it: a wheel, built from the sdist, installed in a fresh venv outside the
-source tree, runs the CLI, serves its page (static files included) and imports the API."""
+source tree, runs the CLI, serves its page (static files included) and imports the API.
+
+The venv holds the wheel and exactly the distributions its metadata asks for (with theirs), linked from
+the environment this suite runs in — never the base interpreter's packages, nothing downloaded — so a
+runtime dependency missing from pyproject.toml fails here, and `pip check` proves the metadata consistent."""
 from __future__ import annotations
 
+import email.parser
+import importlib.metadata
 import socket
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import httpx
+from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,18 +38,60 @@ def wait_until_up(url: str, server: subprocess.Popen) -> None:
     raise AssertionError(f"the server exited: {server.stderr.read()}")
 
 
-def test_the_wheel_installs_and_works_outside_the_source_tree(tmp_path, trained_run):
+def wheel_requirements(wheel: Path) -> list[Requirement]:
+    """The Requires-Dist lines of a wheel's METADATA."""
+    with zipfile.ZipFile(wheel) as archive:
+        name = next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
+        fields = email.parser.Parser().parsestr(archive.read(name).decode())
+    return [Requirement(line) for line in fields.get_all("Requires-Dist") or []]
+
+
+def runtime_closure(requirements: list[Requirement]) -> dict[str, importlib.metadata.Distribution]:
+    """The installed distributions these requirements need at run time (no extras), and theirs, recursively."""
+    needed, todo = {}, list(requirements)
+    while todo:
+        requirement = todo.pop()
+        if requirement.marker is not None and not requirement.marker.evaluate({"extra": ""}):
+            continue
+        key = requirement.name.lower().replace("_", "-")
+        if key in needed:
+            continue
+        distribution = importlib.metadata.distribution(requirement.name)  # not installed: this test fails
+        assert distribution.version in requirement.specifier or not requirement.specifier, (requirement, distribution.version)
+        needed[key] = distribution
+        todo += [Requirement(line) for line in distribution.requires or []]
+    return needed
+
+
+def link_distributions(distributions, site_packages: Path) -> None:
+    """Each distribution's top-level files and folders (by its RECORD), linked into site_packages."""
+    for distribution in distributions.values():
+        assert distribution.files is not None, f"{distribution.metadata['Name']} has no RECORD"
+        tops = {file.parts[0] for file in distribution.files if file.parts[0] not in ("..", "__pycache__")}
+        for top in tops:
+            target = site_packages / top
+            if not target.exists():
+                target.symlink_to(Path(distribution.locate_file(top)))
+
+
+def test_the_wheel_installs_and_works_outside_the_source_tree(tmp_path, trained_run, monkeypatch):
+    monkeypatch.delenv("PYTHONPATH", raising=False)  # the venv sees only its own site-packages
     # sdist first, then the wheel from the unpacked sdist: what the sdist leaves out, the wheel lacks too.
     built = subprocess.run([sys.executable, "-m", "build", "--no-isolation", "--outdir", str(tmp_path / "dist"),
                             str(ROOT)], capture_output=True, text=True, timeout=300)
     assert built.returncode == 0, built.stderr[-3000:]
     wheel = next((tmp_path / "dist").glob("fmnist-*.whl"))
-    # The venv reuses this environment's torch and friends (no download); fmnist itself comes from the wheel.
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(tmp_path / "venv")], check=True)
+    # A bare venv; the wheel's own requirements linked in from this environment; fmnist from the wheel.
+    subprocess.run([sys.executable, "-m", "venv", str(tmp_path / "venv")], check=True)
     python, fmnist_cli = tmp_path / "venv/bin/python", tmp_path / "venv/bin/fmnist"
+    site_packages = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                        capture_output=True, text=True, check=True).stdout.strip())
+    link_distributions(runtime_closure(wheel_requirements(wheel)), site_packages)
     installed = subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)],
                                capture_output=True, text=True, cwd=tmp_path)
     assert installed.returncode == 0, installed.stderr
+    checked = subprocess.run([str(python), "-m", "pip", "check"], capture_output=True, text=True, cwd=tmp_path)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
     where = subprocess.run([str(python), "-c", "import fmnist, pathlib; print(pathlib.Path(fmnist.__file__).parent);"
                             "print(sorted(fmnist.__all__)); print(fmnist.train.__doc__ is not None)"],
                            capture_output=True, text=True, cwd=tmp_path)

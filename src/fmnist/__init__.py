@@ -9,20 +9,26 @@ The Python API (the CLI is a thin layer over it; examples in fmnist.api):
 
 Names load on first use, so that `import fmnist` (and the CLI's help) stays quick without torch.
 """
-from typing import TYPE_CHECKING
+import typing as _typing
 
 from fmnist import threads as _threads
 
 _threads.SET_BY_FMNIST = _threads.configure_waiting()  # before anything imports torch: OpenMP reads it as it loads
+_threads.configure_reproducibility()  # before torch's first matrix product: MKL reads it then
 __version__ = "0.1.0"
 
 _API = {"CLASS_NAMES": "fmnist.api", "Predictions": "fmnist.api", "Run": "fmnist.api", "load_data": "fmnist.api",
         "open_run": "fmnist.api", "reproduce": "fmnist.api", "train": "fmnist.api", "TrainConfig": "fmnist.training"}
 __all__ = sorted(_API)
 
-if TYPE_CHECKING:
+if _typing.TYPE_CHECKING:
     from fmnist.api import CLASS_NAMES, Predictions, Run, load_data, open_run, reproduce, train
     from fmnist.training import TrainConfig
+
+
+def __dir__() -> list[str]:
+    """The API with the module's own names, so that completion and help() show what __getattr__ loads."""
+    return sorted(set(globals()) | set(__all__))
 
 
 def __getattr__(name: str):

@@ -226,26 +226,34 @@ def seed_summary(results: dict[int, dict], histories: dict[int, list[dict]]) -> 
     stats = {}
     for key in per_seed[next(iter(per_seed))]:
         values = np.array([row[key] for row in per_seed.values()], dtype=float)  # None (never reached): NaN
-        single = 0.0 if np.isfinite(values).all() else math.nan  # one seed: no spread, unless never reached
-        stats[key] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else single,
+        # One seed has no spread: its standard deviation is undefined (NaN, printed "–"), not 0.
+        stats[key] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else math.nan,
                       "min": float(values.min()), "max": float(values.max())}
     return {"seeds": per_seed, "stats": stats, "published": PUBLISHED}
+
+
+UNDEFINED = "–"  # a spread over one seed, or over times never reached
 
 
 def summary_markdown(summary: dict) -> str:
     def seconds(value, never: str = "never") -> str:  # None or NaN: not reached (or not recorded)
         return never if value is None or math.isnan(value) else f"{value:.0f} s"
 
-    def cells(row: dict) -> str:
-        times = " / ".join(seconds(row.get(f"seconds_to_{a}")) for a in TIME_TO)
-        return (f"{row['test_accuracy']:.4f} | {row['test_loss']:.4f} | {row['train_accuracy']:.4f} | "
-                f"{row['train_loss']:.4f} | {seconds(row.get('seconds'), '')} | {times} |")
+    def figure(value: float) -> str:
+        return UNDEFINED if math.isnan(value) else f"{value:.4f}"
+
+    def cells(row: dict, never: str = "never") -> str:
+        times = " / ".join(seconds(row.get(f"seconds_to_{a}"), never) for a in TIME_TO)
+        return (f"{figure(row['test_accuracy'])} | {figure(row['test_loss'])} | {figure(row['train_accuracy'])} | "
+                f"{figure(row['train_loss'])} | {seconds(row.get('seconds'), never if never == UNDEFINED else '')} | "
+                f"{times} |")
 
     lines = ["| seed | test accuracy | test loss | training accuracy | training loss | training time | "
              f"validation {' / '.join(map(str, TIME_TO))} reached after |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {seed} | {cells(row)}" for seed, row in summary["seeds"].items()]
     for stat in ("mean", "std", "min", "max"):
-        lines.append(f"| {stat} | {cells({key: values[stat] for key, values in summary['stats'].items()})}")
+        row = {key: values[stat] for key, values in summary["stats"].items()}
+        lines.append(f"| {stat} | {cells(row, UNDEFINED if stat == 'std' else 'never')}")
     lines.append(f"| original report (1 run) | {PUBLISHED['test_accuracy']:.4f} | {PUBLISHED['test_loss']:.4f} | "
                  f"{PUBLISHED['train_accuracy']:.4f} | {PUBLISHED['train_loss']:.4f} | | |")
     return "\n".join(lines) + "\n"

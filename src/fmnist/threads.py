@@ -13,15 +13,29 @@ Two facts, measured with benchmarks/contention.py (README, "Speed on a shared ma
   `default_spinning`.
 - PyTorch starts a thread per CPU it sees, but a container's CPU quota (cgroup) can be lower than that:
   `available_cpus` counts the CPUs of the affinity mask, capped by the quota.
+
+And one for "same seed, same weights" in any process (README, "Reproducibility"):
+- MKL (PyTorch's CPU matrix products) promises bitwise equal results from run to run only in its
+  conditional numerical reproducibility (CNR) mode; outside it, its code path may depend on the
+  buffers' alignment and on its threading state. `configure_reproducibility` turns the mode on at
+  `import fmnist` (MKL reads MKL_CBWR at its first call and cannot change it after), unless the user
+  chose a branch; `mkl_cnr_branch` reads back what MKL runs with, and each run records it.
+- `use` always applies the thread count through torch.set_num_threads, which also sets MKL's own
+  count and turns its dynamic threading off: a Ray worker starts with OMP_NUM_THREADS=1 and would
+  otherwise keep MKL's defaults, unlike the CLI.
 """
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import math
 import os
 from pathlib import Path
 
 SPIN_COUNT = 1000  # libgomp's spin rounds before a waiting thread sleeps (its default: 300,000)
+MKL_BRANCH = "AUTO"  # MKL's CNR mode on the code path MKL chooses for this CPU (measured: no slower, Zen 5)
+MKL_BRANCHES = {1: "OFF", 2: "AUTO", 3: "COMPATIBLE"}  # mkl_cbwr_get's codes (mkl_cbwr.h); others: an ISA
 CGROUP = Path("/sys/fs/cgroup")
 
 
@@ -34,6 +48,35 @@ def configure_waiting(environ=os.environ) -> bool:
 
 
 SET_BY_FMNIST = False  # whether `import fmnist` set GOMP_SPINCOUNT (__init__.py)
+
+
+def configure_reproducibility(environ=os.environ) -> bool:
+    """MKL's reproducible (CNR) mode for the MKL loaded next, unless the user chose MKL_CBWR; True if set."""
+    if "MKL_CBWR" in environ:
+        return False
+    environ["MKL_CBWR"] = MKL_BRANCH
+    return True
+
+
+@functools.cache
+def _mkl_cbwr_get():
+    """MKL's mkl_cbwr_get inside PyTorch's CPU library (MKL is linked in statically); None where absent."""
+    import torch
+
+    try:
+        return ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so")).mkl_serv_cbwr_get
+    except (OSError, AttributeError):  # another build of torch (no MKL, another name): nothing to read
+        return None
+
+
+def mkl_cnr_branch() -> str | None:
+    """The CNR branch MKL runs with in this process ("AUTO"; "OFF" where MKL ran before fmnist set it, or
+    the user turned it off); None where this torch has no MKL to ask."""
+    get = _mkl_cbwr_get()
+    if get is None:
+        return None
+    code = get(1)  # MKL_CBWR_BRANCH
+    return MKL_BRANCHES.get(code, f"branch {code}")
 
 
 @contextlib.contextmanager
@@ -76,11 +119,13 @@ def available_cpus(affinity: set[int] | None = None, quota: float | None = -1.0)
 
 
 def use(threads: int | None = None) -> int:
-    """Set PyTorch's intra-op threads: `threads`, else OMP_NUM_THREADS where set (torchrun sets 1), else
-    what `available_cpus` allows. Returns the count."""
+    """Set PyTorch's intra-op threads: `threads`, else OMP_NUM_THREADS where set (torchrun sets 1, Ray
+    the task's CPUs), else what `available_cpus` allows. Returns the count.
+
+    Always through torch.set_num_threads, even when the count is already right: it also fixes MKL's
+    count and dynamic threading, so every process (the CLI, a Ray worker, a notebook) runs MKL alike."""
     import torch
 
     count = threads or (torch.get_num_threads() if "OMP_NUM_THREADS" in os.environ else available_cpus()[0])
-    if torch.get_num_threads() != count:
-        torch.set_num_threads(count)
+    torch.set_num_threads(count)
     return count

@@ -13,6 +13,7 @@ import os
 import platform
 import time
 import typing
+import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -277,7 +278,7 @@ class TrainingState:
             raise
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
             raise errors.RunError(f"{where} is damaged ({type(exc).__name__}: {exc}); "
-                                  f"delete it to restart the run from epoch 0") from None
+                                  f"restore it, or start a new run in another directory") from None
         self.epoch = checkpoint_epoch(saved, where)
 
 
@@ -321,7 +322,8 @@ def describe_machine(device: torch.device) -> dict:
     return {"fmnist": fmnist.__version__, "torch": torch.__version__, "python": platform.python_version(),
             "device": str(device), "device_name": name, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
             "available_cpus": available, "cpu_limit": why,
-            "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
+            "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+            "mkl_cbwr": threads.mkl_cnr_branch()}
 
 
 def save_epoch(run_dir: Path, state: TrainingState, best_val_loss: float, tta: bool) -> float:
@@ -356,6 +358,10 @@ def start_or_resume(config: TrainConfig, run_dir: Path, resume: bool, device: to
         if len(state.history) < state.epoch:
             raise errors.RunError(f"{run_dir / runs.HISTORY} holds {len(state.history)} epochs but the checkpoint "
                                   f"is at epoch {state.epoch}: restore history.json, or start a new run")
+    elif resume and runs.read_history(run_dir):  # finished epochs and no checkpoint: never train over them
+        raise errors.RunError(f"{checkpoint} is missing but {run_dir / runs.HISTORY} holds "
+                              f"{len(runs.read_history(run_dir))} finished epochs: restore the checkpoint to "
+                              f"continue, or start a new run in another directory")
     elif write:
         if not resume:
             runs.write_json(run_dir / runs.CONFIG, {**dataclasses.asdict(config),
@@ -374,10 +380,19 @@ def flush_denormals() -> None:
     torch.set_flush_denormal(True)
 
 
+def check_reproducible_mode() -> None:
+    """Warn where MKL runs outside its reproducible mode because torch computed before `import fmnist`."""
+    if os.environ.get("MKL_CBWR") == threads.MKL_BRANCH and threads.mkl_cnr_branch() == "OFF":
+        warnings.warn("fmnist: torch ran matrix products before fmnist was imported, so MKL's reproducible mode "
+                      "is off in this process and its weights may differ from another process's by rounding; "
+                      "import fmnist before torch (or set MKL_CBWR=AUTO before starting Python)", stacklevel=3)
+
+
 def setup(config: TrainConfig) -> tuple[Shard, torch.device]:
     """Threads, determinism, and (under torchrun) the process group: gloo on CPU, NCCL on GPU."""
     flush_denormals()
     threads.use(config.threads)
+    check_reproducible_mode()
     torch.use_deterministic_algorithms(True, warn_only=True)
     # ...but without its debugging aid of filling every new tensor with NaN: nothing here reads memory
     # before writing it, and the fills cost ~10 % of a BatchNorm network's step (measured, fast-cnn).
