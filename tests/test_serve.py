@@ -1,6 +1,7 @@
 """The HTTP server: a real uvicorn server on a loopback port, real requests, and the page in Chromium."""
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import io
 import logging
@@ -111,16 +112,53 @@ def test_bad_requests_get_json_errors_and_server_keeps_serving(server, photos):
     assert httpx.post(f"{server}/predict", content=photos[0][0], headers={"Content-Type": "image/jpeg"}).status_code == 200
 
 
-def test_fifty_concurrent_requests(server, photos):
-    def ask(index):
-        raw, name = photos[index % len(photos)]
-        reply = httpx.post(f"{server}/predict", content=raw, headers={"Content-Type": "image/jpeg"}, timeout=60)
-        return reply.status_code, reply.json()["predictions"][0]["top"][0]["class"], name
+def test_a_burst_of_200_concurrent_requests_is_all_answered_as_one_at_a_time(server, photos):
+    async def burst() -> list:
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=0)  # a connection each
+        async with httpx.AsyncClient(limits=limits, timeout=120) as client:
+            return await asyncio.gather(*(client.post(f"{server}/predict", content=photos[i % len(photos)][0],
+                                                      headers={"Content-Type": "image/jpeg"}) for i in range(200)))
+    replies = asyncio.run(burst())
+    assert [reply.status_code for reply in replies] == [200] * 200
+    alone = [httpx.post(f"{server}/predict", content=raw, headers={"Content-Type": "image/jpeg"}).json()
+             for raw, _ in photos]
+    for i, reply in enumerate(replies):
+        got, expected = reply.json()["predictions"][0], alone[i % len(photos)]["predictions"][0]
+        assert [t["class"] for t in got["top"]] == [t["class"] for t in expected["top"]]
+        assert got["top"][0]["class"] == photos[i % len(photos)][1]
+        assert max(abs(a["probability"] - b["probability"]) for a, b in zip(got["top"], expected["top"])) <= 1e-6
+        assert got["preprocessed"] == expected["preprocessed"]
+    assert httpx.get(f"{server}/health").json()["work_queue"]["images"] == 0  # everything admitted was released
 
-    with concurrent.futures.ThreadPoolExecutor(max_workers=50) as pool:
-        answers = list(pool.map(ask, range(50)))
-    assert all(status == 200 and got == expected for status, got, expected in answers)
-    assert httpx.get(f"{server}/health").status_code == 200
+
+def test_half_open_connections_do_not_stop_predictions(server, photos):
+    address = ("127.0.0.1", int(server.rsplit(":", 1)[1]))
+    held = [socket.create_connection(address) for _ in range(300)]  # three times the old connection cap
+    try:
+        for sock in held:
+            sock.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # and never the rest
+        reply = httpx.post(f"{server}/predict", content=photos[0][0], headers={"Content-Type": "image/jpeg"})
+        assert reply.status_code == 200 and reply.json()["predictions"][0]["top"][0]["class"] == photos[0][1]
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_a_full_work_queue_answers_503_with_retry_after(trained_run, photos):
+    small = png(PIL.Image.new("L", (28, 28), 30))
+    for url in running(serve.create_app(trained_run, work_queue=2), log_level="warning"):
+        files = [("file", (f"{i}.png", small, "image/png")) for i in range(3)]  # more than the queue holds
+        refused = httpx.post(f"{url}/predict", files=files)
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+        assert "work queue is full" in refused.json()["detail"]
+        assert httpx.post(f"{url}/predict", files=files[:2]).status_code == 200  # within the bound: served
+    queue = serve.WorkQueue(max_images=4, max_bytes=100)
+    queue.admit(3)
+    with pytest.raises(errors.Busy):
+        queue.admit(2)
+    queue.charge_bytes(100)
+    with pytest.raises(errors.Busy):
+        queue.charge_bytes(1)
 
 
 @pytest.mark.skipif(not (shutil.which("chromium") and shutil.which("chromedriver")),
@@ -143,12 +181,27 @@ def test_page_in_headless_chromium(server, photos, tmp_path):
         image = tmp_path / "upload.jpg"
         image.write_bytes(raw)
         driver.get(server + "/")
+        # Before any image: a line that says what to do (no black square), the model, and examples to click.
+        empty = driver.find_element(By.ID, "empty")
+        assert empty.is_displayed() and "No image yet" in empty.text
+        assert not driver.find_element(By.ID, "preprocessed").is_displayed()
+        WebDriverWait(driver, 30).until(lambda d: "seed-cnn" in d.find_element(By.ID, "about").text)
+        WebDriverWait(driver, 30).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#examples button")) == 10)
+        examples = driver.find_elements(By.CSS_SELECTOR, "#examples button")
+        assert [e.get_attribute("data-class") for e in examples] == list(runs.data.CLASS_NAMES)
+        ARTIFACTS.mkdir(exist_ok=True)
+        driver.save_screenshot(str(ARTIFACTS / "serve-page-empty.png"))
+        examples[1].click()  # the test set's first trouser
+        WebDriverWait(driver, 30).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#results li")) == 3)
+        assert not empty.is_displayed() and driver.find_element(By.ID, "preprocessed").is_displayed()
         driver.find_element(By.ID, "file").send_keys(str(image))
+        WebDriverWait(driver, 30).until(  # the upload's results replace the example's
+            lambda d: d.find_elements(By.CSS_SELECTOR, "#results li")
+            and d.find_elements(By.CSS_SELECTOR, "#results li")[0].get_attribute("data-class") == name)
         WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#results li"))
         shown = driver.find_elements(By.CSS_SELECTOR, "#results li")
         assert len(shown) == 3 and shown[0].get_attribute("data-class") == name
         assert driver.find_element(By.ID, "preprocessed").get_attribute("src").startswith("data:image/png")
-        ARTIFACTS.mkdir(exist_ok=True)
         driver.save_screenshot(str(ARTIFACTS / "serve-page.png"))
     finally:
         driver.quit()

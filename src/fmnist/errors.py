@@ -40,3 +40,9 @@ class UnsupportedInput(InputError):
 class TooLarge(InputError):
     """Over a size limit: bytes, pixels, files per request, declared array sizes."""
     http_status = 413
+
+
+class Busy(FmnistError):
+    """The server's work queue is full: nothing was done; try again after `retry_after` seconds."""
+    http_status = 503
+    retry_after = 1

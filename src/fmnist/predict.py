@@ -113,14 +113,23 @@ def top_classes(probabilities: np.ndarray, k: int = 3) -> list[dict]:
     return [{"label": int(i), "class": data.CLASS_NAMES[i], "probability": float(probabilities[i])} for i in order]
 
 
-def classify(network, images: np.ndarray, k: int = 3) -> list[list[dict]]:
-    """Top-k classes for preprocessed (N, 28, 28) uint8 images."""
+def probabilities(network, images: np.ndarray) -> np.ndarray:
+    """(N, 10) float32 class probabilities for preprocessed (N, 28, 28) uint8 images."""
     device = next(network.parameters()).device
     with torch.inference_mode():
-        probabilities = training.predict_probabilities(network, training.to_tensor(images, device)).cpu().numpy()
-    if not np.isfinite(probabilities).all():  # JSON cannot hold NaN; weights are checked on load, but say so
+        rows = training.predict_probabilities(network, training.to_tensor(images, device)).cpu().numpy()
+    if not np.isfinite(rows).all():  # JSON cannot hold NaN; weights are checked on load, but say so
         raise errors.RunError("the model's output is not finite: its weights are damaged")
-    return [top_classes(row, k) for row in probabilities]
+    return rows
+
+
+def top_rows(rows: np.ndarray, k: int = 3) -> list[list[dict]]:
+    return [top_classes(row, k) for row in rows]
+
+
+def classify(network, images: np.ndarray, k: int = 3) -> list[list[dict]]:
+    """Top-k classes for preprocessed (N, 28, 28) uint8 images."""
+    return top_rows(probabilities(network, images), k)
 
 
 def expand_paths(paths: list[Path]) -> list[Path]:

@@ -1,21 +1,30 @@
 """Serve a run over HTTP: POST /predict, GET /health, and GET / (a page to try images by hand).
 
 Bad input gets a JSON error whose status is the error's type (errors.py): 413 for a body or image
-that is too large, 415 for something that is not an image, 400 for a damaged image or a bad form.
-What one client can cost is bounded:
-- a request: MAX_BYTES of body, MAX_FILES images, each decoded to at most predict.MAX_PIXELS and
-  shrunk at once (predict.WORKING_SIZE), at most CONCURRENT_DECODES images decoding at a time;
+that is too large, 415 for something that is not an image, 400 for a damaged image or a bad form,
+503 with Retry-After when the work queue is full.
+
+Admission is on work, not on sockets: connections are cheap, predictions are not.
 - a connection: the whole request must arrive within `request_timeout` seconds of the connection
-  (or of the previous response): slow or idle clients are dropped, and a dropped client is one log line;
-- the server: at most MAX_CONNECTIONS open connections (503 past that).
+  (or of the previous response): slow, idle and half-open clients are dropped (one log line each);
+  up to MAX_CONNECTIONS are held at once (bounded by the file descriptors, raised to the hard limit;
+  ~20 KB of memory each, measured in benchmarks/serve_load.py);
+- a request: MAX_BYTES of body, MAX_FILES images, each decoded to at most predict.MAX_PIXELS and
+  shrunk at once (predict.WORKING_SIZE), at most `decode_slots` images decoding at a time (the cores,
+  at most MAX_DECODES); all bodies in memory together at most BODY_BUDGET bytes;
+- the work: at most WORK_QUEUE images admitted (decoding or waiting for the model); past that, 503
+  with Retry-After. Admitted images go through the model in batches (batching.py).
 """
 from __future__ import annotations
 
+import asyncio
 import base64
+import functools
 import importlib.resources
 import io
 import ipaddress
 import logging
+import resource
 import threading
 from pathlib import Path
 
@@ -23,33 +32,58 @@ import fastapi
 import fastapi.concurrency
 import fastapi.middleware.trustedhost
 import fastapi.responses
-import h11
 import numpy as np
 import PIL.Image
 import starlette.requests
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from fmnist import data, errors, predict, runs
+from fmnist import batching, data, errors, predict, runs, threads
 
 MAX_BYTES = 5 * 1024 * 1024
 MAX_FILES = 32
-CONCURRENT_DECODES = 2   # decoding is the memory-hungry step: this many at once, whatever the thread pool
+MAX_DECODES = 4          # decoding is the memory-hungry step (up to ~70 MB an image): the cores, at most this many
+BODY_BUDGET = 256 * 1024 * 1024  # request bodies held in memory at once, all connections together
+WORK_QUEUE = 1024        # images admitted and not yet answered; past this, 503 + Retry-After
 REQUEST_TIMEOUT_S = 30
-MAX_CONNECTIONS = 100
+MAX_CONNECTIONS = 10_000  # open connections held at once (file descriptors permitting)
+INLINE_DECODE_BYTES = 16 * 1024   # uploads this small, of at most INLINE_DECODE_PIXELS, decode on the event
+INLINE_DECODE_PIXELS = 256 * 256  # loop (a thread hop costs more than decoding them: ~0.3 ms)
+EXAMPLES = 10            # test-set images offered on the page: the first of each class
 LOOPBACK_NAMES = ["127.0.0.1", "localhost"]
-PREVIEW_SCALE = 8  # the 28x28 view is sent at 224x224 so a browser shows sharp pixels
+PREVIEW_SCALE = 1  # the 28x28 view as the model sees it; the page scales it up sharp (CSS: pixelated)
 log = logging.getLogger("uvicorn.error")  # uvicorn's server log: shown at `fmnist serve`'s log level
 
 
-def png_data_url(pixels: np.ndarray) -> str:
-    image = PIL.Image.fromarray(pixels).resize((28 * PREVIEW_SCALE,) * 2, PIL.Image.Resampling.NEAREST)
+def png_data_url(pixels: np.ndarray, scale: int = PREVIEW_SCALE) -> str:
+    image = PIL.Image.fromarray(pixels).resize((28 * scale,) * 2, PIL.Image.Resampling.NEAREST)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-async def read_body(request: fastapi.Request, max_bytes: int) -> bytes:
-    """The request body, refused with 413 as soon as it exceeds `max_bytes`."""
+class WorkQueue:
+    """What the server holds at once: request bodies' bytes and admitted images. Used from the event loop only.
+
+    Both bounds refuse with errors.Busy (503 + Retry-After): work past them would only wait longer."""
+
+    def __init__(self, max_images: int = WORK_QUEUE, max_bytes: int = BODY_BUDGET):
+        self.max_images, self.max_bytes = max_images, max_bytes
+        self.images = self.bytes = 0
+
+    def charge_bytes(self, count: int) -> None:
+        if self.bytes + count > self.max_bytes:
+            raise errors.Busy(f"the server holds {self.bytes:,} bytes of requests: try again shortly")
+        self.bytes += count
+
+    def admit(self, count: int) -> None:
+        if self.images + count > self.max_images:
+            raise errors.Busy(f"the work queue is full ({self.images:,} of {self.max_images:,} images): "
+                              f"try again shortly")
+        self.images += count
+
+
+async def read_body(request: fastapi.Request, max_bytes: int, charge=lambda count: None) -> bytes:
+    """The request body, refused with 413 as soon as it exceeds `max_bytes`; `charge(n)` per chunk."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_bytes:
         raise fastapi.HTTPException(413, f"request body of {int(declared):,} bytes is over the limit of {max_bytes:,}")
@@ -59,6 +93,7 @@ async def read_body(request: fastapi.Request, max_bytes: int) -> bytes:
             total += len(chunk)
             if total > max_bytes:
                 raise fastapi.HTTPException(413, f"request body is over the limit of {max_bytes:,} bytes")
+            charge(len(chunk))
             chunks.append(chunk)
     except starlette.requests.ClientDisconnect:
         log.info("client %s went away after %s bytes of its request", request.client, f"{total:,}")
@@ -68,10 +103,10 @@ async def read_body(request: fastapi.Request, max_bytes: int) -> bytes:
     return body
 
 
-async def uploaded_images(request: fastapi.Request, max_bytes: int) -> list[tuple[str, bytes]]:
+async def uploaded_images(request: fastapi.Request, max_bytes: int, charge=lambda count: None) -> list[tuple[str, bytes]]:
     """(name, bytes) of every image in a multipart form, or the raw body as one image."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()  # case-insensitive
-    body = await read_body(request, max_bytes)
+    body = await read_body(request, max_bytes, charge)
     if content_type == "multipart/form-data":
         form = await request.form(max_files=MAX_FILES, max_fields=MAX_FILES)  # more: 400 from Starlette
         files = [(upload.filename or key, await upload.read()) for key, upload in form.multi_items()
@@ -84,25 +119,59 @@ async def uploaded_images(request: fastapi.Request, max_bytes: int) -> list[tupl
     raise fastapi.HTTPException(415, f"send an image (image/*), raw bytes or a multipart form, not {content_type!r}")
 
 
+def describe_run(run_dir: Path) -> dict:
+    """The model's name and, where the run was evaluated, its test accuracy (for /health and the page)."""
+    config = runs.read_config(run_dir)
+    metrics = runs.read_json(run_dir / runs.METRICS) if (run_dir / runs.METRICS).is_file() else {}
+    accuracy = metrics.get("test", {}).get("accuracy") if isinstance(metrics.get("test"), dict) else None
+    return {"model": config.get("model", "seed-cnn"), "test_accuracy": accuracy}
+
+
+def example_images(data_dir: str | None) -> list[dict]:
+    """The first test image of each class as a PNG data URL, with its class; [] without the dataset."""
+    try:
+        dataset = data.load(data_dir=data_dir, progress=False)
+    except errors.FmnistError:
+        return []
+    firsts = [int(np.flatnonzero(dataset.test_labels == label)[0]) for label in range(data.NUM_CLASSES)]
+    return [{"class": data.CLASS_NAMES[dataset.test_labels[i]], "index": i,
+             "image": png_data_url(dataset.test_images[i])} for i in firsts[:EXAMPLES]]
+
+
 def create_app(run_dir: Path, max_bytes: int = MAX_BYTES, max_pixels: int = predict.MAX_PIXELS,
-               allowed_hosts: list[str] | None = None) -> fastapi.FastAPI:
+               allowed_hosts: list[str] | None = None, work_queue: int = WORK_QUEUE) -> fastapi.FastAPI:
     """The app; `allowed_hosts` (Host header names) guards against DNS rebinding when given."""
-    network = runs.load_model(Path(run_dir))
+    run_dir = Path(run_dir)
+    network, about = runs.load_model(run_dir), describe_run(run_dir)
     # No /docs or /redoc: their pages load scripts from a CDN. /openapi.json stays.
     app = fastapi.FastAPI(title="fmnist", description="Fashion-MNIST classifier", docs_url=None, redoc_url=None)
     add_protections(app, allowed_hosts)
     page = importlib.resources.files("fmnist").joinpath("static/index.html").read_text()
-    decoding = threading.BoundedSemaphore(CONCURRENT_DECODES)
+    decoding = threading.BoundedSemaphore(min(MAX_DECODES, threads.available_cpus()[0]))
+    work = WorkQueue(work_queue)
+    batcher = batching.DynamicBatcher(functools.partial(predict.probabilities, network))
+    app.router.on_shutdown.append(batcher.close)
+    examples = functools.cache(lambda: example_images(runs.read_config(run_dir).get("data_dir")))
 
-    def preprocessed(name: str, raw: bytes) -> np.ndarray:
+    def prepared(name: str, raw: bytes, limit: int) -> tuple[np.ndarray, str]:
+        """(28x28 pixels, their preview) of one upload of at most `limit` pixels."""
+        pixels = predict.preprocess(predict.open_image(raw, name, limit))
+        return pixels, png_data_url(pixels)
+
+    def prepare(files: list[tuple[str, bytes]]) -> list[tuple[np.ndarray, str]]:
+        """Decoding in a thread: as many at once as there are decode slots (it is what costs memory)."""
         with decoding:
-            return predict.preprocess(predict.open_image(raw, name, max_pixels))
+            return [prepared(name, raw, max_pixels) for name, raw in files]
 
-    def classify(files: list[tuple[str, bytes]]) -> list[dict]:
-        images = [preprocessed(name, raw) for name, raw in files]
-        tops = predict.classify(network, np.stack(images))
-        return [{"name": name, "top": top, "preprocessed": png_data_url(pixels)}
-                for (name, _), top, pixels in zip(files, tops, images)]
+    def prepare_small(files: list[tuple[str, bytes]]) -> list[tuple[np.ndarray, str]] | None:
+        """On the event loop, images small in bytes and in declared pixels (a tiny PNG may declare
+        millions); None where one is not."""
+        if sum(len(raw) for _, raw in files) > INLINE_DECODE_BYTES:
+            return None
+        try:
+            return [prepared(name, raw, INLINE_DECODE_PIXELS) for name, raw in files]
+        except errors.TooLarge:
+            return None
 
     @app.get("/", response_class=fastapi.responses.HTMLResponse)
     def index():
@@ -110,13 +179,37 @@ def create_app(run_dir: Path, max_bytes: int = MAX_BYTES, max_pixels: int = pred
 
     @app.get("/health")
     def health():
-        return {"status": "ok", "run": str(run_dir), "classes": list(data.CLASS_NAMES)}
+        return {"status": "ok", "run": str(run_dir), "classes": list(data.CLASS_NAMES), **about,
+                "work_queue": {"images": work.images, "limit": work.max_images}}
+
+    @app.get("/examples")
+    async def examples_route():
+        return {"examples": await fastapi.concurrency.run_in_threadpool(examples)}
 
     @app.post("/predict")
     async def predict_images(request: fastapi.Request):
-        files = await uploaded_images(request, max_bytes)
-        # Decoding and inference are CPU work: run them off the event loop so the server stays responsive.
-        return {"predictions": await fastapi.concurrency.run_in_threadpool(classify, files)}
+        held = 0
+
+        def charge(count: int) -> None:
+            nonlocal held
+            work.charge_bytes(count)
+            held += count
+        admitted = 0
+        try:
+            files = await uploaded_images(request, max_bytes, charge)
+            work.admit(len(files))
+            admitted = len(files)
+            # Decoding is CPU work: off the event loop, in threads, unless the upload is small enough that the
+            # hop to a thread costs more than decoding it (~0.3 ms for a 28x28 PNG). The model runs in the batcher.
+            images = prepare_small(files) or await fastapi.concurrency.run_in_threadpool(prepare, files)
+            rows = await asyncio.wrap_future(batcher.submit(np.stack([pixels for pixels, _ in images])))
+        finally:
+            work.bytes -= held
+            work.images -= admitted
+        tops = predict.top_rows(rows)
+        # A Response as it is: FastAPI's encoder would walk the plain dicts again (measured ~8 % of a request).
+        return fastapi.responses.JSONResponse({"predictions": [
+            {"name": name, "top": top, "preprocessed": preview} for (name, _), top, (_, preview) in zip(files, tops, images)]})
 
     return app
 
@@ -125,24 +218,39 @@ def add_protections(app: fastapi.FastAPI, allowed_hosts: list[str] | None) -> No
     """Host names checked (when given), fmnist's errors as JSON with their type's status, nosniff everywhere."""
     if allowed_hosts:
         app.add_middleware(fastapi.middleware.trustedhost.TrustedHostMiddleware, allowed_hosts=allowed_hosts)
+    app.add_middleware(NoSniff)
 
     @app.exception_handler(errors.FmnistError)
     async def fmnist_error(request: fastapi.Request, exc: errors.FmnistError):
-        return fastapi.responses.JSONResponse({"detail": str(exc)}, status_code=exc.http_status)
-
-    @app.middleware("http")
-    async def no_sniffing(request: fastapi.Request, call_next):
-        response = await call_next(request)
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        return response
+        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, errors.Busy) else None
+        return fastapi.responses.JSONResponse({"detail": str(exc)}, status_code=exc.http_status, headers=headers)
 
 
-class DeadlineH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol, plus a deadline for each request to arrive whole (head and body).
+class NoSniff:
+    """X-Content-Type-Options: nosniff on every response, as plain ASGI (a BaseHTTPMiddleware costs
+    a task and a stream per request: measured ~25 % of the server's throughput)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_header(message):
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (b"x-content-type-options", b"nosniff")]
+            await send(message)
+        await self.app(scope, receive, send_with_header)
+
+
+class DeadlineProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, plus a deadline for each request to arrive whole (head and body).
 
     uvicorn closes idle keep-alive connections only: a client that sends half a header, or a body one
     byte at a time, would hold its connection forever. Each cycle (connection made, or response sent)
-    arms a timer; if the client is still sending when it fires, the connection is closed.
+    arms a timer; if the client is still sending when it fires, the connection is closed. (httptools,
+    not h11: measured ~12 % more single-image requests per second, the parser being C.)
     """
     request_timeout: float = REQUEST_TIMEOUT_S
     deadline: object = None
@@ -152,8 +260,12 @@ class DeadlineH11Protocol(H11Protocol):
             self.deadline.cancel()
         self.deadline = self.loop.call_later(self.request_timeout, self.drop_if_still_sending)
 
+    def still_sending(self) -> bool:
+        """No request begun or its head unfinished, or its body still coming (uvicorn's request cycle)."""
+        return self.cycle is None or self.cycle.response_complete or self.cycle.more_body
+
     def drop_if_still_sending(self) -> None:
-        if self.conn.their_state in (h11.IDLE, h11.SEND_BODY) and not self.transport.is_closing():
+        if self.still_sending() and not self.transport.is_closing():
             log.info("closed a connection from %s: no whole request within %s s", self.client, self.request_timeout)
             self.transport.close()
 
@@ -171,13 +283,25 @@ class DeadlineH11Protocol(H11Protocol):
         super().connection_lost(exc)
 
 
+def connection_limit() -> int:
+    """MAX_CONNECTIONS, or fewer where file descriptors run short (the soft limit is raised to the hard one)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 1 << 20, hard))
+        except (ValueError, OSError):
+            pass
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return max(16, min(MAX_CONNECTIONS, soft - 256))  # 256 left for the model's files, logs and threads
+
+
 def server_config(app, host: str, port: int, request_timeout: float = REQUEST_TIMEOUT_S, **kwargs):
-    """uvicorn's configuration with fmnist's limits on connections and slow clients."""
+    """uvicorn's configuration with fmnist's deadlines for slow clients and its connection bound."""
     import uvicorn
 
-    protocol = type("DeadlineH11", (DeadlineH11Protocol,), {"request_timeout": request_timeout})
-    return uvicorn.Config(app, host=host, port=port, http=protocol, limit_concurrency=MAX_CONNECTIONS,
-                          timeout_keep_alive=5, **kwargs)
+    protocol = type("Deadline", (DeadlineProtocol,), {"request_timeout": request_timeout})
+    return uvicorn.Config(app, host=host, port=port, http=protocol, limit_concurrency=connection_limit(),
+                          backlog=4096, timeout_keep_alive=5, **kwargs)
 
 
 def default_allowed_hosts(host: str) -> list[str] | None:
@@ -193,4 +317,4 @@ def serve(run_dir: Path, host: str = "127.0.0.1", port: int = 8000, max_bytes: i
     import uvicorn
 
     app = create_app(run_dir, max_bytes, allowed_hosts=allowed_hosts or default_allowed_hosts(host))
-    uvicorn.Server(server_config(app, host, port, log_level="info")).run()
+    uvicorn.Server(server_config(app, host, port, log_level="info", access_log=False)).run()

@@ -1,0 +1,175 @@
+"""`fmnist serve` under load, on loopback: throughput, p50/p99 and refusals at several concurrencies, with
+idle or half-open connections held alongside; the server's peak RSS.
+
+    python benchmarks/serve_load.py RUN [--levels 1 10 50 200 1000] [--half-open 1000] [--requests 2000]
+
+Each request is one test-set image (a 28x28 PNG) on a connection of its own, as a browser or a script
+without keep-alive sends it. The client is asyncio streams (cheap enough to share two cores with the
+server). Everything is bounded: at most --requests requests per level, each level at most --deadline
+seconds, and the half-open connections (a request line and one header, never finished) are closed at the end.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_image_png() -> bytes:
+    import fmnist
+
+    image = fmnist.load_data(show_progress=False).test_images[0]
+    buffer = io.BytesIO()
+    PIL.Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def start_server(run: Path, port: int, extra: list[str]) -> subprocess.Popen:
+    server = subprocess.Popen([sys.executable, "-m", "fmnist", "serve", str(run), "--port", str(port), *extra],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                s.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+                if b" 200 " in s.recv(100):
+                    return server
+        except OSError:
+            time.sleep(0.2)
+    server.kill()
+    raise SystemExit("the server did not come up")
+
+
+async def one_request(port: int, body: bytes, timeout: float) -> tuple[int, float]:
+    """(status, seconds) of one POST /predict on a new connection; status 0: the connection failed."""
+    start = time.perf_counter()
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), timeout)
+        head = (f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+        writer.write(head + body)
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), timeout)
+        await asyncio.wait_for(reader.read(), timeout)  # the body, to the close
+        writer.close()
+        status = int(status_line.split()[1]) if status_line else 0
+    except (OSError, asyncio.TimeoutError, IndexError, ValueError):
+        status = 0
+    return status, time.perf_counter() - start
+
+
+async def level(port: int, body: bytes, concurrency: int, requests: int, deadline: float) -> dict:
+    """`requests` requests, `concurrency` in flight at a time."""
+    results: list[tuple[int, float]] = []
+    todo = iter(range(requests))
+    end = time.monotonic() + deadline
+
+    async def client():
+        for _ in todo:
+            if time.monotonic() > end:
+                return
+            results.append(await one_request(port, body, timeout=max(1.0, end - time.monotonic())))
+
+    start = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    wall = time.perf_counter() - start
+    ok = np.array([seconds for status, seconds in results if status == 200])
+    statuses = {}
+    for status, _ in results:
+        statuses[status] = statuses.get(status, 0) + 1
+    return {"concurrency": concurrency, "requests": len(results), "ok": len(ok), "statuses": statuses,
+            "ok_per_second": len(ok) / wall, "p50_ms": float(np.percentile(ok, 50) * 1e3) if len(ok) else None,
+            "p99_ms": float(np.percentile(ok, 99) * 1e3) if len(ok) else None, "seconds": wall}
+
+
+async def hold_half_open(port: int, count: int) -> list:
+    """`count` connections that send a request line and one header, then nothing (until closed)."""
+    writers = []
+    for _ in range(count):
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            writers.append(writer)
+        except OSError:
+            break
+    return writers
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def main_async(args) -> dict:
+    body = test_image_png()
+    port = free_port()
+    server = start_server(args.run, port, args.server_args)
+    try:
+        report = {"levels": [], "half_open_levels": []}
+        for concurrency in args.levels:
+            report["levels"].append(await level(port, body, concurrency, max(args.requests, concurrency),
+                                                args.deadline))
+        held = await hold_half_open(port, args.half_open)
+        report["half_open_held"] = len(held)
+        for concurrency in args.levels:
+            report["half_open_levels"].append(await level(port, body, concurrency, max(args.requests, concurrency),
+                                                          args.deadline))
+        for writer in held:
+            writer.close()
+        report["server_alive"] = server.poll() is None
+        report["peak_rss_mb"] = peak_rss_mb(server.pid)
+        return report
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| concurrent | requests | 200 | other statuses | served/s | p50 ms | p99 ms |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        other = ", ".join(f"{k}: {v}" for k, v in sorted(r["statuses"].items()) if k != 200) or "–"
+        fmt = lambda v: "–" if v is None else f"{v:.0f}"  # noqa: E731
+        lines.append(f"| {r['concurrency']} | {r['requests']} | {r['ok']} | {other} | {r['ok_per_second']:.0f} | "
+                     f"{fmt(r['p50_ms'])} | {fmt(r['p99_ms'])} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run", type=Path)
+    parser.add_argument("--levels", type=int, nargs="+", default=[1, 10, 50, 200, 1000])
+    parser.add_argument("--half-open", type=int, default=1000)
+    parser.add_argument("--requests", type=int, default=2000, help="requests per level (at least its concurrency)")
+    parser.add_argument("--deadline", type=float, default=120.0, help="seconds per level at most")
+    parser.add_argument("--server-args", nargs=argparse.REMAINDER, default=[], help="passed to fmnist serve")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    report = asyncio.run(main_async(args))
+    if args.json:
+        print(json.dumps(report, indent=1))
+        return
+    print(table(report["levels"]))
+    print(f"\nwith {report['half_open_held']} half-open connections held:")
+    print(table(report["half_open_levels"]))
+    print(f"\nserver alive: {report['server_alive']}; peak RSS {report['peak_rss_mb']:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
