@@ -110,9 +110,10 @@ async def hold_half_open(port: int, count: int) -> list:
     return writers
 
 
-def peak_rss_mb(pid: int) -> float:
+def rss_mb(pid: int, field: str = "VmHWM") -> float:
+    """The process's peak (VmHWM) or current (VmRSS) resident memory."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -126,15 +127,18 @@ async def main_async(args) -> dict:
         for concurrency in args.levels:
             report["levels"].append(await level(port, body, concurrency, max(args.requests, concurrency),
                                                 args.deadline))
+        report["rss_before_half_open_mb"] = rss_mb(server.pid, "VmRSS")
         held = await hold_half_open(port, args.half_open)
         report["half_open_held"] = len(held)
+        await level(port, body, 1, 1, args.deadline)  # served after the loop took the connections in
+        report["rss_with_half_open_mb"] = rss_mb(server.pid, "VmRSS")
         for concurrency in args.levels:
             report["half_open_levels"].append(await level(port, body, concurrency, max(args.requests, concurrency),
                                                           args.deadline))
         for writer in held:
             writer.close()
         report["server_alive"] = server.poll() is None
-        report["peak_rss_mb"] = peak_rss_mb(server.pid)
+        report["peak_rss_mb"] = rss_mb(server.pid)
         return report
     finally:
         server.terminate()
@@ -168,7 +172,9 @@ def main() -> None:
     print(table(report["levels"]))
     print(f"\nwith {report['half_open_held']} half-open connections held:")
     print(table(report["half_open_levels"]))
-    print(f"\nserver alive: {report['server_alive']}; peak RSS {report['peak_rss_mb']:.0f} MB")
+    print(f"\nserver alive: {report['server_alive']}; peak RSS {report['peak_rss_mb']:.0f} MB; RSS "
+          f"{report['rss_before_half_open_mb']:.0f} MB before the half-open connections, "
+          f"{report['rss_with_half_open_mb']:.0f} MB with them")
 
 
 if __name__ == "__main__":

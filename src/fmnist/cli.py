@@ -373,9 +373,33 @@ def cmd_import_keras(args) -> int:
 def cmd_serve(args) -> int:
     from fmnist import serve
 
+    if args.replicas or args.address:
+        return serve_on_ray(args)
     console.print(f"serving {args.run} on http://{args.host}:{args.port}/ (Ctrl-C stops)")
     serve.serve(Path(args.run), host=args.host, port=args.port, max_bytes=args.max_bytes,
                 allowed_hosts=args.allowed_host)
+    return 0
+
+
+def serve_on_ray(args) -> int:
+    """Deploy on Ray Serve, then wait for Ctrl-C (or SIGTERM), which shuts the deployment down."""
+    import signal
+    import threading
+
+    from fmnist import serve_ray
+
+    replicas = args.replicas or 1
+    serve_ray.deploy(Path(args.run), replicas, host=args.host, port=args.port, address=args.address,
+                     max_bytes=args.max_bytes, allowed_hosts=args.allowed_host)
+    console.print(f"serving {args.run} on http://{args.host}:{args.port}/ with {replicas} Ray Serve "
+                  f"replica{'s' * (replicas > 1)} (Ctrl-C stops)")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    serve_ray.shutdown()
     return 0
 
 
@@ -531,7 +555,8 @@ def add_use_commands(commands) -> None:
     p = subcommand(commands, "serve", cmd_serve, "serve a run over HTTP, with a page to try images",
                    "HTTP server: POST /predict (raw image body or multipart, several files allowed), "
                    "GET /health, GET / (a page to drop images on).",
-                   ["fmnist serve runs/train --port 8000", "curl -F file=@shoe.jpg http://127.0.0.1:8000/predict"])
+                   ["fmnist serve runs/train --port 8000", "curl -F file=@shoe.jpg http://127.0.0.1:8000/predict",
+                    "fmnist serve runs/train --replicas 2", "fmnist serve runs/train --replicas 8 --address HEAD:6379"])
     p.add_argument("run", help="run directory")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
@@ -539,6 +564,9 @@ def add_use_commands(commands) -> None:
     p.add_argument("--allowed-host", action="append", metavar="NAME",
                    help="a host name clients may use (repeatable; default: 127.0.0.1 and localhost on a loopback "
                         "address, any name otherwise)")
+    p.add_argument("--replicas", type=int, metavar="N",
+                   help="serve with N replicas on Ray Serve (pip install 'fmnist[serve-ray]'; default: one process)")
+    p.add_argument("--address", help="a Ray cluster's address for the replicas (default: a local Ray instance)")
 
 
 def build_parser() -> argparse.ArgumentParser:

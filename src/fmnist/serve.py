@@ -8,7 +8,7 @@ Admission is on work, not on sockets: connections are cheap, predictions are not
 - a connection: the whole request must arrive within `request_timeout` seconds of the connection
   (or of the previous response): slow, idle and half-open clients are dropped (one log line each);
   up to MAX_CONNECTIONS are held at once (bounded by the file descriptors, raised to the hard limit;
-  ~20 KB of memory each, measured in benchmarks/serve_load.py);
+  ~5 KB of memory each, measured with benchmarks/serve_load.py);
 - a request: MAX_BYTES of body, MAX_FILES images, each decoded to at most predict.MAX_PIXELS and
   shrunk at once (predict.WORKING_SIZE), at most `decode_slots` images decoding at a time (the cores,
   at most MAX_DECODES); all bodies in memory together at most BODY_BUDGET bytes;
@@ -26,6 +26,7 @@ import ipaddress
 import logging
 import resource
 import threading
+import uuid
 from pathlib import Path
 
 import fastapi
@@ -139,8 +140,10 @@ def example_images(data_dir: str | None) -> list[dict]:
 
 
 def create_app(run_dir: Path, max_bytes: int = MAX_BYTES, max_pixels: int = predict.MAX_PIXELS,
-               allowed_hosts: list[str] | None = None, work_queue: int = WORK_QUEUE) -> fastapi.FastAPI:
-    """The app; `allowed_hosts` (Host header names) guards against DNS rebinding when given."""
+               allowed_hosts: list[str] | None = None, work_queue: int = WORK_QUEUE,
+               label: str | None = None) -> fastapi.FastAPI:
+    """The app; `allowed_hosts` (Host header names) guards against DNS rebinding when given; `label` names
+    the run in /health (default: run_dir)."""
     run_dir = Path(run_dir)
     network, about = runs.load_model(run_dir), describe_run(run_dir)
     # No /docs or /redoc: their pages load scripts from a CDN. /openapi.json stays.
@@ -152,6 +155,7 @@ def create_app(run_dir: Path, max_bytes: int = MAX_BYTES, max_pixels: int = pred
     batcher = batching.DynamicBatcher(functools.partial(predict.probabilities, network))
     app.router.on_shutdown.append(batcher.close)
     examples = functools.cache(lambda: example_images(runs.read_config(run_dir).get("data_dir")))
+    instance = uuid.uuid4().hex[:12]  # which server (or Ray Serve replica) answered
 
     def prepared(name: str, raw: bytes, limit: int) -> tuple[np.ndarray, str]:
         """(28x28 pixels, their preview) of one upload of at most `limit` pixels."""
@@ -179,7 +183,7 @@ def create_app(run_dir: Path, max_bytes: int = MAX_BYTES, max_pixels: int = pred
 
     @app.get("/health")
     def health():
-        return {"status": "ok", "run": str(run_dir), "classes": list(data.CLASS_NAMES), **about,
+        return {"status": "ok", "run": label or str(run_dir), "classes": list(data.CLASS_NAMES), **about, "instance": instance,
                 "work_queue": {"images": work.images, "limit": work.max_images}}
 
     @app.get("/examples")
