@@ -342,3 +342,13 @@ def test_server_memory_is_bounded_for_limit_sized_images(tmp_path, trained_run, 
     finally:
         process.send_signal(signal.SIGINT)
         process.wait(timeout=60)
+
+
+def test_replicas_without_ray_serve_say_how_to_get_it(trained_run):
+    code = ("import sys; sys.modules['ray'] = None; from fmnist import cli; "  # as if Ray were not installed
+            f"sys.exit(cli.main(['serve', {str(trained_run)!r}, '--replicas', '2']))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 2 and "pip install 'fmnist[serve-ray]'" in result.stderr, result.stderr
+    result = subprocess.run([sys.executable, "-m", "fmnist", "serve", str(trained_run), "--replicas", "0"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "--replicas must be 1 or more" in result.stderr and "Traceback" not in result.stderr

@@ -373,7 +373,7 @@ def cmd_import_keras(args) -> int:
 def cmd_serve(args) -> int:
     from fmnist import serve
 
-    if args.replicas or args.address:
+    if args.replicas is not None or args.address:
         return serve_on_ray(args)
     console.print(f"serving {args.run} on http://{args.host}:{args.port}/ (Ctrl-C stops)")
     serve.serve(Path(args.run), host=args.host, port=args.port, max_bytes=args.max_bytes,
@@ -388,7 +388,7 @@ def serve_on_ray(args) -> int:
 
     from fmnist import serve_ray
 
-    replicas = args.replicas or 1
+    replicas = 1 if args.replicas is None else args.replicas
     serve_ray.deploy(Path(args.run), replicas, host=args.host, port=args.port, address=args.address,
                      max_bytes=args.max_bytes, allowed_hosts=args.allowed_host)
     console.print(f"serving {args.run} on http://{args.host}:{args.port}/ with {replicas} Ray Serve "

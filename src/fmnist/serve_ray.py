@@ -47,12 +47,12 @@ def deploy(run_dir: Path, replicas: int, host: str = "127.0.0.1", port: int = 80
            cpus_per_replica: float = 1.0, max_bytes: int = serve.MAX_BYTES,
            allowed_hosts: list[str] | None = None) -> None:
     """Start (or join) Ray, start Serve's proxy on host:port and deploy `replicas` replicas of the app."""
+    if replicas < 1:
+        raise errors.InputError(f"--replicas must be 1 or more, got {replicas}")
     require_ray_serve()
     import ray
     from ray import serve as ray_serve
 
-    if replicas < 1:
-        raise ValueError(f"replicas must be >= 1, got {replicas}")
     contents = run_files(run_dir)
     runs.load_model(Path(run_dir))  # the run's weights checked here first: one clear error, not N replicas failing
     if not ray.is_initialized():
