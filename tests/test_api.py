@@ -13,6 +13,7 @@ from conftest import require_real_data
 from fmnist import errors
 
 
+@pytest.mark.slow
 def test_the_api_end_to_end(tmp_path, monkeypatch):
     require_real_data()
     monkeypatch.chdir(tmp_path)
@@ -56,6 +57,7 @@ def test_the_api_is_documented_and_typed():
     assert (pathlib.Path(fmnist.__file__).parent / "py.typed").is_file()
 
 
+@pytest.mark.slow
 def test_completion_and_help_show_the_api():
     # In a new process: names load lazily, and dir() must list them before any is used (PEP 562 __dir__).
     code = ("import fmnist, pydoc; names = dir(fmnist); print(all(n in names for n in fmnist.__all__)); "

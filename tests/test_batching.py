@@ -7,6 +7,7 @@ import pytest
 from fmnist import batching, predict, runs
 
 
+@pytest.mark.slow
 def test_batched_rows_equal_each_image_predicted_alone(trained_run, real_dataset):
     network = runs.load_model(trained_run)
     images = real_dataset.test_images[:50]

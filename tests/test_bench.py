@@ -1,6 +1,8 @@
 """The benchmark runs (quick mode) so it cannot rot, and its baseline is the same network."""
 from __future__ import annotations
 
+import pytest
+
 import json
 import subprocess
 import sys
@@ -11,6 +13,7 @@ from conftest import run_cli
 from fmnist import bench, model, models
 
 
+@pytest.mark.slow
 def test_bench_quick_runs_and_reports_ratios():
     result = subprocess.run([sys.executable, "-m", "fmnist", "bench", "--quick", "--threads", "2", "--json"],
                             capture_output=True, text=True, timeout=240)
@@ -19,8 +22,10 @@ def test_bench_quick_runs_and_reports_ratios():
     steps = report["step_seconds"]
     assert set(steps) == {"fmnist", "fmnist, PyTorch ops only", "plain eager PyTorch"}
     assert all(s > 0 for s in steps.values()) and 0 < report["floor_seconds"]
-    assert abs(report["speedup"] - steps["plain eager PyTorch"] / steps["fmnist"]) < 1e-9
-    assert report["eval_images_per_second"] > 0 and report["epoch_seconds"] > 0
+    assert report["speedup"] > 0 and report["eval_images_per_second"] > 0 and report["epoch_seconds"] > 0
+    assert report["epoch_images"] == bench.epoch_sizes(quick=True)[0]
+    # A full epoch is the report's: 48,000 training and 12,000 validation images, 10,000 test (shared/SPEC.md).
+    assert bench.epoch_sizes(quick=False) == (48_000, 12_000, 10_000)
     assert report["machine"]["threads"] == 2 and report["machine"]["torch"] == torch.__version__
 
 

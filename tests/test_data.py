@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import gzip
-import os
 import subprocess
 import sys
 
@@ -86,6 +85,7 @@ def test_bad_label(tmp_path):
         data.load(data_dir=tmp_path, files=specs)
 
 
+@pytest.mark.slow
 def test_cli_prints_one_line_error_not_a_traceback(tmp_path):
     write_tiny_dataset(tmp_path)  # checksums differ from the real files'
     result = subprocess.run([sys.executable, "-m", "fmnist", "data", "--data-dir", str(tmp_path)],
@@ -174,6 +174,7 @@ def test_split_fraction():
         data.split(labels, labels, 1.0)
 
 
+@pytest.mark.slow
 def test_cli_data_end_to_end(tmp_path):
     require_real_data()
     result = subprocess.run([sys.executable, "-m", "fmnist", "data", "--out", str(tmp_path)],
@@ -195,6 +196,7 @@ def test_cli_help_and_version(capsys):
 
 # ---------------------------------------------------------------------------------------------
 # Hostile mirrors and files: bytes, time and decompressed size bounded by what the files are
+@pytest.mark.slow
 @pytest.mark.parametrize("kind, message", [("trickle", "not finished within 1 s"),
                                            ("endless", "sent more than the"),
                                            ("huge", "announces 300,000,000 bytes")])

@@ -12,6 +12,7 @@ from conftest import DETERMINISM_RUN, assert_same_weights, fresh_environment, re
 from fmnist import api, runs, threads, training
 
 
+@pytest.mark.slow
 def test_a_run_after_other_work_in_this_process_equals_a_fresh_cli_run(tmp_path, fresh_cli_run):
     require_real_data()
     # Deliberately different work first: another network, two threads, training, evaluation and prediction.
@@ -34,6 +35,7 @@ def python(code: str, **env) -> subprocess.CompletedProcess:
                           env={**fresh_environment(), **env})
 
 
+@pytest.mark.slow
 def test_import_fmnist_puts_mkl_in_its_reproducible_mode_unless_the_user_chose():
     if threads.mkl_cnr_branch() is None:
         pytest.skip("this torch has no MKL")

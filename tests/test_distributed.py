@@ -1,6 +1,8 @@
 """Data-parallel training with torchrun: 2 CPU processes (gloo on loopback) equal one process."""
 from __future__ import annotations
 
+import pytest
+
 import subprocess
 import sys
 
@@ -11,6 +13,7 @@ from conftest import require_real_data
 from fmnist import runs, training
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_match_single_process_training(tmp_path):
     require_real_data()
     # No dropout: with it, each process would draw masks for its half only, unlike a single process.

@@ -68,6 +68,7 @@ def image_is_real(path, min_size=(300, 200)):
     assert pixels.std() > 10, f"{path} looks blank"
 
 
+@pytest.mark.slow
 def test_reproduce_end_to_end(tmp_path, capsys):
     require_real_data()
     out = tmp_path / "repro"
@@ -103,6 +104,7 @@ def test_reproduce_end_to_end(tmp_path, capsys):
     assert code == 0 and "Epoch 1/1" not in stdout
 
 
+@pytest.mark.slow
 def test_evaluate_weights_of_another_architecture_fail_clearly(tmp_path):
     state = model.SeedCNN().state_dict()
     state["conv2.kernel"] = torch.zeros(3, 3, 32, 64)

@@ -1,6 +1,8 @@
 """ONNX export: a valid graph, a dynamic batch, class names in metadata, onnxruntime equal to PyTorch."""
 from __future__ import annotations
 
+import pytest
+
 import json
 import subprocess
 import sys
@@ -27,6 +29,7 @@ def test_onnx_matches_pytorch_on_1000_test_images(tmp_path, trained_run, real_da
         assert export.onnx_probabilities(path, images[:batch]).shape == (batch, 10)
 
 
+@pytest.mark.slow
 def test_cli_export_verifies(tmp_path, trained_run):
     out = tmp_path / "exported.onnx"
     result = subprocess.run([sys.executable, "-m", "fmnist", "export", str(trained_run), "--format", "onnx",

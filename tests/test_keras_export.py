@@ -2,6 +2,8 @@
 predicts; importing it back gives the same weights; other models are a clear error."""
 from __future__ import annotations
 
+import pytest
+
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +16,7 @@ from conftest import run_cli
 from fmnist import api, keras_import, runs, training
 
 
+@pytest.mark.slow
 def test_keras_loads_the_export_and_predicts_what_fmnist_predicts(tmp_path, capsys, trained_run, real_dataset):
     code, out, err = run_cli(capsys, "export", trained_run, "--format", "keras", "--out", tmp_path / "seed.keras")
     assert code == 0, err

@@ -32,6 +32,7 @@ def keras_files(tmp_path_factory, real_dataset):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["seed.keras", "seed.h5", "functional.keras", "functional.h5"])
 def test_imported_model_predicts_what_keras_predicts(tmp_path, keras_files, real_dataset, name):
     run_dir = keras_import.import_keras(keras_files / name, tmp_path / "run")
@@ -49,6 +50,7 @@ def test_wrong_architecture_names_the_layer(tmp_path, keras_files):
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
+@pytest.mark.slow
 def test_cli_import_then_evaluate(tmp_path, capsys, keras_files):
     run_dir = tmp_path / "imported"
     code, _, err = run_cli(capsys, "import-keras", keras_files / "seed.h5", "--out", run_dir)
@@ -61,6 +63,7 @@ def test_cli_import_then_evaluate(tmp_path, capsys, keras_files):
     assert "imported, not trained here" in (run_dir / runs.REPORT_HTML).read_text()
 
 
+@pytest.mark.slow
 def test_not_a_keras_file(tmp_path):
     (tmp_path / "model.keras").write_bytes(b"PK\x03\x04 not really a zip")
     with pytest.raises(errors.InputError):
@@ -70,6 +73,7 @@ def test_not_a_keras_file(tmp_path):
     assert result.returncode == 2 and "no such file" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_training_steps_match_keras(tmp_path):
     """Three Adam steps from the same weights on the same batches: loss, gradients and Keras's Adam
     (epsilon placement included) give the same weights as real Keras's train_on_batch."""

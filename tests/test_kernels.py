@@ -108,6 +108,7 @@ def run_python(program: str) -> str:
     return result.stdout
 
 
+@pytest.mark.slow
 def test_first_use_inside_inference_mode_still_enables_the_kernels():
     """A fresh process whose first forward pass is an evaluation (inference mode) must get the kernels."""
     program = ("import torch, warnings\n"

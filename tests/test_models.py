@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from conftest import require_real_data, run_cli
-from fmnist import errors, evaluate, export, models, predict, recipe, runs, serve, training
-from test_serve import running
+from fmnist import errors, export, models, predict, recipe, runs, serve, training
+from helpers import running
 
 
 @pytest.mark.parametrize("name", list(models.REGISTRY))
@@ -43,6 +43,7 @@ def test_every_model_through_the_whole_toolchain(tmp_path, real_dataset, name):
     assert reply.status_code == 200 and len(reply.json()["predictions"][0]["top"]) == 3
 
 
+@pytest.mark.slow
 def test_the_new_recipe_beats_the_seed_at_an_equal_small_budget(tmp_path):
     """Same images, same epochs, same seed: a broken recipe (augmentation, schedule, optimizer, TTA)
     would not clear this margin (measured: 0.800 vs 0.868 on this budget)."""
@@ -53,6 +54,7 @@ def test_the_new_recipe_beats_the_seed_at_an_equal_small_budget(tmp_path):
     assert fast >= seed + 0.04, (seed, fast)
 
 
+@pytest.mark.slow
 def test_reproduce_compares_models_in_one_table(tmp_path, capsys):
     require_real_data()
     out = tmp_path / "compare"
@@ -72,6 +74,7 @@ def test_reproduce_compares_models_in_one_table(tmp_path, capsys):
     assert "comparison.md" in stdout
 
 
+@pytest.mark.slow
 def test_a_run_written_before_the_registry_still_evaluates_and_resumes(tmp_path, capsys, trained_run):
     """The previous format: config.json without "model", a checkpoint without "architecture"."""
     run_dir = tmp_path / "old"

@@ -1,10 +1,11 @@
 """The report as a notebook: committed without outputs, and executed end to end (a short run)."""
 from __future__ import annotations
 
+import pytest
+
 from pathlib import Path
 
 import nbformat
-import pytest
 from nbclient import NotebookClient
 
 from conftest import require_real_data
@@ -19,6 +20,7 @@ def test_the_notebook_is_committed_without_outputs():
     assert any("parameters" in cell.metadata.get("tags", []) for cell in code)
 
 
+@pytest.mark.slow
 def test_the_notebook_runs_end_to_end(tmp_path, monkeypatch):
     require_real_data()
     monkeypatch.setenv("FMNIST_NOTEBOOK_QUICK", "1")  # the kernel inherits this process's environment

@@ -4,34 +4,19 @@ from __future__ import annotations
 import io
 import json
 import os
-import struct
 import subprocess
 import sys
 import warnings
-import zlib
 
 import numpy as np
 import PIL.Image
 import pytest
 
 from conftest import run_cli
-from fmnist import errors, predict, runs
+from helpers import as_product_photo, confident_correct, png, png_header_only
+from fmnist import errors, predict
 
 
-def as_product_photo(item: np.ndarray, size: int = 300) -> PIL.Image.Image:
-    """A Fashion-MNIST item as a product photo: dark object, large, on a white page with margins."""
-    big = PIL.Image.fromarray(255 - item).resize((size, size), PIL.Image.Resampling.BICUBIC)
-    page = PIL.Image.new("L", (size + 160, size + 100), 255)
-    page.paste(big, (90, 40))
-    return page.convert("RGB")
-
-
-def confident_correct(trained_run, dataset, count=5):
-    network = runs.load_model(trained_run)
-    tops = predict.classify(network, dataset.test_images[:200])
-    chosen = [i for i, top in enumerate(tops)
-              if top[0]["label"] == dataset.test_labels[i] and top[0]["probability"] > 0.9]
-    return network, chosen[:count]
 
 
 def test_large_inverted_jpeg_is_classified_as_the_original_item(tmp_path, trained_run, real_dataset):
@@ -76,15 +61,6 @@ def test_formats_alpha_16_bit_gif_and_dark_images(tmp_path, real_dataset):
     assert np.abs(predict.preprocess(dark).astype(int) - reference).mean() < 3
 
 
-def png_header_only(width: int, height: int) -> bytes:
-    """A PNG that claims absurd dimensions (a decompression bomb's first bytes)."""
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 1000))
-            + chunk(b"IEND", b""))
-
 
 def write_bad_files(directory):
     good = io.BytesIO()
@@ -104,6 +80,7 @@ def test_bad_files_give_clear_errors(tmp_path, name, message):
         predict.open_image(path, str(path))
 
 
+@pytest.mark.slow
 def test_cli_predicts_good_files_and_reports_bad_ones(tmp_path, trained_run, real_dataset):
     bad = write_bad_files(tmp_path)
     good = tmp_path / "coat.png"
@@ -126,11 +103,6 @@ def test_cli_predicts_good_files_and_reports_bad_ones(tmp_path, trained_run, rea
 
 # ---------------------------------------------------------------------------------------------
 # Hostile inputs: work bounded by what a 28x28 result needs, regular files only, nothing lost
-def png(image: PIL.Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, "PNG")
-    return buffer.getvalue()
-
 
 @pytest.mark.parametrize("mode, size", [("RGBA", (4096, 4096)), ("P", (4096, 4096)), ("I;16", (4096, 4096)),
                                         ("1", (4096, 4096)), ("L", (16_000_000, 1))])
@@ -159,6 +131,7 @@ def test_float_image_with_nan_pixels_gives_no_warning(tmp_path):
         assert predict.preprocess(predict.open_image(tmp_path / "nan.tiff", "nan")).shape == (28, 28)
 
 
+@pytest.mark.slow
 def test_cli_reads_regular_files_only_and_keeps_every_view(tmp_path, trained_run, real_dataset):
     fifo = tmp_path / "pipe.png"
     os.mkfifo(fifo)  # reading it would wait for a writer forever

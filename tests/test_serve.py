@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -19,36 +18,13 @@ import httpx
 import PIL.Image
 import pytest
 import safetensors.torch
-import uvicorn
 
 from fmnist import errors, predict, runs, serve
-from test_predict import as_product_photo, confident_correct, png, png_header_only
+from helpers import as_product_photo, confident_correct, free_port, png, png_header_only, running
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def running(app, **options):
-    """A real uvicorn server with fmnist's settings on a free loopback port, in a thread; yields its URL.
-
-    log_config=None: uvicorn's loggers propagate, so tests read what the server logs (caplog).
-    """
-    port = free_port()
-    instance = uvicorn.Server(serve.server_config(app, "127.0.0.1", port, log_config=None, **options))
-    thread = threading.Thread(target=instance.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 60
-    while not instance.started and time.time() < deadline and thread.is_alive():
-        time.sleep(0.05)
-    assert instance.started
-    yield f"http://127.0.0.1:{port}"
-    instance.should_exit = True
-    thread.join(timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -161,6 +137,8 @@ def test_a_full_work_queue_answers_503_with_retry_after(trained_run, photos):
         queue.charge_bytes(1)
 
 
+@pytest.mark.slow
+@pytest.mark.browser
 @pytest.mark.skipif(not (shutil.which("chromium") and shutil.which("chromedriver")),
                     reason="Debian's chromium and chromium-driver are not installed")
 def test_page_in_headless_chromium(server, photos, tmp_path):
@@ -242,6 +220,7 @@ def test_no_external_pages_nosniff_and_host_checked(server):
     assert serve.default_allowed_hosts("0.0.0.0") is None
 
 
+@pytest.mark.slow
 def test_non_finite_weights_are_refused_at_start(tmp_path, trained_run):
     run_dir = tmp_path / "run"
     shutil.copytree(trained_run, run_dir)
@@ -316,6 +295,7 @@ def limit_sized_images() -> list[tuple[str, bytes]]:
             ("photo.jpg", jpeg.getvalue())]
 
 
+@pytest.mark.slow
 def test_server_memory_is_bounded_for_limit_sized_images(tmp_path, trained_run, photos):
     """Peak RSS of a real `fmnist serve` process (Linux /proc: VmHWM, reset through clear_refs)."""
     port = free_port()
@@ -344,6 +324,7 @@ def test_server_memory_is_bounded_for_limit_sized_images(tmp_path, trained_run, 
         process.wait(timeout=60)
 
 
+@pytest.mark.slow
 def test_replicas_without_ray_serve_say_how_to_get_it(trained_run):
     code = ("import sys; sys.modules['ray'] = None; from fmnist import cli; "  # as if Ray were not installed
             f"sys.exit(cli.main(['serve', {str(trained_run)!r}, '--replicas', '2']))")

@@ -15,16 +15,9 @@ import httpx
 import pytest
 
 from conftest import require_real_data
+from helpers import free_port
 
 pytest.importorskip("ray.serve")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def replica_pids() -> list[int]:
@@ -66,6 +59,7 @@ def wait_for(condition, what: str, limit_s: float = 240):
     raise AssertionError(f"never happened: {what}")
 
 
+@pytest.mark.slow
 def test_two_replicas_on_ray_serve_answer_and_survive_a_killed_replica(tmp_path, trained_run, real_dataset):
     require_real_data()
     import io

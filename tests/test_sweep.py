@@ -33,6 +33,7 @@ def local_ray():
     ray.shutdown()
 
 
+@pytest.mark.slow
 def test_a_tiny_sweep_in_parallel_equals_the_same_trials_in_sequence(tmp_path, local_ray):
     require_real_data()
     config = sweep.SweepConfig(model="seed-cnn", space=SPACE, fixed=TINY, seeds=2)
@@ -53,6 +54,7 @@ def test_a_tiny_sweep_in_parallel_equals_the_same_trials_in_sequence(tmp_path, l
     assert "(chosen)" in (tmp_path / "parallel" / "summary.md").read_text()
 
 
+@pytest.mark.slow
 def test_reproduce_with_workers_trains_seeds_on_ray_like_a_fresh_cli_run(tmp_path, capsys, local_ray, fresh_cli_run):
     require_real_data()
     code, _, err = run_cli(capsys, "reproduce", "--epochs", DETERMINISM_RUN["epochs"], "--limit",
@@ -71,32 +73,72 @@ def test_reproduce_with_workers_trains_seeds_on_ray_like_a_fresh_cli_run(tmp_pat
     assert machines[0]["mkl_cbwr"] == machines[1]["mkl_cbwr"] == threads.mkl_cnr_branch()
 
 
-def sweep_command(out: Path, *extra) -> list[str]:
+def sweep_command(out: Path, *extra, vary: str = "learning_rate=0.001,0.003", fixed: str = "epochs=1") -> list[str]:
     """Two trials (two configurations, one seed)."""
-    return [sys.executable, "-m", "fmnist", "sweep", "--model", "seed-cnn", "--vary", "learning_rate=0.001,0.003",
-            "--set", "epochs=1", "--set", "limit=1200", "--seeds", "1", "--threads", "1", "--quiet",
+    return [sys.executable, "-m", "fmnist", "sweep", "--model", "seed-cnn", "--vary", vary,
+            "--set", fixed, "--set", "limit=1200", "--seeds", "1", "--threads", "1", "--quiet",
             "--out", str(out), *extra]
 
 
+LONG = 16  # epochs of the trial an interrupt must cut off (the other trial trains one)
+
+
+def command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def descendants(root: int) -> list[int]:
+    """Every process below `root` (Linux /proc): Ray's raylet and its workers are children of the command."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    found, frontier = [], [root]
+    while frontier:
+        children = [pid for pid, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
+
+
+def epochs_done(run_dir: Path) -> int:
+    return len(runs.read_history(run_dir)) if (run_dir / runs.HISTORY).is_file() else 0
+
+
+@pytest.mark.slow
 def test_an_interrupted_sweep_finishes_only_the_missing_trials(tmp_path, local_ray):
     require_real_data()
     out = tmp_path / "sweep"
-    process = subprocess.Popen(sweep_command(out, "--workers", "1"), stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
-    first = None
-    while process.poll() is None and first is None:  # wait for a state: one trial's run finished
-        done = [d for d in out.glob("trial-*") if (d / runs.HISTORY).is_file() and len(runs.read_history(d)) == 1]
-        first = done[0] if done else None
-        time.sleep(0.2)
-    assert first is not None, process.communicate()
-    process.send_signal(signal.SIGINT)
+    short, long = out / "trial-epochs=1-seed0", out / f"trial-epochs={LONG}-seed0"
+    process = subprocess.Popen(sweep_command(out, "--workers", "1", vary=f"epochs=1,{LONG}", fixed="dropout=0.5"),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    while process.poll() is None and not (epochs_done(short) == 1 and 2 <= epochs_done(long) < LONG // 2):
+        time.sleep(0.05)  # wait for a state: the short trial done, the long one under way
+    assert epochs_done(short) == 1 and epochs_done(long) < LONG, process.communicate()
+    # A lost worker: the long trial's process dies (Ctrl-C alone lets a running trial finish first), then
+    # the command is interrupted.
+    workers = [pid for pid in descendants(process.pid) if "ImplicitFunc" in command_line(pid)]
+    assert workers, "no trial process found"
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+    os.killpg(process.pid, signal.SIGINT)  # Ctrl-C in a terminal: the command's whole process group
     process.communicate(timeout=300)
-    finished_at = (first / runs.HISTORY).stat().st_mtime_ns
+    cut_at = runs.read_history(long)
+    assert 2 <= len(cut_at) < LONG, "the long trial must have been cut off mid-training"
+    finished_at = (short / runs.HISTORY).stat().st_mtime_ns
     # The same sweep again (here in this process): Tune restores the experiment the command left in OUT/tune.
-    config = sweep.SweepConfig(model="seed-cnn", space=SPACE, fixed=TINY, seeds=1)
+    config = sweep.SweepConfig(model="seed-cnn", space={"epochs": [1, LONG]}, fixed={"limit": 1200}, seeds=1)
     results = sweep.run(config, out, threads_per_trial=1, workers=1, verbose=0)
-    assert (first / runs.HISTORY).stat().st_mtime_ns == finished_at  # not trained again
-    assert len(results) == 2 and all(len(runs.read_history(r["run_dir"])) == 1 for r in results)
+    assert (short / runs.HISTORY).stat().st_mtime_ns == finished_at  # not trained again
+    history = runs.read_history(long)
+    assert len(results) == 2 and len(history) == LONG
+    assert history[:len(cut_at)] == cut_at  # continued from its checkpoint: the epochs before the cut, as they were
 
 
 def test_a_two_node_cluster_on_this_machine_runs_trials_on_both(tmp_path, local_ray):
@@ -125,6 +167,7 @@ def test_a_two_node_cluster_on_this_machine_runs_trials_on_both(tmp_path, local_
     assert len(summary["nodes"]) == 2 and len(summary["configurations"]) == 2
 
 
+@pytest.mark.slow
 def test_without_ray_the_command_says_how_to_get_it(tmp_path):
     code = ("import sys; sys.modules['ray'] = None; from fmnist import cli; "  # as if Ray were not installed
             f"sys.exit(cli.main(['sweep', '--vary', 'learning_rate=0.1', '--out', {str(tmp_path)!r}]))")

@@ -53,6 +53,7 @@ def test_spinning_is_set_only_where_the_user_chose_nothing(monkeypatch):
 PROBE = "import os, fmnist, torch; print(os.environ.get('GOMP_SPINCOUNT'), torch.get_num_threads())"
 
 
+@pytest.mark.slow
 def test_import_fmnist_sets_waiting_before_torch_loads():
     clean = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
     result = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, env=clean)
@@ -68,6 +69,7 @@ def test_run_records_the_cpus_it_may_use(trained_run):
     assert machine["threads"] == 2  # the fixture asked for 2
 
 
+@pytest.mark.slow
 def test_two_trainings_at_once_give_the_weights_of_one_alone(tmp_path):
     """Contention changes timing only: two runs sharing the CPUs end with the weights of a run alone."""
     require_real_data()

@@ -15,23 +15,13 @@ import pytest
 import safetensors.torch
 import torch
 
-from conftest import require_real_data, run_cli
+from conftest import assert_same_weights, require_real_data, run_cli, weights_of as weights
 from fmnist import errors, model, models, runs, training
 
 QUICK = dict(limit=3000, threads=2)  # 2,400 training / 600 validation images
 
 
-def weights(run_dir):
-    return safetensors.torch.load_file(str(run_dir / runs.WEIGHTS))
-
-
-def assert_same_weights(a, b):
-    wa, wb = weights(a), weights(b)
-    assert wa.keys() == wb.keys()
-    for name in wa:
-        assert torch.equal(wa[name], wb[name]), f"{name} differs"
-
-
+@pytest.mark.slow
 def test_short_training_learns_writes_run_dir_and_is_reproducible(tmp_path):
     require_real_data()
     config = training.TrainConfig(epochs=2, seed=3, **QUICK)
@@ -54,6 +44,7 @@ def test_short_training_learns_writes_run_dir_and_is_reproducible(tmp_path):
     assert not torch.equal(weights(tmp_path / "a")["dense1.kernel"], weights(tmp_path / "c")["dense1.kernel"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(models.REGISTRY))
 def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, name):
     """Every model's recipe: its augmentation draws, schedule and optimizer state continue exactly."""
@@ -73,6 +64,7 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, name):
     assert_same_weights(tmp_path / "straight", tmp_path / "resumed")
 
 
+@pytest.mark.slow
 def test_ctrl_c_in_the_cli_saves_explains_and_resumes(tmp_path):
     require_real_data()
     run_dir = tmp_path / "run"
@@ -127,6 +119,7 @@ def test_config_validation():
         training.TrainConfig(device="tpu")
 
 
+@pytest.mark.slow
 def test_cuda_on_a_cpu_only_machine_is_a_clear_error(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
@@ -163,6 +156,7 @@ def interrupt_at_step(step):
     return on_step
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_epoch_one_resumes_from_the_cli_and_from_reproduce(tmp_path, capsys):
     require_real_data()
     config = training.TrainConfig(epochs=2, seed=5, **QUICK)
@@ -185,6 +179,7 @@ def test_ctrl_c_during_epoch_one_resumes_from_the_cli_and_from_reproduce(tmp_pat
     assert len(runs.read_history(tmp_path / "study" / "seed-0")) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("state", ["config only", "history one epoch ahead", "stale temp files"])
 def test_every_state_a_kill_leaves_is_resumable(tmp_path, state):
     require_real_data()
@@ -209,6 +204,7 @@ def test_every_state_a_kill_leaves_is_resumable(tmp_path, state):
     assert not list(run_dir.glob(".*.tmp"))
 
 
+@pytest.mark.slow
 def test_resume_never_replaces_the_best_weights_with_worse(tmp_path):
     require_real_data()
     run_dir = tmp_path / "run"
@@ -238,6 +234,7 @@ def damage_checkpoint(change):
     (lambda s: s.update(epoch="two"), "damaged \\(epoch 'two'\\)"),
     (lambda s: s.update(format="other"), "not an fmnist checkpoint"),
 ])
+@pytest.mark.slow
 def test_damaged_checkpoint_is_one_clear_error(tmp_path, change, message):
     require_real_data()
     run_dir = tmp_path / "run"
@@ -277,6 +274,7 @@ def test_a_finished_run_without_its_checkpoint_is_refused_never_trained_over(tmp
     (runs.HISTORY, '{"epoch": 1}', "train"), (runs.HISTORY, '[{"epoch": 1, "loss": "low"}]', "evaluate"),
     (runs.CONFIG, "{not json", "evaluate"),
 ])
+@pytest.mark.slow
 def test_damaged_run_files_are_one_line_errors(tmp_path, capsys, trained_run, name, content, command):
     run_dir = tmp_path / "run"
     shutil.copytree(trained_run, run_dir)
@@ -310,6 +308,7 @@ sys.exit(cli.main(["train", "--limit", "3000", "--out", sys.argv[2]]))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("moment", ["kernels", "data"])
 def test_ctrl_c_during_start_up_is_one_line(tmp_path, moment):
     result = subprocess.run([sys.executable, "-c", STARTUP_INTERRUPT, moment, str(tmp_path / "run")],

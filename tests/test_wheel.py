@@ -6,9 +6,10 @@ the environment this suite runs in — never the base interpreter's packages, no
 runtime dependency missing from pyproject.toml fails here, and `pip check` proves the metadata consistent."""
 from __future__ import annotations
 
+import pytest
+
 import email.parser
 import importlib.metadata
-import socket
 import subprocess
 import sys
 import time
@@ -18,13 +19,9 @@ from pathlib import Path
 import httpx
 from packaging.requirements import Requirement
 
+from helpers import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_until_up(url: str, server: subprocess.Popen) -> None:
@@ -74,6 +71,7 @@ def link_distributions(distributions, site_packages: Path) -> None:
                 target.symlink_to(Path(distribution.locate_file(top)))
 
 
+@pytest.mark.slow
 def test_the_wheel_installs_and_works_outside_the_source_tree(tmp_path, trained_run, monkeypatch):
     monkeypatch.delenv("PYTHONPATH", raising=False)  # the venv sees only its own site-packages
     # sdist first, then the wheel from the unpacked sdist: what the sdist leaves out, the wheel lacks too.

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fmnist import model, models, training
+from fmnist import data, model, models, training
 from fmnist import threads as cpu_threads
 
 
@@ -190,6 +190,15 @@ def evaluation_throughput(name: str, num_images: int, device: torch.device) -> f
     return num_images / (time.perf_counter() - start)
 
 
+def epoch_sizes(quick: bool) -> tuple[int, int, int]:
+    """(training, validation, evaluation) images: the report's split of the dataset, or a small slice of it."""
+    if quick:
+        return 1_280, 320, 2_000
+    total = data.FILES["train_images"].count
+    train = data.split_index(total, training.VALIDATION_FRACTION)
+    return train, total - train, data.FILES["test_images"].count
+
+
 def run(quick: bool = False, device: str = "auto", threads: int | None = None, batch_size: int = 128,
         precision: str = "fp32", name: str = models.DEFAULT) -> dict:
     """Everything `fmnist bench` prints, as a dict."""
@@ -198,7 +207,7 @@ def run(quick: bool = False, device: str = "auto", threads: int | None = None, b
     cpu_threads.use(threads)
     target = training.resolve_device(device)
     steps, rounds = (3, 2) if quick else (30, 7)
-    num_train, num_val, num_eval = (1_280, 320, 2_000) if quick else (48_000, 12_000, 10_000)
+    num_train, num_val, num_eval = epoch_sizes(quick)
     per_step = compare_steps(name, batch_size, steps, rounds, target, precision)
     epoch_seconds, val_seconds = time_epoch(name, num_train, num_val, batch_size, target, precision)
     return {"machine": training.describe_machine(target), "model": name, "batch_size": batch_size, "quick": quick,

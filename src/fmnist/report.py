@@ -12,7 +12,7 @@ import math
 import re
 from pathlib import Path
 
-from fmnist import data, evaluate, model, models, runs, training
+from fmnist import data, evaluate, models, runs, training
 
 # The original report's published figures (shared/SPEC.md), and its framework rerun on a 2-core machine.
 PUBLISHED = {"test_loss": 0.4215, "test_accuracy": 0.9059, "train_loss": 0.0406, "train_accuracy": 0.9854,
