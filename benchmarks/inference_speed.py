@@ -19,20 +19,20 @@ import numpy as np
 import PIL.Image
 import uvicorn
 
-from fmnist import data, predict, runs, serve, threads, training
+from fmnist import data, inference, predict, serve, threads, training
 
 
 def batch_images_per_second(run_dir: Path, images: np.ndarray) -> float:
-    network = runs.load_model(run_dir)
-    pixels = training.to_tensor(images, next(network.parameters()).device)
-    training.predict_probabilities(network, pixels[:1000])  # warm-up
+    network = inference.load_model(run_dir)
+    pixels = inference.to_tensor(images, next(network.parameters()).device)
+    inference.predict_probabilities(network, pixels[:1000])  # warm-up
     start = time.perf_counter()
-    training.predict_probabilities(network, pixels)
+    inference.predict_probabilities(network, pixels)
     return len(images) / (time.perf_counter() - start)
 
 
 def single_image_ms(run_dir: Path, images: np.ndarray, count: int) -> list[float]:
-    network = runs.load_model(run_dir)
+    network = inference.load_model(run_dir)
     predict.classify(network, images[:1])  # warm-up
     times = []
     for image in images[:count]:
@@ -75,7 +75,7 @@ def main() -> None:
     training.flush_denormals()
     threads.use(args.threads)
     images = data.load(progress=False).test_images
-    print(f"{args.run}: {training.describe_machine(training.resolve_device('cpu'))['device_name']}")
+    print(f"{args.run}: {training.describe_machine(inference.resolve_device('cpu'))['device_name']}")
     print(f"test set in batches: {batch_images_per_second(args.run, images):,.0f} images/s")
     model = single_image_ms(args.run, images, args.requests)
     print(f"one image, the model's part: p50 {statistics.median(model):.2f} ms, "

@@ -12,7 +12,7 @@ import numpy as np
 import PIL.Image
 import uvicorn
 
-from fmnist import predict, runs, serve
+from fmnist import inference, predict, serve
 
 
 def free_port() -> int:
@@ -48,7 +48,7 @@ def as_product_photo(item: np.ndarray, size: int = 300) -> PIL.Image.Image:
 
 
 def confident_correct(trained_run, dataset, count=5):
-    network = runs.load_model(trained_run)
+    network = inference.load_model(trained_run)
     tops = predict.classify(network, dataset.test_images[:200])
     chosen = [i for i, top in enumerate(tops)
               if top[0]["label"] == dataset.test_labels[i] and top[0]["probability"] > 0.9]

@@ -4,12 +4,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fmnist import batching, predict, runs
+from fmnist import batching, inference, predict
 
 
 @pytest.mark.slow
 def test_batched_rows_equal_each_image_predicted_alone(trained_run, real_dataset):
-    network = runs.load_model(trained_run)
+    network = inference.load_model(trained_run)
     images = real_dataset.test_images[:50]
     # The thread waits (up to a minute) until 50 images are queued: one model call for all fifty jobs.
     batcher = batching.DynamicBatcher(lambda x: predict.probabilities(network, x), max_batch=50, max_delay=60)

@@ -108,7 +108,7 @@ def test_reproduce_end_to_end(tmp_path, capsys):
 def test_evaluate_weights_of_another_architecture_fail_clearly(tmp_path):
     state = model.SeedCNN().state_dict()
     state["conv2.kernel"] = torch.zeros(3, 3, 32, 64)
-    runs.save_weights(tmp_path / runs.WEIGHTS, state, runs.model.ARCHITECTURE)
+    runs.save_weights(tmp_path / runs.WEIGHTS, state, model.ARCHITECTURE)
     runs.write_json(tmp_path / runs.CONFIG, {"validation_fraction": 0.2})
     result = subprocess.run([sys.executable, "-m", "fmnist", "evaluate", str(tmp_path)], capture_output=True, text=True)
     assert result.returncode == 2 and "Traceback" not in result.stderr

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import onnx
 
-from fmnist import data, evaluate, export, runs
+from fmnist import data, export, inference
 
 
 def test_onnx_matches_pytorch_on_1000_test_images(tmp_path, trained_run, real_dataset):
@@ -21,7 +21,7 @@ def test_onnx_matches_pytorch_on_1000_test_images(tmp_path, trained_run, real_da
     assert json.loads(metadata["class_names"]) == list(data.CLASS_NAMES)
     assert exported.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
     images = real_dataset.test_images[:1000]
-    ours = evaluate.predict(runs.load_model(trained_run), images)
+    ours = inference.probabilities(inference.load_model(trained_run), images)
     theirs = export.onnx_probabilities(path, images)
     assert theirs.shape == (1000, 10)
     assert np.abs(theirs - ours).max() <= 1e-5

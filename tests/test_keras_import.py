@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from conftest import run_cli
-from fmnist import errors, evaluate, keras_import, model, runs, training
+from fmnist import errors, inference, keras_import, model, runs, training
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def keras_files(tmp_path_factory, real_dataset):
 @pytest.mark.parametrize("name", ["seed.keras", "seed.h5", "functional.keras", "functional.h5"])
 def test_imported_model_predicts_what_keras_predicts(tmp_path, keras_files, real_dataset, name):
     run_dir = keras_import.import_keras(keras_files / name, tmp_path / "run")
-    ours = evaluate.predict(runs.load_model(run_dir), real_dataset.test_images[:500])
+    ours = inference.probabilities(inference.load_model(run_dir), real_dataset.test_images[:500])
     expected = np.load(keras_files / "expected.npy")
     assert np.abs(ours - expected).max() <= 1e-5
     assert (ours.argmax(1) == expected.argmax(1)).all()

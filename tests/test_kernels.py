@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fmnist import kernels, model, training
+from fmnist import inference, kernels, model
 
 
 def to_windows(x: torch.Tensor) -> torch.Tensor:
@@ -93,10 +93,10 @@ def test_kernels_are_safe_to_call_from_many_threads():
     """The HTTP server predicts on a thread pool: concurrent calls must neither crash nor mix results."""
     network = model.SeedCNN().eval()
     batches = [torch.rand(64, 28, 28, 1, generator=torch.Generator().manual_seed(i)) for i in range(8)]
-    expected = [training.predict_probabilities(network, batch) for batch in batches]
+    expected = [inference.predict_probabilities(network, batch) for batch in batches]
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         for _ in range(3):
-            got = list(pool.map(lambda batch: training.predict_probabilities(network, batch), batches))
+            got = list(pool.map(lambda batch: inference.predict_probabilities(network, batch), batches))
             for ours, reference in zip(got, expected):
                 assert torch.equal(ours, reference)
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from conftest import require_real_data, run_cli
-from fmnist import errors, export, models, predict, recipe, runs, serve, training
+from fmnist import errors, export, inference, models, predict, runs, serve, training
 from helpers import running
 
 
@@ -25,10 +25,10 @@ def test_every_model_through_the_whole_toolchain(tmp_path, real_dataset, name):
     training.fit(training.TrainConfig.for_model(name, epochs=1, limit=600, threads=2), run_dir)
     assert json.loads((run_dir / runs.CONFIG).read_text())["model"] == name
     assert runs.read_history(run_dir)[-1]["elapsed"] == runs.read_history(run_dir)[-1]["seconds"]  # one epoch
-    network = runs.load_model(run_dir)
+    network = inference.load_model(run_dir)
     assert isinstance(models.unwrapped(network), models.get(name).network)
-    assert isinstance(network, recipe.FlipAveraged) == training.TrainConfig.for_model(name).tta  # weights say so
-    loss, accuracy = training.evaluate(network, training.to_tensor(real_dataset.test_images[:500], torch.device("cpu")),
+    assert isinstance(network, models.FlipAveraged) == training.TrainConfig.for_model(name).tta  # weights say so
+    loss, accuracy = inference.evaluate(network, inference.to_tensor(real_dataset.test_images[:500], torch.device("cpu")),
                                     torch.from_numpy(real_dataset.test_labels[:500]))
     assert np.isfinite(loss) and 0 <= accuracy <= 1
     assert len(predict.classify(network, real_dataset.test_images[:3])) == 3

@@ -90,10 +90,10 @@ def test_a_bad_recipe_is_a_value_error(bad):
 def test_flip_tta_is_the_mean_of_the_two_passes(name):
     torch.manual_seed(0)
     network = models.get(name).build(0.0).eval()
-    averaged = recipe.FlipAveraged(network).eval()
-    x = images(recipe.TTA_CHUNK + 8)  # more than one chunk
+    averaged = models.FlipAveraged(network).eval()
+    x = images(models.TTA_CHUNK + 8)  # more than one chunk
     with torch.no_grad():
-        torch.testing.assert_close(averaged(x), recipe.flip_averaged_reference(network, x), rtol=0, atol=1e-5)
+        torch.testing.assert_close(averaged(x), models.flip_averaged_reference(network, x), rtol=0, atol=1e-5)
     assert averaged.state_dict().keys() == network.state_dict().keys()
     averaged.train()  # training sees the network alone
     assert torch.equal(averaged(x), network(x))

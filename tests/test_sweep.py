@@ -141,6 +141,7 @@ def test_an_interrupted_sweep_finishes_only_the_missing_trials(tmp_path, local_r
     assert history[:len(cut_at)] == cut_at  # continued from its checkpoint: the epochs before the cut, as they were
 
 
+@pytest.mark.slow
 def test_a_two_node_cluster_on_this_machine_runs_trials_on_both(tmp_path, local_ray):
     require_real_data()
     local_ray.shutdown()  # `ray stop` below ends every Ray process here: the module's instance goes first

@@ -16,7 +16,7 @@ import safetensors.torch
 import torch
 
 from conftest import assert_same_weights, require_real_data, run_cli, weights_of as weights
-from fmnist import errors, model, models, runs, training
+from fmnist import errors, inference, model, models, runs, training
 
 QUICK = dict(limit=3000, threads=2)  # 2,400 training / 600 validation images
 
@@ -130,18 +130,18 @@ def test_cuda_on_a_cpu_only_machine_is_a_clear_error(tmp_path):
 
 def test_missing_foreign_or_damaged_run_dir(tmp_path):
     with pytest.raises(errors.RunError, match="missing"):
-        runs.load_model(tmp_path / "nothing")
+        inference.load_model(tmp_path / "nothing")
     safetensors.torch.save_file({"w": torch.zeros(3)}, str(tmp_path / runs.WEIGHTS))
     with pytest.raises(errors.RunError, match="architecture"):
-        runs.load_model(tmp_path)
+        inference.load_model(tmp_path)
     (tmp_path / runs.WEIGHTS).write_bytes(b"\x00garbage" * 10)
     with pytest.raises(errors.RunError, match="not a readable safetensors file"):
-        runs.load_model(tmp_path)
+        inference.load_model(tmp_path)
     state = model.SeedCNN().state_dict()
     state["dense1.kernel"] = torch.zeros(3136, 128)
-    runs.save_weights(tmp_path / runs.WEIGHTS, state, runs.model.ARCHITECTURE)
+    runs.save_weights(tmp_path / runs.WEIGHTS, state, model.ARCHITECTURE)
     with pytest.raises(errors.RunError, match="differs at dense1.kernel"):
-        runs.load_model(tmp_path)
+        inference.load_model(tmp_path)
     (tmp_path / runs.CHECKPOINT).write_bytes(b"not a checkpoint")
     with pytest.raises(errors.RunError, match="damaged"):
         runs.load_checkpoint(tmp_path / runs.CHECKPOINT)
@@ -332,7 +332,7 @@ def test_oversized_run_files_are_refused_unread(tmp_path, trained_run):
     with open(run_dir / runs.WEIGHTS, "r+b") as handle:
         handle.truncate(runs.MAX_FILE_BYTES + 1)  # sparse: costs no disk
     with pytest.raises(errors.RunError, match="is 268,435,457 bytes, over the limit"):
-        runs.load_model(run_dir)
+        inference.load_model(run_dir)
     with zipfile.ZipFile(run_dir / runs.CHECKPOINT, "w", zipfile.ZIP_DEFLATED) as bomb, bomb.open("data", "w") as entry:
         for _ in range(runs.MAX_FILE_BYTES // (1 << 20) + 1):
             entry.write(bytes(1 << 20))  # 257 MB of zeros in ~0.3 MB

@@ -12,10 +12,10 @@ Names load on first use, so that `import fmnist` (and the CLI's help) stays quic
 import typing as _typing
 
 from fmnist import threads as _threads
+from fmnist.version import __version__  # noqa: F401
 
 _threads.SET_BY_FMNIST = _threads.configure_waiting()  # before anything imports torch: OpenMP reads it as it loads
 _threads.configure_reproducibility()  # before torch's first matrix product: MKL reads it then
-__version__ = "0.1.0"
 
 _API = {"CLASS_NAMES": "fmnist.api", "Predictions": "fmnist.api", "Run": "fmnist.api", "load_data": "fmnist.api",
         "open_run": "fmnist.api", "reproduce": "fmnist.api", "train": "fmnist.api", "TrainConfig": "fmnist.training"}

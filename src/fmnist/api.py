@@ -18,7 +18,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from fmnist import data, errors, models, progress, runs, training
+from fmnist import data, errors, inference, models, progress, runs, training
 
 CLASS_NAMES = data.CLASS_NAMES
 WEIGHTS = {"final": runs.WEIGHTS, "best": runs.BEST_WEIGHTS}
@@ -70,7 +70,7 @@ class Run:
 
     def model(self, weights: str = "final"):
         """The network (torch.nn.Module, eval mode) as evaluation and prediction run it."""
-        return runs.load_model(self.path, weights_file(weights))
+        return inference.load_model(self.path, weights_file(weights))
 
     def evaluate(self, weights: str = "final", device: str = "auto") -> dict:
         """Loss and accuracy on the training split and the test set, the per-class table and confusion
@@ -85,7 +85,7 @@ class Run:
         pixels = as_pixels(images)
         network = self.model(weights)
         device = next(network.parameters()).device
-        probabilities = training.predict_probabilities(network, training.to_tensor(pixels, device)).cpu().numpy()
+        probabilities = inference.predict_probabilities(network, inference.to_tensor(pixels, device)).cpu().numpy()
         classes = probabilities.argmax(1)
         return Predictions(probabilities, classes, [CLASS_NAMES[c] for c in classes])
 
@@ -166,7 +166,7 @@ def fit_with_progress(config: training.TrainConfig, run_dir: Path, resume: bool 
     """training.fit with a bar per epoch and one line per epoch; Ctrl-C says how to resume."""
     images = config.limit or data.FILES["train_images"].count
     steps = math.ceil(data.split_index(images, config.validation_fraction) / config.batch_size)
-    on_cpu = training.resolve_device(config.device).type == "cpu"
+    on_cpu = inference.resolve_device(config.device).type == "cpu"
     with progress.EpochProgress(config.epochs, steps, show_values=on_cpu, enabled=show_progress) as bar:
         if resume:
             bar.epoch = training.resume_epoch(run_dir)
@@ -244,7 +244,7 @@ def write_comparison(summaries: dict[str, dict], out: Path, device: str) -> dict
 
     rows = {}
     for name, summary in summaries.items():
-        speed = bench.evaluation_throughput(name, 10_000, training.resolve_device(device))
+        speed = bench.evaluation_throughput(name, 10_000, inference.resolve_device(device))
         rows[name] = {"summary": summary, "parameters": models.parameters(models.get(name).build(0.0)),
                       "images_per_second": speed}
     runs.write_json(out / "comparison.json", rows)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fmnist import data, model, models, training
+from fmnist import data, inference, model, models, training
 from fmnist import threads as cpu_threads
 
 
@@ -173,7 +173,7 @@ def time_epoch(name: str, num_train: int, num_val: int, batch_size: int, device:
                                     shift=config.shift, label_smoothing=config.label_smoothing, rates=rates)
     loss.item()  # waits for the device
     middle = time.perf_counter()
-    training.evaluate(models.evaluation_form(network, config.tta), images[num_train:], labels[num_train:])
+    inference.evaluate(models.evaluation_form(network, config.tta), images[num_train:], labels[num_train:])
     return middle - start, time.perf_counter() - middle
 
 
@@ -182,10 +182,10 @@ def evaluation_throughput(name: str, num_images: int, device: torch.device) -> f
     network = models.evaluation_form(models.get(name).build(0.0), training.TrainConfig.for_model(name).tta)
     network = network.to(device).eval()
     images = torch.rand(num_images, 28, 28, 1, device=device)
-    training.predict_probabilities(network, images[:training.EVAL_BATCH_SIZE])  # warm-up
+    inference.predict_probabilities(network, images[:inference.EVAL_BATCH_SIZE])  # warm-up
     synchronize(device)
     start = time.perf_counter()
-    training.predict_probabilities(network, images)
+    inference.predict_probabilities(network, images)
     synchronize(device)
     return num_images / (time.perf_counter() - start)
 
@@ -205,7 +205,7 @@ def run(quick: bool = False, device: str = "auto", threads: int | None = None, b
     models.get(name)  # ValueError naming the models there are
     training.flush_denormals()
     cpu_threads.use(threads)
-    target = training.resolve_device(device)
+    target = inference.resolve_device(device)
     steps, rounds = (3, 2) if quick else (30, 7)
     num_train, num_val, num_eval = epoch_sizes(quick)
     per_step = compare_steps(name, batch_size, steps, rounds, target, precision)

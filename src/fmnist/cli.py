@@ -14,8 +14,7 @@ import rich.console
 import rich.markup
 import rich.table
 
-import fmnist
-from fmnist import errors, progress
+from fmnist import errors, progress, version
 
 console = progress.console  # one console for the CLI and the library's progress
 error_console = rich.console.Console(stderr=True, highlight=False)
@@ -316,9 +315,9 @@ def cmd_predict(args) -> int:
 
     import PIL.Image
 
-    from fmnist import files, predict, runs
+    from fmnist import files, inference, predict, runs
 
-    network = runs.load_model(Path(args.run), runs.BEST_WEIGHTS if args.weights == "best" else runs.WEIGHTS)
+    network = inference.load_model(Path(args.run), runs.BEST_WEIGHTS if args.weights == "best" else runs.WEIGHTS)
     paths = predict.expand_paths(args.images)
     if not paths:
         raise errors.InputError("no image files found in " + ", ".join(map(str, args.images)))
@@ -573,7 +572,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fmnist", description="Train, evaluate, understand and use Fashion-MNIST classifiers.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action="version", version=f"fmnist {fmnist.__version__}")
+    parser.add_argument("--version", action="version", version=f"fmnist {version.__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_experiment_commands(commands)
     add_sweep_command(commands)

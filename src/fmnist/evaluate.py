@@ -9,9 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import sklearn.metrics
-import torch
 
-from fmnist import data, errors, figures, runs, training
+from fmnist import data, errors, figures, inference, runs, training
 
 GRID = 25  # images in the prediction and mistake grids
 
@@ -32,12 +31,6 @@ def loss_and_accuracy(probabilities: np.ndarray, labels: np.ndarray) -> dict:
     picked = np.clip(probabilities[np.arange(len(labels)), labels].astype(np.float64), 1e-12, None)
     return {"loss": float(-np.log(picked).mean()),
             "accuracy": float((probabilities.argmax(1) == labels).mean()), "count": int(len(labels))}
-
-
-def predict(network, images: np.ndarray, device: torch.device | None = None) -> np.ndarray:
-    """Probabilities (N, 10) for uint8 images (N, 28, 28)."""
-    device = device or next(network.parameters()).device
-    return training.predict_probabilities(network, training.to_tensor(images, device)).cpu().numpy()
 
 
 def predictions_csv(probabilities: np.ndarray, labels: np.ndarray) -> str:
@@ -77,15 +70,15 @@ def evaluate_run(run_dir: Path, weights: str = runs.WEIGHTS, data_dir: str | Non
     """Evaluate a run directory on its training split and the test set; write metrics, predictions, figures."""
     run_dir = Path(run_dir)
     config = training.load_config(run_dir)
-    network = runs.load_model(run_dir, weights).to(training.resolve_device(device))
+    network = inference.load_model(run_dir, weights).to(inference.resolve_device(device))
     dataset = data.load(data_dir=data_dir or config.data_dir)
     images, labels = dataset.train_images, dataset.train_labels
     if config.limit:
         images, labels = images[:config.limit], labels[:config.limit]
     (train_x, train_y), _ = data.split(images, labels, config.validation_fraction)
-    test_probabilities = predict(network, dataset.test_images)
+    test_probabilities = inference.probabilities(network, dataset.test_images)
     metrics = {"weights": weights, "data_source": dataset.source,
-               "train": loss_and_accuracy(predict(network, train_x), train_y),
+               "train": loss_and_accuracy(inference.probabilities(network, train_x), train_y),
                "test": {**loss_and_accuracy(test_probabilities, dataset.test_labels),
                         **classification_metrics(dataset.test_labels, test_probabilities.argmax(1))}}
     runs.write_text(run_dir / runs.PREDICTIONS, predictions_csv(test_probabilities, dataset.test_labels))

@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 import torch
 
-from fmnist import data, errors, models, runs
+from fmnist import data, errors, inference, models, runs
 
 OPSET = 17
 INPUT, OUTPUT = "images", "probabilities"
@@ -32,7 +32,7 @@ class WithSoftmax(torch.nn.Module):
 def export_onnx(run_dir: Path, path: Path | None = None, weights: str = runs.WEIGHTS) -> Path:
     run_dir = Path(run_dir)
     path = Path(path) if path else run_dir / runs.ONNX
-    loaded = runs.load_model(run_dir, weights)
+    loaded = inference.load_model(run_dir, weights)
     network, spec = WithSoftmax(loaded).eval(), models.for_architecture(models.architecture_of(loaded))
     example = torch.rand(2, data.IMAGE_SIZE, data.IMAGE_SIZE, 1)
 
@@ -64,9 +64,7 @@ def onnx_probabilities(path: Path, images: np.ndarray) -> np.ndarray:
 
 def verify(run_dir: Path, path: Path, images: np.ndarray, weights: str = runs.WEIGHTS) -> float:
     """Max absolute difference of probabilities between onnxruntime and PyTorch on `images`."""
-    from fmnist import evaluate
-
-    reference = evaluate.predict(runs.load_model(Path(run_dir), weights), images)
+    reference = inference.probabilities(inference.load_model(Path(run_dir), weights), images)
     difference = float(np.abs(onnx_probabilities(path, images) - reference).max())
     if not difference <= 1e-5:
         raise errors.FmnistError(f"{path}: onnxruntime differs from PyTorch by {difference:.2e} (limit 1e-5)")

@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from fmnist import fastcnn, model, recipe
+from fmnist import fastcnn, model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +59,7 @@ def for_architecture(architecture: str | None) -> ModelSpec | None:
 def unwrapped(network: nn.Module) -> nn.Module:
     """The registry's network inside a DDP (`.module`) or test-time-augmentation wrapper."""
     network = getattr(network, "module", network)
-    return network.network if isinstance(network, recipe.FlipAveraged) else network
+    return network.network if isinstance(network, FlipAveraged) else network
 
 
 def architecture_of(network: nn.Module) -> str:
@@ -74,7 +74,7 @@ def evaluation_form(network: nn.Module, tta: bool) -> nn.Module:
     network = network.eval()
     if hasattr(network, "for_inference"):
         network = network.for_inference()
-    return (recipe.FlipAveraged(network) if tta else network).eval()
+    return (FlipAveraged(network) if tta else network).eval()
 
 
 def layer_table(network: nn.Module) -> list[tuple[str, str, int]]:
@@ -111,3 +111,41 @@ def mflops_per_image(network: nn.Module) -> float:
         network.eval()(torch.zeros(1, 28, 28, 1))
     network.train(training)  # the caller's mode, as it was
     return counter.get_total_flops() / 1e6
+
+
+# Images per pass of flip TTA (2x that through the network): measured for fast-cnn on a 2-core Zen 4,
+# 7,100 test images/s against 4,700 for whole 512-image batches, whose activations leave the caches.
+TTA_CHUNK = 256
+
+
+# ---------------------------------------------------------------------------------------------
+# Test-time augmentation: the mean of the logits of an image and its mirror
+class FlipAveraged(nn.Module):
+    """In eval mode, the mean of the network's logits for each image and its mirror image, computed as
+    one batch of 2N (one pass through the layers); in training mode, the network itself.
+
+    The wrapped network's parameters keep their names (`state_dict` is the network's own)."""
+
+    def __init__(self, network: nn.Module):
+        super().__init__()
+        self.network = network
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            return self.network(x)
+        if x.shape[0] > TTA_CHUNK:
+            return torch.cat([self(x[i:i + TTA_CHUNK]) for i in range(0, x.shape[0], TTA_CHUNK)])
+        n = x.shape[0]
+        logits = self.network(torch.cat([x, x.flip(2)]))  # (2N, 10): the images, then their mirrors
+        return (logits[:n] + logits[n:]) / 2
+
+    def state_dict(self, *args, **kwargs):
+        return self.network.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        return self.network.load_state_dict(state_dict, strict, assign)
+
+
+def flip_averaged_reference(network: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The plain form: two passes, averaged."""
+    return (network(x) + network(x.flip(2))) / 2

@@ -17,7 +17,7 @@ import PIL.ImageFilter
 import PIL.ImageOps
 import torch
 
-from fmnist import data, errors, files, training
+from fmnist import data, errors, files, inference
 
 # Limits: a 28x28 classifier needs few pixels, so work is bounded by what the result can use.
 MAX_FILE_BYTES = 64 * 1024 * 1024  # an image file on disk (the server limits its request bodies itself)
@@ -117,7 +117,7 @@ def probabilities(network, images: np.ndarray) -> np.ndarray:
     """(N, 10) float32 class probabilities for preprocessed (N, 28, 28) uint8 images."""
     device = next(network.parameters()).device
     with torch.inference_mode():
-        rows = training.predict_probabilities(network, training.to_tensor(images, device)).cpu().numpy()
+        rows = inference.predict_probabilities(network, inference.to_tensor(images, device)).cpu().numpy()
     if not np.isfinite(rows).all():  # JSON cannot hold NaN; weights are checked on load, but say so
         raise errors.RunError("the model's output is not finite: its weights are damaged")
     return rows

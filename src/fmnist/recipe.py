@@ -6,7 +6,6 @@
   applies to weights only (not to biases or BatchNorm's scale and shift).
 - `learning_rate`: constant, or one-cycle (linear warm-up from 0 to the peak, linear decay to 0), a
   function of the global step: nothing to checkpoint, and a resumed run continues on the same curve.
-- `FlipAveraged`: flip test-time augmentation, the mean of the logits of an image and its mirror.
 Images are NHWC (N, 28, 28, 1) as everywhere in fmnist: width, the flipped axis, is dim 2.
 """
 from __future__ import annotations
@@ -18,9 +17,6 @@ from torch import nn
 OPTIMIZERS = ("adam", "sgd", "adamw")
 SCHEDULES = ("constant", "onecycle")
 MOMENTUM = 0.9  # SGD's; AdamW uses the seed's Adam betas
-# Images per pass of flip TTA (2x that through the network): measured for fast-cnn on a 2-core Zen 4,
-# 7,100 test images/s against 4,700 for whole 512-image batches, whose activations leave the caches.
-TTA_CHUNK = 256
 
 
 # ---------------------------------------------------------------------------------------------
@@ -96,36 +92,3 @@ def learning_rate(step: int, total_steps: int, peak: float, schedule: str, warmu
     if step < warm:
         return peak * (step + 1) / warm                                  # reaches the peak at step warm-1
     return peak * max(0.0, (total_steps - 1 - step) / max(1, total_steps - warm))  # 0 at the last step
-
-
-# ---------------------------------------------------------------------------------------------
-# Test-time augmentation
-class FlipAveraged(nn.Module):
-    """In eval mode, the mean of the network's logits for each image and its mirror image, computed as
-    one batch of 2N (one pass through the layers); in training mode, the network itself.
-
-    The wrapped network's parameters keep their names (`state_dict` is the network's own)."""
-
-    def __init__(self, network: nn.Module):
-        super().__init__()
-        self.network = network
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training:
-            return self.network(x)
-        if x.shape[0] > TTA_CHUNK:
-            return torch.cat([self(x[i:i + TTA_CHUNK]) for i in range(0, x.shape[0], TTA_CHUNK)])
-        n = x.shape[0]
-        logits = self.network(torch.cat([x, x.flip(2)]))  # (2N, 10): the images, then their mirrors
-        return (logits[:n] + logits[n:]) / 2
-
-    def state_dict(self, *args, **kwargs):
-        return self.network.state_dict(*args, **kwargs)
-
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        return self.network.load_state_dict(state_dict, strict, assign)
-
-
-def flip_averaged_reference(network: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The plain form: two passes, averaged."""
-    return (network(x) + network(x.flip(2))) / 2

@@ -33,7 +33,7 @@ import safetensors
 import safetensors.torch
 import torch
 
-from fmnist import data, errors, files, model, models
+from fmnist import data, errors, files
 
 CONFIG = "config.json"
 HISTORY = "history.json"
@@ -207,21 +207,6 @@ def best_val_loss(run_dir: Path) -> float:
             return float((handle.metadata() or {}).get("val_loss", "inf"))
     except Exception:  # a damaged file: the next better epoch replaces it
         return math.inf
-
-
-def load_model(run_dir: Path, weights: str = WEIGHTS, dropout: float = model.DROPOUT) -> torch.nn.Module:
-    """The network a run recorded (its weights' architecture tag), in eval mode; clear errors for foreign,
-    mismatched or damaged weights."""
-    where = Path(run_dir) / weights
-    tensors, metadata = load_weights(where)
-    spec = models.for_architecture(metadata.get("architecture"))
-    if spec is None:
-        known = ", ".join(spec.architecture for spec in models.REGISTRY.values())
-        raise errors.RunError(f"{where}: architecture {metadata.get('architecture')!r}, "
-                              f"this version of fmnist reads {known}")
-    network = spec.build(dropout)
-    network.load_state_dict(check_state(tensors, network.state_dict(), str(where)))
-    return models.evaluation_form(network, tta=metadata.get("tta") == "flip")
 
 
 def check_size(path: Path, size: int, what: str = "is") -> None:

@@ -38,7 +38,7 @@ import PIL.Image
 import starlette.requests
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from fmnist import batching, data, errors, predict, runs, threads
+from fmnist import batching, data, errors, inference, predict, runs, threads
 
 MAX_BYTES = 5 * 1024 * 1024
 MAX_FILES = 32
@@ -145,7 +145,7 @@ def create_app(run_dir: Path, max_bytes: int = MAX_BYTES, max_pixels: int = pred
     """The app; `allowed_hosts` (Host header names) guards against DNS rebinding when given; `label` names
     the run in /health (default: run_dir)."""
     run_dir = Path(run_dir)
-    network, about = runs.load_model(run_dir), describe_run(run_dir)
+    network, about = inference.load_model(run_dir), describe_run(run_dir)
     # No /docs or /redoc: their pages load scripts from a CDN. /openapi.json stays.
     app = fastapi.FastAPI(title="fmnist", description="Fashion-MNIST classifier", docs_url=None, redoc_url=None)
     add_protections(app, allowed_hosts)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from fmnist import errors, files, runs, serve
+from fmnist import errors, files, inference, runs, serve
 
 RUN_FILES = {runs.CONFIG: runs.MAX_JSON_BYTES, runs.WEIGHTS: runs.MAX_FILE_BYTES, runs.METRICS: runs.MAX_JSON_BYTES}
 APP_NAME = "fmnist"
@@ -54,7 +54,7 @@ def deploy(run_dir: Path, replicas: int, host: str = "127.0.0.1", port: int = 80
     from ray import serve as ray_serve
 
     contents = run_files(run_dir)
-    runs.load_model(Path(run_dir))  # the run's weights checked here first: one clear error, not N replicas failing
+    inference.load_model(Path(run_dir))  # the run's weights checked here first: one clear error, not N replicas failing
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, configure_logging=False, log_to_driver=False)
     ray_serve.start(http_options={"host": host, "port": port})

@@ -140,9 +140,8 @@ def run_trial(trial: dict) -> dict:
     evaluate it and write its report); validation figures.
 
     The run directory is the trial's whole state: a trial that was cut off resumes from its checkpoint,
-    a finished one is only read."""
-    import fmnist  # noqa: F401  (a fresh worker: set OpenMP's waiting before torch loads)
-
+    a finished one is only read. (A fresh Ray worker imports this module, so `import fmnist` has set
+    OpenMP's waiting and MKL's reproducible mode before torch loads.)"""
     run_dir = Path(trial["run_dir"])
     config = training.TrainConfig.for_model(trial["model"], seed=trial["seed"], threads=trial["threads"],
                                             **trial["settings"])

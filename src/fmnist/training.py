@@ -17,12 +17,10 @@ import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-import fmnist
-from fmnist import data, errors, model, models, recipe, runs, threads
+from fmnist import data, errors, inference, model, models, recipe, runs, threads, version
 
 # The report's settings.
 EPOCHS = 50
@@ -32,7 +30,6 @@ BETA_1, BETA_2, EPSILON = 0.9, 0.999, 1e-7  # Keras's Adam defaults
 VALIDATION_FRACTION = 0.2
 CHECKPOINT_FORMAT = "fmnist-checkpoint-v1"
 DROPOUT = model.DROPOUT  # named here: inside TrainConfig, `model` is the field naming the network
-EVAL_BATCH_SIZE = 512  # measured: ~2.5x the images/s of 2048 on a 2-core CPU (cache-sized)
 MAX_SHIFT = 8  # pixels: beyond a third of a 28-pixel image, translation leaves too little of the item
 
 
@@ -143,19 +140,6 @@ class KerasAdam(torch.optim.Adam):
         return super().step(closure)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise errors.FmnistError("--device cuda asked for, but this machine has no usable CUDA GPU")
-    return torch.device(name)
-
-
-def to_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
-    """uint8 (N, 28, 28) -> float32 (N, 28, 28, 1) in [0, 1], the report's preprocessing."""
-    return torch.from_numpy(images).to(device).float().div_(255.0).unsqueeze(-1)
-
-
 def make_optimizer(network: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     return recipe.make_optimizer(network, config.optimizer, config.learning_rate, config.weight_decay, KerasAdam)
 
@@ -226,26 +210,6 @@ def train_one_epoch(network, optimizer, images, labels, batch_size, generator, o
     return loss_sum / len(images), correct / len(images)
 
 
-@torch.inference_mode()
-def evaluate(network, images, labels, batch_size: int = EVAL_BATCH_SIZE):
-    """(mean loss, accuracy) as floats, dropout off."""
-    network.eval()
-    loss_sum, correct = torch.zeros((), device=images.device), torch.zeros((), device=images.device)
-    for start in range(0, len(images), batch_size):
-        logits = network(images[start:start + batch_size])
-        y = labels[start:start + batch_size]
-        loss_sum += F.cross_entropy(logits, y, reduction="sum")
-        correct += (logits.argmax(1) == y).sum()
-    return loss_sum.item() / len(images), correct.item() / len(images)  # host sync: once per call
-
-
-@torch.inference_mode()
-def predict_probabilities(network, images, batch_size: int = EVAL_BATCH_SIZE) -> torch.Tensor:
-    network.eval()
-    return torch.cat([F.softmax(network(images[i:i + batch_size]), dim=1)
-                      for i in range(0, len(images), batch_size)])
-
-
 # ---------------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class TrainingState:
@@ -297,8 +261,8 @@ def prepare_data(config: TrainConfig, device: torch.device):
     if config.limit:
         images, labels = images[:config.limit], labels[:config.limit]
     (train_x, train_y), (val_x, val_y) = data.split(images, labels, config.validation_fraction)
-    return ((to_tensor(train_x, device), torch.from_numpy(train_y).to(device)),
-            (to_tensor(val_x, device), torch.from_numpy(val_y).to(device)))
+    return ((inference.to_tensor(train_x, device), torch.from_numpy(train_y).to(device)),
+            (inference.to_tensor(val_x, device), torch.from_numpy(val_y).to(device)))
 
 
 def new_state(config: TrainConfig, device: torch.device) -> TrainingState:
@@ -319,7 +283,7 @@ def cpu_name() -> str:
 def describe_machine(device: torch.device) -> dict:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     available, why = threads.available_cpus()
-    return {"fmnist": fmnist.__version__, "torch": torch.__version__, "python": platform.python_version(),
+    return {"fmnist": version.__version__, "torch": torch.__version__, "python": platform.python_version(),
             "device": str(device), "device_name": name, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
             "available_cpus": available, "cpu_limit": why,
             "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
@@ -397,7 +361,7 @@ def setup(config: TrainConfig) -> tuple[Shard, torch.device]:
     # ...but without its debugging aid of filling every new tensor with NaN: nothing here reads memory
     # before writing it, and the fills cost ~10 % of a BatchNorm network's step (measured, fast-cnn).
     torch.utils.deterministic.fill_uninitialized_memory = False
-    device = resolve_device(config.device)
+    device = inference.resolve_device(config.device)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
         return Shard(), device
@@ -434,7 +398,7 @@ def run_epoch(state: TrainingState, network, train_data, val_data, config: Train
         raise errors.FmnistError(f"training loss became {loss} in epoch {state.epoch + 1}; the run stops. "
                                  f"The checkpoint of epoch {state.epoch} is kept; try a lower --learning-rate")
     train_seconds = time.perf_counter() - start
-    val_loss, val_accuracy = evaluate(models.evaluation_form(state.network, config.tta), *val_data)
+    val_loss, val_accuracy = inference.evaluate(models.evaluation_form(state.network, config.tta), *val_data)
     state.epoch += 1
     return {"epoch": state.epoch, "loss": loss, "accuracy": accuracy, "val_loss": val_loss,
             "val_accuracy": val_accuracy, "train_seconds": train_seconds, "seconds": time.perf_counter() - start,
