@@ -19,7 +19,7 @@ import numpy as np
 import PIL.Image
 import uvicorn
 
-from fmnist import data, inference, predict, serve, threads, training
+from fmnist import data, inference, machine, predict, serve, threads
 
 
 def batch_images_per_second(run_dir: Path, images: np.ndarray) -> float:
@@ -72,10 +72,10 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
-    training.flush_denormals()
+    machine.flush_denormals()
     threads.use(args.threads)
     images = data.load(progress=False).test_images
-    print(f"{args.run}: {training.describe_machine(inference.resolve_device('cpu'))['device_name']}")
+    print(f"{args.run}: {machine.describe_machine(inference.resolve_device('cpu'))['device_name']}")
     print(f"test set in batches: {batch_images_per_second(args.run, images):,.0f} images/s")
     model = single_image_ms(args.run, images, args.requests)
     print(f"one image, the model's part: p50 {statistics.median(model):.2f} ms, "

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 import fmnist  # noqa: F401  (first: it sets how OpenMP threads wait, before torch loads)
-from fmnist import evaluate, inference, runs, training
+from fmnist import evaluate, inference, machine, runs, training
 
 
 def run_budget(model: str, epochs: int, seed: int, out: Path) -> dict:
@@ -46,7 +46,7 @@ def main() -> None:
             print(f"| {row['model']} | {epochs} | {seed} | {row['seconds']:.0f} | {row['val_accuracy']:.4f} | "
                   f"{row['test_accuracy']:.4f} |", flush=True)
     runs.write_json(args.out / f"frontier-{args.model}.json", rows)
-    print(json.dumps({"machine": training.describe_machine(inference.resolve_device("cpu"))}))
+    print(json.dumps({"machine": machine.describe_machine(inference.resolve_device("cpu"))}))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from conftest import run_cli
-from fmnist import errors, inference, keras_import, model, runs, training
+from fmnist import errors, inference, keras_import, model, recipe, runs
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +85,7 @@ def test_training_steps_match_keras(tmp_path):
     network = model.SeedCNN(dropout=0.0)
     names = [f"{layer}.{part}" for layer in keras_import.WEIGHTED for part in ("kernel", "bias")]
     network.load_state_dict({name: torch.from_numpy(saved[f"initial_{i}"]) for i, name in enumerate(names)})
-    optimizer = training.KerasAdam(network.parameters(), fused=True)
+    optimizer = recipe.KerasAdam(network.parameters(), fused=True)
     for x, y in zip(saved["images"], saved["labels"]):
         loss = torch.nn.functional.cross_entropy(network(torch.from_numpy(x)), torch.from_numpy(y))
         optimizer.zero_grad()

@@ -9,7 +9,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "src" / "fmnist"
 LAYERS = [  # bottom to top
-    ("foundations", {"errors", "version", "files", "threads", "progress", "batching"}),
+    ("foundations", {"errors", "version", "files", "threads", "machine", "progress", "batching"}),
     ("data", {"data"}),
     ("storage", {"runs"}),
     ("networks", {"kernels", "model", "fastcnn", "models"}),

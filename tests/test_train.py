@@ -16,7 +16,7 @@ import safetensors.torch
 import torch
 
 from conftest import assert_same_weights, require_real_data, run_cli, weights_of as weights
-from fmnist import errors, inference, model, models, runs, training
+from fmnist import errors, inference, model, models, recipe, runs, training
 
 QUICK = dict(limit=3000, threads=2)  # 2,400 training / 600 validation images
 
@@ -101,7 +101,7 @@ def test_keras_adam_matches_keras_update_rule():
     w0 = rng.normal(size=50)
     grads = [rng.normal(size=50) * 1e-4 for _ in range(5)]  # small: the ε placement matters
     param = torch.nn.Parameter(torch.tensor(w0))
-    optimizer = training.KerasAdam([param], lr=1e-3, fused=False)
+    optimizer = recipe.KerasAdam([param], lr=1e-3, fused=False)
     w, m, v = w0.copy(), np.zeros(50), np.zeros(50)
     for t, g in enumerate(grads, start=1):
         param.grad = torch.tensor(g)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fmnist import data, inference, model, models, training
+from fmnist import data, inference, machine, model, models, recipe, training
 from fmnist import threads as cpu_threads
 
 
@@ -89,7 +89,7 @@ def compare_steps(name: str, batch_size: int, steps: int, rounds: int, device: t
         return step_function(network, training.make_optimizer(network, config), x, y, precision, config.label_smoothing)
 
     plain = PLAIN[name]().to(device).train()
-    optimizer = torch.optim.Adam(plain.parameters(), eps=1e-7) if config.optimizer == "adam" else \
+    optimizer = torch.optim.Adam(plain.parameters(), eps=recipe.EPSILON) if config.optimizer == "adam" else \
         training.make_optimizer(plain, config)  # the same optimizer, written the usual way
     steps_by_name = {"fmnist": ours()}
     if name == models.SEED.name:  # the seed's fused CPU kernels against its PyTorch fast forms
@@ -203,14 +203,14 @@ def run(quick: bool = False, device: str = "auto", threads: int | None = None, b
         precision: str = "fp32", name: str = models.DEFAULT) -> dict:
     """Everything `fmnist bench` prints, as a dict."""
     models.get(name)  # ValueError naming the models there are
-    training.flush_denormals()
+    machine.flush_denormals()
     cpu_threads.use(threads)
     target = inference.resolve_device(device)
     steps, rounds = (3, 2) if quick else (30, 7)
     num_train, num_val, num_eval = epoch_sizes(quick)
     per_step = compare_steps(name, batch_size, steps, rounds, target, precision)
     epoch_seconds, val_seconds = time_epoch(name, num_train, num_val, batch_size, target, precision)
-    return {"machine": training.describe_machine(target), "model": name, "batch_size": batch_size, "quick": quick,
+    return {"machine": machine.describe_machine(target), "model": name, "batch_size": batch_size, "quick": quick,
             "precision": precision, "step_seconds": per_step,
             "speedup": per_step["plain eager PyTorch"] / per_step["fmnist"],
             "floor_seconds": floor_seconds(name, batch_size, steps, target),

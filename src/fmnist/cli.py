@@ -14,7 +14,7 @@ import rich.console
 import rich.markup
 import rich.table
 
-from fmnist import errors, progress, version
+from fmnist import errors, machine, progress, version
 
 console = progress.console  # one console for the CLI and the library's progress
 error_console = rich.console.Console(stderr=True, highlight=False)
@@ -599,10 +599,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def prepare_kernels(threads: int | None) -> None:
-    from fmnist import kernels, training
+    from fmnist import kernels
     from fmnist import threads as cpu_threads
 
-    training.flush_denormals()  # first, so that torch's worker threads inherit it
+    machine.flush_denormals()  # first, so that torch's worker threads inherit it
     cpu_threads.use(threads)  # then the pool's size (numba's follows it)
     with console.status("preparing the CPU kernels (compiled on first use, then cached)"):
         kernels.available()

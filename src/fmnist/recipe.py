@@ -2,13 +2,15 @@
 
 - `augment`: random horizontal flips and translations, drawn once per epoch for the whole (shuffled)
   training set from the run's shuffling generator, so a resumed run draws the same images.
-- `make_optimizer`: Keras's Adam (the seed's), SGD with Nesterov momentum, or AdamW; weight decay
+- `KerasAdam`, `make_optimizer`: Keras's Adam (the seed's), SGD with Nesterov momentum, or AdamW; weight decay
   applies to weights only (not to biases or BatchNorm's scale and shift).
 - `learning_rate`: constant, or one-cycle (linear warm-up from 0 to the peak, linear decay to 0), a
   function of the global step: nothing to checkpoint, and a resumed run continues on the same curve.
 Images are NHWC (N, 28, 28, 1) as everywhere in fmnist: width, the flipped axis, is dim 2.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +19,7 @@ from torch import nn
 OPTIMIZERS = ("adam", "sgd", "adamw")
 SCHEDULES = ("constant", "onecycle")
 MOMENTUM = 0.9  # SGD's; AdamW uses the seed's Adam betas
+BETA_1, BETA_2, EPSILON, ADAM_LEARNING_RATE = 0.9, 0.999, 1e-7, 1e-3  # Keras's Adam defaults
 
 
 # ---------------------------------------------------------------------------------------------
@@ -62,6 +65,25 @@ def translate_reference(images: torch.Tensor, offsets: torch.Tensor, shift: int)
 
 # ---------------------------------------------------------------------------------------------
 # Optimizer and schedule
+class KerasAdam(torch.optim.Adam):
+    """Adam with Keras's epsilon: Keras adds ε to sqrt(v) *before* bias correction, PyTorch after.
+
+    Keras:   w -= lr·sqrt(1-β2ᵗ)/(1-β1ᵗ) · m / (sqrt(v) + ε)
+    PyTorch: w -= lr/(1-β1ᵗ) · m / (sqrt(v)/sqrt(1-β2ᵗ) + ε')   — equal when ε' = ε / sqrt(1-β2ᵗ).
+    """
+
+    def __init__(self, params, lr: float = ADAM_LEARNING_RATE, **kwargs):
+        super().__init__(params, lr=lr, betas=(BETA_1, BETA_2), eps=EPSILON, **kwargs)
+        for group in self.param_groups:
+            group.setdefault("keras_step", 0)  # a Python int: no device sync to read it
+
+    def step(self, closure=None):
+        for group in self.param_groups:
+            group["keras_step"] += 1
+            group["eps"] = EPSILON / math.sqrt(1.0 - group["betas"][1] ** group["keras_step"])
+        return super().step(closure)
+
+
 def parameter_groups(network: nn.Module, weight_decay: float) -> list[dict]:
     """Weight decay on weights (matrices, kernels) only: decaying BatchNorm's scale or a bias only hurts."""
     weights = [p for p in network.parameters() if p.ndim > 1]
@@ -69,13 +91,12 @@ def parameter_groups(network: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": weights, "weight_decay": weight_decay}, {"params": others, "weight_decay": 0.0}]
 
 
-def make_optimizer(network: nn.Module, name: str, learning_rate: float, weight_decay: float,
-                   adam: type[torch.optim.Optimizer]) -> torch.optim.Optimizer:
-    """`adam` is the seed's (Keras's Adam, one group, as the report); the others group the parameters."""
+def make_optimizer(network: nn.Module, name: str, learning_rate: float, weight_decay: float) -> torch.optim.Optimizer:
+    """Adam is the seed's (Keras's, one group, as the report); the others group the parameters."""
     if name == "adam":
         if weight_decay:
             raise ValueError("Keras's Adam takes no weight decay: use --optimizer adamw")
-        return adam(network.parameters(), lr=learning_rate, fused=True)  # fused: one kernel for all parameters
+        return KerasAdam(network.parameters(), lr=learning_rate, fused=True)  # fused: one kernel for all parameters
     groups = parameter_groups(network, weight_decay)
     if name == "sgd":
         return torch.optim.SGD(groups, lr=learning_rate, momentum=MOMENTUM, nesterov=True)

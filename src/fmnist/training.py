@@ -10,23 +10,20 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import platform
 import time
 import typing
-import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from fmnist import data, errors, inference, model, models, recipe, runs, threads, version
+from fmnist import data, errors, inference, machine, model, models, recipe, runs, threads
 
 # The report's settings.
 EPOCHS = 50
 BATCH_SIZE = 128
-LEARNING_RATE = 1e-3
-BETA_1, BETA_2, EPSILON = 0.9, 0.999, 1e-7  # Keras's Adam defaults
+LEARNING_RATE = recipe.ADAM_LEARNING_RATE  # the report used Keras's default
 VALIDATION_FRACTION = 0.2
 CHECKPOINT_FORMAT = "fmnist-checkpoint-v1"
 DROPOUT = model.DROPOUT  # named here: inside TrainConfig, `model` is the field naming the network
@@ -121,27 +118,8 @@ def describe_recipe(config: TrainConfig) -> str:
     return ", ".join(parts)
 
 
-class KerasAdam(torch.optim.Adam):
-    """Adam with Keras's epsilon: Keras adds ε to sqrt(v) *before* bias correction, PyTorch after.
-
-    Keras:   w -= lr·sqrt(1-β2ᵗ)/(1-β1ᵗ) · m / (sqrt(v) + ε)
-    PyTorch: w -= lr/(1-β1ᵗ) · m / (sqrt(v)/sqrt(1-β2ᵗ) + ε')   — equal when ε' = ε / sqrt(1-β2ᵗ).
-    """
-
-    def __init__(self, params, lr: float = LEARNING_RATE, **kwargs):
-        super().__init__(params, lr=lr, betas=(BETA_1, BETA_2), eps=EPSILON, **kwargs)
-        for group in self.param_groups:
-            group.setdefault("keras_step", 0)  # a Python int: no device sync to read it
-
-    def step(self, closure=None):
-        for group in self.param_groups:
-            group["keras_step"] += 1
-            group["eps"] = EPSILON / math.sqrt(1.0 - group["betas"][1] ** group["keras_step"])
-        return super().step(closure)
-
-
 def make_optimizer(network: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    return recipe.make_optimizer(network, config.optimizer, config.learning_rate, config.weight_decay, KerasAdam)
+    return recipe.make_optimizer(network, config.optimizer, config.learning_rate, config.weight_decay)
 
 
 def schedule_of(config: TrainConfig, steps_per_epoch: int) -> Callable[[int], float] | None:
@@ -272,24 +250,6 @@ def new_state(config: TrainConfig, device: torch.device) -> TrainingState:
     return TrainingState(network, make_optimizer(network, config), generator)
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as info:
-            return next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
-
-
-def describe_machine(device: torch.device) -> dict:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
-    available, why = threads.available_cpus()
-    return {"fmnist": version.__version__, "torch": torch.__version__, "python": platform.python_version(),
-            "device": str(device), "device_name": name, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-            "available_cpus": available, "cpu_limit": why,
-            "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-            "mkl_cbwr": threads.mkl_cnr_branch()}
-
-
 def save_epoch(run_dir: Path, state: TrainingState, best_val_loss: float, tta: bool) -> float:
     """Write the epoch's weights, history and checkpoint (best weights when validation improved)."""
     row, architecture = state.history[-1], models.architecture_of(state.network)
@@ -329,34 +289,16 @@ def start_or_resume(config: TrainConfig, run_dir: Path, resume: bool, device: to
     elif write:
         if not resume:
             runs.write_json(run_dir / runs.CONFIG, {**dataclasses.asdict(config),
-                                                    "machine": describe_machine(device)})
+                                                    "machine": machine.describe_machine(device)})
         runs.save_checkpoint(checkpoint, state.checkpoint())  # epoch 0: resumable at once
     return state
 
 
-def flush_denormals() -> None:
-    """Treat subnormal floats as zero, as TensorFlow's CPU threads do.
-
-    Squares of tiny gradients in Adam's state become subnormal, and x86 CPUs handle those 10-100x
-    slower: measured, a late-training step went from ~26 to ~18 ms. The mode is per thread and new
-    threads inherit it, so call this before the first parallel torch op creates the OpenMP workers.
-    """
-    torch.set_flush_denormal(True)
-
-
-def check_reproducible_mode() -> None:
-    """Warn where MKL runs outside its reproducible mode because torch computed before `import fmnist`."""
-    if os.environ.get("MKL_CBWR") == threads.MKL_BRANCH and threads.mkl_cnr_branch() == "OFF":
-        warnings.warn("fmnist: torch ran matrix products before fmnist was imported, so MKL's reproducible mode "
-                      "is off in this process and its weights may differ from another process's by rounding; "
-                      "import fmnist before torch (or set MKL_CBWR=AUTO before starting Python)", stacklevel=3)
-
-
 def setup(config: TrainConfig) -> tuple[Shard, torch.device]:
     """Threads, determinism, and (under torchrun) the process group: gloo on CPU, NCCL on GPU."""
-    flush_denormals()
+    machine.flush_denormals()
     threads.use(config.threads)
-    check_reproducible_mode()
+    machine.check_reproducible_mode()
     torch.use_deterministic_algorithms(True, warn_only=True)
     # ...but without its debugging aid of filling every new tensor with NaN: nothing here reads memory
     # before writing it, and the fills cost ~10 % of a BatchNorm network's step (measured, fast-cnn).

@@ -1,0 +1,47 @@
+"""The machine a run trains on: its description (recorded in config.json) and the floating-point and
+library modes training sets on it (threads.py has the thread counts)."""
+from __future__ import annotations
+
+import os
+import platform
+import warnings
+
+import torch
+
+from fmnist import threads, version
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as info:
+            return next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def describe_machine(device: torch.device) -> dict:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+    available, why = threads.available_cpus()
+    return {"fmnist": version.__version__, "torch": torch.__version__, "python": platform.python_version(),
+            "device": str(device), "device_name": name, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+            "available_cpus": available, "cpu_limit": why,
+            "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+            "mkl_cbwr": threads.mkl_cnr_branch()}
+
+
+def flush_denormals() -> None:
+    """Treat subnormal floats as zero, as TensorFlow's CPU threads do.
+
+    Squares of tiny gradients in Adam's state become subnormal, and x86 CPUs handle those 10-100x
+    slower: measured, a late-training step went from ~26 to ~18 ms. The mode is per thread and new
+    threads inherit it, so call this before the first parallel torch op creates the OpenMP workers.
+    """
+    torch.set_flush_denormal(True)
+
+
+def check_reproducible_mode() -> None:
+    """Warn where MKL runs outside its reproducible mode because torch computed before `import fmnist`."""
+    if os.environ.get("MKL_CBWR") == threads.MKL_BRANCH and threads.mkl_cnr_branch() == "OFF":
+        warnings.warn("fmnist: torch ran matrix products before fmnist was imported, so MKL's reproducible mode "
+                      "is off in this process and its weights may differ from another process's by rounding; "
+                      "import fmnist before torch (or set MKL_CBWR=AUTO before starting Python)", stacklevel=3)
