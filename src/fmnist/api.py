@@ -72,12 +72,12 @@ class Run:
         """The network (torch.nn.Module, eval mode) as evaluation and prediction run it."""
         return inference.load_model(self.path, weights_file(weights))
 
-    def evaluate(self, weights: str = "final", device: str = "auto") -> dict:
+    def evaluate(self, weights: str = "final", device: str = "auto", data_dir: str | Path | None = None) -> dict:
         """Loss and accuracy on the training split and the test set, the per-class table and confusion
         matrix; also writes metrics.json, predictions.csv and the figures into the run."""
         from fmnist import evaluate
 
-        return evaluate.evaluate_run(self.path, weights_file(weights), device=device)
+        return evaluate.evaluate_run(self.path, weights_file(weights), data_dir=data_dir, device=device)
 
     def predict(self, images: np.ndarray | Sequence[str | Path], weights: str = "final") -> Predictions:
         """Classes and probabilities for dataset-style arrays ((N, 28, 28) uint8, light object on dark) or
@@ -99,23 +99,50 @@ class Run:
 
     def export(self, format: str = "onnx", out: str | Path | None = None, weights: str = "final",
                verify: bool = True) -> Path:
-        """An ONNX file (with `verify`, checked with onnxruntime on 1,000 test images: an error if it
-        differs from PyTorch by more than 1e-4) or a Keras 3 .keras file (seed-cnn only)."""
+        """An ONNX file (with `verify`, checked with onnxruntime on 1,000 test images: an error if it differs
+        from PyTorch by more than export.TOLERANCE) or a Keras 3 .keras file (seed-cnn only)."""
         from fmnist import export
 
         if format == "onnx":
             path = export.export_onnx(self.path, Path(out) if out else None, weights_file(weights))
             if verify:
-                images = load_data(self.config.data_dir, False).test_images[:1000]
-                difference = export.verify(self.path, path, images, weights_file(weights))
-                if not difference <= 1e-4:
-                    raise errors.FmnistError(f"{path}: onnxruntime differs from PyTorch by {difference:.1e}")
+                self.verify_onnx(path, weights)
             return path
         if format == "keras":
             from fmnist import keras_export
 
             return keras_export.export_keras(self.path, Path(out) if out else None, weights_file(weights))
         raise ValueError(f"format must be 'onnx' or 'keras', got {format!r}")
+
+    def verify_onnx(self, path: str | Path, weights: str = "final", data_dir: str | Path | None = None) -> float:
+        """onnxruntime against PyTorch on 1,000 test images: the largest difference of probabilities (an
+        error past export.TOLERANCE)."""
+        from fmnist import export
+
+        images = load_data(data_dir or self.config.data_dir, False).test_images[:1000]
+        return export.verify(self.path, Path(path), images, weights_file(weights))
+
+    def predict_files(self, paths: Sequence[str | Path], top: int = 3, weights: str = "final",
+                      save_preprocessed: str | Path | None = None) -> list[dict]:
+        """`fmnist predict`: per image file (directories give their images) its top classes, or the error
+        that file met (one bad file does not stop the others); with `save_preprocessed`, the 28x28 view."""
+        from fmnist import files, predict
+
+        found = predict.expand_paths([Path(p) for p in paths])
+        if not found:
+            raise errors.InputError("no image files found in " + ", ".join(map(str, paths)))
+        network, out_dir = self.model(weights), files.output_dir(save_preprocessed) if save_preprocessed else None
+        names, results = predict.preprocessed_names(found), []
+        for path in found:
+            try:
+                pixels = predict.preprocess(predict.open_image(path, str(path)))
+            except errors.InputError as exc:
+                results.append({"file": str(path), "error": str(exc)})
+                continue
+            results.append({"file": str(path), "top": predict.classify(network, pixels[None], k=top)[0]})
+            if out_dir:
+                results[-1]["preprocessed"] = str(predict.save_view(pixels, out_dir / names[path]))
+        return results
 
 
 def as_pixels(images) -> np.ndarray:
@@ -250,3 +277,32 @@ def write_comparison(summaries: dict[str, dict], out: Path, device: str) -> dict
     runs.write_json(out / "comparison.json", rows)
     runs.write_text(out / "comparison.md", report.comparison_markdown(rows))
     return rows
+
+
+def sweep_config(file: str | Path | None = None, model: str | None = None, vary: list[str] | None = None,
+                 fixed: list[str] | None = None, seeds: int | None = None, search: str | None = None,
+                 samples: int | None = None):
+    """A sweep's configuration from a sweep file (TOML) and NAME=V1,V2 / NAME=V flags on top of it."""
+    from fmnist import sweep as engine
+
+    loaded = engine.load_file(Path(file)) if file else {}
+    try:
+        return engine.SweepConfig(
+            model=model or loaded.get("model", models.DEFAULT),
+            space={**loaded.get("space", {}), **engine.parse_assignments(vary, several=True)},
+            fixed={**loaded.get("fixed", {}), **engine.parse_assignments(fixed, several=False)},
+            seeds=seeds or loaded.get("seeds", 1), search=search or loaded.get("search", "grid"),
+            samples=samples or loaded.get("samples", 8))
+    except (TypeError, ValueError) as exc:
+        raise errors.InputError(f"sweep: {exc}") from None
+
+
+def sweep(config, out: str | Path, threads: int = 1, workers: int | None = None, address: str | None = None,
+          verbose: int = 1) -> tuple[dict, list[Path]]:
+    """Every trial of the sweep on Ray (resuming an interrupted one), then the summary, chosen on validation
+    and tested only for the chosen configuration: (summary, the files written)."""
+    from fmnist import sweep as engine
+
+    results = engine.run(config, Path(out), threads, workers, address, verbose)
+    summary = engine.summarise(results)
+    return summary, engine.write_summary(summary, Path(out))

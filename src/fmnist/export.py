@@ -15,6 +15,7 @@ import torch
 from fmnist import data, errors, inference, models, runs
 
 OPSET = 17
+TOLERANCE = 1e-5  # onnxruntime against PyTorch, max absolute difference of probabilities
 INPUT, OUTPUT = "images", "probabilities"
 
 
@@ -66,6 +67,6 @@ def verify(run_dir: Path, path: Path, images: np.ndarray, weights: str = runs.WE
     """Max absolute difference of probabilities between onnxruntime and PyTorch on `images`."""
     reference = inference.probabilities(inference.load_model(Path(run_dir), weights), images)
     difference = float(np.abs(onnx_probabilities(path, images) - reference).max())
-    if not difference <= 1e-5:
-        raise errors.FmnistError(f"{path}: onnxruntime differs from PyTorch by {difference:.2e} (limit 1e-5)")
+    if not difference <= TOLERANCE:
+        raise errors.FmnistError(f"{path}: onnxruntime differs from PyTorch by {difference:.2e} (limit {TOLERANCE:g})")
     return difference

@@ -17,7 +17,7 @@ import PIL.ImageFilter
 import PIL.ImageOps
 import torch
 
-from fmnist import data, errors, files, inference
+from fmnist import data, errors, files, inference, runs
 
 # Limits: a 28x28 classifier needs few pixels, so work is bounded by what the result can use.
 MAX_FILE_BYTES = 64 * 1024 * 1024  # an image file on disk (the server limits its request bodies itself)
@@ -130,6 +130,11 @@ def top_rows(rows: np.ndarray, k: int = 3) -> list[list[dict]]:
 def classify(network, images: np.ndarray, k: int = 3) -> list[list[dict]]:
     """Top-k classes for preprocessed (N, 28, 28) uint8 images."""
     return top_rows(probabilities(network, images), k)
+
+
+def save_view(pixels: np.ndarray, path: Path) -> Path:
+    """The 28x28 view the model sees, as a PNG (written atomically)."""
+    return runs.write_atomic(path, lambda tmp: PIL.Image.fromarray(pixels).save(tmp, "PNG"))
 
 
 def expand_paths(paths: list[Path]) -> list[Path]:

@@ -139,82 +139,87 @@ def example_images(data_dir: str | None) -> list[dict]:
              "image": png_data_url(dataset.test_images[i])} for i in firsts[:EXAMPLES]]
 
 
+class Predictor:
+    """The work behind POST /predict: admission (WorkQueue), decoding (bounded), the model (batched)."""
+
+    def __init__(self, network, max_bytes: int, max_pixels: int, work_queue: int):
+        self.max_bytes, self.max_pixels = max_bytes, max_pixels
+        self.work = WorkQueue(work_queue)
+        self.decoding = threading.BoundedSemaphore(min(MAX_DECODES, threads.available_cpus()[0]))
+        self.batcher = batching.DynamicBatcher(functools.partial(predict.probabilities, network))
+
+    @staticmethod
+    def prepared(name: str, raw: bytes, limit: int) -> tuple[np.ndarray, str]:
+        """(28x28 pixels, their preview) of one upload of at most `limit` pixels."""
+        pixels = predict.preprocess(predict.open_image(raw, name, limit))
+        return pixels, png_data_url(pixels)
+
+    def prepare(self, files: list[tuple[str, bytes]]) -> list[tuple[np.ndarray, str]]:
+        """Decoding in a thread: as many at once as there are decode slots (it is what costs memory)."""
+        with self.decoding:
+            return [self.prepared(name, raw, self.max_pixels) for name, raw in files]
+
+    def prepare_small(self, files: list[tuple[str, bytes]]) -> list[tuple[np.ndarray, str]] | None:
+        """On the event loop, images small in bytes and in declared pixels (a tiny PNG may declare
+        millions); None where one is not."""
+        if sum(len(raw) for _, raw in files) > INLINE_DECODE_BYTES:
+            return None
+        try:
+            return [self.prepared(name, raw, INLINE_DECODE_PIXELS) for name, raw in files]
+        except errors.TooLarge:
+            return None
+
+    async def __call__(self, request: fastapi.Request) -> fastapi.responses.JSONResponse:
+        held = admitted = 0
+
+        def charge(count: int) -> None:
+            nonlocal held
+            self.work.charge_bytes(count)
+            held += count
+        try:
+            files = await uploaded_images(request, self.max_bytes, charge)
+            self.work.admit(len(files))
+            admitted = len(files)
+            # Decoding is CPU work: off the event loop, in threads, unless the upload is small enough that the
+            # hop to a thread costs more than decoding it (~0.3 ms for a 28x28 PNG). The model runs in the batcher.
+            images = self.prepare_small(files) or await fastapi.concurrency.run_in_threadpool(self.prepare, files)
+            rows = await asyncio.wrap_future(self.batcher.submit(np.stack([pixels for pixels, _ in images])))
+        finally:
+            self.work.bytes -= held
+            self.work.images -= admitted
+        # A Response as it is: FastAPI's encoder would walk the plain dicts again (measured ~8 % of a request).
+        return fastapi.responses.JSONResponse({"predictions": [
+            {"name": name, "top": top, "preprocessed": preview}
+            for (name, _), top, (_, preview) in zip(files, predict.top_rows(rows), images)]})
+
+
 def create_app(run_dir: Path, max_bytes: int = MAX_BYTES, max_pixels: int = predict.MAX_PIXELS,
                allowed_hosts: list[str] | None = None, work_queue: int = WORK_QUEUE,
                label: str | None = None) -> fastapi.FastAPI:
     """The app; `allowed_hosts` (Host header names) guards against DNS rebinding when given; `label` names
     the run in /health (default: run_dir)."""
     run_dir = Path(run_dir)
-    network, about = inference.load_model(run_dir), describe_run(run_dir)
+    predictor = Predictor(inference.load_model(run_dir), max_bytes, max_pixels, work_queue)
+    about = {"run": label or str(run_dir), "classes": list(data.CLASS_NAMES), **describe_run(run_dir),
+             "instance": uuid.uuid4().hex[:12]}  # instance: which server (or Ray Serve replica) answered
     # No /docs or /redoc: their pages load scripts from a CDN. /openapi.json stays.
     app = fastapi.FastAPI(title="fmnist", description="Fashion-MNIST classifier", docs_url=None, redoc_url=None)
     add_protections(app, allowed_hosts)
+    app.router.on_shutdown.append(predictor.batcher.close)
     page = importlib.resources.files("fmnist").joinpath("static/index.html").read_text()
-    decoding = threading.BoundedSemaphore(min(MAX_DECODES, threads.available_cpus()[0]))
-    work = WorkQueue(work_queue)
-    batcher = batching.DynamicBatcher(functools.partial(predict.probabilities, network))
-    app.router.on_shutdown.append(batcher.close)
     examples = functools.cache(lambda: example_images(runs.read_config(run_dir).get("data_dir")))
-    instance = uuid.uuid4().hex[:12]  # which server (or Ray Serve replica) answered
-
-    def prepared(name: str, raw: bytes, limit: int) -> tuple[np.ndarray, str]:
-        """(28x28 pixels, their preview) of one upload of at most `limit` pixels."""
-        pixels = predict.preprocess(predict.open_image(raw, name, limit))
-        return pixels, png_data_url(pixels)
-
-    def prepare(files: list[tuple[str, bytes]]) -> list[tuple[np.ndarray, str]]:
-        """Decoding in a thread: as many at once as there are decode slots (it is what costs memory)."""
-        with decoding:
-            return [prepared(name, raw, max_pixels) for name, raw in files]
-
-    def prepare_small(files: list[tuple[str, bytes]]) -> list[tuple[np.ndarray, str]] | None:
-        """On the event loop, images small in bytes and in declared pixels (a tiny PNG may declare
-        millions); None where one is not."""
-        if sum(len(raw) for _, raw in files) > INLINE_DECODE_BYTES:
-            return None
-        try:
-            return [prepared(name, raw, INLINE_DECODE_PIXELS) for name, raw in files]
-        except errors.TooLarge:
-            return None
-
-    @app.get("/", response_class=fastapi.responses.HTMLResponse)
-    def index():
-        return page
+    app.get("/", response_class=fastapi.responses.HTMLResponse)(lambda: page)
 
     @app.get("/health")
     def health():
-        return {"status": "ok", "run": label or str(run_dir), "classes": list(data.CLASS_NAMES), **about, "instance": instance,
-                "work_queue": {"images": work.images, "limit": work.max_images}}
+        return {"status": "ok", **about, "work_queue": {"images": predictor.work.images,
+                                                        "limit": predictor.work.max_images}}
 
     @app.get("/examples")
     async def examples_route():
         return {"examples": await fastapi.concurrency.run_in_threadpool(examples)}
 
-    @app.post("/predict")
-    async def predict_images(request: fastapi.Request):
-        held = 0
-
-        def charge(count: int) -> None:
-            nonlocal held
-            work.charge_bytes(count)
-            held += count
-        admitted = 0
-        try:
-            files = await uploaded_images(request, max_bytes, charge)
-            work.admit(len(files))
-            admitted = len(files)
-            # Decoding is CPU work: off the event loop, in threads, unless the upload is small enough that the
-            # hop to a thread costs more than decoding it (~0.3 ms for a 28x28 PNG). The model runs in the batcher.
-            images = prepare_small(files) or await fastapi.concurrency.run_in_threadpool(prepare, files)
-            rows = await asyncio.wrap_future(batcher.submit(np.stack([pixels for pixels, _ in images])))
-        finally:
-            work.bytes -= held
-            work.images -= admitted
-        tops = predict.top_rows(rows)
-        # A Response as it is: FastAPI's encoder would walk the plain dicts again (measured ~8 % of a request).
-        return fastapi.responses.JSONResponse({"predictions": [
-            {"name": name, "top": top, "preprocessed": preview} for (name, _), top, (_, preview) in zip(files, tops, images)]})
-
+    app.post("/predict")(predictor.__call__)
     return app
 
 
