@@ -53,13 +53,13 @@ def keras_epoch_seconds(images: int) -> float:
 def fmnist_epoch_seconds(images: int, threads: int, precision: str) -> float:
     import torch
 
-    from fmnist import machine, model, recipe, training
+    from fmnist import machine, recipe, seedcnn, training
 
     machine.flush_denormals()
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     x, y = torch.rand(images, 28, 28, 1), torch.randint(0, 10, (images,))
-    network = model.SeedCNN()
+    network = seedcnn.SeedCNN()
     optimizer = recipe.KerasAdam(network.parameters(), fused=True)
     generator = torch.Generator().manual_seed(0)
     training.train_one_epoch(network, optimizer, x[:WARMUP_IMAGES], y[:WARMUP_IMAGES], BATCH_SIZE, generator,

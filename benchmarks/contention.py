@@ -25,7 +25,7 @@ from pathlib import Path
 
 def worker(threads: int) -> None:
     """One measurement in this process: median ms/step over chunks of steps, then evaluation images/s."""
-    from fmnist import bench, machine, model, recipe, threads as cpu_threads  # fmnist first: it sets OpenMP's waiting
+    from fmnist import bench, machine, recipe, seedcnn, threads as cpu_threads  # fmnist first: it sets OpenMP's waiting
 
     import torch
 
@@ -33,7 +33,7 @@ def worker(threads: int) -> None:
     cpu_threads.use(threads or None)
     torch.manual_seed(0)
     x, y = torch.rand(128, 28, 28, 1), torch.randint(0, 10, (128,))
-    network = model.SeedCNN().train()
+    network = seedcnn.SeedCNN().train()
     step = bench.step_function(network, recipe.KerasAdam(network.parameters(), fused=True), x, y)
     bench.time_steps(step, 10, torch.device("cpu"))  # warm-up: kernels, allocator, thread pool
     step_ms = statistics.median(1000 * bench.time_steps(step, 15, torch.device("cpu")) for _ in range(12))

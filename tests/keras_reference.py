@@ -1,6 +1,6 @@
 """A direct numpy computation of the report's Keras network, from weights in Keras's layouts.
 
-Written from Keras's documented semantics, independently of fmnist.model: "same" padding with an
+Written from Keras's documented semantics, independently of fmnist.seedcnn: "same" padding with an
 even window pads bottom/right only, max pooling ignores padded cells, Flatten is (row, col, channel).
 """
 from __future__ import annotations

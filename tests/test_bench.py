@@ -10,7 +10,7 @@ import sys
 import torch
 
 from conftest import run_cli
-from fmnist import bench, model, models
+from fmnist import bench, models, seedcnn
 
 
 @pytest.mark.slow
@@ -46,7 +46,7 @@ def test_bench_of_another_model_in_process(capsys):
 
 
 def test_baselines_are_the_same_networks():
-    assert model.count_parameters(bench.PlainCNN()) == model.count_parameters(model.SeedCNN()) == 845_674
+    assert seedcnn.count_parameters(bench.PlainCNN()) == seedcnn.count_parameters(seedcnn.SeedCNN()) == 845_674
     assert bench.PlainCNN()(torch.rand(2, 1, 28, 28)).shape == (2, 10)
     fast, plain = models.FAST.build(0.0).eval(), bench.PlainFastCNN().eval()
     # fast-cnn's head reads (row, column, channel); nn.Flatten gives (channel, row, column).

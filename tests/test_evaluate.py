@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from conftest import require_real_data, run_cli
-from fmnist import data, evaluate, model, report, runs
+from fmnist import data, evaluate, report, runs, seedcnn
 
 
 def test_metrics_equal_scikit_learn_including_a_never_predicted_class():
@@ -106,9 +106,9 @@ def test_reproduce_end_to_end(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_evaluate_weights_of_another_architecture_fail_clearly(tmp_path):
-    state = model.SeedCNN().state_dict()
+    state = seedcnn.SeedCNN().state_dict()
     state["conv2.kernel"] = torch.zeros(3, 3, 32, 64)
-    runs.save_weights(tmp_path / runs.WEIGHTS, state, model.ARCHITECTURE)
+    runs.save_weights(tmp_path / runs.WEIGHTS, state, seedcnn.ARCHITECTURE)
     runs.write_json(tmp_path / runs.CONFIG, {"validation_fraction": 0.2})
     result = subprocess.run([sys.executable, "-m", "fmnist", "evaluate", str(tmp_path)], capture_output=True, text=True)
     assert result.returncode == 2 and "Traceback" not in result.stderr

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from conftest import run_cli
-from fmnist import errors, inference, keras_import, model, recipe, runs
+from fmnist import errors, inference, keras_import, recipe, runs, seedcnn
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +82,7 @@ def test_training_steps_match_keras(tmp_path):
                             text=True, timeout=300, cwd=script.parent)
     assert result.returncode == 0, result.stderr[-3000:]
     saved = np.load(tmp_path / "steps.npz")
-    network = model.SeedCNN(dropout=0.0)
+    network = seedcnn.SeedCNN(dropout=0.0)
     names = [f"{layer}.{part}" for layer in keras_import.WEIGHTED for part in ("kernel", "bias")]
     network.load_state_dict({name: torch.from_numpy(saved[f"initial_{i}"]) for i, name in enumerate(names)})
     optimizer = recipe.KerasAdam(network.parameters(), fused=True)

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fmnist import inference, kernels, model
+from fmnist import inference, kernels, seedcnn
 
 
 def to_windows(x: torch.Tensor) -> torch.Tensor:
@@ -35,7 +35,7 @@ def test_bias_relu_pool_is_bit_identical_to_pytorch_forward_and_backward(shape, 
     fused_inputs = [t.clone().requires_grad_() for t in (z, bias)]
     plain_inputs = [t.clone().requires_grad_() for t in (z, bias)]
     fused = kernels.bias_relu_pool(*fused_inputs, patches=patches)
-    plain = model.max_pool_2x2_same_reference(torch.relu(plain_inputs[0] + plain_inputs[1]))
+    plain = seedcnn.max_pool_2x2_same_reference(torch.relu(plain_inputs[0] + plain_inputs[1]))
     plain = to_windows(plain) if patches else plain
     assert fused.shape == plain.shape and torch.equal(fused, plain)
     grad = torch.randn(fused.shape)
@@ -60,7 +60,7 @@ def test_space_to_depth_gives_the_convolution_windows():
 def test_fused_network_equals_pytorch_network_in_training():
     """Same weights, dropout off: outputs and every parameter gradient agree (float rounding aside)."""
     torch.manual_seed(0)
-    networks = {name: model.SeedCNN(dropout=0.0, implementation=name) for name in model.IMPLEMENTATIONS}
+    networks = {name: seedcnn.SeedCNN(dropout=0.0, implementation=name) for name in seedcnn.IMPLEMENTATIONS}
     for network in networks.values():
         network.load_state_dict(networks["reference"].state_dict())
     x, y = torch.rand(16, 28, 28, 1), torch.randint(0, 10, (16,))
@@ -79,19 +79,19 @@ def test_fused_kernels_are_used_only_where_they_apply():
     x = torch.rand(2, 28, 28, 1)
     assert kernels.applicable(x)
     assert not kernels.applicable(x.double())
-    network = model.SeedCNN()
+    network = seedcnn.SeedCNN()
     features = network.features(x)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         # bf16 training: the convolution blocks stay float32 (exactly the fp32 features), dense layers bf16.
         assert torch.equal(network.features(x), features)
         assert network(x).dtype == torch.bfloat16
     with pytest.raises(ValueError, match="implementation"):
-        model.SeedCNN(implementation="fast")
+        seedcnn.SeedCNN(implementation="fast")
 
 
 def test_kernels_are_safe_to_call_from_many_threads():
     """The HTTP server predicts on a thread pool: concurrent calls must neither crash nor mix results."""
-    network = model.SeedCNN().eval()
+    network = seedcnn.SeedCNN().eval()
     batches = [torch.rand(64, 28, 28, 1, generator=torch.Generator().manual_seed(i)) for i in range(8)]
     expected = [inference.predict_probabilities(network, batch) for batch in batches]
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
@@ -113,9 +113,9 @@ def test_first_use_inside_inference_mode_still_enables_the_kernels():
     """A fresh process whose first forward pass is an evaluation (inference mode) must get the kernels."""
     program = ("import torch, warnings\n"
                "warnings.simplefilter('error')\n"
-               "from fmnist import kernels, model\n"
+               "from fmnist import kernels, seedcnn\n"
                "with torch.inference_mode():\n"
-               "    model.SeedCNN().eval()(torch.rand(2, 28, 28, 1))\n"
+               "    seedcnn.SeedCNN().eval()(torch.rand(2, 28, 28, 1))\n"
                "print(kernels.available())\n")
     assert run_python(program).strip() == "True"
 
@@ -124,9 +124,9 @@ def test_without_numba_the_network_falls_back_to_pytorch_with_a_warning():
     """numba often lags new NumPy releases: fmnist must still import and compute the same outputs."""
     program = ("import sys, warnings, torch\n"
                "sys.modules['numba'] = None  # makes `import numba` raise ImportError\n"
-               "from fmnist import kernels, model\n"
+               "from fmnist import kernels, seedcnn\n"
                "torch.manual_seed(0)\n"
-               "network = model.SeedCNN().eval()\n"
+               "network = seedcnn.SeedCNN().eval()\n"
                "with warnings.catch_warnings(record=True) as caught:\n"
                "    warnings.simplefilter('always')\n"
                "    out = network(torch.rand(3, 28, 28, 1))\n"

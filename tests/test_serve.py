@@ -19,7 +19,7 @@ import PIL.Image
 import pytest
 import safetensors.torch
 
-from fmnist import errors, model, predict, runs, serve
+from fmnist import errors, predict, runs, seedcnn, serve
 from helpers import as_product_photo, confident_correct, free_port, png, png_header_only, running
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -226,7 +226,7 @@ def test_non_finite_weights_are_refused_at_start(tmp_path, trained_run):
     shutil.copytree(trained_run, run_dir)
     state = safetensors.torch.load_file(str(run_dir / runs.WEIGHTS))
     state["dense3.bias"][0] = float("nan")
-    runs.save_weights(run_dir / runs.WEIGHTS, state, model.ARCHITECTURE)
+    runs.save_weights(run_dir / runs.WEIGHTS, state, seedcnn.ARCHITECTURE)
     with pytest.raises(errors.RunError, match="dense3.bias holds NaN"):
         serve.create_app(run_dir)
     result = subprocess.run([sys.executable, "-m", "fmnist", "serve", str(run_dir), "--port", str(free_port())],

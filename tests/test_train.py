@@ -16,7 +16,7 @@ import safetensors.torch
 import torch
 
 from conftest import assert_same_weights, require_real_data, run_cli, weights_of as weights
-from fmnist import errors, inference, model, models, recipe, runs, training
+from fmnist import errors, inference, models, recipe, runs, seedcnn, training
 
 QUICK = dict(limit=3000, threads=2)  # 2,400 training / 600 validation images
 
@@ -35,7 +35,7 @@ def test_short_training_learns_writes_run_dir_and_is_reproducible(tmp_path):
     stored = json.loads((tmp_path / "a" / runs.CONFIG).read_text())
     assert stored["seed"] == 3 and stored["machine"]["torch"] == torch.__version__
     _, metadata = runs.load_weights(tmp_path / "a" / runs.WEIGHTS)
-    assert json.loads(metadata["class_names"])[9] == "Ankle boot" and metadata["architecture"] == model.ARCHITECTURE
+    assert json.loads(metadata["class_names"])[9] == "Ankle boot" and metadata["architecture"] == seedcnn.ARCHITECTURE
     training.fit(config, tmp_path / "b")
     assert_same_weights(tmp_path / "a", tmp_path / "b")
     with pytest.raises(errors.RunError, match="already holds a run"):  # a finished run is never overwritten
@@ -137,9 +137,9 @@ def test_missing_foreign_or_damaged_run_dir(tmp_path):
     (tmp_path / runs.WEIGHTS).write_bytes(b"\x00garbage" * 10)
     with pytest.raises(errors.RunError, match="not a readable safetensors file"):
         inference.load_model(tmp_path)
-    state = model.SeedCNN().state_dict()
+    state = seedcnn.SeedCNN().state_dict()
     state["dense1.kernel"] = torch.zeros(3136, 128)
-    runs.save_weights(tmp_path / runs.WEIGHTS, state, model.ARCHITECTURE)
+    runs.save_weights(tmp_path / runs.WEIGHTS, state, seedcnn.ARCHITECTURE)
     with pytest.raises(errors.RunError, match="differs at dense1.kernel"):
         inference.load_model(tmp_path)
     (tmp_path / runs.CHECKPOINT).write_bytes(b"not a checkpoint")

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fmnist import data, inference, machine, model, models, recipe, training
+from fmnist import data, inference, machine, models, recipe, seedcnn, training
 from fmnist import threads as cpu_threads
 
 
@@ -85,7 +85,7 @@ def compare_steps(name: str, batch_size: int, steps: int, rounds: int, device: t
     y = torch.randint(0, 10, (batch_size,), device=device)
 
     def ours(**kwargs):
-        network = (model.SeedCNN(**kwargs) if kwargs else models.get(name).build(config.dropout)).to(device).train()
+        network = (seedcnn.SeedCNN(**kwargs) if kwargs else models.get(name).build(config.dropout)).to(device).train()
         return step_function(network, training.make_optimizer(network, config), x, y, precision, config.label_smoothing)
 
     plain = PLAIN[name]().to(device).train()
@@ -139,7 +139,7 @@ def matmul_seconds(batch_size: int, steps: int, device: torch.device) -> float:
     """
     positions = {"conv1": 14 * 14, "conv2": 7 * 7}  # output positions per image; a dense layer has one
     operands = []
-    for name, _, shapes in model.LAYERS:  # each layer's product: (rows, in) @ (in, out)
+    for name, _, shapes in seedcnn.LAYERS:  # each layer's product: (rows, in) @ (in, out)
         rows = batch_size * positions.get(name, 1)
         fan_in, fan_out = math.prod(shapes["kernel"][:-1]), shapes["kernel"][-1]  # HWIO (or in, out) as a matrix
         operands.append((torch.rand(rows, fan_in, device=device), torch.rand(fan_in, fan_out, device=device),

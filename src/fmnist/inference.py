@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fmnist import errors, model, models, runs
+from fmnist import errors, models, runs, seedcnn
 
 EVAL_BATCH_SIZE = 512  # measured: ~2.5x the images/s of 2048 on a 2-core CPU (cache-sized)
 
@@ -57,7 +57,7 @@ def probabilities(network, images: np.ndarray, device: torch.device | None = Non
     return predict_probabilities(network, to_tensor(images, device)).cpu().numpy()
 
 
-def load_model(run_dir: Path, weights: str = runs.WEIGHTS, dropout: float = model.DROPOUT) -> torch.nn.Module:
+def load_model(run_dir: Path, weights: str = runs.WEIGHTS, dropout: float = seedcnn.DROPOUT) -> torch.nn.Module:
     """The network a run recorded (its weights' architecture tag), in eval mode; clear errors for foreign,
     mismatched or damaged weights."""
     where = Path(run_dir) / weights

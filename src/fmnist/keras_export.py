@@ -1,8 +1,8 @@
 """Export a seed-cnn run as a Keras 3 `.keras` file: the report's network back where it came from.
 
 A `.keras` file is a zip of config.json (the architecture, as Keras serialises a Sequential model),
-metadata.json, and model.weights.h5 (each layer's arrays under layers/<name>/vars/<i>). fmnist's
-parameters already have Keras's layouts (model.py), so the arrays are written 1:1. The architecture
+metadata.json, and seedcnn.weights.h5 (each layer's arrays under layers/<name>/vars/<i>). fmnist's
+parameters already have Keras's layouts (seedcnn.py), so the arrays are written 1:1. The architecture
 is generated from the facts `keras_import` checks a file against (EXPECTED), so the two cannot drift;
 no Keras is needed to write the file, and the tests load it with real Keras.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import h5py
 
-from fmnist import data, errors, keras_import, model, models, runs
+from fmnist import data, errors, keras_import, models, runs, seedcnn
 
 KERAS_VERSION = "3.0.0"  # the oldest format version this layout follows (Keras 3 reads it)
 STEMS = {"Conv2D": "conv2d", "MaxPooling2D": "max_pooling2d", "Flatten": "flatten", "Dense": "dense",
@@ -59,7 +59,7 @@ def keras_config() -> dict:
 
 def weights_h5(state: dict) -> bytes:
     """model.weights.h5: each weighted layer's kernel and bias at Keras 3's paths (keras_import's, read back)."""
-    arrays = [state[f"{layer}.{part}"].numpy() for layer, _, _ in model.LAYERS for part in ("kernel", "bias")]
+    arrays = [state[f"{layer}.{part}"].numpy() for layer, _, _ in seedcnn.LAYERS for part in ("kernel", "bias")]
     buffer = io.BytesIO()
     with h5py.File(buffer, "w") as handle:
         for layer in keras_config()["config"]["layers"][1:]:  # layers without weights have empty groups
@@ -74,11 +74,11 @@ def export_keras(run_dir: Path, path: Path | None = None, weights: str = runs.WE
     """RUN/model.keras (or `path`) for a seed-cnn run; other models have no Keras counterpart here."""
     run_dir = Path(run_dir)
     state, metadata = runs.load_weights(run_dir / weights)
-    if metadata.get("architecture") != model.ARCHITECTURE:
+    if metadata.get("architecture") != seedcnn.ARCHITECTURE:
         spec = models.for_architecture(metadata.get("architecture"))
         raise errors.RunError(f"{run_dir} holds a {spec.name if spec else metadata.get('architecture')!r} network: "
                               f"Keras export writes the report's network (seed-cnn) only; use --format onnx")
-    state = runs.check_state(state, model.SeedCNN().state_dict(), str(run_dir / weights))
+    state = runs.check_state(state, seedcnn.SeedCNN().state_dict(), str(run_dir / weights))
     path = Path(path) if path else run_dir / "model.keras"
 
     def write(tmp: Path) -> None:

@@ -23,7 +23,7 @@ import h5py
 import numpy as np
 import torch
 
-from fmnist import data, errors, model, runs, training
+from fmnist import data, errors, runs, seedcnn, training
 
 MAX_CONFIG_BYTES = 1 << 20    # the report's model configuration is about 7 KB of JSON
 MAX_WEIGHTS_BYTES = 32 << 20  # its weights are 3.4 MB; a trained model's file adds Adam's state (x3)
@@ -43,15 +43,15 @@ def dense(units: int, activation: str) -> tuple[str, dict]:
 
 
 POOL = ("MaxPooling2D", {"pool_size": [2, 2], "strides": [1, 1], "padding": "same", "data_format": "channels_last"})
-DROPOUT = ("Dropout", {"rate": model.DROPOUT})
+DROPOUT = ("Dropout", {"rate": seedcnn.DROPOUT})
 # The report's layers after the Input, as (Keras class, the config values that define the network).
-EXPECTED = (conv(model.CONV_FILTERS[0]), POOL, conv(model.CONV_FILTERS[1]), POOL,
+EXPECTED = (conv(seedcnn.CONV_FILTERS[0]), POOL, conv(seedcnn.CONV_FILTERS[1]), POOL,
             ("Flatten", {"data_format": "channels_last"}),
-            dense(model.DENSE_UNITS[0], "relu"), DROPOUT, dense(model.DENSE_UNITS[1], "relu"), DROPOUT,
+            dense(seedcnn.DENSE_UNITS[0], "relu"), DROPOUT, dense(seedcnn.DENSE_UNITS[1], "relu"), DROPOUT,
             dense(data.NUM_CLASSES, "softmax"))
 KERAS_DEFAULTS = {"dilation_rate": [1, 1], "groups": 1, "use_bias": True, "data_format": "channels_last"}
-WEIGHTED = tuple(name for name, _, _ in model.LAYERS)  # fmnist's names of the layers with weights, in order
-SHAPES = {f"{layer}.{part}": shape for layer, _, parts in model.LAYERS for part, shape in parts.items()}
+WEIGHTED = tuple(name for name, _, _ in seedcnn.LAYERS)  # fmnist's names of the layers with weights, in order
+SHAPES = {f"{layer}.{part}": shape for layer, _, parts in seedcnn.LAYERS for part, shape in parts.items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,7 +173,7 @@ def stored_array(handle: h5py.File, path: str, shape: tuple[int, ...]) -> np.nda
 def keras3_paths() -> list[str]:
     """Keras 3 stores a model's layers as layers/<snake-case class><_k>/vars, numbered per class in order."""
     counts, paths = {}, []
-    for _, keras_class, _ in model.LAYERS:
+    for _, keras_class, _ in seedcnn.LAYERS:
         stem = keras_class.lower()  # Conv2D -> conv2d, Dense -> dense
         paths.append(f"layers/{stem}" + (f"_{counts[stem]}" if counts.get(stem) else "") + "/vars")
         counts[stem] = counts.get(stem, 0) + 1
@@ -194,8 +194,8 @@ def legacy_paths(handle: h5py.File, names: list[str]) -> list[str]:
 
 def read_state(handle: h5py.File, paths: list[str], where: str) -> dict[str, torch.Tensor]:
     state = {name: torch.from_numpy(stored_array(handle, path, SHAPES[name]).astype(np.float32))
-             for name, path in zip(SHAPES, paths)}  # SHAPES are in model.LAYERS order: kernel, bias per layer
-    return runs.check_state(state, model.SeedCNN().state_dict(), where, errors.InputError)
+             for name, path in zip(SHAPES, paths)}  # SHAPES are in seedcnn.LAYERS order: kernel, bias per layer
+    return runs.check_state(state, seedcnn.SeedCNN().state_dict(), where, errors.InputError)
 
 
 def read_member(archive: zipfile.ZipFile, name: str, max_bytes: int) -> bytes:
@@ -252,5 +252,5 @@ def import_keras(path: Path, run_dir: Path) -> Path:
     run_dir = runs.require_new(run_dir, "import into another directory")
     state = read_keras(path)
     runs.write_json(run_dir / runs.CONFIG, {**dataclasses.asdict(training.TrainConfig()), "imported_from": str(path)})
-    runs.save_weights(run_dir / runs.WEIGHTS, state, model.ARCHITECTURE, imported_from=str(path))
+    runs.save_weights(run_dir / runs.WEIGHTS, state, seedcnn.ARCHITECTURE, imported_from=str(path))
     return run_dir

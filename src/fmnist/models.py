@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from fmnist import fastcnn, model
+from fmnist import fastcnn, seedcnn
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,9 +33,9 @@ class ModelSpec:
         return self.network(dropout=dropout)
 
 
-SEED = ModelSpec("seed-cnn", model.ARCHITECTURE, model.SeedCNN,
+SEED = ModelSpec("seed-cnn", seedcnn.ARCHITECTURE, seedcnn.SeedCNN,
                  "the report's CNN: 2 conv (2x2, stride 2) + same-padded pooling, 3 dense, dropout",
-                 summary=model.summary)  # Keras's layer names and order, as the report's table
+                 summary=seedcnn.summary)  # Keras's layer names and order, as the report's table
 FAST = ModelSpec("fast-cnn", fastcnn.ARCHITECTURE, fastcnn.FastCNN,
                  "a small BatchNorm CNN (five 3x3 convs, 16/32/64 channels at 28/14/7 px, flatten), for accuracy per CPU-second",
                  recipe={"epochs": 18, "batch_size": 128, "learning_rate": 0.1, "dropout": 0.0,
@@ -99,7 +99,7 @@ def layer_table(network: nn.Module) -> list[tuple[str, str, int]]:
     return rows
 
 
-parameters = model.count_parameters  # one implementation, offered beside the registry
+parameters = seedcnn.count_parameters  # one implementation, offered beside the registry
 
 
 def mflops_per_image(network: nn.Module) -> float:

@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from fmnist import data, errors, inference, machine, model, models, recipe, runs, threads
+from fmnist import data, errors, inference, machine, models, recipe, runs, seedcnn, threads
 
 # The report's settings.
 EPOCHS = 50
@@ -26,7 +26,6 @@ BATCH_SIZE = 128
 LEARNING_RATE = recipe.ADAM_LEARNING_RATE  # the report used Keras's default
 VALIDATION_FRACTION = 0.2
 CHECKPOINT_FORMAT = "fmnist-checkpoint-v1"
-DROPOUT = model.DROPOUT  # named here: inside TrainConfig, `model` is the field naming the network
 MAX_SHIFT = 8  # pixels: beyond a third of a 28-pixel image, translation leaves too little of the item
 
 
@@ -39,7 +38,7 @@ class TrainConfig:
     batch_size: int = BATCH_SIZE
     learning_rate: float = LEARNING_RATE
     validation_fraction: float = VALIDATION_FRACTION
-    dropout: float = DROPOUT
+    dropout: float = seedcnn.DROPOUT
     seed: int = 0
     threads: int | None = None   # None: the CPUs this process may use (threads.available_cpus)
     device: str = "auto"         # auto | cpu | cuda
@@ -209,7 +208,7 @@ class TrainingState:
         if not isinstance(saved, dict) or saved.get("format") != CHECKPOINT_FORMAT:
             raise errors.RunError(f"{where} is not an fmnist checkpoint")
         ours = models.architecture_of(self.network)
-        if saved.get("architecture", model.ARCHITECTURE) != ours:  # older checkpoints: the seed's
+        if saved.get("architecture", seedcnn.ARCHITECTURE) != ours:  # older checkpoints: the seed's
             raise errors.RunError(f"{where} holds a {saved.get('architecture')!r} network, the run's config a {ours!r}")
         try:
             self.network.load_state_dict(runs.check_state(saved["model"], self.network.state_dict(), where))

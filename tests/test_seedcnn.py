@@ -8,13 +8,13 @@ import pytest
 import torch
 
 import keras_reference
-from fmnist import model
+from fmnist import seedcnn
 
 
 def test_parameter_count_and_output_shapes():
-    network = model.SeedCNN()
-    assert model.count_parameters(network) == 845_674
-    rows = {name.split()[0]: (shape, params) for name, shape, params in model.summary(network)}
+    network = seedcnn.SeedCNN()
+    assert seedcnn.count_parameters(network) == 845_674
+    rows = {name.split()[0]: (shape, params) for name, shape, params in seedcnn.summary(network)}
     assert rows["conv1"] == ("(None, 14, 14, 32)", 160)
     assert rows["pool1"] == ("(None, 14, 14, 32)", 0)
     assert rows["conv2"] == ("(None, 7, 7, 64)", 8_256)
@@ -25,7 +25,7 @@ def test_parameter_count_and_output_shapes():
     assert network(torch.rand(3, 28, 28, 1)).shape == (3, 10)
 
 
-@pytest.mark.parametrize("pool", [model.max_pool_2x2_same, model.max_pool_2x2_same_reference])
+@pytest.mark.parametrize("pool", [seedcnn.max_pool_2x2_same, seedcnn.max_pool_2x2_same_reference])
 def test_pool_pads_bottom_and_right_only_and_ignores_padding(pool):
     x = torch.tensor([[1., 2., 3.], [4., 5., 6.], [7., 8., 9.]]).reshape(1, 3, 3, 1)
     expected = [[5., 6., 6.], [8., 9., 9.], [8., 9., 9.]]  # windows extend down/right; edges see fewer cells
@@ -34,7 +34,7 @@ def test_pool_pads_bottom_and_right_only_and_ignores_padding(pool):
     assert pool(-x).reshape(3, 3).tolist() == [[-1., -2., -3.], [-4., -5., -6.], [-7., -8., -9.]]
 
 
-@pytest.mark.parametrize("conv", [model.conv2x2_stride2, model.conv2x2_stride2_reference])
+@pytest.mark.parametrize("conv", [seedcnn.conv2x2_stride2, seedcnn.conv2x2_stride2_reference])
 def test_stride2_conv_windows_do_not_overlap(conv):
     x = torch.arange(16.).reshape(1, 4, 4, 1)
     kernel = torch.tensor([1., 10., 100., 1000.]).reshape(2, 2, 1, 1)  # HWIO: rows then columns
@@ -45,7 +45,7 @@ def test_stride2_conv_windows_do_not_overlap(conv):
 
 def test_odd_input_conv_pads_bottom_right():
     x = torch.arange(9.).reshape(1, 3, 3, 1)
-    out = model.conv2x2_stride2_reference(x, torch.ones(2, 2, 1, 1), torch.zeros(1)).reshape(2, 2)
+    out = seedcnn.conv2x2_stride2_reference(x, torch.ones(2, 2, 1, 1), torch.zeros(1)).reshape(2, 2)
     assert out.tolist() == [[0 + 1 + 3 + 4, 2 + 5], [6 + 7, 8]]
 
 
@@ -56,8 +56,8 @@ def test_fast_forms_equal_plain_forms_forward_and_backward():
         x[:, :5] = 0.0  # ties, as in the background of real images
         kernel, bias = torch.randn(kernel_shape), torch.randn(kernel_shape[-1])
         outputs, grads = [], []
-        for conv, pool in ((model.conv2x2_stride2, model.max_pool_2x2_same),
-                           (model.conv2x2_stride2_reference, model.max_pool_2x2_same_reference)):
+        for conv, pool in ((seedcnn.conv2x2_stride2, seedcnn.max_pool_2x2_same),
+                           (seedcnn.conv2x2_stride2_reference, seedcnn.max_pool_2x2_same_reference)):
             inputs = [t.clone().requires_grad_() for t in (x, kernel, bias)]
             out = pool(torch.relu(conv(*inputs)))
             out.backward(torch.arange(out.numel(), dtype=torch.float32).reshape(out.shape).sin())
@@ -71,14 +71,14 @@ def test_fast_forms_equal_plain_forms_forward_and_backward():
 def keras_layout_weights(seed: int = 0):
     rng = np.random.default_rng(seed)
     return [(rng.normal(0, 0.3, shapes["kernel"]).astype(np.float32),
-             rng.normal(0, 0.1, shapes["bias"]).astype(np.float32)) for _, _, shapes in model.LAYERS]
+             rng.normal(0, 0.1, shapes["bias"]).astype(np.float32)) for _, _, shapes in seedcnn.LAYERS]
 
 
 def test_keras_layout_weights_give_keras_outputs():
     weights = keras_layout_weights()
-    network = model.SeedCNN().eval()
+    network = seedcnn.SeedCNN().eval()
     with torch.no_grad():
-        for (name, _, _), (kernel, bias) in zip(model.LAYERS, weights):
+        for (name, _, _), (kernel, bias) in zip(seedcnn.LAYERS, weights):
             getattr(network, name).kernel.copy_(torch.from_numpy(kernel))
             getattr(network, name).bias.copy_(torch.from_numpy(bias))
     images = np.random.default_rng(1).random((4, 28, 28, 1)).astype(np.float32)
@@ -91,8 +91,8 @@ def test_keras_layout_weights_give_keras_outputs():
 
 def test_glorot_uniform_init_and_zero_bias():
     torch.manual_seed(0)
-    network = model.SeedCNN()
-    for name, _, shapes in model.LAYERS:
+    network = seedcnn.SeedCNN()
+    for name, _, shapes in seedcnn.LAYERS:
         kernel = getattr(network, name).kernel
         receptive = math.prod(shapes["kernel"][:-2])
         limit = math.sqrt(6 / (receptive * (shapes["kernel"][-2] + shapes["kernel"][-1])))
@@ -105,7 +105,7 @@ def test_glorot_uniform_init_and_zero_bias():
 
 
 def test_dropout_only_in_training():
-    network = model.SeedCNN()
+    network = seedcnn.SeedCNN()
     x = torch.rand(4, 28, 28, 1)
     network.eval()
     assert torch.equal(network(x), network(x))
@@ -116,8 +116,8 @@ def test_dropout_only_in_training():
 def test_dropout_zeroes_the_rate_and_keeps_the_mean():
     torch.manual_seed(0)
     x = torch.ones(1000, 256)
-    out = model.dropout(x, 0.5, training=True)
+    out = seedcnn.dropout(x, 0.5, training=True)
     assert abs((out == 0).float().mean().item() - 0.5) < 0.01
     assert set(out.unique().tolist()) == {0.0, 2.0}
     assert abs(out.mean().item() - 1.0) < 0.02
-    assert model.dropout(x, 0.5, training=False) is x
+    assert seedcnn.dropout(x, 0.5, training=False) is x
