@@ -45,7 +45,7 @@ def test_import_fmnist_puts_mkl_in_its_reproducible_mode_unless_the_user_chose()
     assert python(ask, MKL_CBWR="COMPATIBLE").stdout.split() == ["COMPATIBLE"]  # the user's choice wins
     # torch computing before fmnist is imported: too late for MKL; training says so instead of differing silently.
     late = python("import torch; torch.ones(64, 64) @ torch.ones(64, 64); import fmnist; "
-                  "from fmnist import threads, training; print(threads.mkl_cnr_branch()); "
+                  "from fmnist import machine, threads; print(threads.mkl_cnr_branch()); "
                   "machine.check_reproducible_mode()")
     assert late.returncode == 0 and late.stdout.split() == ["OFF"]
     assert "import fmnist before torch" in late.stderr

@@ -3,7 +3,7 @@
 A model is
   name          what users type (`--model`) and config.json records;
   architecture  the tag recorded in the weights' metadata, checkpoints and ONNX files, from which
-                `runs.load_model` rebuilds the network (bump it when a model's layout changes);
+                `inference.load_model` rebuilds the network (bump it when a model's layout changes);
   network       its class: Class(dropout=...) takes (N, 28, 28, 1) floats in [0, 1] to (N, 10) logits;
   recipe        the TrainConfig values its training defaults to, where they differ from the seed's;
   summary       its layer table (layer, output shape, parameters), if not the generic one (`layer_table`).
