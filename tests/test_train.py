@@ -179,12 +179,31 @@ def test_ctrl_c_during_epoch_one_resumes_from_the_cli_and_from_reproduce(tmp_pat
     assert len(runs.read_history(tmp_path / "study" / "seed-0")) == 1
 
 
+KILLED = training.TrainConfig(epochs=2, seed=2, **QUICK)  # the run every kill below interrupts
+
+
+@pytest.fixture(scope="module")
+def one_epoch_run(tmp_path_factory):
+    """One epoch of the seed network (QUICK, seed 0), trained once for the tests that copy it."""
+    require_real_data()
+    run_dir = tmp_path_factory.mktemp("one-epoch") / "run"
+    training.fit(training.TrainConfig(epochs=1, seed=0, **QUICK), run_dir)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """KILLED trained straight through, once: what every resumed kill must equal."""
+    require_real_data()
+    run_dir = tmp_path_factory.mktemp("straight") / "run"
+    training.fit(KILLED, run_dir)
+    return run_dir
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("state", ["config only", "history one epoch ahead", "stale temp files"])
-def test_every_state_a_kill_leaves_is_resumable(tmp_path, state):
-    require_real_data()
-    config = training.TrainConfig(epochs=2, seed=2, **QUICK)
-    training.fit(config, tmp_path / "straight")
+def test_every_state_a_kill_leaves_is_resumable(tmp_path, state, uninterrupted):
+    config = KILLED
     run_dir = tmp_path / "run"
     if state == "config only":  # killed between writing config.json and the epoch-0 checkpoint
         with pytest.raises(KeyboardInterrupt):
@@ -200,15 +219,14 @@ def test_every_state_a_kill_leaves_is_resumable(tmp_path, state):
             (run_dir / ".history.json.a9.tmp").write_text("[")
     history = training.fit(training.load_config(run_dir), run_dir, resume=True)
     assert [row["epoch"] for row in history] == [1, 2]
-    assert_same_weights(tmp_path / "straight", run_dir)
+    assert_same_weights(uninterrupted, run_dir)
     assert not list(run_dir.glob(".*.tmp"))
 
 
 @pytest.mark.slow
-def test_resume_never_replaces_the_best_weights_with_worse(tmp_path):
-    require_real_data()
+def test_resume_never_replaces_the_best_weights_with_worse(tmp_path, one_epoch_run):
     run_dir = tmp_path / "run"
-    training.fit(training.TrainConfig(epochs=1, seed=0, **QUICK), run_dir)
+    shutil.copytree(one_epoch_run, run_dir)
     older = (run_dir / runs.CHECKPOINT).read_bytes()
     history = training.fit(training.load_config(run_dir, epochs=3), run_dir, resume=True)
     best = (run_dir / runs.BEST_WEIGHTS).read_bytes()
@@ -235,10 +253,9 @@ def damage_checkpoint(change):
     (lambda s: s.update(format="other"), "not an fmnist checkpoint"),
 ])
 @pytest.mark.slow
-def test_damaged_checkpoint_is_one_clear_error(tmp_path, change, message):
-    require_real_data()
+def test_damaged_checkpoint_is_one_clear_error(tmp_path, change, message, one_epoch_run):
     run_dir = tmp_path / "run"
-    training.fit(training.TrainConfig(epochs=1, **QUICK), run_dir)
+    shutil.copytree(one_epoch_run, run_dir)
     saved = runs.load_checkpoint(run_dir / runs.CHECKPOINT)
     runs.save_checkpoint(run_dir / runs.CHECKPOINT, damage_checkpoint(change)(saved))
     with pytest.raises(errors.RunError, match=message):

@@ -24,14 +24,16 @@ class PlainCNN(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.conv1, self.conv2 = nn.Conv2d(1, 32, 2, stride=2), nn.Conv2d(32, 64, 2, stride=2)
-        self.dense1, self.dense2, self.dense3 = nn.Linear(3136, 256), nn.Linear(256, 128), nn.Linear(128, 10)
+        convs = [shapes["kernel"] for _, kind, shapes in seedcnn.LAYERS if kind == "Conv2D"]  # HWIO
+        denses = [shapes["kernel"] for _, kind, shapes in seedcnn.LAYERS if kind == "Dense"]  # (in, out)
+        self.conv1, self.conv2 = (nn.Conv2d(c_in, c_out, k, stride=k) for k, _, c_in, c_out in convs)
+        self.dense1, self.dense2, self.dense3 = (nn.Linear(n_in, n_out) for n_in, n_out in denses)
 
     def forward(self, x):  # x: (N, 1, 28, 28)
         x = F.max_pool2d(F.pad(F.relu(self.conv1(x)), (0, 1, 0, 1), value=float("-inf")), 2, stride=1)
         x = F.max_pool2d(F.pad(F.relu(self.conv2(x)), (0, 1, 0, 1), value=float("-inf")), 2, stride=1)
-        x = F.dropout(F.relu(self.dense1(x.flatten(1))), 0.5, self.training)
-        x = F.dropout(F.relu(self.dense2(x)), 0.5, self.training)
+        x = F.dropout(F.relu(self.dense1(x.flatten(1))), seedcnn.DROPOUT, self.training)
+        x = F.dropout(F.relu(self.dense2(x)), seedcnn.DROPOUT, self.training)
         return self.dense3(x)
 
 
@@ -41,7 +43,7 @@ class PlainFastCNN(nn.Module):
     def __init__(self):
         super().__init__()
         fast = models.FAST.build(0.0).to(memory_format=torch.contiguous_format)
-        self.features, self.head = fast.features, nn.Linear(fast.head.in_features, 10)
+        self.features, self.head = fast.features, nn.Linear(fast.head.in_features, data.NUM_CLASSES)
 
     def forward(self, x):  # x: (N, 1, 28, 28)
         return self.head(self.features(x).flatten(1))
@@ -81,8 +83,8 @@ def compare_steps(name: str, batch_size: int, steps: int, rounds: int, device: t
     """Median seconds per training step of fmnist and of the plain baseline, interleaved."""
     torch.manual_seed(0)
     config = training.TrainConfig.for_model(name)
-    x = torch.rand(batch_size, 28, 28, 1, device=device)
-    y = torch.randint(0, 10, (batch_size,), device=device)
+    x = torch.rand(batch_size, data.IMAGE_SIZE, data.IMAGE_SIZE, 1, device=device)
+    y = torch.randint(0, data.NUM_CLASSES, (batch_size,), device=device)
 
     def ours(**kwargs):
         network = (seedcnn.SeedCNN(**kwargs) if kwargs else models.get(name).build(config.dropout)).to(device).train()
@@ -118,7 +120,7 @@ def layer_seconds(network: nn.Module, batch_size: int, steps: int, device: torch
     inputs = []
     hooks = [layer.register_forward_hook(lambda layer, args, out: inputs.append((layer, args[0].detach())))
              for layer in network.modules() if isinstance(layer, (nn.Conv2d, nn.Linear))]
-    network.train()(torch.rand(batch_size, 28, 28, 1, device=device))
+    network.train()(torch.rand(batch_size, data.IMAGE_SIZE, data.IMAGE_SIZE, 1, device=device))
     for hook in hooks:
         hook.remove()
     operands = [(layer, x.requires_grad_(index > 0), torch.rand_like(layer(x)))
@@ -161,8 +163,8 @@ def time_epoch(name: str, num_train: int, num_val: int, batch_size: int, device:
     with the model's whole recipe (augmentation, schedule, TTA)."""
     torch.manual_seed(0)
     config = training.TrainConfig.for_model(name, batch_size=batch_size)
-    images = torch.rand(num_train + num_val, 28, 28, 1, device=device)
-    labels = torch.randint(0, 10, (num_train + num_val,), device=device)
+    images = torch.rand(num_train + num_val, data.IMAGE_SIZE, data.IMAGE_SIZE, 1, device=device)
+    labels = torch.randint(0, data.NUM_CLASSES, (num_train + num_val,), device=device)
     network = models.get(name).build(config.dropout).to(device)
     optimizer = training.make_optimizer(network, config)
     rates = training.epoch_rates(config, 0, math.ceil(num_train / batch_size))
@@ -181,7 +183,7 @@ def evaluation_throughput(name: str, num_images: int, device: torch.device) -> f
     """Images per second through predict_probabilities (inference mode, large batches, the model's TTA)."""
     network = models.evaluation_form(models.get(name).build(0.0), training.TrainConfig.for_model(name).tta)
     network = network.to(device).eval()
-    images = torch.rand(num_images, 28, 28, 1, device=device)
+    images = torch.rand(num_images, data.IMAGE_SIZE, data.IMAGE_SIZE, 1, device=device)
     inference.predict_probabilities(network, images[:inference.EVAL_BATCH_SIZE])  # warm-up
     synchronize(device)
     start = time.perf_counter()

@@ -20,9 +20,10 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from fmnist import data
+
 ARCHITECTURE = "fast-cnn-v1"  # recorded in weights, checkpoints and ONNX files; bump if the layout changes
 STAGES = ((16,), (32, 32), (64, 64))  # 3x3 conv widths at 28x28, 14x14 and 7x7, a 2x2 max pool between stages
-SIZE = 28
 
 
 def conv_bn_relu(in_channels: int, out_channels: int) -> list[nn.Module]:
@@ -41,10 +42,10 @@ class FastCNN(nn.Module):
             for width in widths:
                 layers += conv_bn_relu(channels, width)
                 channels = width
-        side = SIZE // 2 ** (len(stages) - 1)
+        side = data.IMAGE_SIZE // 2 ** (len(stages) - 1)
         self.features = nn.Sequential(*layers)
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(side * side * channels, 10)
+        self.head = nn.Linear(side * side * channels, data.NUM_CLASSES)
         self.to(memory_format=torch.channels_last)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

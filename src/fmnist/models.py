@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from fmnist import fastcnn, seedcnn
+from fmnist import data, fastcnn, seedcnn
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,7 +93,7 @@ def layer_table(network: nn.Module) -> list[tuple[str, str, int]]:
     hooks = [module.register_forward_hook(record(name)) for name, module in network.named_modules()
              if not list(module.children())]
     with torch.no_grad():
-        network.eval()(torch.zeros(1, 28, 28, 1))  # one blank image traces the shapes
+        network.eval()(torch.zeros(1, data.IMAGE_SIZE, data.IMAGE_SIZE, 1))  # one blank image traces the shapes
     for hook in hooks:
         hook.remove()
     return rows
@@ -108,7 +108,7 @@ def mflops_per_image(network: nn.Module) -> float:
 
     counter, training = FlopCounterMode(display=False), network.training
     with torch.no_grad(), counter:
-        network.eval()(torch.zeros(1, 28, 28, 1))
+        network.eval()(torch.zeros(1, data.IMAGE_SIZE, data.IMAGE_SIZE, 1))
     network.train(training)  # the caller's mode, as it was
     return counter.get_total_flops() / 1e6
 

@@ -30,12 +30,14 @@ DENSE_UNITS = (256, 128)
 DROPOUT = 0.5
 ARCHITECTURE = "seed-cnn-v1"  # recorded in every checkpoint; bump if the layout changes
 # (name, keras class, parameter shapes) in Keras's order; the import and the summary read this.
-LAYERS = (
-    ("conv1", "Conv2D", {"kernel": (2, 2, 1, 32), "bias": (32,)}),
-    ("conv2", "Conv2D", {"kernel": (2, 2, 32, 64), "bias": (64,)}),
-    ("dense1", "Dense", {"kernel": (3136, 256), "bias": (256,)}),
-    ("dense2", "Dense", {"kernel": (256, 128), "bias": (128,)}),
-    ("dense3", "Dense", {"kernel": (128, 10), "bias": (10,)}),
+KERNEL = 2  # both convolutions: 2x2, stride 2, "same"; each halves the image (28 -> 14 -> 7)
+FLAT = (data.IMAGE_SIZE // KERNEL ** len(CONV_FILTERS)) ** 2 * CONV_FILTERS[-1]  # 7 * 7 * 64 = 3136 features
+_CHANNELS, _UNITS = (1, *CONV_FILTERS), (FLAT, *DENSE_UNITS, data.NUM_CLASSES)
+LAYERS = (  # conv1, conv2, dense1..dense3: every shape from the constants above
+    *((f"conv{i + 1}", "Conv2D", {"kernel": (KERNEL, KERNEL, _CHANNELS[i], _CHANNELS[i + 1]),
+                                  "bias": (_CHANNELS[i + 1],)}) for i in range(len(CONV_FILTERS))),
+    *((f"dense{i + 1}", "Dense", {"kernel": (_UNITS[i], _UNITS[i + 1]), "bias": (_UNITS[i + 1],)})
+      for i in range(len(_UNITS) - 1)),
 )
 
 

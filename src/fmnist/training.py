@@ -26,6 +26,7 @@ BATCH_SIZE = 128
 LEARNING_RATE = recipe.ADAM_LEARNING_RATE  # the report used Keras's default
 VALIDATION_FRACTION = 0.2
 CHECKPOINT_FORMAT = "fmnist-checkpoint-v1"
+PRECISIONS = ("fp32", "bf16")  # bf16: autocast; weights and optimizer stay float32
 MAX_SHIFT = 8  # pixels: beyond a third of a 28-pixel image, translation leaves too little of the item
 
 
@@ -74,8 +75,8 @@ class TrainConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
-        if self.precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be fp32 or bf16, got {self.precision!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.threads is not None and self.threads < 1 or self.limit is not None and self.limit < 2:
             raise ValueError("threads must be >= 1 and limit >= 2")
         self.check_recipe()
