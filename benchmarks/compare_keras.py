@@ -62,10 +62,10 @@ def fmnist_epoch_seconds(images: int, threads: int, precision: str) -> float:
     network = seedcnn.SeedCNN()
     optimizer = recipe.KerasAdam(network.parameters(), fused=True)
     generator = torch.Generator().manual_seed(0)
-    training.train_one_epoch(network, optimizer, x[:WARMUP_IMAGES], y[:WARMUP_IMAGES], BATCH_SIZE, generator,
-                          precision=precision)
+    config = training.TrainConfig(batch_size=BATCH_SIZE, precision=precision)
+    training.train_one_epoch(network, optimizer, x[:WARMUP_IMAGES], y[:WARMUP_IMAGES], config, generator)
     start = time.perf_counter()
-    loss, _ = training.train_one_epoch(network, optimizer, x, y, BATCH_SIZE, generator, precision=precision)
+    loss, _ = training.train_one_epoch(network, optimizer, x, y, config, generator)
     loss.item()
     return time.perf_counter() - start
 

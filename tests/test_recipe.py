@@ -49,8 +49,9 @@ def test_an_epoch_with_the_whole_recipe_runs_and_sets_each_steps_rate():
     network = models.get("seed-cnn").build(0.0)
     optimizer = training.make_optimizer(network, training.TrainConfig(optimizer="sgd", weight_decay=5e-4))
     x, y = images(32), torch.arange(32) % 10
-    loss, accuracy = training.train_one_epoch(network, optimizer, x, y, 16, torch.Generator().manual_seed(0),
-                                           flip=True, shift=2, label_smoothing=0.1, rates=[0.05, 0.01])
+    config = training.TrainConfig(batch_size=16, flip=True, shift=2, label_smoothing=0.1)
+    loss, accuracy = training.train_one_epoch(network, optimizer, x, y, config, torch.Generator().manual_seed(0),
+                                              rates=[0.05, 0.01])
     assert torch.isfinite(loss) and 0 <= accuracy <= 1
     assert {group["lr"] for group in optimizer.param_groups} == {0.01}  # the last step's
 

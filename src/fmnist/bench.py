@@ -7,6 +7,7 @@ machine affects both alike. The floor is the step's convolutions and matrix prod
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 import time
@@ -170,9 +171,9 @@ def time_epoch(name: str, num_train: int, num_val: int, batch_size: int, device:
     rates = training.epoch_rates(config, 0, math.ceil(num_train / batch_size))
     synchronize(device)
     start = time.perf_counter()
-    loss, _ = training.train_one_epoch(network, optimizer, images[:num_train], labels[:num_train], batch_size,
-                                    torch.Generator().manual_seed(0), precision=precision, flip=config.flip,
-                                    shift=config.shift, label_smoothing=config.label_smoothing, rates=rates)
+    loss, _ = training.train_one_epoch(network, optimizer, images[:num_train], labels[:num_train],
+                                       dataclasses.replace(config, precision=precision),
+                                       torch.Generator().manual_seed(0), rates)
     loss.item()  # waits for the device
     middle = time.perf_counter()
     inference.evaluate(models.evaluation_form(network, config.tta), images[num_train:], labels[num_train:])

@@ -152,15 +152,16 @@ class Shard:
         return start + size * self.rank // self.world_size, start + size * (self.rank + 1) // self.world_size
 
 
-def train_one_epoch(network, optimizer, images, labels, batch_size, generator, on_step=None,
-                    shard: Shard = Shard(), precision: str = "fp32", flip: bool = False, shift: int = 0,
-                    label_smoothing: float = 0.0, rates: Sequence[float] | None = None):
-    """One pass over the training part, reshuffled and augmented; returns (mean loss, accuracy) as device
-    tensors. `rates` gives each step's learning rate (None: the optimizer's, unchanged)."""
+def train_one_epoch(network, optimizer, images, labels, config: TrainConfig, generator: torch.Generator,
+                    rates: Sequence[float] | None = None, on_step=None, shard: Shard = Shard()):
+    """One pass over the training part, reshuffled and augmented as `config`'s recipe says (batch size,
+    precision, flips, shifts, label smoothing); returns (mean loss, accuracy) as device tensors. `rates`
+    gives each step's learning rate (None: the optimizer's, unchanged)."""
     network.train()
     order = torch.randperm(len(images), generator=generator).to(images.device)  # same order on every rank
     images, labels = images[order], labels[order]  # one gather per epoch, then contiguous slices
-    images = recipe.augment(images, generator, flip, shift)  # per epoch, not per step; same on every rank
+    images = recipe.augment(images, generator, config.flip, config.shift)  # per epoch, not per step; all ranks
+    batch_size, precision, label_smoothing = config.batch_size, config.precision, config.label_smoothing
     loss_sum = torch.zeros((), device=images.device)
     correct = torch.zeros((), dtype=torch.long, device=images.device)
     seen = 0
@@ -332,9 +333,8 @@ def run_epoch(state: TrainingState, network, train_data, val_data, config: Train
     start = time.perf_counter()
     steps = math.ceil(len(train_data[0]) / config.batch_size)
     rates = epoch_rates(config, state.epoch, steps)
-    loss, accuracy = train_one_epoch(network, state.optimizer, *train_data, config.batch_size, state.generator,
-                                     on_step, shard, config.precision, config.flip, config.shift,
-                                     config.label_smoothing, rates)
+    loss, accuracy = train_one_epoch(network, state.optimizer, *train_data, config, state.generator, rates, on_step,
+                                     shard)
     loss, accuracy = loss.item(), accuracy.item()  # host sync: once per epoch
     if not math.isfinite(loss):
         raise errors.FmnistError(f"training loss became {loss} in epoch {state.epoch + 1}; the run stops. "
