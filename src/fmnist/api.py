@@ -21,6 +21,7 @@ import numpy as np
 from fmnist import data, errors, inference, models, progress, runs, training
 
 CLASS_NAMES = data.CLASS_NAMES
+OUT = {command: f"runs/{command}" for command in ("data", "train", "reproduce", "sweep", "keras")}  # default outputs
 WEIGHTS = {"final": runs.WEIGHTS, "best": runs.BEST_WEIGHTS}
 
 
@@ -167,7 +168,7 @@ def open_run(path: str | Path) -> Run:
     return Run(path)
 
 
-def train(config: training.TrainConfig | None = None, out: str | Path = "runs/train", *, resume: bool = False,
+def train(config: training.TrainConfig | None = None, out: str | Path = OUT["train"], *, resume: bool = False,
           show_progress: bool = True, **settings) -> Run:
     """Train a model into the run directory `out` (a bar per epoch and one line each, in a terminal or a
     notebook) and return the Run. `settings` go to TrainConfig.for_model when no config is given:
@@ -206,7 +207,7 @@ def fit_with_progress(config: training.TrainConfig, run_dir: Path, resume: bool 
                               f"{run_dir}; continue with: fmnist train --resume {run_dir}") from None
 
 
-def reproduce(model_names: Iterable[str] = (models.DEFAULT,), seeds: int = 1, out: str | Path = "runs/reproduce",
+def reproduce(model_names: Iterable[str] = (models.DEFAULT,), seeds: int = 1, out: str | Path = OUT["reproduce"],
               first_seed: int = 0, show_progress: bool = True,
               on_seed: Callable[[str, int, dict, Path], None] | None = None, workers: int | None = None,
               address: str | None = None, **settings) -> dict:
@@ -252,9 +253,9 @@ def train_in_parallel(configs: list[training.TrainConfig], out: Path, workers: i
     from fmnist import sweep
 
     per_trial = configs[0].threads or 1
-    todo = [{"model": c.model, "seed": c.seed, "threads": per_trial, "configuration": {}, "report": True,
-             "settings": {k: v for k, v in dataclasses.asdict(c).items() if k not in sweep.FIXED_BY_TRIAL},
-             "run_dir": str((out / f"seed-{c.seed}").resolve())} for c in configs]
+    todo = [sweep.Trial(c.model, {k: v for k, v in dataclasses.asdict(c).items() if k not in sweep.FIXED_BY_TRIAL},
+                        {}, c.seed, per_trial, str((out / f"seed-{c.seed}").resolve()), evaluate_and_report=True)
+            for c in configs]
     sweep.run_trials(todo, out.resolve(), per_trial, workers, address)
 
 

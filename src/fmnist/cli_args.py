@@ -101,13 +101,13 @@ def subcommand(commands, name: str, handler, summary: str, description: str, exa
 
 def add_experiment_commands(commands, handlers: dict) -> None:
     """The report's steps: data, train, evaluate, report, reproduce (and bench, for speed)."""
-    from fmnist import training
+    from fmnist import api, training
 
     p = subcommand(commands, "data", handlers["data"], "check the dataset, print a summary, write the sample grid",
                    "Find (or download) and verify Fashion-MNIST, print its shapes and per-class counts, and "
                    "write samples.png (the first 25 training images).", ["fmnist data --out runs/data"])
     add_data_options(p)
-    p.add_argument("--out", default="runs/data", help="where figures go (default: runs/data)")
+    p.add_argument("--out", default=api.OUT["data"], help="where figures go (default: %(default)s)")
 
     p = subcommand(commands, "train", handlers["train"], "train the report's CNN (50 epochs, Adam, batch 128)",
                    "Train the report's CNN with its settings; writes a run directory (see runs.py).",
@@ -115,7 +115,7 @@ def add_experiment_commands(commands, handlers: dict) -> None:
                     "fmnist train --resume runs/seed0",
                     "torchrun --nproc-per-node 2 -m fmnist train --threads 1 --out runs/ddp"])
     add_train_options(p)
-    p.add_argument("--out", default="runs/train", help="run directory to write (default: runs/train)")
+    p.add_argument("--out", default=api.OUT["train"], help="run directory to write (default: %(default)s)")
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted run with its own settings "
                                                     "(--epochs may extend it)")
 
@@ -150,7 +150,7 @@ def add_experiment_commands(commands, handlers: dict) -> None:
                    help="train the seeds in parallel, K at a time, on Ray (pip install 'fmnist[sweep]'), "
                         "--threads each (default: one after another)")
     p.add_argument("--address", default=None, help="a Ray cluster's address for the parallel seeds (default: local)")
-    p.add_argument("--out", default="runs/reproduce", help="output directory (default: runs/reproduce)")
+    p.add_argument("--out", default=api.OUT["reproduce"], help="output directory (default: %(default)s)")
 
     p = subcommand(commands, "bench", handlers["bench"], "time training and evaluation against plain eager PyTorch",
                    "Time fmnist's training step and a plain eager PyTorch version of the same network on the "
@@ -169,6 +169,8 @@ def add_experiment_commands(commands, handlers: dict) -> None:
 
 
 def add_sweep_command(commands, handlers: dict) -> None:
+    from fmnist import api
+
     p = subcommand(commands, "sweep", handlers["sweep"], "many runs at once on Ray: recipe sweeps and seed studies",
                    "Train every configuration of a search space over a model's recipe, for several seeds, in "
                    "parallel on Ray (local, or a cluster with --address). Each trial is a run directory; "
@@ -191,11 +193,13 @@ def add_sweep_command(commands, handlers: dict) -> None:
                    help="trials at once (default: the CPUs this process may use / --threads)")
     p.add_argument("--address", default=None, help="a Ray cluster's address (default: a local Ray instance)")
     p.add_argument("--quiet", action="store_true", help="no Tune progress table (default: off)")
-    p.add_argument("--out", default="runs/sweep", help="output directory (default: runs/sweep)")
+    p.add_argument("--out", default=api.OUT["sweep"], help="output directory (default: %(default)s)")
 
 
 def add_use_commands(commands, handlers: dict) -> None:
     """Using a trained model: predict, export, import-keras, serve."""
+    from fmnist import api
+
     p = subcommand(commands, "predict", handlers["predict"], "classify your own images (PNG, JPEG, WebP, BMP, GIF, ...)",
                    "Classify images, preprocessed as Fashion-MNIST was made from product photos. Prints the "
                    "top classes per file; exit code 1 if any file failed.",
@@ -225,7 +229,7 @@ def add_use_commands(commands, handlers: dict) -> None:
                    "JSON and arrays only: no code from the file runs.",
                    ["fmnist import-keras my_model.keras --out runs/keras", "fmnist evaluate runs/keras"])
     p.add_argument("model", help="the .keras or .h5 file")
-    p.add_argument("--out", default="runs/keras", help="run directory to write (default: runs/keras)")
+    p.add_argument("--out", default=api.OUT["keras"], help="run directory to write (default: %(default)s)")
 
     p = subcommand(commands, "serve", handlers["serve"], "serve a run over HTTP, with a page to try images",
                    "HTTP server: POST /predict (raw image body or multipart, several files allowed), "

@@ -128,26 +128,38 @@ def trial_name(configuration: dict, seed: int) -> str:
     return "trial-" + re.sub(r"[^A-Za-z0-9_.=,+-]", "_", parts) + f"-seed{seed}"
 
 
-def trials(sweep: SweepConfig, out: Path, threads_per_trial: int) -> list[dict]:
-    return [{"model": sweep.model, "settings": {**sweep.fixed, **configuration}, "configuration": configuration,
-             "seed": seed, "threads": threads_per_trial,
-             "run_dir": str((out / trial_name(configuration, seed)).resolve())}
+@dataclasses.dataclass(frozen=True)
+class Trial:
+    """One run of a sweep (or one of reproduce's seeds): the model's recipe with `settings` on top."""
+    model: str
+    settings: dict            # recipe settings over the model's recipe: the fixed ones and the configuration
+    configuration: dict       # the settings this trial varies (they name it and group it with its other seeds)
+    seed: int
+    threads: int
+    run_dir: str              # absolute: the trial's whole state (runs.py)
+    evaluate_and_report: bool = False  # reproduce's seeds are all tested: in the worker, so in parallel too
+
+    def train_config(self) -> training.TrainConfig:
+        return training.TrainConfig.for_model(self.model, seed=self.seed, threads=self.threads, **self.settings)
+
+
+def trials(sweep: SweepConfig, out: Path, threads_per_trial: int) -> list[Trial]:
+    return [Trial(sweep.model, {**sweep.fixed, **configuration}, configuration, seed, threads_per_trial,
+                  str((out / trial_name(configuration, seed)).resolve()))
             for configuration in sweep.configurations() for seed in range(sweep.seeds)]
 
 
-def run_trial(trial: dict) -> dict:
-    """One trial in a Ray worker (or in this process): train or continue its run (and with "report",
-    evaluate it and write its report); validation figures.
+def run_trial(trial: Trial) -> dict:
+    """One trial in a Ray worker (or in this process): train or continue its run (and evaluate and report
+    it, where asked); its validation figures.
 
     The run directory is the trial's whole state: a trial that was cut off resumes from its checkpoint,
     a finished one is only read. (A fresh Ray worker imports this module, so `import fmnist` has set
     OpenMP's waiting and MKL's reproducible mode before torch loads.)"""
-    run_dir = Path(trial["run_dir"])
-    config = training.TrainConfig.for_model(trial["model"], seed=trial["seed"], threads=trial["threads"],
-                                            **trial["settings"])
+    run_dir, config = Path(trial.run_dir), trial.train_config()
     if len(runs.read_history(run_dir)) < config.epochs:
         training.fit(config, run_dir, resume=(run_dir / runs.CONFIG).is_file())
-    if trial.get("report"):  # reproduce's seeds: every one is tested, so in parallel too
+    if trial.evaluate_and_report:
         from fmnist import evaluate, report
 
         evaluate.evaluate_run(run_dir)
@@ -188,9 +200,9 @@ def run(sweep: SweepConfig, out: Path, threads_per_trial: int = 1, workers: int 
     return run_trials(trials(sweep, out, threads_per_trial), out, threads_per_trial, workers, address, verbose)
 
 
-def run_trials(todo: list[dict], out: Path, threads_per_trial: int = 1, workers: int | None = None,
+def run_trials(todo: list[Trial], out: Path, threads_per_trial: int = 1, workers: int | None = None,
                address: str | None = None, verbose: int = 1) -> list[dict]:
-    """Trials (dicts of run_trial's arguments) on Ray Tune; Tune's state in OUT/tune."""
+    """Trials on Ray Tune, one result per trial (its fields and its figures); Tune's state in OUT/tune."""
     require_ray()
     import ray
     from ray import tune
@@ -211,12 +223,13 @@ def run_trials(todo: list[dict], out: Path, threads_per_trial: int = 1, workers:
                            tune_config=tune.TuneConfig(max_concurrent_trials=workers, reuse_actors=True),
                            run_config=tune.RunConfig(name="tune", storage_path=str(out), verbose=verbose))
     grid = tuner.fit()
-    by_dir = {result.config["trial"]["run_dir"]: result for result in grid if result.metrics}
-    missing = [t["run_dir"] for t in todo if t["run_dir"] not in by_dir]
+    by_dir = {result.config["trial"].run_dir: result for result in grid if result.metrics}
+    missing = [t.run_dir for t in todo if t.run_dir not in by_dir]
     if missing:
         raise errors.FmnistError(f"{len(missing)} trials did not finish (first: {missing[0]}); "
                                  f"run the same command again to continue them")
-    return [{**t, **{k: by_dir[t["run_dir"]].metrics[k] for k in ("val_accuracy", "val_loss", "seconds", "node")}}
+    return [{**dataclasses.asdict(t), **{k: by_dir[t.run_dir].metrics[k] for k in ("val_accuracy", "val_loss",
+                                                                                  "seconds", "node")}}
             for t in todo]
 
 
@@ -226,7 +239,7 @@ def run_trial_for_tune(config: dict) -> dict:
 
 def run_sequentially(sweep: SweepConfig, out: Path, threads_per_trial: int = 1) -> list[dict]:
     """The same trials one after another in this process, without Ray (the reference a sweep must equal)."""
-    return [{**t, **run_trial(t)} for t in trials(sweep, Path(out).resolve(), threads_per_trial)]
+    return [{**dataclasses.asdict(t), **run_trial(t)} for t in trials(sweep, Path(out).resolve(), threads_per_trial)]
 
 
 # ---------------------------------------------------------------------------------------------
