@@ -10,7 +10,7 @@ import sys
 import torch
 
 from conftest import run_cli
-from fmnist import bench, models, seedcnn
+from fmnist import bench, fastcnn, models, seedcnn
 
 
 @pytest.mark.slow
@@ -46,9 +46,9 @@ def test_bench_of_another_model_in_process(capsys):
 
 
 def test_baselines_are_the_same_networks():
-    assert seedcnn.count_parameters(bench.PlainCNN()) == seedcnn.count_parameters(seedcnn.SeedCNN()) == 845_674
-    assert bench.PlainCNN()(torch.rand(2, 1, 28, 28)).shape == (2, 10)
-    fast, plain = models.FAST.build(0.0).eval(), bench.PlainFastCNN().eval()
+    assert seedcnn.count_parameters(seedcnn.PlainCNN()) == seedcnn.count_parameters(seedcnn.SeedCNN()) == 845_674
+    assert seedcnn.PlainCNN()(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    fast, plain = models.FAST.build(0.0).eval(), fastcnn.PlainFastCNN().eval()
     # fast-cnn's head reads (row, column, channel); nn.Flatten gives (channel, row, column).
     head = fast.head.weight.reshape(10, 7, 7, -1).permute(0, 3, 1, 2).reshape(10, -1)  # (10, 7*7*C) in CHW order
     plain.load_state_dict({**fast.state_dict(), "head.weight": head})

@@ -1,7 +1,7 @@
 """Training speed, measured as ratios in one run: fmnist's step against a plain eager PyTorch baseline.
 
-The baseline is what a straightforward port of the same network looks like (`PLAIN`): NCHW tensors,
-nn.Conv2d, nn.Linear, F.max_pool2d, the same optimizer. Both see the same random batch; their
+The baseline is what a straightforward port of the same network looks like (each model spec's `plain`,
+beside its network): NCHW tensors, nn.Conv2d, nn.Linear, F.max_pool2d, the same optimizer. Both see the same random batch; their
 timings are interleaved round by round and the median round is reported, so that a noisy, shared
 machine affects both alike. The floor is the step's convolutions and matrix products alone.
 """
@@ -18,39 +18,6 @@ from torch import nn
 
 from fmnist import data, inference, machine, models, recipe, seedcnn, training
 from fmnist import threads as cpu_threads
-
-
-class PlainCNN(nn.Module):
-    """The same network written the plain way (the issue's eager baseline)."""
-
-    def __init__(self):
-        super().__init__()
-        convs = [shapes["kernel"] for _, kind, shapes in seedcnn.LAYERS if kind == "Conv2D"]  # HWIO
-        denses = [shapes["kernel"] for _, kind, shapes in seedcnn.LAYERS if kind == "Dense"]  # (in, out)
-        self.conv1, self.conv2 = (nn.Conv2d(c_in, c_out, k, stride=k) for k, _, c_in, c_out in convs)
-        self.dense1, self.dense2, self.dense3 = (nn.Linear(n_in, n_out) for n_in, n_out in denses)
-
-    def forward(self, x):  # x: (N, 1, 28, 28)
-        x = F.max_pool2d(F.pad(F.relu(self.conv1(x)), (0, 1, 0, 1), value=float("-inf")), 2, stride=1)
-        x = F.max_pool2d(F.pad(F.relu(self.conv2(x)), (0, 1, 0, 1), value=float("-inf")), 2, stride=1)
-        x = F.dropout(F.relu(self.dense1(x.flatten(1))), seedcnn.DROPOUT, self.training)
-        x = F.dropout(F.relu(self.dense2(x)), seedcnn.DROPOUT, self.training)
-        return self.dense3(x)
-
-
-class PlainFastCNN(nn.Module):
-    """fast-cnn written the plain way: NCHW-contiguous tensors, nn.Flatten in PyTorch's (C, H, W) order."""
-
-    def __init__(self):
-        super().__init__()
-        fast = models.FAST.build(0.0).to(memory_format=torch.contiguous_format)
-        self.features, self.head = fast.features, nn.Linear(fast.head.in_features, data.NUM_CLASSES)
-
-    def forward(self, x):  # x: (N, 1, 28, 28)
-        return self.head(self.features(x).flatten(1))
-
-
-PLAIN = {"seed-cnn": PlainCNN, "fast-cnn": PlainFastCNN}  # each model's plain eager port (NCHW input)
 
 
 def step_function(network, optimizer, x, y, precision: str = "fp32", label_smoothing: float = 0.0):
@@ -91,7 +58,7 @@ def compare_steps(name: str, batch_size: int, steps: int, rounds: int, device: t
         network = (seedcnn.SeedCNN(**kwargs) if kwargs else models.get(name).build(config.dropout)).to(device).train()
         return step_function(network, training.make_optimizer(network, config), x, y, precision, config.label_smoothing)
 
-    plain = PLAIN[name]().to(device).train()
+    plain = models.get(name).plain().to(device).train()
     optimizer = torch.optim.Adam(plain.parameters(), eps=recipe.EPSILON) if config.optimizer == "adam" else \
         training.make_optimizer(plain, config)  # the same optimizer, written the usual way
     steps_by_name = {"fmnist": ours()}

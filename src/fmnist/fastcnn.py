@@ -64,3 +64,15 @@ class FastCNN(nn.Module):
                 layers[index - 1], layers[index] = fuse_conv_bn_eval(layers[index - 1], layer), nn.Identity()
         folded.features = nn.Sequential(*layers)
         return folded
+
+
+class PlainFastCNN(nn.Module):
+    """fast-cnn written the plain way: NCHW-contiguous tensors, nn.Flatten in PyTorch's (C, H, W) order."""
+
+    def __init__(self):
+        super().__init__()
+        fast = FastCNN(0.0).to(memory_format=torch.contiguous_format)
+        self.features, self.head = fast.features, nn.Linear(fast.head.in_features, data.NUM_CLASSES)
+
+    def forward(self, x):  # x: (N, 1, 28, 28)
+        return self.head(self.features(x).flatten(1))

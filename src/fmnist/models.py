@@ -28,6 +28,7 @@ class ModelSpec:
     description: str
     recipe: dict = dataclasses.field(default_factory=dict)
     summary: Callable[[nn.Module], list[tuple[str, str, int]]] | None = None
+    plain: type[nn.Module] | None = None  # the same network written the plain eager way (`fmnist bench`'s baseline)
 
     def build(self, dropout: float) -> nn.Module:
         return self.network(dropout=dropout)
@@ -35,12 +36,16 @@ class ModelSpec:
 
 SEED = ModelSpec("seed-cnn", seedcnn.ARCHITECTURE, seedcnn.SeedCNN,
                  "the report's CNN: 2 conv (2x2, stride 2) + same-padded pooling, 3 dense, dropout",
-                 summary=seedcnn.summary)  # Keras's layer names and order, as the report's table
+                 recipe={  # the report's training (shared/SPEC.md): TrainConfig's defaults are these
+                     "epochs": 50, "batch_size": 128, "learning_rate": 1e-3, "validation_fraction": 0.2,
+                     "dropout": seedcnn.DROPOUT, "optimizer": "adam", "weight_decay": 0.0, "schedule": "constant",
+                     "warmup": 0.0, "label_smoothing": 0.0, "flip": False, "shift": 0, "tta": False},
+                 summary=seedcnn.summary, plain=seedcnn.PlainCNN)  # summary: Keras's names and order, as the report
 FAST = ModelSpec("fast-cnn", fastcnn.ARCHITECTURE, fastcnn.FastCNN,
                  "a small BatchNorm CNN (five 3x3 convs, 16/32/64 channels at 28/14/7 px, flatten), for accuracy per CPU-second",
                  recipe={"epochs": 18, "batch_size": 128, "learning_rate": 0.1, "dropout": 0.0,
                          "optimizer": "sgd", "weight_decay": 5e-4, "schedule": "onecycle", "warmup": 0.2,
-                         "label_smoothing": 0.1, "flip": True, "shift": 1, "tta": True})
+                         "label_smoothing": 0.1, "flip": True, "shift": 1, "tta": True}, plain=fastcnn.PlainFastCNN)
 REGISTRY = {spec.name: spec for spec in (SEED, FAST)}
 DEFAULT = SEED.name
 

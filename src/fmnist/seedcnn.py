@@ -180,3 +180,21 @@ def summary(network: SeedCNN) -> list[tuple[str, str, int]]:
             x = stage(x)
             rows.append((label, str((None, *x.shape[1:])), count_parameters(layer) if layer else 0))
     return rows
+
+
+class PlainCNN(nn.Module):
+    """The same network written the plain way, NCHW (the eager baseline `fmnist bench` times it against)."""
+
+    def __init__(self):
+        super().__init__()
+        convs = [shapes["kernel"] for _, kind, shapes in LAYERS if kind == "Conv2D"]  # HWIO
+        denses = [shapes["kernel"] for _, kind, shapes in LAYERS if kind == "Dense"]  # (in, out)
+        self.conv1, self.conv2 = (nn.Conv2d(c_in, c_out, k, stride=k) for k, _, c_in, c_out in convs)
+        self.dense1, self.dense2, self.dense3 = (nn.Linear(n_in, n_out) for n_in, n_out in denses)
+
+    def forward(self, x):  # x: (N, 1, 28, 28)
+        x = F.max_pool2d(F.pad(F.relu(self.conv1(x)), (0, 1, 0, 1), value=float("-inf")), 2, stride=1)
+        x = F.max_pool2d(F.pad(F.relu(self.conv2(x)), (0, 1, 0, 1), value=float("-inf")), 2, stride=1)
+        x = F.dropout(F.relu(self.dense1(x.flatten(1))), DROPOUT, self.training)
+        x = F.dropout(F.relu(self.dense2(x)), DROPOUT, self.training)
+        return self.dense3(x)

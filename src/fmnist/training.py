@@ -20,11 +20,8 @@ import torch.nn.functional as F
 
 from fmnist import data, errors, inference, machine, models, recipe, runs, seedcnn, threads
 
-# The report's settings.
-EPOCHS = 50
-BATCH_SIZE = 128
-LEARNING_RATE = recipe.ADAM_LEARNING_RATE  # the report used Keras's default
-VALIDATION_FRACTION = 0.2
+REPORT = models.SEED.recipe  # the report's settings, the seed model's recipe: TrainConfig's defaults
+EPOCHS, BATCH_SIZE, VALIDATION_FRACTION = REPORT["epochs"], REPORT["batch_size"], REPORT["validation_fraction"]
 CHECKPOINT_FORMAT = "fmnist-checkpoint-v1"
 PRECISIONS = ("fp32", "bf16")  # bf16: autocast; weights and optimizer stay float32
 MAX_SHIFT = 8  # pixels: beyond a third of a 28-pixel image, translation leaves too little of the item
@@ -37,9 +34,9 @@ class TrainConfig:
     model: str = models.DEFAULT
     epochs: int = EPOCHS
     batch_size: int = BATCH_SIZE
-    learning_rate: float = LEARNING_RATE
+    learning_rate: float = REPORT["learning_rate"]
     validation_fraction: float = VALIDATION_FRACTION
-    dropout: float = seedcnn.DROPOUT
+    dropout: float = REPORT["dropout"]
     seed: int = 0
     threads: int | None = None   # None: the CPUs this process may use (threads.available_cpus)
     device: str = "auto"         # auto | cpu | cuda
@@ -47,14 +44,14 @@ class TrainConfig:
     data_dir: str | None = None
     precision: str = "fp32"      # fp32 | bf16 (autocast; weights and optimizer stay float32)
     # The recipe beyond the report's (recipe.py); these defaults are the report's: none of it.
-    optimizer: str = "adam"      # adam (Keras's) | sgd (Nesterov momentum) | adamw
-    weight_decay: float = 0.0    # on weights only, not biases or BatchNorm
-    schedule: str = "constant"   # constant | onecycle (linear warm-up to learning_rate, linear decay to 0)
-    warmup: float = 0.0          # one-cycle: the fraction of all steps spent warming up
-    label_smoothing: float = 0.0
-    flip: bool = False           # augmentation: mirror half the training images, drawn anew each epoch
-    shift: int = 0               # augmentation: move each training image up to this many pixels
-    tta: bool = False            # evaluate and predict on the mean of each image and its mirror
+    optimizer: str = REPORT["optimizer"]          # adam (Keras's) | sgd (Nesterov momentum) | adamw
+    weight_decay: float = REPORT["weight_decay"]  # on weights only, not biases or BatchNorm
+    schedule: str = REPORT["schedule"]  # constant | onecycle (linear warm-up to learning_rate, linear decay to 0)
+    warmup: float = REPORT["warmup"]    # one-cycle: the fraction of all steps spent warming up
+    label_smoothing: float = REPORT["label_smoothing"]
+    flip: bool = REPORT["flip"]         # augmentation: mirror half the training images, drawn anew each epoch
+    shift: int = REPORT["shift"]        # augmentation: move each training image up to this many pixels
+    tta: bool = REPORT["tta"]           # evaluate and predict on the mean of each image and its mirror
 
     @classmethod
     def for_model(cls, name: str = models.DEFAULT, **overrides) -> "TrainConfig":
