@@ -20,9 +20,7 @@ from fmnist import evaluate, inference, machine, runs, training
 def run_budget(model: str, epochs: int, seed: int, out: Path) -> dict:
     run_dir = out / f"{model}-{epochs}ep-seed{seed}"
     config = training.TrainConfig.for_model(model, epochs=epochs, seed=seed)
-    done = len(runs.read_history(run_dir)) >= epochs
-    history = runs.read_history(run_dir) if done else \
-        training.fit(config, run_dir, resume=(run_dir / runs.CONFIG).is_file())
+    history = training.fit_unless_finished(config, run_dir)
     metrics = evaluate.evaluate_run(run_dir)
     return {"model": model, "epochs": epochs, "seed": seed, "seconds": runs.elapsed(history)[-1],
             "train_seconds": sum(row["train_seconds"] for row in history),

@@ -189,16 +189,19 @@ def train(config: training.TrainConfig | None = None, out: str | Path = OUT["tra
     return Run(run_dir)
 
 
-def fit_with_progress(config: training.TrainConfig, run_dir: Path, resume: bool = False,
+def fit_with_progress(config: training.TrainConfig, run_dir: Path, resume: bool | None = False,
                       show_progress: bool = True) -> list[dict]:
-    """training.fit with a bar per epoch and one line per epoch; Ctrl-C says how to resume."""
+    """training.fit with a bar per epoch and one line per epoch; Ctrl-C says how to resume. `resume=None`:
+    whatever the run directory holds (training.fit_unless_finished)."""
     images = config.limit or data.FILES["train_images"].count
     steps = math.ceil(data.split_index(images, config.validation_fraction) / config.batch_size)
     on_cpu = inference.resolve_device(config.device).type == "cpu"
     with progress.EpochProgress(config.epochs, steps, show_values=on_cpu, enabled=show_progress) as bar:
-        if resume:
+        if resume or resume is None:
             bar.epoch = training.resume_epoch(run_dir)
         try:
+            if resume is None:
+                return training.fit_unless_finished(config, run_dir, on_epoch=bar.on_epoch, on_step=bar.on_step)
             return training.fit(config, run_dir, resume=resume, on_epoch=bar.on_epoch, on_step=bar.on_step)
         except KeyboardInterrupt:
             if not (run_dir / runs.CONFIG).is_file():
@@ -261,8 +264,8 @@ def train_in_parallel(configs: list[training.TrainConfig], out: Path, workers: i
 
 def reproduce_seed(config: training.TrainConfig, run_dir: Path, show_progress: bool) -> Run:
     progress.console.rule(f"{config.model}, seed {config.seed}: {run_dir}")
-    if len(runs.read_history(run_dir)) < config.epochs:
-        fit_with_progress(config, run_dir, resume=(run_dir / runs.CONFIG).is_file(), show_progress=show_progress)
+    if len(runs.read_history(run_dir)) < config.epochs:  # finished: no bar for epochs that are not trained
+        fit_with_progress(config, run_dir, resume=None, show_progress=show_progress)
     return Run(run_dir)
 
 

@@ -156,15 +156,13 @@ def run_trial(trial: Trial) -> dict:
     The run directory is the trial's whole state: a trial that was cut off resumes from its checkpoint,
     a finished one is only read. (A fresh Ray worker imports this module, so `import fmnist` has set
     OpenMP's waiting and MKL's reproducible mode before torch loads.)"""
-    run_dir, config = Path(trial.run_dir), trial.train_config()
-    if len(runs.read_history(run_dir)) < config.epochs:
-        training.fit(config, run_dir, resume=(run_dir / runs.CONFIG).is_file())
+    run_dir = Path(trial.run_dir)
+    history = training.fit_unless_finished(trial.train_config(), run_dir)
     if trial.evaluate_and_report:
         from fmnist import evaluate, report
 
         evaluate.evaluate_run(run_dir)
         report.write_report(run_dir)
-    history = runs.read_history(run_dir)
     return {"val_accuracy": history[-1]["val_accuracy"], "val_loss": history[-1]["val_loss"],
             "seconds": runs.elapsed(history)[-1], "node": node_id()}
 

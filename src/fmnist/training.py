@@ -378,6 +378,16 @@ def fit(config: TrainConfig, run_dir: Path, resume: bool = False,
     return state.history
 
 
+def fit_unless_finished(config: TrainConfig, run_dir: Path, on_epoch=None, on_step=None) -> list[dict]:
+    """A run brought to config.epochs: trained, continued from its checkpoint, or, already there, only read
+    (no data loaded). What reproduce, sweeps and benchmarks call for a run that may exist."""
+    run_dir = Path(run_dir)
+    history = runs.read_history(run_dir)
+    if len(history) >= config.epochs:
+        return history
+    return fit(config, run_dir, resume=(run_dir / runs.CONFIG).is_file(), on_epoch=on_epoch, on_step=on_step)
+
+
 def load_config(run_dir: Path, **overrides) -> TrainConfig:
     """The TrainConfig stored in a run directory (for --resume), with `overrides` applied."""
     stored = runs.read_config(run_dir)
