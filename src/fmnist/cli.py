@@ -275,6 +275,7 @@ def cmd_import_keras(args) -> int:
 def cmd_serve(args) -> int:
     from fmnist import serve
 
+    args.max_bytes = args.max_bytes or serve.MAX_BYTES  # the limit is the server's fact
     if args.replicas is not None or args.address:
         return serve_on_ray(args)
     console.print(f"serving {args.run} on http://{args.host}:{args.port}/ (Ctrl-C stops)")

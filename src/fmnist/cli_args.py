@@ -239,7 +239,8 @@ def add_use_commands(commands, handlers: dict) -> None:
     p.add_argument("run", help="run directory")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
-    p.add_argument("--max-bytes", type=int, default=5 * 1024 * 1024, help="request size limit (default: 5 MB)")
+    p.add_argument("--max-bytes", type=int, default=None,
+                   help="request size limit in bytes (default: the server's, serve.MAX_BYTES)")
     p.add_argument("--allowed-host", action="append", metavar="NAME",
                    help="a host name clients may use (repeatable; default: 127.0.0.1 and localhost on a loopback "
                         "address, any name otherwise)")

@@ -285,10 +285,15 @@ def load(data_dir: Path | str | None = None, files: dict[str, IdxFile] = FILES,
                    source, paths["train_images"].parent)
 
 
+def check_validation_fraction(validation_fraction: float) -> None:
+    """The one rule: some images are held out (every epoch is validated) and some are trained on."""
+    if not 0.0 < validation_fraction < 1.0:
+        raise ValueError(f"validation fraction must be in (0, 1), got {validation_fraction}")
+
+
 def split_index(num_samples: int, validation_fraction: float = 0.2) -> int:
     """Where Keras's `validation_split` cuts: the last `fraction` of the arrays, unshuffled."""
-    if not 0.0 <= validation_fraction < 1.0:
-        raise ValueError(f"validation fraction must be in [0, 1), got {validation_fraction}")
+    check_validation_fraction(validation_fraction)
     return int(math.ceil(num_samples * (1.0 - validation_fraction)))
 
 

@@ -66,8 +66,7 @@ class TrainConfig:
             raise ValueError(f"epochs and batch size must be >= 1 (got {self.epochs}, {self.batch_size})")
         if not self.learning_rate > 0:
             raise ValueError(f"learning rate must be > 0, got {self.learning_rate}")
-        if not 0 < self.validation_fraction < 1:
-            raise ValueError(f"validation fraction must be in (0, 1), got {self.validation_fraction}")
+        data.check_validation_fraction(self.validation_fraction)
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
