@@ -139,3 +139,10 @@ def test_fast_cnn_inference_form_is_the_same_function():
         torch.testing.assert_close(folded(x), expected, rtol=0, atol=1e-5)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in network.modules())  # the original is untouched
+
+
+def test_reproduce_checks_every_model_before_anything_runs(tmp_path, capsys):
+    code, out, err = run_cli(capsys, "reproduce", "--model", "seed-cnn", "--model", "resnet", "--epochs", 1,
+                             "--out", tmp_path / "out")
+    assert code == 2 and err.startswith("error: unknown model 'resnet'") and len(err.strip().splitlines()) == 1
+    assert "source:" not in out and not (tmp_path / "out").exists()  # not even the data check ran

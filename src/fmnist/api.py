@@ -221,8 +221,7 @@ def reproduce(model_names: Iterable[str] = (models.DEFAULT,), seeds: int = 1, ou
     from fmnist import evaluate, report
 
     out, names = Path(out), list(dict.fromkeys(model_names))
-    configs = {(name, seed): training.TrainConfig.for_model(name, seed=seed, **settings)  # all checked first
-               for name in names for seed in range(first_seed, first_seed + seeds)}
+    configs = reproduce_configs(names, seeds, first_seed, **settings)  # all checked first
     summaries = {}
     for name in names:
         model_out = out / name if len(names) > 1 else out
@@ -247,6 +246,16 @@ def reproduce(model_names: Iterable[str] = (models.DEFAULT,), seeds: int = 1, ou
     if len(names) > 1:
         write_comparison(summaries, out, configs[names[0], first_seed].device)
     return summaries
+
+
+def reproduce_configs(model_names: Iterable[str], seeds: int = 1, first_seed: int = 0,
+                      **settings) -> dict[tuple[str, int], training.TrainConfig]:
+    """Each model's recipe with `settings` on top, per seed, all checked (an InputError names what is wrong)."""
+    try:
+        return {(name, seed): training.TrainConfig.for_model(name, seed=seed, **settings)
+                for name in dict.fromkeys(model_names) for seed in range(first_seed, first_seed + seeds)}
+    except (TypeError, ValueError) as exc:
+        raise errors.InputError(str(exc)) from None
 
 
 def train_in_parallel(configs: list[training.TrainConfig], out: Path, workers: int | None,

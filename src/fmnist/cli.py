@@ -67,20 +67,21 @@ def train_config(args):
 
 
 def cmd_train(args) -> int:
-    from fmnist import api, models, training
+    from fmnist import api, models
 
     console.quiet = os.environ.get("RANK", "0") != "0"  # under torchrun only rank 0 speaks
     if args.resume:
         run_dir = Path(args.resume)
-        overrides = {"epochs": args.epochs} if args.epochs else {}
-        config = training.load_config(run_dir, **overrides)
         console.print(f"resuming {run_dir}")
+        run = api.train(out=run_dir, resume=True, show_progress=not args.quiet,
+                        **({"epochs": args.epochs} if args.epochs else {}))
     else:
-        run_dir = Path(args.out)
-        config = train_config(args)
+        run_dir, config = Path(args.out), train_config(args)
         print_summary(config.model, models.get(config.model).build(config.dropout))
-    history = api.fit_with_progress(config, run_dir, resume=bool(args.resume), show_progress=not args.quiet)
-    best = min(history, key=lambda row: row["val_loss"])
+        run = api.train(config, run_dir, show_progress=not args.quiet)
+    if console.quiet:  # under torchrun, rank 0 reports (and only it has written the last epoch for sure)
+        return 0
+    best = min(run.history, key=lambda row: row["val_loss"])
     console.print(f"done: {run_dir} (lowest val_loss {best['val_loss']:.4f} at epoch {best['epoch']}); "
                   f"next: fmnist evaluate {run_dir}")
     return 0
@@ -162,8 +163,7 @@ def cmd_reproduce(args) -> int:
 
     out, names = Path(args.out), list(dict.fromkeys(args.model or [models.DEFAULT]))
     settings = recipe_settings(args)
-    for name in names:  # every model's settings checked before hours of training
-        train_config(argparse.Namespace(**{**vars(args), "model": name}))
+    api.reproduce_configs(names, args.seeds, args.seed, **settings)  # every model's settings, before hours of training
     cmd_data(argparse.Namespace(data_dir=args.data_dir, out=out))
 
     def on_seed(name, seed, metrics, html_path):
