@@ -21,8 +21,8 @@ from typing import Callable
 
 import numpy as np
 
-MAX_BATCH = 128      # images per model call: past this the model's images/s stops growing (EVAL_BATCH_SIZE/4)
-MAX_DELAY_S = 0.0    # no added wait: under load batches form while the model runs (measured: best p50 and p99)
+MAX_BATCH = 128      # images per model call: a quarter of evaluation's cache-sized batch (not tuned)
+MAX_DELAY_S = 0.0    # no added wait: under load, batches form while the model runs the previous one
 
 
 @dataclasses.dataclass
@@ -43,7 +43,7 @@ class DynamicBatcher:
         self.queued = 0  # images in self.jobs
         self.changed = threading.Condition()
         self.closed = False
-        self.batch_sizes: collections.Counter[int] = collections.Counter()  # images per model call, for /health
+        self.batch_sizes: collections.Counter[int] = collections.Counter()  # images per model call (at most max_batch keys)
         self.thread = threading.Thread(target=self.run, name="fmnist-batcher", daemon=True)
         self.thread.start()
 
