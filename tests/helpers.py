@@ -1,4 +1,5 @@
-"""Helpers shared by test modules (test modules never import each other): images, a served app, ports."""
+"""Helpers shared by test modules (test modules never import each other): images, a served app, ports,
+processes."""
 from __future__ import annotations
 
 import io
@@ -7,6 +8,7 @@ import struct
 import threading
 import time
 import zlib
+from pathlib import Path
 
 import numpy as np
 import PIL.Image
@@ -69,3 +71,27 @@ def png_header_only(width: int, height: int) -> bytes:
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 1000))
             + chunk(b"IEND", b""))
+
+
+def command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def descendants(root: int) -> list[int]:
+    """Every process below `root` (Linux /proc): Ray's raylet and its workers are children of the command."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    found, frontier = [], [root]
+    while frontier:
+        children = [pid for pid, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found

@@ -15,15 +15,14 @@ import httpx
 import pytest
 
 from conftest import require_real_data
-from helpers import free_port
+from helpers import command_line, descendants, free_port
 
 pytest.importorskip("ray.serve")
 
 
-def replica_pids() -> list[int]:
-    """Processes of the fmnist deployment's replicas (Ray names each actor's process after it)."""
-    found = subprocess.run(["pgrep", "-f", "ServeReplica:fmnist"], capture_output=True, text=True).stdout
-    return [int(pid) for pid in found.split()]
+def replica_pids(server: subprocess.Popen) -> list[int]:
+    """Processes of the fmnist deployment's replicas below the server (Ray names each actor's process after it)."""
+    return [pid for pid in descendants(server.pid) if "ServeReplica:fmnist" in command_line(pid)]
 
 
 def instances(url: str, asks: int = 40) -> set[str]:
@@ -81,7 +80,7 @@ def test_two_replicas_on_ray_serve_answer_and_survive_a_killed_replica(tmp_path,
         body = buffer.getvalue()
         assert asyncio.run(predictions(url, body, 50)) == [200] * 50
         # Kill one replica's process in the middle of 400 concurrent predictions (after the first 20 answers).
-        victim = replica_pids()[0]
+        victim = replica_pids(server)[0]
 
         async def kill_under_load():
             answered: list[int] = []
@@ -96,7 +95,7 @@ def test_two_replicas_on_ray_serve_answer_and_survive_a_killed_replica(tmp_path,
               f"others: {sorted(s for s in statuses if s != 200)}")
         assert before < 400 and served > 0 and set(statuses) <= {200, 500, 502, 503, 0}
         # Ray Serve's controller replaces it: two replicas answer again, and every prediction succeeds.
-        wait_for(lambda: len(replica_pids()) == 2 and victim not in replica_pids(), "the replica is replaced")
+        wait_for(lambda: len(replica_pids(server)) == 2 and victim not in replica_pids(server), "the replica is replaced")
         wait_for(lambda: len(instances(url)) == 2, "both replicas answer again")
         assert asyncio.run(predictions(url, body, 50)) == [200] * 50
     finally:

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import DETERMINISM_RUN, assert_same_weights, require_real_data, run_cli
+from helpers import command_line, descendants
 from fmnist import runs, sweep, threads
 
 TINY = {"epochs": 1, "limit": 1200}
@@ -81,30 +82,6 @@ def sweep_command(out: Path, *extra, vary: str = "learning_rate=0.001,0.003", fi
 
 
 LONG = 16  # epochs of the trial an interrupt must cut off (the other trial trains one)
-
-
-def command_line(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def descendants(root: int) -> list[int]:
-    """Every process below `root` (Linux /proc): Ray's raylet and its workers are children of the command."""
-    parents = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                pass
-    found, frontier = [], [root]
-    while frontier:
-        children = [pid for pid, parent in parents.items() if parent in frontier]
-        found += children
-        frontier = children
-    return found
 
 
 def epochs_done(run_dir: Path) -> int:

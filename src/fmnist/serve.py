@@ -82,6 +82,11 @@ class WorkQueue:
                               f"try again shortly")
         self.images += count
 
+    def release(self, images: int, count_bytes: int) -> None:
+        """A request answered (or refused): what it held is free again."""
+        self.images -= images
+        self.bytes -= count_bytes
+
 
 async def read_body(request: fastapi.Request, max_bytes: int, charge=lambda count: None) -> bytes:
     """The request body, refused with 413 as soon as it exceeds `max_bytes`; `charge(n)` per chunk."""
@@ -185,8 +190,7 @@ class Predictor:
             images = self.prepare_small(files) or await fastapi.concurrency.run_in_threadpool(self.prepare, files)
             rows = await asyncio.wrap_future(self.batcher.submit(np.stack([pixels for pixels, _ in images])))
         finally:
-            self.work.bytes -= held
-            self.work.images -= admitted
+            self.work.release(admitted, held)
         # A Response as it is: FastAPI's encoder need not walk the plain dicts again (no measurable gain alone).
         return fastapi.responses.JSONResponse({"predictions": [
             {"name": name, "top": top, "preprocessed": preview}
