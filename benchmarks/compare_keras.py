@@ -53,7 +53,7 @@ def keras_epoch_seconds(images: int) -> float:
 def fmnist_epoch_seconds(images: int, threads: int, precision: str) -> float:
     import torch
 
-    from fmnist import machine, recipe, seedcnn, training
+    from fmnist import configs, machine, recipe, seedcnn, training
 
     machine.flush_denormals()
     torch.set_num_threads(threads)
@@ -62,10 +62,11 @@ def fmnist_epoch_seconds(images: int, threads: int, precision: str) -> float:
     network = seedcnn.SeedCNN()
     optimizer = recipe.KerasAdam(network.parameters(), fused=True)
     generator = torch.Generator().manual_seed(0)
-    config = training.TrainConfig(batch_size=BATCH_SIZE, precision=precision)
-    training.train_one_epoch(network, optimizer, x[:WARMUP_IMAGES], y[:WARMUP_IMAGES], config, generator)
+    config = configs.Recipe(batch_size=BATCH_SIZE)
+    training.train_one_epoch(network, optimizer, x[:WARMUP_IMAGES], y[:WARMUP_IMAGES], config, generator,
+                             precision=precision)
     start = time.perf_counter()
-    loss, _ = training.train_one_epoch(network, optimizer, x, y, config, generator)
+    loss, _ = training.train_one_epoch(network, optimizer, x, y, config, generator, precision=precision)
     loss.item()
     return time.perf_counter() - start
 

@@ -14,12 +14,12 @@ import json
 from pathlib import Path
 
 import fmnist  # noqa: F401  (first: it sets how OpenMP threads wait, before torch loads)
-from fmnist import evaluate, inference, machine, runs, training
+from fmnist import configs, evaluate, inference, machine, runs, training
 
 
 def run_budget(model: str, epochs: int, seed: int, out: Path) -> dict:
     run_dir = out / f"{model}-{epochs}ep-seed{seed}"
-    config = training.TrainConfig.for_model(model, epochs=epochs, seed=seed)
+    config = configs.TrainConfig.for_model(model, epochs=epochs, seed=seed)
     history = training.fit_unless_finished(config, run_dir)
     metrics = evaluate.evaluate_run(run_dir)
     return {"model": model, "epochs": epochs, "seed": seed, "seconds": runs.elapsed(history)[-1],

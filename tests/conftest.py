@@ -137,10 +137,10 @@ def require_real_data():
 def trained_run(tmp_path_factory):
     """A small run trained once per test session on real data (3 epochs on 12,000 images, ~87 %)."""
     require_real_data()
-    from fmnist import training
+    from fmnist import configs, training
 
     run_dir = tmp_path_factory.mktemp("trained") / "run"
-    training.fit(training.TrainConfig(epochs=3, limit=12_000, threads=2, seed=0), run_dir)
+    training.fit(configs.TrainConfig(epochs=3, limit=12_000, threads=2, seed=0), run_dir)
     return run_dir
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 
+import ast
 import json
 import subprocess
 import sys
@@ -54,3 +55,12 @@ def test_baselines_are_the_same_networks():
     plain.load_state_dict({**fast.state_dict(), "head.weight": head})
     x = torch.rand(4, 28, 28, 1)
     torch.testing.assert_close(plain(x.permute(0, 3, 1, 2).contiguous()), fast(x), rtol=0, atol=1e-5)
+
+
+def test_the_seeds_floor_products_are_its_layers_at_their_real_sizes():
+    """Each product's rows are the positions the network's layer really outputs, per image of the batch."""
+    rows = [row for row in seedcnn.summary(seedcnn.SeedCNN()) if "Conv2D" in row[0] or "Dense" in row[0]]
+    for (label, shape, params), (rows_, fan_in, fan_out) in zip(rows, seedcnn.products(batch_size=3), strict=True):
+        positions = ast.literal_eval(shape)[1:-1]  # "(None, 14, 14, 32)" -> (14, 14); a dense layer has none
+        assert rows_ == 3 * (positions[0] * positions[1] if positions else 1), label
+        assert params == fan_in * fan_out + fan_out, label  # the product's matrix and the bias

@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from conftest import DETERMINISM_RUN, assert_same_weights, fresh_environment, require_real_data
-from fmnist import api, runs, threads, training
+from fmnist import api, configs, runs, threads, training
 
 
 @pytest.mark.slow
@@ -19,10 +19,10 @@ def test_a_run_after_other_work_in_this_process_equals_a_fresh_cli_run(tmp_path,
     other = api.train(model="fast-cnn", epochs=1, limit=600, threads=2, seed=7, out=tmp_path / "other",
                       show_progress=False)
     other.predict(api.load_data(show_progress=False).test_images[:300])
-    training.fit(training.TrainConfig(**DETERMINISM_RUN), tmp_path / "here")
+    training.fit(configs.TrainConfig(**DETERMINISM_RUN), tmp_path / "here")
     assert_same_weights(tmp_path / "here", fresh_cli_run)
     # On a new thread, as a notebook's executor or Ray Tune's runner thread trains.
-    worker = threading.Thread(target=training.fit, args=(training.TrainConfig(**DETERMINISM_RUN), tmp_path / "thread"))
+    worker = threading.Thread(target=training.fit, args=(configs.TrainConfig(**DETERMINISM_RUN), tmp_path / "thread"))
     worker.start()
     worker.join()
     assert_same_weights(tmp_path / "thread", fresh_cli_run)

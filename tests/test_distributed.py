@@ -10,7 +10,7 @@ import safetensors.torch
 import torch
 
 from conftest import require_real_data
-from fmnist import runs, training
+from fmnist import configs, runs, training
 
 
 @pytest.mark.slow
@@ -23,7 +23,7 @@ def test_two_gloo_processes_match_single_process_training(tmp_path):
                              *common, "--out", str(tmp_path / "ddp")], capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("Epoch 1/1") == 1, "only rank 0 reports"
-    single = training.fit(training.TrainConfig(epochs=1, limit=2000, dropout=0.0, threads=1, seed=5), tmp_path / "one")
+    single = training.fit(configs.TrainConfig(epochs=1, limit=2000, dropout=0.0, threads=1, seed=5), tmp_path / "one")
     ddp_history = runs.read_json(tmp_path / "ddp" / runs.HISTORY)
     assert abs(ddp_history[0]["loss"] - single[0]["loss"]) < 1e-4
     distributed = safetensors.torch.load_file(str(tmp_path / "ddp" / runs.WEIGHTS))

@@ -13,7 +13,7 @@ import safetensors.torch
 import torch
 
 from conftest import run_cli
-from fmnist import api, keras_import, runs, training
+from fmnist import api, configs, keras_import, runs, training
 
 
 @pytest.mark.slow
@@ -40,7 +40,7 @@ def test_export_then_import_gives_identical_weights(tmp_path, trained_run):
 
 def test_other_models_are_a_clear_error(tmp_path, capsys):
     run_dir = tmp_path / "fast"
-    training.fit(training.TrainConfig.for_model("fast-cnn", epochs=1, limit=300, threads=2), run_dir)
+    training.fit(configs.TrainConfig.for_model("fast-cnn", epochs=1, limit=300, threads=2), run_dir)
     code, _, err = run_cli(capsys, "export", run_dir, "--format", "keras")
     assert code == 2 and "'fast-cnn' network" in err and "--format onnx" in err
     assert not (run_dir / "model.keras").exists()

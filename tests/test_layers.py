@@ -14,7 +14,7 @@ LAYERS = [  # bottom to top
     ("storage", {"runs"}),
     ("networks", {"kernels", "seedcnn", "fastcnn", "models"}),
     ("inference", {"inference"}),
-    ("training", {"recipe", "training"}),
+    ("training", {"recipe", "configs", "training"}),
     ("results", {"evaluate", "figures", "report", "predict", "bench"}),
     ("interop", {"export", "keras_import", "keras_export"}),
     ("engines", {"sweep"}),

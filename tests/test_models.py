@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import shutil
@@ -14,7 +15,7 @@ import pytest
 import torch
 
 from conftest import require_real_data, run_cli
-from fmnist import errors, export, inference, models, predict, runs, serve, training
+from fmnist import configs, errors, export, inference, models, predict, runs, serve, training
 from helpers import running
 
 
@@ -22,12 +23,12 @@ from helpers import running
 def test_every_model_through_the_whole_toolchain(tmp_path, real_dataset, name):
     """Train one tiny epoch, load, evaluate, predict, export to ONNX (onnxruntime parity), serve a request."""
     run_dir = tmp_path / "run"
-    training.fit(training.TrainConfig.for_model(name, epochs=1, limit=600, threads=2), run_dir)
+    training.fit(configs.TrainConfig.for_model(name, epochs=1, limit=600, threads=2), run_dir)
     assert json.loads((run_dir / runs.CONFIG).read_text())["model"] == name
     assert runs.read_history(run_dir)[-1]["elapsed"] == runs.read_history(run_dir)[-1]["seconds"]  # one epoch
     network = inference.load_model(run_dir)
     assert isinstance(models.unwrapped(network), models.get(name).network)
-    assert isinstance(network, models.FlipAveraged) == training.TrainConfig.for_model(name).tta  # weights say so
+    assert isinstance(network, models.FlipAveraged) == configs.TrainConfig.for_model(name).tta  # weights say so
     loss, accuracy = inference.evaluate(network, inference.to_tensor(real_dataset.test_images[:500], torch.device("cpu")),
                                     torch.from_numpy(real_dataset.test_labels[:500]))
     assert np.isfinite(loss) and 0 <= accuracy <= 1
@@ -49,8 +50,8 @@ def test_the_new_recipe_beats_the_seed_at_an_equal_small_budget(tmp_path):
     would not clear this margin (measured: 0.800 vs 0.868 on this budget)."""
     require_real_data()
     budget = dict(epochs=6, limit=6_000, seed=0, threads=2)
-    seed = training.fit(training.TrainConfig.for_model("seed-cnn", **budget), tmp_path / "seed")[-1]["val_accuracy"]
-    fast = training.fit(training.TrainConfig.for_model("fast-cnn", **budget), tmp_path / "fast")[-1]["val_accuracy"]
+    seed = training.fit(configs.TrainConfig.for_model("seed-cnn", **budget), tmp_path / "seed")[-1]["val_accuracy"]
+    fast = training.fit(configs.TrainConfig.for_model("fast-cnn", **budget), tmp_path / "fast")[-1]["val_accuracy"]
     assert fast >= seed + 0.04, (seed, fast)
 
 
@@ -87,17 +88,33 @@ def test_a_run_written_before_the_registry_still_evaluates_and_resumes(tmp_path,
     runs.save_checkpoint(run_dir / runs.CHECKPOINT, saved)
     code, _, err = run_cli(capsys, "evaluate", run_dir)
     assert code == 0, err
-    assert training.load_config(run_dir).model == models.DEFAULT
-    history = training.fit(training.load_config(run_dir, epochs=4), run_dir, resume=True)
+    assert configs.load_config(run_dir).model == models.DEFAULT
+    history = training.fit(configs.load_config(run_dir, epochs=4), run_dir, resume=True)
     assert [row["epoch"] for row in history] == [1, 2, 3, 4]
 
 
+def test_a_config_is_a_recipe_a_runtime_and_a_seed_and_no_model_sets_the_runtime():
+    fields = [field.name for field in dataclasses.fields(configs.TrainConfig)]
+    assert sorted(fields) == sorted(configs.RECIPE_FIELDS + configs.RUNTIME_FIELDS + ("seed",))
+    assert not set(configs.RECIPE_FIELDS) & set(configs.RUNTIME_FIELDS)
+    for spec in models.REGISTRY.values():
+        assert set(spec.recipe) <= set(configs.RECIPE_FIELDS), spec.name  # a recipe never says where it runs
+    config = configs.TrainConfig.for_model("fast-cnn", seed=4, threads=1, limit=600, epochs=2)
+    assert config.recipe == configs.Recipe.for_model("fast-cnn", epochs=2)
+    assert config.runtime == configs.Runtime(threads=1, limit=600)
+    assert configs.TrainConfig(**dataclasses.asdict(config)) == config  # config.json stays one flat record
+    with pytest.raises(ValueError, match="precision"):
+        configs.Runtime(precision="fp8")
+    with pytest.raises(ValueError, match="shift"):
+        configs.Recipe(shift=30)
+
+
 def test_recipe_defaults_and_flag_overrides():
-    assert training.TrainConfig.for_model() == training.TrainConfig()  # the seed's recipe is TrainConfig's defaults
-    config = training.TrainConfig.for_model(models.DEFAULT, epochs=3, batch_size=None, learning_rate=None)
-    assert config.epochs == 3 and config.batch_size == training.BATCH_SIZE and config.model == models.DEFAULT
+    assert configs.TrainConfig.for_model() == configs.TrainConfig()  # the seed's recipe is Recipe's defaults
+    config = configs.TrainConfig.for_model(models.DEFAULT, epochs=3, batch_size=None, learning_rate=None)
+    assert config.epochs == 3 and config.batch_size == configs.REPORT["batch_size"] and config.model == models.DEFAULT
     with pytest.raises(ValueError, match="unknown model 'resnet': fmnist has seed-cnn"):
-        training.TrainConfig.for_model("resnet")
+        configs.TrainConfig.for_model("resnet")
 
 
 def test_models_command_and_unknown_model_errors(tmp_path, capsys):
@@ -116,7 +133,7 @@ def test_checkpoint_of_another_architecture_is_refused(tmp_path, trained_run):
     saved["architecture"] = "some-other-net-v3"
     runs.save_checkpoint(run_dir / runs.CHECKPOINT, saved)
     with pytest.raises(errors.RunError, match="holds a 'some-other-net-v3' network"):
-        training.fit(training.load_config(run_dir, epochs=4), run_dir, resume=True)
+        training.fit(configs.load_config(run_dir, epochs=4), run_dir, resume=True)
 
 
 def test_layer_table_of_the_seed_and_of_any_network():

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from fmnist import models, recipe, training
+from fmnist import configs, models, recipe, training
 
 
 def images(n=64, seed=0):
@@ -47,9 +47,9 @@ def test_augment_without_augmentation_draws_nothing_and_keeps_images():
 def test_an_epoch_with_the_whole_recipe_runs_and_sets_each_steps_rate():
     torch.manual_seed(0)
     network = models.get("seed-cnn").build(0.0)
-    optimizer = training.make_optimizer(network, training.TrainConfig(optimizer="sgd", weight_decay=5e-4))
+    optimizer = configs.TrainConfig(optimizer="sgd", weight_decay=5e-4).build_optimizer(network)
     x, y = images(32), torch.arange(32) % 10
-    config = training.TrainConfig(batch_size=16, flip=True, shift=2, label_smoothing=0.1)
+    config = configs.TrainConfig(batch_size=16, flip=True, shift=2, label_smoothing=0.1)
     loss, accuracy = training.train_one_epoch(network, optimizer, x, y, config, torch.Generator().manual_seed(0),
                                               rates=[0.05, 0.01])
     assert torch.isfinite(loss) and 0 <= accuracy <= 1
@@ -66,10 +66,10 @@ def test_one_cycle_rises_to_its_peak_and_ends_at_zero():
 
 
 def test_the_schedule_continues_across_epochs():
-    config = training.TrainConfig(optimizer="sgd", schedule="onecycle", warmup=0.25, epochs=4, learning_rate=1.0)
-    schedule = training.schedule_of(config, steps_per_epoch=10)
+    config = configs.TrainConfig(optimizer="sgd", schedule="onecycle", warmup=0.25, epochs=4, learning_rate=1.0)
+    schedule = config.schedule_of(steps_per_epoch=10)
     assert schedule(9) == pytest.approx(1.0) and schedule(39) == 0.0
-    assert training.schedule_of(training.TrainConfig(), 10) is None  # the seed's: nothing set per step
+    assert configs.TrainConfig().schedule_of(10) is None  # the seed's: nothing set per step
 
 
 def test_weight_decay_applies_to_weights_only():
@@ -84,7 +84,7 @@ def test_weight_decay_applies_to_weights_only():
                                  {"shift": 9}, {"label_smoothing": 1.0}, {"flip": 1}])
 def test_a_bad_recipe_is_a_value_error(bad):
     with pytest.raises(ValueError):
-        training.TrainConfig(**bad)
+        configs.TrainConfig(**bad)
 
 
 @pytest.mark.parametrize("name", list(models.REGISTRY))

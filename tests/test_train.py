@@ -16,7 +16,7 @@ import safetensors.torch
 import torch
 
 from conftest import assert_same_weights, require_real_data, run_cli, weights_of as weights
-from fmnist import errors, inference, models, recipe, runs, seedcnn, training
+from fmnist import configs, errors, inference, models, recipe, runs, seedcnn, training
 
 QUICK = dict(limit=3000, threads=2)  # 2,400 training / 600 validation images
 
@@ -24,7 +24,7 @@ QUICK = dict(limit=3000, threads=2)  # 2,400 training / 600 validation images
 @pytest.mark.slow
 def test_short_training_learns_writes_run_dir_and_is_reproducible(tmp_path):
     require_real_data()
-    config = training.TrainConfig(epochs=2, seed=3, **QUICK)
+    config = configs.TrainConfig(epochs=2, seed=3, **QUICK)
     history = training.fit(config, tmp_path / "a")
     assert [row["epoch"] for row in history] == [1, 2]
     assert history[-1]["val_accuracy"] > 0.6, "well above chance (0.1)"
@@ -40,7 +40,7 @@ def test_short_training_learns_writes_run_dir_and_is_reproducible(tmp_path):
     assert_same_weights(tmp_path / "a", tmp_path / "b")
     with pytest.raises(errors.RunError, match="already holds a run"):  # a finished run is never overwritten
         training.fit(config, tmp_path / "a")
-    training.fit(training.TrainConfig(epochs=2, seed=4, **QUICK), tmp_path / "c")
+    training.fit(configs.TrainConfig(epochs=2, seed=4, **QUICK), tmp_path / "c")
     assert not torch.equal(weights(tmp_path / "a")["dense1.kernel"], weights(tmp_path / "c")["dense1.kernel"])
 
 
@@ -49,7 +49,7 @@ def test_short_training_learns_writes_run_dir_and_is_reproducible(tmp_path):
 def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, name):
     """Every model's recipe: its augmentation draws, schedule and optimizer state continue exactly."""
     require_real_data()
-    config = training.TrainConfig.for_model(name, epochs=3, seed=1, **QUICK)
+    config = configs.TrainConfig.for_model(name, epochs=3, seed=1, **QUICK)
     training.fit(config, tmp_path / "straight")
 
     def interrupt_after_first_epoch(row):
@@ -59,7 +59,7 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, name):
     with pytest.raises(KeyboardInterrupt):
         training.fit(config, tmp_path / "resumed", on_epoch=interrupt_after_first_epoch)
     assert runs.load_checkpoint(tmp_path / "resumed" / runs.CHECKPOINT)["epoch"] == 1
-    history = training.fit(training.load_config(tmp_path / "resumed"), tmp_path / "resumed", resume=True)
+    history = training.fit(configs.load_config(tmp_path / "resumed"), tmp_path / "resumed", resume=True)
     assert [row["epoch"] for row in history] == [1, 2, 3]
     assert_same_weights(tmp_path / "straight", tmp_path / "resumed")
 
@@ -91,7 +91,7 @@ def test_ctrl_c_in_the_cli_saves_explains_and_resumes(tmp_path):
 def test_non_finite_loss_stops_with_clear_error_and_keeps_checkpoint(tmp_path):
     require_real_data()
     with pytest.raises(errors.FmnistError, match="training loss became"):
-        training.fit(training.TrainConfig(epochs=2, learning_rate=1e6, **QUICK), tmp_path)
+        training.fit(configs.TrainConfig(epochs=2, learning_rate=1e6, **QUICK), tmp_path)
     assert runs.load_checkpoint(tmp_path / runs.CHECKPOINT)["epoch"] == 0
 
 
@@ -114,9 +114,9 @@ def test_keras_adam_matches_keras_update_rule():
 
 def test_config_validation():
     with pytest.raises(ValueError, match="validation fraction"):
-        training.TrainConfig(validation_fraction=1.5)
+        configs.TrainConfig(validation_fraction=1.5)
     with pytest.raises(ValueError, match="device"):
-        training.TrainConfig(device="tpu")
+        configs.TrainConfig(device="tpu")
 
 
 @pytest.mark.slow
@@ -159,7 +159,7 @@ def interrupt_at_step(step):
 @pytest.mark.slow
 def test_ctrl_c_during_epoch_one_resumes_from_the_cli_and_from_reproduce(tmp_path, capsys):
     require_real_data()
-    config = training.TrainConfig(epochs=2, seed=5, **QUICK)
+    config = configs.TrainConfig(epochs=2, seed=5, **QUICK)
     training.fit(config, tmp_path / "straight")
     with pytest.raises(KeyboardInterrupt):
         training.fit(config, tmp_path / "run", on_step=interrupt_at_step(3))
@@ -171,7 +171,7 @@ def test_ctrl_c_during_epoch_one_resumes_from_the_cli_and_from_reproduce(tmp_pat
     assert_same_weights(tmp_path / "straight", tmp_path / "run")
     # reproduce, re-run over a seed interrupted in its first epoch, continues it
     with pytest.raises(KeyboardInterrupt):
-        training.fit(training.TrainConfig(epochs=1, seed=0, **QUICK), tmp_path / "study" / "seed-0",
+        training.fit(configs.TrainConfig(epochs=1, seed=0, **QUICK), tmp_path / "study" / "seed-0",
                   on_step=interrupt_at_step(2))
     code, _, err = run_cli(capsys, "reproduce", "--epochs", 1, "--limit", 3000, "--threads", 2, "--quiet",
                            "--out", tmp_path / "study")
@@ -179,7 +179,7 @@ def test_ctrl_c_during_epoch_one_resumes_from_the_cli_and_from_reproduce(tmp_pat
     assert len(runs.read_history(tmp_path / "study" / "seed-0")) == 1
 
 
-KILLED = training.TrainConfig(epochs=2, seed=2, **QUICK)  # the run every kill below interrupts
+KILLED = configs.TrainConfig(epochs=2, seed=2, **QUICK)  # the run every kill below interrupts
 
 
 @pytest.fixture(scope="module")
@@ -187,7 +187,7 @@ def one_epoch_run(tmp_path_factory):
     """One epoch of the seed network (QUICK, seed 0), trained once for the tests that copy it."""
     require_real_data()
     run_dir = tmp_path_factory.mktemp("one-epoch") / "run"
-    training.fit(training.TrainConfig(epochs=1, seed=0, **QUICK), run_dir)
+    training.fit(configs.TrainConfig(epochs=1, seed=0, **QUICK), run_dir)
     return run_dir
 
 
@@ -217,7 +217,7 @@ def test_every_state_a_kill_leaves_is_resumable(tmp_path, state, uninterrupted):
         if state == "stale temp files":
             (run_dir / ".checkpoint.pt.x1y2.tmp").write_bytes(b"half a checkpoint")
             (run_dir / ".history.json.a9.tmp").write_text("[")
-    history = training.fit(training.load_config(run_dir), run_dir, resume=True)
+    history = training.fit(configs.load_config(run_dir), run_dir, resume=True)
     assert [row["epoch"] for row in history] == [1, 2]
     assert_same_weights(uninterrupted, run_dir)
     assert not list(run_dir.glob(".*.tmp"))
@@ -228,11 +228,11 @@ def test_resume_never_replaces_the_best_weights_with_worse(tmp_path, one_epoch_r
     run_dir = tmp_path / "run"
     shutil.copytree(one_epoch_run, run_dir)
     older = (run_dir / runs.CHECKPOINT).read_bytes()
-    history = training.fit(training.load_config(run_dir, epochs=3), run_dir, resume=True)
+    history = training.fit(configs.load_config(run_dir, epochs=3), run_dir, resume=True)
     best = (run_dir / runs.BEST_WEIGHTS).read_bytes()
     assert history[1]["val_loss"] > min(row["val_loss"] for row in history)
     (run_dir / runs.CHECKPOINT).write_bytes(older)  # an older checkpoint restored: history is ahead of it
-    training.fit(training.load_config(run_dir, epochs=2), run_dir, resume=True)  # epoch 2 again, not the best
+    training.fit(configs.load_config(run_dir, epochs=2), run_dir, resume=True)  # epoch 2 again, not the best
     assert (run_dir / runs.BEST_WEIGHTS).read_bytes() == best
 
 
@@ -259,7 +259,7 @@ def test_damaged_checkpoint_is_one_clear_error(tmp_path, change, message, one_ep
     saved = runs.load_checkpoint(run_dir / runs.CHECKPOINT)
     runs.save_checkpoint(run_dir / runs.CHECKPOINT, damage_checkpoint(change)(saved))
     with pytest.raises(errors.RunError, match=message):
-        training.fit(training.load_config(run_dir, epochs=2), run_dir, resume=True)
+        training.fit(configs.load_config(run_dir, epochs=2), run_dir, resume=True)
 
 
 def test_damaged_checkpoint_epoch_is_one_line_from_the_cli(tmp_path, capsys, trained_run):

@@ -18,12 +18,12 @@ _threads.SET_BY_FMNIST = _threads.configure_waiting()  # before anything imports
 _threads.configure_reproducibility()  # before torch's first matrix product: MKL reads it then
 
 _API = {"CLASS_NAMES": "fmnist.api", "Predictions": "fmnist.api", "Run": "fmnist.api", "load_data": "fmnist.api",
-        "open_run": "fmnist.api", "reproduce": "fmnist.api", "train": "fmnist.api", "TrainConfig": "fmnist.training"}
+        "open_run": "fmnist.api", "reproduce": "fmnist.api", "train": "fmnist.api", "TrainConfig": "fmnist.configs"}
 __all__ = sorted(_API)
 
 if _typing.TYPE_CHECKING:
     from fmnist.api import CLASS_NAMES, Predictions, Run, load_data, open_run, reproduce, train
-    from fmnist.training import TrainConfig
+    from fmnist.configs import TrainConfig
 
 
 def __dir__() -> list[str]:

@@ -18,7 +18,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from fmnist import data, errors, inference, models, progress, runs, training
+from fmnist import configs, data, errors, inference, models, progress, runs, training
 
 CLASS_NAMES = data.CLASS_NAMES
 OUT = {command: f"runs/{command}" for command in ("data", "train", "reproduce", "sweep", "keras")}  # default outputs
@@ -61,8 +61,8 @@ class Run:
         return f"fmnist.Run({str(self.path)!r})"
 
     @property
-    def config(self) -> training.TrainConfig:
-        return training.load_config(self.path)
+    def config(self) -> configs.TrainConfig:
+        return configs.load_config(self.path)
 
     @property
     def history(self) -> list[dict]:
@@ -168,7 +168,7 @@ def open_run(path: str | Path) -> Run:
     return Run(path)
 
 
-def train(config: training.TrainConfig | None = None, out: str | Path = OUT["train"], *, resume: bool = False,
+def train(config: configs.TrainConfig | None = None, out: str | Path = OUT["train"], *, resume: bool = False,
           show_progress: bool = True, **settings) -> Run:
     """Train a model into the run directory `out` (a bar per epoch and one line each, in a terminal or a
     notebook) and return the Run. `settings` go to TrainConfig.for_model when no config is given:
@@ -180,16 +180,16 @@ def train(config: training.TrainConfig | None = None, out: str | Path = OUT["tra
     """
     run_dir = Path(out)
     if resume:
-        config = training.load_config(run_dir, **settings)
+        config = configs.load_config(run_dir, **settings)
     elif config is None:
-        config = training.TrainConfig.for_model(settings.pop("model", models.DEFAULT), **settings)
+        config = configs.TrainConfig.for_model(settings.pop("model", models.DEFAULT), **settings)
     elif settings:
         raise ValueError("give either a TrainConfig or settings, not both")
     fit_with_progress(config, run_dir, resume, show_progress)
     return Run(run_dir)
 
 
-def fit_with_progress(config: training.TrainConfig, run_dir: Path, resume: bool | None = False,
+def fit_with_progress(config: configs.TrainConfig, run_dir: Path, resume: bool | None = False,
                       show_progress: bool = True) -> list[dict]:
     """training.fit with a bar per epoch and one line per epoch; Ctrl-C says how to resume. `resume=None`:
     whatever the run directory holds (training.fit_unless_finished)."""
@@ -249,16 +249,16 @@ def reproduce(model_names: Iterable[str] = (models.DEFAULT,), seeds: int = 1, ou
 
 
 def reproduce_configs(model_names: Iterable[str], seeds: int = 1, first_seed: int = 0,
-                      **settings) -> dict[tuple[str, int], training.TrainConfig]:
+                      **settings) -> dict[tuple[str, int], configs.TrainConfig]:
     """Each model's recipe with `settings` on top, per seed, all checked (an InputError names what is wrong)."""
     try:
-        return {(name, seed): training.TrainConfig.for_model(name, seed=seed, **settings)
+        return {(name, seed): configs.TrainConfig.for_model(name, seed=seed, **settings)
                 for name in dict.fromkeys(model_names) for seed in range(first_seed, first_seed + seeds)}
     except (TypeError, ValueError) as exc:
         raise errors.InputError(str(exc)) from None
 
 
-def train_in_parallel(configs: list[training.TrainConfig], out: Path, workers: int | None,
+def train_in_parallel(configs: list[configs.TrainConfig], out: Path, workers: int | None,
                       address: str | None) -> None:
     """Seeds as trials of the sweep engine (Ray Tune), each trained, evaluated and reported in its worker:
     run directories out/seed-N, Tune's state in out/tune."""
@@ -271,7 +271,7 @@ def train_in_parallel(configs: list[training.TrainConfig], out: Path, workers: i
     sweep.run_trials(todo, out.resolve(), per_trial, workers, address)
 
 
-def reproduce_seed(config: training.TrainConfig, run_dir: Path, show_progress: bool) -> Run:
+def reproduce_seed(config: configs.TrainConfig, run_dir: Path, show_progress: bool) -> Run:
     progress.console.rule(f"{config.model}, seed {config.seed}: {run_dir}")
     if len(runs.read_history(run_dir)) < config.epochs:  # finished: no bar for epochs that are not trained
         fit_with_progress(config, run_dir, resume=None, show_progress=show_progress)

@@ -7,7 +7,6 @@ machine affects both alike. The floor is the step's convolutions and matrix prod
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import statistics
 import time
@@ -16,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fmnist import data, inference, machine, models, recipe, seedcnn, training
+from fmnist import configs, data, inference, machine, models, recipe, training
 from fmnist import threads as cpu_threads
 
 
@@ -50,20 +49,18 @@ def compare_steps(name: str, batch_size: int, steps: int, rounds: int, device: t
                   precision: str = "fp32") -> dict[str, float]:
     """Median seconds per training step of fmnist and of the plain baseline, interleaved."""
     torch.manual_seed(0)
-    config = training.TrainConfig.for_model(name)
+    config = configs.TrainConfig.for_model(name)
     x = torch.rand(batch_size, data.IMAGE_SIZE, data.IMAGE_SIZE, 1, device=device)
     y = torch.randint(0, data.NUM_CLASSES, (batch_size,), device=device)
 
-    def ours(**kwargs):
-        network = (seedcnn.SeedCNN(**kwargs) if kwargs else models.get(name).build(config.dropout)).to(device).train()
-        return step_function(network, training.make_optimizer(network, config), x, y, precision, config.label_smoothing)
+    def ours(**variant):
+        network = models.get(name).network(dropout=config.dropout, **variant).to(device).train()
+        return step_function(network, config.build_optimizer(network), x, y, precision, config.label_smoothing)
 
     plain = models.get(name).plain().to(device).train()
     optimizer = torch.optim.Adam(plain.parameters(), eps=recipe.EPSILON) if config.optimizer == "adam" else \
-        training.make_optimizer(plain, config)  # the same optimizer, written the usual way
-    steps_by_name = {"fmnist": ours()}
-    if name == models.SEED.name:  # the seed's fused CPU kernels against its PyTorch fast forms
-        steps_by_name["fmnist, PyTorch ops only"] = ours(implementation="torch")
+        config.build_optimizer(plain)  # the same optimizer, written the usual way
+    steps_by_name = {"fmnist": ours(), **{label: ours(**kwargs) for label, kwargs in models.get(name).variants.items()}}
     steps_by_name["plain eager PyTorch"] = step_function(plain, optimizer, x.permute(0, 3, 1, 2).contiguous(), y,
                                                          label_smoothing=config.label_smoothing)
     for step in steps_by_name.values():
@@ -77,8 +74,9 @@ def compare_steps(name: str, batch_size: int, steps: int, rounds: int, device: t
 
 def floor_seconds(name: str, batch_size: int, steps: int, device: torch.device) -> float:
     """Seconds per step of the step's convolutions and matrix products alone: the floor under it."""
-    if name == models.SEED.name:
-        return matmul_seconds(batch_size, steps, device)
+    spec = models.get(name)
+    if spec.products is not None:
+        return matmul_seconds(spec.products(batch_size), steps, device)
     return layer_seconds(models.get(name).build(0.0).to(device), batch_size, steps, device)
 
 
@@ -102,18 +100,12 @@ def layer_seconds(network: nn.Module, batch_size: int, steps: int, device: torch
     return min(time_steps(step, steps, device) for _ in range(3))
 
 
-def matmul_seconds(batch_size: int, steps: int, device: torch.device) -> float:
-    """Seconds per step for the seed's matrix products alone (forward and backward, float32).
-
-    No implementation that uses PyTorch's matmul can take less: this is the floor under the step time.
+def matmul_seconds(products: list[tuple[int, int, int]], steps: int, device: torch.device) -> float:
+    """Seconds per step for a network's matrix products alone, (rows, in) @ (in, out) each, forward and
+    backward, float32. No implementation that uses PyTorch's matmul can take less: the floor under the step.
     """
-    positions = {"conv1": 14 * 14, "conv2": 7 * 7}  # output positions per image; a dense layer has one
-    operands = []
-    for name, _, shapes in seedcnn.LAYERS:  # each layer's product: (rows, in) @ (in, out)
-        rows = batch_size * positions.get(name, 1)
-        fan_in, fan_out = math.prod(shapes["kernel"][:-1]), shapes["kernel"][-1]  # HWIO (or in, out) as a matrix
-        operands.append((torch.rand(rows, fan_in, device=device), torch.rand(fan_in, fan_out, device=device),
-                         torch.rand(rows, fan_out, device=device)))
+    operands = [(torch.rand(rows, fan_in, device=device), torch.rand(fan_in, fan_out, device=device),
+                 torch.rand(rows, fan_out, device=device)) for rows, fan_in, fan_out in products]
 
     def step():
         for index, (x, w, grad) in enumerate(operands):
@@ -130,17 +122,16 @@ def time_epoch(name: str, num_train: int, num_val: int, batch_size: int, device:
     """(seconds for one training epoch, seconds for its validation) on random data of the real sizes,
     with the model's whole recipe (augmentation, schedule, TTA)."""
     torch.manual_seed(0)
-    config = training.TrainConfig.for_model(name, batch_size=batch_size)
+    config = configs.TrainConfig.for_model(name, batch_size=batch_size)
     images = torch.rand(num_train + num_val, data.IMAGE_SIZE, data.IMAGE_SIZE, 1, device=device)
     labels = torch.randint(0, data.NUM_CLASSES, (num_train + num_val,), device=device)
     network = models.get(name).build(config.dropout).to(device)
-    optimizer = training.make_optimizer(network, config)
-    rates = training.epoch_rates(config, 0, math.ceil(num_train / batch_size))
+    optimizer = config.build_optimizer(network)
     synchronize(device)
     start = time.perf_counter()
-    loss, _ = training.train_one_epoch(network, optimizer, images[:num_train], labels[:num_train],
-                                       dataclasses.replace(config, precision=precision),
-                                       torch.Generator().manual_seed(0), rates)
+    loss, _ = training.train_one_epoch(network, optimizer, images[:num_train], labels[:num_train], config,
+                                       torch.Generator().manual_seed(0), precision=precision,
+                                       rates=config.epoch_rates(0, math.ceil(num_train / batch_size)))
     loss.item()  # waits for the device
     middle = time.perf_counter()
     inference.evaluate(models.evaluation_form(network, config.tta), images[num_train:], labels[num_train:])
@@ -149,7 +140,7 @@ def time_epoch(name: str, num_train: int, num_val: int, batch_size: int, device:
 
 def evaluation_throughput(name: str, num_images: int, device: torch.device) -> float:
     """Images per second through predict_probabilities (inference mode, large batches, the model's TTA)."""
-    network = models.evaluation_form(models.get(name).build(0.0), training.TrainConfig.for_model(name).tta)
+    network = models.evaluation_form(models.get(name).build(0.0), configs.TrainConfig.for_model(name).tta)
     network = network.to(device).eval()
     images = torch.rand(num_images, data.IMAGE_SIZE, data.IMAGE_SIZE, 1, device=device)
     inference.predict_probabilities(network, images[:inference.EVAL_BATCH_SIZE])  # warm-up
@@ -165,7 +156,7 @@ def epoch_sizes(quick: bool) -> tuple[int, int, int]:
     if quick:
         return 1_280, 320, 2_000
     total = data.FILES["train_images"].count
-    train = data.split_index(total, training.VALIDATION_FRACTION)
+    train = data.split_index(total, configs.REPORT["validation_fraction"])
     return train, total - train, data.FILES["test_images"].count
 
 

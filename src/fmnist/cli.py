@@ -58,10 +58,10 @@ def recipe_settings(args) -> dict:
 
 def train_config(args):
     """The model's recipe (TrainConfig.for_model), with the flags that were given on top."""
-    from fmnist import models, training
+    from fmnist import configs, models
 
     try:
-        return training.TrainConfig.for_model(args.model or models.DEFAULT, seed=args.seed, **recipe_settings(args))
+        return configs.TrainConfig.for_model(args.model or models.DEFAULT, seed=args.seed, **recipe_settings(args))
     except ValueError as exc:
         raise errors.FmnistError(str(exc)) from None
 
@@ -101,15 +101,15 @@ def print_summary(name: str, network) -> None:
 
 def cmd_models(args) -> int:
     """The registry as a table; measured accuracy and time are in the README, not here."""
-    from fmnist import models, training
+    from fmnist import configs, models
 
     table = rich.table.Table(title="models (fmnist train --model NAME)")
     for column in ("name", "parameters", "MFLOPs/image", "recipe"):
         table.add_column(column, justify="right" if column in ("parameters", "MFLOPs/image") else "left")
     for name, spec in models.REGISTRY.items():
-        config, network = training.TrainConfig.for_model(name), spec.build(0.0)
+        config, network = configs.TrainConfig.for_model(name), spec.build(0.0)
         table.add_row(name + (" (default)" if name == models.DEFAULT else ""), f"{models.parameters(network):,}",
-                      f"{models.mflops_per_image(network):.2f}", training.describe_recipe(config))
+                      f"{models.mflops_per_image(network):.2f}", config.describe())
     console.print(table)
     for name, spec in models.REGISTRY.items():
         console.print(f"{name}: {spec.description} (weights tagged {spec.architecture})")

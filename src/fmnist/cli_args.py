@@ -33,7 +33,7 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
 
 def add_train_options(parser: argparse.ArgumentParser, several_models: bool = False) -> None:
     """Training flags. Recipe settings default to None: the model's recipe decides (`fmnist models`)."""
-    from fmnist import training
+    from fmnist import configs
 
     parser.add_argument("--model", default=None, action="append" if several_models else "store",
                         help="the network to train (default: seed-cnn, the report's; see `fmnist models`)"
@@ -52,7 +52,7 @@ def add_train_options(parser: argparse.ArgumentParser, several_models: bool = Fa
     parser.add_argument("--limit", type=int, default=None,
                         help="use only the first N training images, for quick runs (default: all 60,000)")
     parser.add_argument("--dropout", type=float, default=None, help="dropout rate (default: the model's recipe)")
-    parser.add_argument("--precision", choices=training.PRECISIONS, default=None,
+    parser.add_argument("--precision", choices=configs.PRECISIONS, default=None,
                         help="bf16 autocast for speed on CPUs/GPUs that support it (default: fp32)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar (default: off)")
     add_recipe_options(parser)
@@ -101,7 +101,7 @@ def subcommand(commands, name: str, handler, summary: str, description: str, exa
 
 def add_experiment_commands(commands, handlers: dict) -> None:
     """The report's steps: data, train, evaluate, report, reproduce (and bench, for speed)."""
-    from fmnist import api, training
+    from fmnist import api, configs
 
     p = subcommand(commands, "data", handlers["data"], "check the dataset, print a summary, write the sample grid",
                    "Find (or download) and verify Fashion-MNIST, print its shapes and per-class counts, and "
@@ -162,8 +162,8 @@ def add_experiment_commands(commands, handlers: dict) -> None:
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads (default: the CPUs this process may use, by affinity and cgroup quota)")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
-    p.add_argument("--batch-size", type=int, default=training.BATCH_SIZE, help="batch size (default: %(default)s)")
-    p.add_argument("--precision", choices=training.PRECISIONS, default="fp32", help="fmnist's step precision "
+    p.add_argument("--batch-size", type=int, default=configs.REPORT["batch_size"], help="batch size (default: %(default)s)")
+    p.add_argument("--precision", choices=configs.PRECISIONS, default="fp32", help="fmnist's step precision "
                                                                                      "(default: fp32)")
     p.add_argument("--json", action="store_true", help="print the results as JSON (default: a table)")
 

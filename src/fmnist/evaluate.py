@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import sklearn.metrics
 
-from fmnist import data, errors, figures, inference, runs, training
+from fmnist import configs, data, errors, figures, inference, runs
 
 GRID = 25  # images in the prediction and mistake grids
 
@@ -69,7 +69,7 @@ def evaluate_run(run_dir: Path, weights: str = runs.WEIGHTS, data_dir: str | Non
                  device: str = "auto") -> dict:
     """Evaluate a run directory on its training split and the test set; write metrics, predictions, figures."""
     run_dir = Path(run_dir)
-    config = training.load_config(run_dir)
+    config = configs.load_config(run_dir)
     network = inference.load_model(run_dir, weights).to(inference.resolve_device(device))
     dataset = data.load(data_dir=data_dir or config.data_dir)
     images, labels = dataset.train_images, dataset.train_labels

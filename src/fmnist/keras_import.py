@@ -23,7 +23,7 @@ import h5py
 import numpy as np
 import torch
 
-from fmnist import data, errors, runs, seedcnn, training
+from fmnist import configs, data, errors, runs, seedcnn
 
 MAX_CONFIG_BYTES = 1 << 20    # the report's model configuration is about 7 KB of JSON
 MAX_WEIGHTS_BYTES = 32 << 20  # its weights are 3.4 MB; a trained model's file adds Adam's state (x3)
@@ -251,6 +251,6 @@ def import_keras(path: Path, run_dir: Path) -> Path:
     """Write a new run directory whose weights are those of the Keras model at `path`."""
     run_dir = runs.require_new(run_dir, "import into another directory")
     state = read_keras(path)
-    runs.write_json(run_dir / runs.CONFIG, {**dataclasses.asdict(training.TrainConfig()), "imported_from": str(path)})
+    runs.write_json(run_dir / runs.CONFIG, {**dataclasses.asdict(configs.TrainConfig()), "imported_from": str(path)})
     runs.save_weights(run_dir / runs.WEIGHTS, state, seedcnn.ARCHITECTURE, imported_from=str(path))
     return run_dir

@@ -5,9 +5,9 @@ A model is
   architecture  the tag recorded in the weights' metadata, checkpoints and ONNX files, from which
                 `inference.load_model` rebuilds the network (bump it when a model's layout changes);
   network       its class: Class(dropout=...) takes (N, 28, 28, 1) floats in [0, 1] to (N, 10) logits;
-  recipe        the TrainConfig values its training defaults to, where they differ from the seed's;
+  recipe        its training recipe (configs.Recipe's fields; the seed's are Recipe's defaults);
   summary       its layer table (layer, output shape, parameters), if not the generic one (`layer_table`).
-The seed CNN (the report's network and settings) is the default, and its recipe is TrainConfig's own defaults.
+The seed CNN (the report's network and settings) is the default model.
 """
 from __future__ import annotations
 
@@ -29,6 +29,9 @@ class ModelSpec:
     recipe: dict = dataclasses.field(default_factory=dict)
     summary: Callable[[nn.Module], list[tuple[str, str, int]]] | None = None
     plain: type[nn.Module] | None = None  # the same network written the plain eager way (`fmnist bench`'s baseline)
+    variants: dict = dataclasses.field(default_factory=dict)  # other implementations bench times: label -> kwargs
+    products: Callable[[int], list[tuple[int, int, int]]] | None = None  # its matrix products (rows, in, out) for
+    # a batch, where its layers are not nn.Conv2d/nn.Linear: bench's floor (else timed layer by layer)
 
     def build(self, dropout: float) -> nn.Module:
         return self.network(dropout=dropout)
@@ -36,11 +39,12 @@ class ModelSpec:
 
 SEED = ModelSpec("seed-cnn", seedcnn.ARCHITECTURE, seedcnn.SeedCNN,
                  "the report's CNN: 2 conv (2x2, stride 2) + same-padded pooling, 3 dense, dropout",
-                 recipe={  # the report's training (shared/SPEC.md): TrainConfig's defaults are these
+                 recipe={  # the report's training (shared/SPEC.md): configs.Recipe's defaults are these
                      "epochs": 50, "batch_size": 128, "learning_rate": 1e-3, "validation_fraction": 0.2,
                      "dropout": seedcnn.DROPOUT, "optimizer": "adam", "weight_decay": 0.0, "schedule": "constant",
                      "warmup": 0.0, "label_smoothing": 0.0, "flip": False, "shift": 0, "tta": False},
-                 summary=seedcnn.summary, plain=seedcnn.PlainCNN)  # summary: Keras's names and order, as the report
+                 summary=seedcnn.summary, plain=seedcnn.PlainCNN, products=seedcnn.products,
+                 variants={"fmnist, PyTorch ops only": {"implementation": "torch"}})  # its kernels against torch's  # summary: Keras's names and order, as the report
 FAST = ModelSpec("fast-cnn", fastcnn.ARCHITECTURE, fastcnn.FastCNN,
                  "a small BatchNorm CNN (five 3x3 convs, 16/32/64 channels at 28/14/7 px, flatten), for accuracy per CPU-second",
                  recipe={"epochs": 18, "batch_size": 128, "learning_rate": 0.1, "dropout": 0.0,

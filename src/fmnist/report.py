@@ -12,7 +12,7 @@ import math
 import re
 from pathlib import Path
 
-from fmnist import data, evaluate, models, runs, training
+from fmnist import configs, data, evaluate, models, runs
 
 # The original report's published figures (shared/SPEC.md), and its framework rerun on a 2-core machine.
 PUBLISHED = {"test_loss": 0.4215, "test_accuracy": 0.9059, "train_loss": 0.0406, "train_accuracy": 0.9854,
@@ -134,7 +134,7 @@ def build(run_dir: Path) -> list:
         table(("layer (type)", "output shape", "params"),
               [(name, shape, f"{count:,}") for name, shape, count in models.layer_table(network)]
               + [("total", "", f"{models.parameters(network):,}")]),
-        h("Training"), *training_blocks(config, history, training.describe_recipe(training.load_config(run_dir))),
+        h("Training"), *training_blocks(config, history, configs.load_config(run_dir).describe()),
         h("Results"),
         table(("data", "images", "loss", "accuracy"),
               [("training split", f"{train_m['count']:,}", f"{train_m['loss']:.4f}", f"{train_m['accuracy']:.4f}"),

@@ -182,6 +182,18 @@ def summary(network: SeedCNN) -> list[tuple[str, str, int]]:
     return rows
 
 
+def products(batch_size: int) -> list[tuple[int, int, int]]:
+    """(rows, fan_in, fan_out) of each layer's matrix product for a batch: a convolution is one product
+    per output position, a dense layer one per image (`fmnist bench`'s floor under the step)."""
+    side, shapes = data.IMAGE_SIZE, []
+    for _, kind, layer in LAYERS:
+        if kind == "Conv2D":
+            side //= KERNEL  # 2x2 stride 2: 28 -> 14 -> 7 positions a side
+        rows = batch_size * (side * side if kind == "Conv2D" else 1)
+        shapes.append((rows, math.prod(layer["kernel"][:-1]), layer["kernel"][-1]))  # HWIO (or in, out) as a matrix
+    return shapes
+
+
 class PlainCNN(nn.Module):
     """The same network written the plain way, NCHW (the eager baseline `fmnist bench` times it against)."""
 

@@ -23,11 +23,11 @@ import tomllib
 import typing
 from pathlib import Path
 
-from fmnist import errors, models, runs, threads, training
+from fmnist import configs, errors, models, runs, threads, training
 
 SEARCHES = ("grid", "random")
 FIXED_BY_TRIAL = ("seed", "threads", "model")  # set by the sweep itself, not by the space
-FIELDS = {f.name: f for f in dataclasses.fields(training.TrainConfig)}
+FIELDS = {f.name: f for f in dataclasses.fields(configs.TrainConfig)}
 MAX_TRIALS = 10_000  # a sweep file's space is enumerated only below this
 
 
@@ -59,7 +59,7 @@ class SweepConfig:
             raise ValueError(f"{combinations:,} configurations x {self.seeds} seeds: over {MAX_TRIALS:,} trials")
         for name, values in self.space.items():  # each value's type and range, by TrainConfig's own checks
             for value in values:
-                training.TrainConfig.for_model(self.model, **self.fixed, **{name: value})
+                configs.TrainConfig.for_model(self.model, **self.fixed, **{name: value})
 
     def configurations(self) -> list[dict]:
         """The settings each configuration varies, in a fixed order (the same on every run of the sweep)."""
@@ -74,8 +74,8 @@ def parse_value(name: str, text: str):
     """A flag's text as the TrainConfig field's type (int, float, bool or str)."""
     if name not in FIELDS:
         raise ValueError(f"{name!r} is not a training setting")
-    kinds = typing.get_args(typing.get_type_hints(training.TrainConfig)[name]) or \
-        (typing.get_type_hints(training.TrainConfig)[name],)
+    kinds = typing.get_args(typing.get_type_hints(configs.TrainConfig)[name]) or \
+        (typing.get_type_hints(configs.TrainConfig)[name],)
     if bool in kinds:
         if text.lower() not in ("true", "false", "1", "0"):
             raise ValueError(f"{name} takes true or false, got {text!r}")
@@ -139,8 +139,8 @@ class Trial:
     run_dir: str              # absolute: the trial's whole state (runs.py)
     evaluate_and_report: bool = False  # reproduce's seeds are all tested: in the worker, so in parallel too
 
-    def train_config(self) -> training.TrainConfig:
-        return training.TrainConfig.for_model(self.model, seed=self.seed, threads=self.threads, **self.settings)
+    def train_config(self) -> configs.TrainConfig:
+        return configs.TrainConfig.for_model(self.model, seed=self.seed, threads=self.threads, **self.settings)
 
 
 def trials(sweep: SweepConfig, out: Path, threads_per_trial: int) -> list[Trial]:

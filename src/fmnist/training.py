@@ -1,8 +1,8 @@
 """Training: by default as the report did it (Adam, categorical cross-entropy, 50 epochs of 375 steps
 of 128); other models' recipes add the pieces in recipe.py (optimizers, schedule, augmentation, TTA).
 
-`fit` is the driver: it prepares data and state, runs `train_one_epoch` and `evaluate` per epoch,
-keeps the run directory (runs.py) current after every epoch, and hands each epoch's figures to an
+`fit` is the driver: given a TrainConfig (configs.py: the recipe, the runtime, the seed), it prepares
+data and state, runs `train_one_epoch` and `evaluate` per epoch, keeps the run directory (runs.py) current after every epoch, and hands each epoch's figures to an
 `on_epoch` callback, so that printing stays with the caller (the CLI).
 """
 from __future__ import annotations
@@ -11,125 +11,16 @@ import dataclasses
 import math
 import os
 import time
-import typing
 from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from fmnist import data, errors, inference, machine, models, recipe, runs, seedcnn, threads
+from fmnist import configs, data, errors, inference, machine, models, recipe, runs, seedcnn, threads
+from fmnist.configs import Recipe, TrainConfig
 
-REPORT = models.SEED.recipe  # the report's settings, the seed model's recipe: TrainConfig's defaults
-EPOCHS, BATCH_SIZE, VALIDATION_FRACTION = REPORT["epochs"], REPORT["batch_size"], REPORT["validation_fraction"]
 CHECKPOINT_FORMAT = "fmnist-checkpoint-v1"
-PRECISIONS = ("fp32", "bf16")  # bf16: autocast; weights and optimizer stay float32
-MAX_SHIFT = 8  # pixels: beyond a third of a 28-pixel image, translation leaves too little of the item
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """A run's settings. The defaults are the seed model's recipe (the report's); other models' recipes
-    change some of them (`for_model`), and explicit values (flags) override a recipe."""
-    model: str = models.DEFAULT
-    epochs: int = EPOCHS
-    batch_size: int = BATCH_SIZE
-    learning_rate: float = REPORT["learning_rate"]
-    validation_fraction: float = VALIDATION_FRACTION
-    dropout: float = REPORT["dropout"]
-    seed: int = 0
-    threads: int | None = None   # None: the CPUs this process may use (threads.available_cpus)
-    device: str = "auto"         # auto | cpu | cuda
-    limit: int | None = None     # use only the first `limit` training images (quick runs, tests)
-    data_dir: str | None = None
-    precision: str = "fp32"      # fp32 | bf16 (autocast; weights and optimizer stay float32)
-    # The recipe beyond the report's (recipe.py); these defaults are the report's: none of it.
-    optimizer: str = REPORT["optimizer"]          # adam (Keras's) | sgd (Nesterov momentum) | adamw
-    weight_decay: float = REPORT["weight_decay"]  # on weights only, not biases or BatchNorm
-    schedule: str = REPORT["schedule"]  # constant | onecycle (linear warm-up to learning_rate, linear decay to 0)
-    warmup: float = REPORT["warmup"]    # one-cycle: the fraction of all steps spent warming up
-    label_smoothing: float = REPORT["label_smoothing"]
-    flip: bool = REPORT["flip"]         # augmentation: mirror half the training images, drawn anew each epoch
-    shift: int = REPORT["shift"]        # augmentation: move each training image up to this many pixels
-    tta: bool = REPORT["tta"]           # evaluate and predict on the mean of each image and its mirror
-
-    @classmethod
-    def for_model(cls, name: str = models.DEFAULT, **overrides) -> "TrainConfig":
-        """The model's recipe, with `overrides` (those that are not None) on top."""
-        chosen = {key: value for key, value in overrides.items() if value is not None}
-        return cls(model=name, **{**models.get(name).recipe, **chosen})
-
-    def __post_init__(self):
-        self.check_types()
-        models.get(self.model)  # ValueError naming the models there are
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError(f"epochs and batch size must be >= 1 (got {self.epochs}, {self.batch_size})")
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning rate must be > 0, got {self.learning_rate}")
-        data.check_validation_fraction(self.validation_fraction)
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if self.threads is not None and self.threads < 1 or self.limit is not None and self.limit < 2:
-            raise ValueError("threads must be >= 1 and limit >= 2")
-        self.check_recipe()
-
-    def check_recipe(self) -> None:
-        if self.optimizer not in recipe.OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {', '.join(recipe.OPTIMIZERS)}, got {self.optimizer!r}")
-        if self.schedule not in recipe.SCHEDULES:
-            raise ValueError(f"schedule must be one of {', '.join(recipe.SCHEDULES)}, got {self.schedule!r}")
-        if self.optimizer == "adam" and self.weight_decay:
-            raise ValueError("Keras's Adam takes no weight decay: choose --optimizer adamw or sgd")
-        if not (0 <= self.weight_decay < 1 and 0 <= self.warmup < 1 and 0 <= self.label_smoothing < 1):
-            raise ValueError("weight decay, warm-up and label smoothing must be in [0, 1)")
-        if not 0 <= self.shift <= MAX_SHIFT:
-            raise ValueError(f"shift must be 0..{MAX_SHIFT} pixels, got {self.shift}")
-
-    def check_types(self) -> None:
-        """Each field of its annotated type (a config.json may hold anything); an int is a fine float."""
-        for name, kind in typing.get_type_hints(TrainConfig).items():
-            value = getattr(self, name)
-            allowed = typing.get_args(kind) or (kind,)
-            if float in allowed:
-                allowed += (int,)
-            if isinstance(value, bool) != (bool in allowed) or not isinstance(value, allowed):
-                raise ValueError(f"{name} must be {' or '.join(t.__name__ for t in allowed)}, got {value!r}")
-
-
-def describe_recipe(config: TrainConfig) -> str:
-    """The main settings of a config's recipe, in one line (`fmnist models`, the report)."""
-    optimizer = {"adam": "Adam (Keras)", "sgd": "SGD Nesterov", "adamw": "AdamW"}[config.optimizer]
-    parts = [f"{config.epochs} epochs", f"batch {config.batch_size}", f"{optimizer} lr {config.learning_rate:g}"]
-    parts += [f"weight decay {config.weight_decay:g}"] if config.weight_decay else []
-    parts += [f"one-cycle ({config.warmup:.0%} warm-up)"] if config.schedule == "onecycle" else []
-    parts += [f"label smoothing {config.label_smoothing:g}"] if config.label_smoothing else []
-    parts += [f"dropout {config.dropout:g}"] if config.dropout else []
-    augmentation = ["flips"] * config.flip + [f"shifts ±{config.shift} px"] * bool(config.shift)
-    parts += [" + ".join(augmentation)] if augmentation else []
-    parts += ["flip TTA"] if config.tta else []
-    return ", ".join(parts)
-
-
-def make_optimizer(network: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    return recipe.make_optimizer(network, config.optimizer, config.learning_rate, config.weight_decay)
-
-
-def schedule_of(config: TrainConfig, steps_per_epoch: int) -> Callable[[int], float] | None:
-    """Global step -> learning rate; None for a constant rate (nothing to set per step)."""
-    if config.schedule == "constant":
-        return None
-    total = config.epochs * steps_per_epoch
-    return lambda step: recipe.learning_rate(step, total, config.learning_rate, config.schedule, config.warmup)
-
-
-def epoch_rates(config: TrainConfig, epoch: int, steps_per_epoch: int) -> list[float] | None:
-    """Each step's learning rate in epoch `epoch` (0-based), computed once per epoch; None if constant."""
-    schedule = schedule_of(config, steps_per_epoch)
-    return None if schedule is None else [schedule(epoch * steps_per_epoch + step) for step in range(steps_per_epoch)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -148,16 +39,17 @@ class Shard:
         return start + size * self.rank // self.world_size, start + size * (self.rank + 1) // self.world_size
 
 
-def train_one_epoch(network, optimizer, images, labels, config: TrainConfig, generator: torch.Generator,
-                    rates: Sequence[float] | None = None, on_step=None, shard: Shard = Shard()):
-    """One pass over the training part, reshuffled and augmented as `config`'s recipe says (batch size,
-    precision, flips, shifts, label smoothing); returns (mean loss, accuracy) as device tensors. `rates`
-    gives each step's learning rate (None: the optimizer's, unchanged)."""
+def train_one_epoch(network, optimizer, images, labels, config: Recipe, generator: torch.Generator, *,
+                    precision: str = "fp32", rates: Sequence[float] | None = None, on_step=None,
+                    shard: Shard = Shard()):
+    """One pass over the training part, reshuffled and augmented as the recipe says (batch size, flips,
+    shifts, label smoothing), computed in `precision`; returns (mean loss, accuracy) as device tensors.
+    `rates` gives each step's learning rate (None: the optimizer's, unchanged)."""
     network.train()
     order = torch.randperm(len(images), generator=generator).to(images.device)  # same order on every rank
     images, labels = images[order], labels[order]  # one gather per epoch, then contiguous slices
     images = recipe.augment(images, generator, config.flip, config.shift)  # per epoch, not per step; all ranks
-    batch_size, precision, label_smoothing = config.batch_size, config.precision, config.label_smoothing
+    batch_size, label_smoothing = config.batch_size, config.label_smoothing
     loss_sum = torch.zeros((), device=images.device)
     correct = torch.zeros((), dtype=torch.long, device=images.device)
     seen = 0
@@ -244,7 +136,7 @@ def new_state(config: TrainConfig, device: torch.device) -> TrainingState:
     torch.manual_seed(config.seed)  # initial weights and dropout masks
     network = models.get(config.model).build(config.dropout).to(device)
     generator = torch.Generator().manual_seed(config.seed + 1)
-    return TrainingState(network, make_optimizer(network, config), generator)
+    return TrainingState(network, config.build_optimizer(network), generator)
 
 
 def save_epoch(run_dir: Path, state: TrainingState, best_val_loss: float, tta: bool) -> float:
@@ -291,16 +183,16 @@ def start_or_resume(config: TrainConfig, run_dir: Path, resume: bool, device: to
     return state
 
 
-def setup(config: TrainConfig) -> tuple[Shard, torch.device]:
+def setup(runtime: configs.Runtime) -> tuple[Shard, torch.device]:
     """Threads, determinism, and (under torchrun) the process group: gloo on CPU, NCCL on GPU."""
     machine.flush_denormals()
-    threads.use(config.threads)
+    threads.use(runtime.threads)
     machine.check_reproducible_mode()
     torch.use_deterministic_algorithms(True, warn_only=True)
     # ...but without its debugging aid of filling every new tensor with NaN: nothing here reads memory
     # before writing it, and the fills cost ~10 % of a BatchNorm network's step (measured, fast-cnn).
     torch.utils.deterministic.fill_uninitialized_memory = False
-    device = inference.resolve_device(config.device)
+    device = inference.resolve_device(runtime.device)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
         return Shard(), device
@@ -328,9 +220,9 @@ def run_epoch(state: TrainingState, network, train_data, val_data, config: Train
     """Train one epoch, validate, and return its history row."""
     start = time.perf_counter()
     steps = math.ceil(len(train_data[0]) / config.batch_size)
-    rates = epoch_rates(config, state.epoch, steps)
-    loss, accuracy = train_one_epoch(network, state.optimizer, *train_data, config, state.generator, rates, on_step,
-                                     shard)
+    loss, accuracy = train_one_epoch(network, state.optimizer, *train_data, config, state.generator,
+                                     precision=config.precision, rates=config.epoch_rates(state.epoch, steps),
+                                     on_step=on_step, shard=shard)
     loss, accuracy = loss.item(), accuracy.item()  # host sync: once per epoch
     if not math.isfinite(loss):
         raise errors.FmnistError(f"training loss became {loss} in epoch {state.epoch + 1}; the run stops. "
@@ -385,13 +277,3 @@ def fit_unless_finished(config: TrainConfig, run_dir: Path, on_epoch=None, on_st
     if len(history) >= config.epochs:
         return history
     return fit(config, run_dir, resume=(run_dir / runs.CONFIG).is_file(), on_epoch=on_epoch, on_step=on_step)
-
-
-def load_config(run_dir: Path, **overrides) -> TrainConfig:
-    """The TrainConfig stored in a run directory (for --resume), with `overrides` applied."""
-    stored = runs.read_config(run_dir)
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    try:
-        return TrainConfig(**{**{k: v for k, v in stored.items() if k in fields}, **overrides})
-    except (TypeError, ValueError) as exc:
-        raise errors.RunError(f"{Path(run_dir) / runs.CONFIG}: not a usable training configuration ({exc})") from None
