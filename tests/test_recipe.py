@@ -92,7 +92,7 @@ def test_flip_tta_is_the_mean_of_the_two_passes(name):
     torch.manual_seed(0)
     network = models.get(name).build(0.0).eval()
     averaged = models.FlipAveraged(network).eval()
-    x = images(models.TTA_CHUNK + 8)  # more than one chunk
+    x = images(models.TTA_ROWS // 2 + 8)  # more than one chunk of two views
     with torch.no_grad():
         torch.testing.assert_close(averaged(x), models.flip_averaged_reference(network, x), rtol=0, atol=1e-5)
     assert averaged.state_dict().keys() == network.state_dict().keys()

@@ -62,7 +62,7 @@ def compare_steps(name: str, batch_size: int, steps: int, rounds: int, device: t
         config.build_optimizer(plain)  # the same optimizer, written the usual way
     steps_by_name = {"fmnist": ours(), **{label: ours(**kwargs) for label, kwargs in models.get(name).variants.items()}}
     steps_by_name["plain eager PyTorch"] = step_function(plain, optimizer, x.permute(0, 3, 1, 2).contiguous(), y,
-                                                         label_smoothing=config.label_smoothing)
+                                                         precision, config.label_smoothing)  # the same precision
     for step in steps_by_name.values():
         time_steps(step, 3, device)  # warm-up: allocator, kernels, thread pool
     samples = {key: [] for key in steps_by_name}
@@ -72,17 +72,19 @@ def compare_steps(name: str, batch_size: int, steps: int, rounds: int, device: t
     return {key: statistics.median(values) for key, values in samples.items()}
 
 
-def floor_seconds(name: str, batch_size: int, steps: int, device: torch.device) -> float:
-    """Seconds per step of the step's convolutions and matrix products alone: the floor under it."""
+def floor_seconds(name: str, batch_size: int, steps: int, device: torch.device, precision: str = "fp32") -> float:
+    """Seconds per step of the step's convolutions and matrix products alone, in the step's precision:
+    the floor under it."""
     spec = models.get(name)
-    if spec.products is not None:
-        return matmul_seconds(spec.products(batch_size), steps, device)
-    return layer_seconds(models.get(name).build(0.0).to(device), batch_size, steps, device)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        if spec.products is not None:
+            return matmul_seconds(spec.products(batch_size), steps, device)
+        return layer_seconds(models.get(name).build(0.0).to(device), batch_size, steps, device)
 
 
 def layer_seconds(network: nn.Module, batch_size: int, steps: int, device: torch.device) -> float:
     """Each nn.Conv2d and nn.Linear of the network, forward and backward on inputs of its real shape
-    and memory format, nothing between them (float32)."""
+    and memory format, nothing between them (in the caller's autocast, if any)."""
     inputs = []
     hooks = [layer.register_forward_hook(lambda layer, args, out: inputs.append((layer, args[0].detach())))
              for layer in network.modules() if isinstance(layer, (nn.Conv2d, nn.Linear))]
@@ -134,13 +136,14 @@ def time_epoch(name: str, num_train: int, num_val: int, batch_size: int, device:
                                        rates=config.epoch_rates(0, math.ceil(num_train / batch_size)))
     loss.item()  # waits for the device
     middle = time.perf_counter()
-    inference.evaluate(models.evaluation_form(network, config.tta), images[num_train:], labels[num_train:])
+    inference.evaluate(models.evaluation_form(network, config.tta, config.tta_shift), images[num_train:], labels[num_train:])
     return middle - start, time.perf_counter() - middle
 
 
 def evaluation_throughput(name: str, num_images: int, device: torch.device) -> float:
     """Images per second through predict_probabilities (inference mode, large batches, the model's TTA)."""
-    network = models.evaluation_form(models.get(name).build(0.0), configs.TrainConfig.for_model(name).tta)
+    config = configs.Recipe.for_model(name)
+    network = models.evaluation_form(models.get(name).build(0.0), config.tta, config.tta_shift)
     network = network.to(device).eval()
     images = torch.rand(num_images, data.IMAGE_SIZE, data.IMAGE_SIZE, 1, device=device)
     inference.predict_probabilities(network, images[:inference.EVAL_BATCH_SIZE])  # warm-up
@@ -160,13 +163,15 @@ def epoch_sizes(quick: bool) -> tuple[int, int, int]:
     return train, total - train, data.FILES["test_images"].count
 
 
-def run(quick: bool = False, device: str = "auto", threads: int | None = None, batch_size: int = 128,
-        precision: str = "fp32", name: str = models.DEFAULT) -> dict:
-    """Everything `fmnist bench` prints, as a dict."""
-    models.get(name)  # ValueError naming the models there are
+def run(quick: bool = False, device: str = "auto", threads: int | None = None, batch_size: int | None = None,
+        precision: str = "auto", name: str = models.DEFAULT) -> dict:
+    """Everything `fmnist bench` prints, as a dict. The batch size and precision default to what training
+    uses: the model's recipe, and the precision `--precision auto` chooses on this machine."""
+    batch_size = batch_size or configs.Recipe.for_model(name).batch_size  # ValueError naming the models there are
     machine.flush_denormals()
     cpu_threads.use(threads)
     target = inference.resolve_device(device)
+    precision = configs.choose_precision(precision, name, target)
     steps, rounds = (3, 2) if quick else (30, 7)
     num_train, num_val, num_eval = epoch_sizes(quick)
     per_step = compare_steps(name, batch_size, steps, rounds, target, precision)
@@ -174,6 +179,6 @@ def run(quick: bool = False, device: str = "auto", threads: int | None = None, b
     return {"machine": machine.describe_machine(target), "model": name, "batch_size": batch_size, "quick": quick,
             "precision": precision, "step_seconds": per_step,
             "speedup": per_step["plain eager PyTorch"] / per_step["fmnist"],
-            "floor_seconds": floor_seconds(name, batch_size, steps, target),
+            "floor_seconds": floor_seconds(name, batch_size, steps, target, precision),
             "epoch_seconds": epoch_seconds, "validation_seconds": val_seconds, "epoch_images": num_train,
             "eval_images_per_second": evaluation_throughput(name, num_eval, target)}

@@ -47,13 +47,12 @@ def cmd_data(args) -> int:
 
 # ---------------------------------------------------------------------------------------------
 def recipe_settings(args) -> dict:
-    """The training flags as TrainConfig fields (None: not given, the model's recipe decides)."""
-    return dict(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
-                validation_fraction=args.validation_fraction, threads=args.threads, device=args.device,
-                limit=args.limit, data_dir=str(args.data_dir) if args.data_dir else None, dropout=args.dropout,
-                precision=args.precision, optimizer=args.optimizer, weight_decay=args.weight_decay,
-                schedule=args.schedule, warmup=args.warmup, label_smoothing=args.label_smoothing, flip=args.flip,
-                shift=args.shift, tta=args.tta)
+    """The training flags as TrainConfig fields (None: not given, the model's recipe decides): every
+    recipe and runtime field has its flag (--batch-size for batch_size)."""
+    from fmnist import configs
+
+    settings = {name: getattr(args, name) for name in configs.RECIPE_FIELDS + configs.RUNTIME_FIELDS if name != "model"}
+    return {**settings, "data_dir": str(args.data_dir) if args.data_dir else None}
 
 
 def train_config(args):
@@ -224,7 +223,8 @@ def cmd_bench(args) -> int:
                       f"{baseline / seconds:.2f}x")
     console.print(table)
     console.print(f"the step's convolutions and matrix products alone (the floor under any step here): "
-                  f"{1000 * result['floor_seconds']:.2f} ms")
+                  f"{1000 * result['floor_seconds']:.2f} ms; fmnist's step is "
+                  f"{result['step_seconds']['fmnist'] / result['floor_seconds']:.2f}x its floor")
     console.print(f"one epoch of {result['epoch_images']:,} images: {result['epoch_seconds']:.2f} s "
                   f"+ validation {result['validation_seconds']:.2f} s")
     console.print(f"evaluation: {result['eval_images_per_second']:,.0f} images/s")

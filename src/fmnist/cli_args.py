@@ -53,7 +53,8 @@ def add_train_options(parser: argparse.ArgumentParser, several_models: bool = Fa
                         help="use only the first N training images, for quick runs (default: all 60,000)")
     parser.add_argument("--dropout", type=float, default=None, help="dropout rate (default: the model's recipe)")
     parser.add_argument("--precision", choices=configs.PRECISIONS, default=None,
-                        help="bf16 autocast for speed on CPUs/GPUs that support it (default: fp32)")
+                        help="bf16 autocast, fp32, or auto: bf16 for models measured to hold their accuracy in "
+                             "it, where the CPU (AMX, AVX512-BF16) or GPU computes it natively (default: auto)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar (default: off)")
     add_recipe_options(parser)
     add_data_options(parser)
@@ -75,6 +76,16 @@ def add_recipe_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--shift", type=int, default=None, help="move each training image up to N pixels")
     group.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                        help="evaluate and predict on the mean of each image and its mirror")
+    group.add_argument("--tta-shift", type=int, default=None,
+                       help="TTA also on both moved diagonally by -N and +N pixels (6 views), e.g. 1")
+    group.add_argument("--alternate-flip", action=argparse.BooleanOptionalAction, default=None,
+                       help="with --flip: mirror each image on every other epoch instead of at random")
+    group.add_argument("--bn-bias-lr", type=float, default=None,
+                       help="BatchNorm biases learn at this multiple of the learning rate, e.g. 64")
+    group.add_argument("--bn-weight", action=argparse.BooleanOptionalAction, default=None,
+                       help="train BatchNorm scales (--no-bn-weight: frozen at 1)")
+    group.add_argument("--dirac", action=argparse.BooleanOptionalAction, default=None,
+                       help="initialise each conv's first in-channels filters as the identity")
 
 
 def top_count(text: str) -> int:
@@ -162,9 +173,9 @@ def add_experiment_commands(commands, handlers: dict) -> None:
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads (default: the CPUs this process may use, by affinity and cgroup quota)")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
-    p.add_argument("--batch-size", type=int, default=configs.REPORT["batch_size"], help="batch size (default: %(default)s)")
-    p.add_argument("--precision", choices=configs.PRECISIONS, default="fp32", help="fmnist's step precision "
-                                                                                     "(default: fp32)")
+    p.add_argument("--batch-size", type=int, default=None, help="batch size (default: the model's recipe)")
+    p.add_argument("--precision", choices=configs.PRECISIONS, default="auto",
+                   help="fmnist's step precision (default: auto, as training chooses it)")
     p.add_argument("--json", action="store_true", help="print the results as JSON (default: a table)")
 
 

@@ -17,12 +17,11 @@ from typing import Callable
 
 import torch
 
-from fmnist import data, errors, models, recipe, runs
+from fmnist import data, errors, machine, models, recipe, runs
 
 REPORT = models.SEED.recipe  # the report's settings: the seed model's recipe, Recipe's defaults
-PRECISIONS = ("fp32", "bf16")  # bf16: autocast; weights and optimizer stay float32
+PRECISIONS = ("auto", "fp32", "bf16")  # bf16: autocast, weights and optimizer stay float32; auto: choose_precision
 DEVICES = ("auto", "cpu", "cuda")  # or cuda:N
-MAX_SHIFT = 8  # pixels: beyond a third of a 28-pixel image, translation leaves too little of the item
 
 
 def check_types(settings) -> None:
@@ -53,6 +52,11 @@ class Recipe:
     flip: bool = REPORT["flip"]         # augmentation: mirror half the training images, drawn anew each epoch
     shift: int = REPORT["shift"]        # augmentation: move each training image up to this many pixels
     tta: bool = REPORT["tta"]           # evaluate and predict on the mean of each image and its mirror
+    tta_shift: int = 0                  # TTA: also both moved diagonally by -N and +N pixels (6 views)
+    alternate_flip: bool = False        # flip: each image mirrored on every other epoch (from a random start)
+    bn_bias_lr: float = 1.0             # BatchNorm biases learn at this multiple of the learning rate
+    bn_weight: bool = True              # False: BatchNorm scales stay frozen at 1
+    dirac: bool = False                 # initialise each conv's first in-channels filters as the identity
 
     @classmethod
     def for_model(cls, name: str = models.DEFAULT, **overrides):
@@ -81,8 +85,10 @@ class Recipe:
             raise ValueError("Keras's Adam takes no weight decay: choose --optimizer adamw or sgd")
         if not (0 <= self.weight_decay < 1 and 0 <= self.warmup < 1 and 0 <= self.label_smoothing < 1):
             raise ValueError("weight decay, warm-up and label smoothing must be in [0, 1)")
-        if not 0 <= self.shift <= MAX_SHIFT:
-            raise ValueError(f"shift must be 0..{MAX_SHIFT} pixels, got {self.shift}")
+        if not (0 <= self.shift <= data.MAX_SHIFT and 0 <= self.tta_shift <= data.MAX_SHIFT):
+            raise ValueError(f"shift and tta_shift must be 0..{data.MAX_SHIFT} pixels, got {self.shift}, {self.tta_shift}")
+        if not 0 < self.bn_bias_lr <= 1000:
+            raise ValueError(f"bn_bias_lr must be in (0, 1000], got {self.bn_bias_lr}")
 
     def describe(self) -> str:
         """The main settings, in one line (`fmnist models`, the report)."""
@@ -94,11 +100,15 @@ class Recipe:
         parts += [f"dropout {self.dropout:g}"] if self.dropout else []
         augmentation = ["flips"] * self.flip + [f"shifts ±{self.shift} px"] * bool(self.shift)
         parts += [" + ".join(augmentation)] if augmentation else []
-        parts += ["flip TTA"] if self.tta else []
+        parts += [f"BatchNorm biases at {self.bn_bias_lr:g}x the rate"] if self.bn_bias_lr != 1 else []
+        parts += ["BatchNorm scales frozen"] if not self.bn_weight else []
+        parts += ["identity-initialised convs"] if self.dirac else []
+        parts += ["alternating flips"] if self.alternate_flip else []
+        parts += ([f"6-view TTA (flip x ±{self.tta_shift} px)"] if self.tta_shift else ["flip TTA"]) if self.tta else []
         return ", ".join(parts)
 
     def build_optimizer(self, network) -> torch.optim.Optimizer:
-        return recipe.make_optimizer(network, self.optimizer, self.learning_rate, self.weight_decay)
+        return recipe.make_optimizer(network, self.optimizer, self.learning_rate, self.weight_decay, self.bn_bias_lr)
 
     def schedule_of(self, steps_per_epoch: int) -> Callable[[int], float] | None:
         """Global step -> learning rate; None for a constant rate (nothing to set per step)."""
@@ -120,7 +130,7 @@ class Runtime:
     device: str = "auto"         # auto | cpu | cuda | cuda:N
     limit: int | None = None     # use only the first `limit` training images (quick runs, tests)
     data_dir: str | None = None  # None: data.load's search (FMNIST_DATA, Debian's package, the cache)
-    precision: str = "fp32"      # fp32 | bf16 (autocast; weights and optimizer stay float32)
+    precision: str = "auto"      # auto | fp32 | bf16: see choose_precision; config.json records the choice
 
     def __post_init__(self):
         check_types(self)
@@ -133,6 +143,15 @@ class Runtime:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.threads is not None and self.threads < 1 or self.limit is not None and self.limit < 2:
             raise ValueError("threads must be >= 1 and limit >= 2")
+
+
+def choose_precision(precision: str, model: str, device: torch.device, cpu_flags: set[str] | None = None) -> str:
+    """"auto" is bf16 where the model is measured to keep its accuracy in bf16 (its registry entry says so)
+    and the device computes bf16 natively (AMX, AVX512-BF16, a CUDA GPU with bf16), else fp32; an explicit
+    fp32 or bf16 is kept. `cpu_flags`: injected feature flags (tests); default this machine's."""
+    if precision != "auto":
+        return precision
+    return "bf16" if models.get(model).bf16 and machine.computes_bf16(device, cpu_flags) else "fp32"
 
 
 RECIPE_FIELDS = tuple(field.name for field in dataclasses.fields(Recipe))

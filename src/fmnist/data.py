@@ -39,6 +39,7 @@ CLASS_NAMES = (
 )
 NUM_CLASSES = len(CLASS_NAMES)
 IMAGE_SIZE = 28
+MAX_SHIFT = 8  # pixels an augmentation may move an image: beyond a third of it, too little of the item stays
 
 
 @dataclasses.dataclass(frozen=True)

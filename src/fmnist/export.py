@@ -30,11 +30,19 @@ class WithSoftmax(torch.nn.Module):
         return torch.softmax(self.network(images), dim=1)
 
 
+def model_name(run_dir: Path, spec: models.ModelSpec) -> str:
+    """The registry name the run was trained as (models may share a network), else its network's."""
+    recorded = runs.read_config(run_dir).get("model") if (run_dir / runs.CONFIG).is_file() else None
+    same_network = recorded in models.REGISTRY and models.get(recorded).architecture == spec.architecture
+    return recorded if same_network else spec.name
+
+
 def export_onnx(run_dir: Path, path: Path | None = None, weights: str = runs.WEIGHTS) -> Path:
     run_dir = Path(run_dir)
     path = Path(path) if path else run_dir / runs.ONNX
     loaded = inference.load_model(run_dir, weights)
     network, spec = WithSoftmax(loaded).eval(), models.for_architecture(models.architecture_of(loaded))
+    name = model_name(run_dir, spec)
     example = torch.rand(2, data.IMAGE_SIZE, data.IMAGE_SIZE, 1)
 
     def write(tmp: Path) -> None:
@@ -44,7 +52,7 @@ def export_onnx(run_dir: Path, path: Path | None = None, weights: str = runs.WEI
                               dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}}, opset_version=OPSET,
                               dynamo=False)
         exported = onnx.load(str(tmp))
-        for key, value in (("class_names", json.dumps(list(data.CLASS_NAMES))), ("model", spec.name),
+        for key, value in (("class_names", json.dumps(list(data.CLASS_NAMES))), ("model", name),
                            ("architecture", spec.architecture),
                            ("preprocessing", runs.PREPROCESSING), ("source_run", str(run_dir.resolve()))):
             exported.metadata_props.add(key=key, value=value)

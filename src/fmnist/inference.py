@@ -69,4 +69,4 @@ def load_model(run_dir: Path, weights: str = runs.WEIGHTS, dropout: float = seed
                               f"this version of fmnist reads {known}")
     network = spec.build(dropout)
     network.load_state_dict(runs.check_state(tensors, network.state_dict(), str(where)))
-    return models.evaluation_form(network, tta=metadata.get("tta") == "flip")
+    return models.evaluation_form(network, *runs.tta_of(metadata, str(where)))

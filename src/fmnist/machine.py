@@ -19,6 +19,25 @@ def cpu_name() -> str:
         return platform.processor() or platform.machine()
 
 
+NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo: Intel's AMX tiles; AVX-512 BF16 dot products (Zen 4+)
+
+
+def cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as info:
+            return set(next(line.split(":", 1)[1].split() for line in info if line.startswith("flags")))
+    except (OSError, StopIteration):
+        return set()
+
+
+def computes_bf16(device: torch.device, flags: set[str] | None = None) -> bool:
+    """Whether the device multiplies bf16 matrices natively: elsewhere bf16 autocast is emulated and slower.
+    `flags`: the CPU's feature flags (default: this machine's, from /proc/cpuinfo)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return bool(set(NATIVE_BF16_FLAGS) & (cpu_flags() if flags is None else set(flags)))
+
+
 def describe_machine(device: torch.device) -> dict:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     available, why = threads.available_cpus()
@@ -26,7 +45,7 @@ def describe_machine(device: torch.device) -> dict:
             "device": str(device), "device_name": name, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
             "available_cpus": available, "cpu_limit": why,
             "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-            "mkl_cbwr": threads.mkl_cnr_branch()}
+            "mkl_cbwr": threads.mkl_cnr_branch(), "native_bf16": computes_bf16(device)}
 
 
 def flush_denormals() -> None:

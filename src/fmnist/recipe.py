@@ -24,12 +24,15 @@ BETA_1, BETA_2, EPSILON, ADAM_LEARNING_RATE = 0.9, 0.999, 1e-7, 1e-3  # Keras's 
 
 # ---------------------------------------------------------------------------------------------
 # Augmentation
-def augment(images: torch.Tensor, generator: torch.Generator, flip: bool, shift: int) -> torch.Tensor:
-    """Each image mirrored with probability 1/2 (if `flip`) and moved by up to `shift` pixels in each
-    direction (uniform, zeros fill in), as new images. Nothing is drawn when neither is asked for."""
+def augment(images: torch.Tensor, generator: torch.Generator, flip: bool, shift: int,
+            mirrored: torch.Tensor | None = None) -> torch.Tensor:
+    """Each image mirrored with probability 1/2 (if `flip`; or exactly where `mirrored` says) and moved by
+    up to `shift` pixels in each direction (uniform, zeros fill in), as new images. Nothing is drawn when
+    neither is asked for."""
     n = len(images)
-    if flip:
+    if flip and mirrored is None:
         mirrored = torch.rand(n, generator=generator) < 0.5               # (N,)
+    if mirrored is not None:
         images = torch.where(mirrored.to(images.device)[:, None, None, None], images.flip(2), images)
     if shift:
         offsets = torch.randint(0, 2 * shift + 1, (n, 2), generator=generator)  # (N, 2): (dy, dx) + shift
@@ -63,6 +66,32 @@ def translate_reference(images: torch.Tensor, offsets: torch.Tensor, shift: int)
     return out
 
 
+def alternating_flips(count: int, seed: int, epoch: int) -> torch.Tensor:
+    """(count,) bools, by image index: which images epoch `epoch` (0-based) mirrors. A random half in
+    epoch 0 (from the seed alone: nothing to checkpoint), then each image flips on every other epoch, so
+    that every two epochs show each image both ways (airbench's alternating flip)."""
+    first = torch.rand(count, generator=torch.Generator().manual_seed(seed + 2)) < 0.5
+    return first ^ bool(epoch % 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Initialisation and BatchNorm settings
+def dirac_init(network: nn.Module) -> None:
+    """Each 3x3 convolution's first in-channels filters become the identity (the input passes through):
+    a deep stack starts near the function of a shallow one (airbench's identity initialisation)."""
+    with torch.no_grad():
+        for conv in network.modules():
+            if isinstance(conv, nn.Conv2d) and conv.out_channels >= conv.in_channels:
+                nn.init.dirac_(conv.weight[:conv.in_channels])
+
+
+def freeze_bn_weights(network: nn.Module) -> None:
+    """BatchNorm scales stay at 1 (not trained): the next layer's weights carry the scale anyway."""
+    for layer in network.modules():
+        if isinstance(layer, nn.modules.batchnorm._BatchNorm) and layer.weight is not None:
+            layer.weight.requires_grad_(False)
+
+
 # ---------------------------------------------------------------------------------------------
 # Optimizer and schedule
 class KerasAdam(torch.optim.Adam):
@@ -84,20 +113,33 @@ class KerasAdam(torch.optim.Adam):
         return super().step(closure)
 
 
-def parameter_groups(network: nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on weights (matrices, kernels) only: decaying BatchNorm's scale or a bias only hurts."""
-    weights = [p for p in network.parameters() if p.ndim > 1]
-    others = [p for p in network.parameters() if p.ndim <= 1]
-    return [{"params": weights, "weight_decay": weight_decay}, {"params": others, "weight_decay": 0.0}]
+def parameter_groups(network: nn.Module, weight_decay: float, bn_bias_lr: float = 1.0) -> list[dict]:
+    """Weight decay on weights (matrices, kernels) only: decaying BatchNorm's scale or a bias only hurts.
+    BatchNorm biases in a group of their own at `bn_bias_lr` times the rate ("lr_scale": the loop sets each
+    group's rate as the schedule's times its scale). Frozen parameters (requires_grad off) are left out."""
+    batchnorm_biases = {id(layer.bias) for layer in network.modules()
+                        if isinstance(layer, nn.modules.batchnorm._BatchNorm) and layer.bias is not None}
+    trained = [p for p in network.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in trained if p.ndim > 1], "weight_decay": weight_decay, "lr_scale": 1.0},
+              {"params": [p for p in trained if p.ndim <= 1 and id(p) not in batchnorm_biases],
+               "weight_decay": 0.0, "lr_scale": 1.0}]
+    if bn_bias_lr == 1.0:  # as before this setting existed: one group for every one-dimensional parameter
+        groups[1]["params"] = [p for p in trained if p.ndim <= 1]
+        return groups
+    return groups + [{"params": [p for p in trained if id(p) in batchnorm_biases], "weight_decay": 0.0,
+                      "lr_scale": bn_bias_lr}]
 
 
-def make_optimizer(network: nn.Module, name: str, learning_rate: float, weight_decay: float) -> torch.optim.Optimizer:
+def make_optimizer(network: nn.Module, name: str, learning_rate: float, weight_decay: float,
+                   bn_bias_lr: float = 1.0) -> torch.optim.Optimizer:
     """Adam is the seed's (Keras's, one group, as the report); the others group the parameters."""
     if name == "adam":
-        if weight_decay:
-            raise ValueError("Keras's Adam takes no weight decay: use --optimizer adamw")
+        if weight_decay or bn_bias_lr != 1.0:
+            raise ValueError("Keras's Adam takes no weight decay or BatchNorm rate: use --optimizer adamw or sgd")
         return KerasAdam(network.parameters(), lr=learning_rate, fused=True)  # fused: one kernel for all parameters
-    groups = parameter_groups(network, weight_decay)
+    groups = parameter_groups(network, weight_decay, bn_bias_lr)
+    for group in groups:
+        group["lr"] = learning_rate * group["lr_scale"]
     if name == "sgd":
         return torch.optim.SGD(groups, lr=learning_rate, momentum=MOMENTUM, nesterov=True)
     if name == "adamw":

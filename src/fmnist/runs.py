@@ -5,7 +5,8 @@
       history.json           one entry per finished epoch: loss, accuracy, val_loss, val_accuracy, seconds,
                              elapsed (cumulative seconds of training and validation, across resumes)
       model.safetensors      final weights; header metadata: architecture, class names, preprocessing,
-                             tta ("flip": predictions average each image and its mirror; absent: none)
+                             tta ("flip": predictions average each image and its mirror; absent: none),
+                             tta_shift (N: and both moved diagonally by ±N pixels; absent: 0)
       best.safetensors       weights of the epoch with the lowest validation loss
       checkpoint.pt          model + optimizer + RNG states + epoch, to resume (read with weights_only)
       metrics.json           `fmnist evaluate`: train and test loss/accuracy, per-class table, confusion
@@ -180,6 +181,19 @@ def save_weights(path: Path, state: dict[str, torch.Tensor], architecture: str, 
                 **{key: str(value) for key, value in extra.items()}}
     tensors = {name: tensor.detach().to("cpu").contiguous() for name, tensor in state.items()}
     return write_atomic(path, lambda tmp: safetensors.torch.save_file(tensors, str(tmp), metadata=metadata))
+
+
+def tta_metadata(tta: bool, shift: int) -> dict[str, str]:
+    """The weights' TTA fields (layout above)."""
+    return {"tta": "flip", **({"tta_shift": str(shift)} if shift else {})} if tta else {}
+
+
+def tta_of(metadata: dict[str, str], where: str) -> tuple[bool, int]:
+    """(flip TTA?, its shift) from weights' metadata, checked: a file may hold anything."""
+    shift = metadata.get("tta_shift", "0")
+    if not shift.isdigit() or int(shift) > data.MAX_SHIFT:
+        raise errors.RunError(f"{where}: tta_shift {shift!r} is not a shift of 0..8 pixels")
+    return metadata.get("tta") == "flip", int(shift)
 
 
 def load_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

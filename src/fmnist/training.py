@@ -41,14 +41,16 @@ class Shard:
 
 def train_one_epoch(network, optimizer, images, labels, config: Recipe, generator: torch.Generator, *,
                     precision: str = "fp32", rates: Sequence[float] | None = None, on_step=None,
-                    shard: Shard = Shard()):
+                    shard: Shard = Shard(), flips: torch.Tensor | None = None):
     """One pass over the training part, reshuffled and augmented as the recipe says (batch size, flips,
     shifts, label smoothing), computed in `precision`; returns (mean loss, accuracy) as device tensors.
-    `rates` gives each step's learning rate (None: the optimizer's, unchanged)."""
+    `rates` gives each step's learning rate (None: the optimizer's, unchanged); `flips` which images to
+    mirror, by index (None: a random half if the recipe flips)."""
     network.train()
     order = torch.randperm(len(images), generator=generator).to(images.device)  # same order on every rank
     images, labels = images[order], labels[order]  # one gather per epoch, then contiguous slices
-    images = recipe.augment(images, generator, config.flip, config.shift)  # per epoch, not per step; all ranks
+    mirrored = flips[order] if flips is not None else None  # flips are by image, before the shuffle
+    images = recipe.augment(images, generator, config.flip, config.shift, mirrored)  # per epoch; all ranks
     batch_size, label_smoothing = config.batch_size, config.label_smoothing
     loss_sum = torch.zeros((), device=images.device)
     correct = torch.zeros((), dtype=torch.long, device=images.device)
@@ -58,7 +60,7 @@ def train_one_epoch(network, optimizer, images, labels, config: Recipe, generato
         x, y = images[low:high], labels[low:high]
         if rates is not None:
             for group in optimizer.param_groups:
-                group["lr"] = rates[step]
+                group["lr"] = rates[step] * group.get("lr_scale", 1.0)
         with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             logits = network(x)
         # = categorical cross-entropy of softmax on (smoothed) one-hot labels
@@ -135,14 +137,18 @@ def prepare_data(config: TrainConfig, device: torch.device):
 def new_state(config: TrainConfig, device: torch.device) -> TrainingState:
     torch.manual_seed(config.seed)  # initial weights and dropout masks
     network = models.get(config.model).build(config.dropout).to(device)
+    if config.dirac:
+        recipe.dirac_init(network)
+    if not config.bn_weight:
+        recipe.freeze_bn_weights(network)
     generator = torch.Generator().manual_seed(config.seed + 1)
     return TrainingState(network, config.build_optimizer(network), generator)
 
 
-def save_epoch(run_dir: Path, state: TrainingState, best_val_loss: float, tta: bool) -> float:
+def save_epoch(run_dir: Path, state: TrainingState, best_val_loss: float, config: Recipe) -> float:
     """Write the epoch's weights, history and checkpoint (best weights when validation improved)."""
     row, architecture = state.history[-1], models.architecture_of(state.network)
-    extra = {"tta": "flip"} if tta else {}
+    extra = runs.tta_metadata(config.tta, config.tta_shift)
     runs.save_weights(run_dir / runs.WEIGHTS, state.network.state_dict(), architecture, epoch=state.epoch, **extra)
     if row["val_loss"] < best_val_loss:
         best_val_loss = row["val_loss"]
@@ -215,6 +221,13 @@ def distributed(network: torch.nn.Module, device: torch.device) -> torch.nn.Modu
     return torch.nn.parallel.DistributedDataParallel(network)
 
 
+def epoch_flips(config: TrainConfig, epoch: int, train_data) -> torch.Tensor | None:
+    """Which images the epoch mirrors where the recipe alternates flips; None: drawn at random, or none."""
+    if not (config.flip and config.alternate_flip):
+        return None
+    return recipe.alternating_flips(len(train_data[0]), config.seed, epoch).to(train_data[0].device)
+
+
 def run_epoch(state: TrainingState, network, train_data, val_data, config: TrainConfig, shard: Shard,
               on_step=None) -> dict:
     """Train one epoch, validate, and return its history row."""
@@ -222,13 +235,13 @@ def run_epoch(state: TrainingState, network, train_data, val_data, config: Train
     steps = math.ceil(len(train_data[0]) / config.batch_size)
     loss, accuracy = train_one_epoch(network, state.optimizer, *train_data, config, state.generator,
                                      precision=config.precision, rates=config.epoch_rates(state.epoch, steps),
-                                     on_step=on_step, shard=shard)
+                                     on_step=on_step, shard=shard, flips=epoch_flips(config, state.epoch, train_data))
     loss, accuracy = loss.item(), accuracy.item()  # host sync: once per epoch
     if not math.isfinite(loss):
         raise errors.FmnistError(f"training loss became {loss} in epoch {state.epoch + 1}; the run stops. "
                                  f"The checkpoint of epoch {state.epoch} is kept; try a lower --learning-rate")
     train_seconds = time.perf_counter() - start
-    val_loss, val_accuracy = inference.evaluate(models.evaluation_form(state.network, config.tta), *val_data)
+    val_loss, val_accuracy = inference.evaluate(models.evaluation_form(state.network, config.tta, config.tta_shift), *val_data)
     state.epoch += 1
     return {"epoch": state.epoch, "loss": loss, "accuracy": accuracy, "val_loss": val_loss,
             "val_accuracy": val_accuracy, "train_seconds": train_seconds, "seconds": time.perf_counter() - start,
@@ -242,6 +255,7 @@ def fit(config: TrainConfig, run_dir: Path, resume: bool = False,
     Under torchrun every process trains its shard of each global batch; only rank 0 writes or reports.
     """
     shard, device = setup(config)
+    config = dataclasses.replace(config, precision=configs.choose_precision(config.precision, config.model, device))
     run_dir = Path(run_dir)
     if not resume:
         runs.require_new(run_dir, f"continue it with --resume {run_dir}")
@@ -263,7 +277,7 @@ def fit(config: TrainConfig, run_dir: Path, resume: bool = False,
         row["elapsed"] = (runs.elapsed(state.history)[-1] if state.history else 0.0) + row["seconds"]
         state.history.append(row)
         if shard.is_main:
-            best = save_epoch(run_dir, state, best, config.tta)
+            best = save_epoch(run_dir, state, best, config)
             if on_epoch is not None:
                 on_epoch(state.history[-1])
     return state.history
