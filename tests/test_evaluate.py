@@ -126,9 +126,13 @@ def test_time_to_accuracy_and_the_seed_summary():
     summary = report.seed_summary({0: metrics, 1: metrics}, {0: rows, 1: rows[:2]})
     assert summary["seeds"][1]["seconds"] == 20.0 and summary["stats"]["seconds"]["mean"] == 27.5
     table = report.summary_markdown(summary)
-    assert "| 0 | 0.9100 | 0.3000 | 0.9500 | 0.1000 | 35 s | 20 s / never |" in table
-    assert "| std | 0.0000 | 0.0000 | 0.0000 | 0.0000 | 11 s | 0 s / – |" in table  # never reached: no spread
+    assert "| 0 | 0.9100 | 0.3000 | 0.9500 | 0.1000 | 35 s | 20 s / never / never |" in table
+    assert "| std | 0.0000 | 0.0000 | 0.0000 | 0.0000 | 11 s | 0 s / – / – |" in table  # never reached: no spread
+    assert "validation 0.91 / 0.93 / 0.94 reached after" in table
+    targeted = report.seed_summary({0: metrics}, {0: rows}, targets=[0.905, 0.91])
+    assert targeted["seeds"][0]["seconds_to_0.905"] == 20.0 and "validation 0.905 / 0.91 reached" in \
+        report.summary_markdown(targeted)
     # One seed: every spread is undefined, not 0.
     single = report.summary_markdown(report.seed_summary({0: metrics}, {0: rows}))
-    assert "| std | – | – | – | – | – | – / – |" in single and "| mean | 0.9100 |" in single
+    assert "| std | – | – | – | – | – | – / – / – |" in single and "| mean | 0.9100 |" in single
     assert math.isnan(report.seed_summary({0: metrics}, {0: rows})["stats"]["test_accuracy"]["std"])

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from conftest import require_real_data, run_cli
-from fmnist import configs, errors, export, inference, models, predict, runs, serve, training
+from fmnist import api, configs, errors, export, inference, models, predict, runs, serve, training
 from helpers import running
 
 
@@ -60,11 +60,13 @@ def test_reproduce_compares_models_in_one_table(tmp_path, capsys):
     require_real_data()
     out = tmp_path / "compare"
     code, stdout, err = run_cli(capsys, "reproduce", "--model", "seed-cnn", "--model", "fast-cnn", "--epochs", 1,
-                                "--limit", 1200, "--threads", 2, "--quiet", "--out", out)
+                                "--limit", 1200, "--threads", 2, "--quiet", "--out", out, "--seeds", 1,
+                                "--target", 0.5)
     assert code == 0, err
     table = (out / "comparison.md").read_text().splitlines()
-    assert table[0].startswith("| model | seeds | test accuracy | training time (s) | time to 0.91")
-    assert [line.split(" | ")[0] for line in table[2:]] == ["| seed-cnn", "| fast-cnn"]
+    assert table[0].startswith("| model | seeds | test accuracy | training time (s) | time to 0.5 validation accuracy"
+                               " (s) | time to 0.91")
+    assert [line.split(" | ")[0] for line in table[2:4]] == ["| seed-cnn", "| fast-cnn"]
     rows = json.loads((out / "comparison.json").read_text())
     for name in ("seed-cnn", "fast-cnn"):
         metrics = json.loads((out / name / "seed-0" / runs.METRICS).read_text())
@@ -72,7 +74,11 @@ def test_reproduce_compares_models_in_one_table(tmp_path, capsys):
         assert f"{metrics['test']['accuracy']:.4f}" in table[2 + list(rows).index(name)]
         assert rows[name]["parameters"] == models.parameters(models.get(name).build(0.0))
         assert rows[name]["images_per_second"] > 0
-    assert "comparison.md" in stdout
+        assert rows[name]["mflops"] == pytest.approx(models.mflops_per_image(models.get(name).build(0.0)))
+    assert "comparison.md" in stdout and "![accuracy against training time](frontier.png)" in "\n".join(table)
+    assert (out / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = (out / "comparison.html").read_text()
+    assert "data:image/png;base64," in page and "seed-cnn" in page and "fast-cnn" in page
 
 
 @pytest.mark.slow
@@ -107,6 +113,13 @@ def test_a_config_is_a_recipe_a_runtime_and_a_seed_and_no_model_sets_the_runtime
         configs.Runtime(precision="fp8")
     with pytest.raises(ValueError, match="shift"):
         configs.Recipe(shift=30)
+
+
+def test_a_comparison_defaults_to_five_seeds_and_targets_are_accuracies(capsys):
+    assert api.default_seeds(["seed-cnn"], None) == 1 and api.default_seeds(["seed-cnn", "fast-cnn"], None) == 5
+    assert api.default_seeds(["seed-cnn", "fast-cnn"], 2) == 2
+    code, _, err = run_cli(capsys, "reproduce", "--target", "94", "--epochs", 1)
+    assert code == 2 and "a target is a validation accuracy in (0, 1)" in err
 
 
 def test_recipe_defaults_and_flag_overrides():

@@ -51,7 +51,7 @@ def test_an_epoch_with_the_whole_recipe_runs_and_sets_each_steps_rate():
     x, y = images(32), torch.arange(32) % 10
     config = configs.TrainConfig(batch_size=16, flip=True, shift=2, label_smoothing=0.1)
     loss, accuracy = training.train_one_epoch(network, optimizer, x, y, config, torch.Generator().manual_seed(0),
-                                              rates=[0.05, 0.01])
+                                              plan=training.EpochPlan(rates=[0.05, 0.01]))
     assert torch.isfinite(loss) and 0 <= accuracy <= 1
     assert {group["lr"] for group in optimizer.param_groups} == {0.01}  # the last step's
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from fmnist import configs, fastcnn, models, recipe, training
+from fmnist import configs, errors, fastcnn, models, recipe, training
 
 
 def images(n=16, seed=0):
@@ -45,7 +45,7 @@ def test_an_epoch_mirrors_exactly_the_images_its_flips_name():
     generator = torch.Generator().manual_seed(5)
     order = torch.randperm(8, generator=torch.Generator().manual_seed(5))  # the loop's draw, first from generator
     training.train_one_epoch(network, config.build_optimizer(network), x, torch.zeros(8, dtype=torch.long), config,
-                             generator, flips=flips)
+                             generator, plan=training.EpochPlan(flips=flips))
     expected = torch.where(flips[order][:, None, None, None], x[order].flip(2), x[order])
     assert torch.equal(seen[0], expected)
 
@@ -82,7 +82,7 @@ def test_a_scheduled_step_sets_each_group_at_its_scale_and_frozen_scales_stay_at
     config = configs.Recipe.for_model("fast-cnn", batch_size=8, bn_bias_lr=64.0, bn_weight=False)
     optimizer = config.build_optimizer(network)
     training.train_one_epoch(network, optimizer, images(8), torch.arange(8), config,
-                             torch.Generator().manual_seed(0), rates=[0.01])
+                             torch.Generator().manual_seed(0), plan=training.EpochPlan(rates=[0.01]))
     assert sorted({group["lr"] for group in optimizer.param_groups}) == [0.01, pytest.approx(0.64)]
     assert all(torch.equal(m.weight, torch.ones_like(m.weight)) for m in network.modules()
                if isinstance(m, nn.BatchNorm2d))
@@ -110,3 +110,79 @@ def test_auto_precision_follows_the_cpu_and_the_model(flags, model, expected):
 def test_an_explicit_precision_is_kept():
     assert configs.choose_precision("fp32", "cnn94", torch.device("cpu"), {"amx_bf16"}) == "fp32"
     assert configs.choose_precision("bf16", "cnn94", torch.device("cpu"), {"avx2"}) == "bf16"
+
+
+def test_lookahead_follows_its_formula():
+    network = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
+    lookahead = recipe.Lookahead(network, total_steps=20)
+    slow = [t.clone() for t in recipe.averaged_tensors(network)]
+    assert len(slow) == 6  # weight, bias, BatchNorm's scale and shift, running mean and variance (not the count)
+    for step in range(1, 21):
+        with torch.no_grad():
+            for t in recipe.averaged_tensors(network):
+                t.add_(0.1 * step)  # what an optimizer step would do
+        fast = [t.clone() for t in recipe.averaged_tensors(network)]
+        lookahead.after_step(network, step)
+        if step % 5 and step != 20:  # between averaging steps nothing changes
+            assert all(torch.equal(a, b) for a, b in zip(recipe.averaged_tensors(network), fast))
+            continue
+        decay = 1.0 if step == 20 else 0.95 ** 5 * (step / 20) ** 3
+        slow = [decay * s + (1 - decay) * f for s, f in zip(slow, fast)]
+        for expected, tensor in zip(slow, recipe.averaged_tensors(network)):
+            torch.testing.assert_close(tensor, expected, rtol=1e-6, atol=1e-6)
+    assert all(torch.equal(s, t) for s, t in zip(lookahead.slow, recipe.averaged_tensors(network)))
+
+
+def test_a_checkpoint_carries_the_lookahead_weights():
+    config = configs.TrainConfig.for_model("fast-cnn", lookahead=True, epochs=2)
+    state = training.new_state(config, torch.device("cpu"), steps_per_epoch=3)
+    for slow in state.lookahead.slow:
+        slow.add_(1.0)
+    other = training.new_state(config, torch.device("cpu"), steps_per_epoch=3)
+    other.restore(state.checkpoint(), "checkpoint.pt")
+    assert all(torch.equal(a, b) for a, b in zip(other.lookahead.slow, state.lookahead.slow))
+    damaged = {**state.checkpoint(), "lookahead": state.lookahead.slow[:-1]}
+    with pytest.raises(errors.RunError, match="checkpoint.pt is damaged.*Lookahead"):
+        other.restore(damaged, "checkpoint.pt")
+
+
+def test_recipe_settings_set_up_the_network():
+    config = configs.TrainConfig.for_model("fast-cnn", bn_momentum=0.4, bn_weight=False, dirac=True)
+    network = training.new_state(config, torch.device("cpu"), steps_per_epoch=1).network
+    norms = [m for m in network.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert all(m.momentum == 0.4 and not m.weight.requires_grad for m in norms)
+    assert "BatchNorm momentum 0.4" in config.describe() and "identity-initialised convs" in config.describe()
+
+
+def test_whitening_filters_match_an_eigen_decomposition_of_patches_gathered_by_a_loop():
+    x = images(6, seed=2)
+    patches = [x[n, r:r + 3, c:c + 3, 0].reshape(9) for n in range(6) for r in range(26) for c in range(26)]
+    stacked = torch.stack(patches).double()                         # (6 * 26 * 26, 9)
+    centred = stacked - stacked.mean(0)
+    covariance = centred.T @ centred / (len(stacked) - 1)
+    torch.testing.assert_close(fastcnn.patch_covariance(x), covariance)
+    values, vectors = torch.linalg.eigh(covariance)
+    filters = fastcnn.whitening_filters(x)
+    assert filters.shape == (18, 1, 3, 3) and torch.equal(filters[9:], -filters[:9])
+    for k in range(9):  # each filter: an eigenvector over the square root of its eigenvalue (+ ε)
+        expected = vectors[:, k] / torch.sqrt(values[k] + fastcnn.WHITENING_EPSILON)
+        torch.testing.assert_close(filters[k].reshape(9).double(), expected, rtol=1e-5, atol=1e-5)
+    # what the filters are for: the responses to the patches are decorrelated, of unit variance
+    responses = centred @ filters[:9].reshape(9, 9).double().T
+    whitened = torch.cov(responses.T) * (values + fastcnn.WHITENING_EPSILON) / values  # ε aside
+    torch.testing.assert_close(whitened, torch.eye(9, dtype=torch.float64), rtol=1e-4, atol=1e-4)
+
+
+def test_a_whitening_stem_is_frozen_and_its_bias_trains_only_in_the_first_epochs():
+    config = configs.TrainConfig.for_model("cnn94", whiten_bias_epochs=1, dirac=True)
+    x = images(64)
+    state = training.new_state(config, torch.device("cpu"), steps_per_epoch=1, images=x)
+    stem = state.network.whitening
+    torch.testing.assert_close(stem.weight, fastcnn.whitening_filters(x))  # dirac left the frozen filters alone
+    assert not stem.weight.requires_grad
+    filters = stem.weight.clone()
+    for epoch, trains in ((0, True), (1, False)):
+        recipe.train_whitening_bias(state.network, epoch < config.whiten_bias_epochs)
+        bias = stem.bias.clone()
+        training.train_one_epoch(state.network, state.optimizer, x, torch.arange(64) % 10, config, state.generator)
+        assert torch.equal(stem.weight, filters) and (not torch.equal(stem.bias, bias)) == trains

@@ -210,19 +210,23 @@ def fit_with_progress(config: configs.TrainConfig, run_dir: Path, resume: bool |
                               f"{run_dir}; continue with: fmnist train --resume {run_dir}") from None
 
 
-def reproduce(model_names: Iterable[str] = (models.DEFAULT,), seeds: int = 1, out: str | Path = OUT["reproduce"],
-              first_seed: int = 0, show_progress: bool = True,
+def reproduce(model_names: Iterable[str] = (models.DEFAULT,), seeds: int | None = None,
+              out: str | Path = OUT["reproduce"], first_seed: int = 0, show_progress: bool = True,
               on_seed: Callable[[str, int, dict, Path], None] | None = None, workers: int | None = None,
-              address: str | None = None, **settings) -> dict:
+              address: str | None = None, targets: Iterable[float] = (), **settings) -> dict:
     """Per model and seed: train (finished runs are kept, others continued), evaluate, report; a summary
-    over seeds per model, and with several models a comparison (comparison.md). Returns the summaries.
-    `on_seed(model, seed, metrics, report_html)` is called after each seed. With `workers` (or a Ray
-    `address`), each model's seeds train in parallel on Ray (`fmnist[sweep]`), `threads` each."""
+    over seeds per model (time to each validation accuracy in report.TIME_TO and `targets`), and with
+    several models a comparison (comparison.md). Returns the summaries. `seeds`: default one for one
+    model (the report's reproduction), HEADLINE_SEEDS for a comparison. `on_seed(model, seed, metrics,
+    report_html)` is called after each seed. With `workers` (or a Ray `address`), each model's seeds
+    train in parallel on Ray (`fmnist[sweep]`), `threads` each."""
     from fmnist import evaluate, report
 
     out, names = Path(out), list(dict.fromkeys(model_names))
+    seeds = default_seeds(names, seeds)
+    targets = sorted(set(report.TIME_TO) | set(check_targets(targets)))
     configs = reproduce_configs(names, seeds, first_seed, **settings)  # all checked first
-    summaries = {}
+    summaries, curves = {}, {}
     for name in names:
         model_out = out / name if len(names) > 1 else out
         results, histories = {}, {}
@@ -240,12 +244,27 @@ def reproduce(model_names: Iterable[str] = (models.DEFAULT,), seeds: int = 1, ou
             histories[seed] = run.history
             if on_seed is not None:
                 on_seed(name, seed, results[seed], html_path)
-        summaries[name] = report.seed_summary(results, histories)
+        summaries[name], curves[name] = report.seed_summary(results, histories, targets), list(histories.values())
         runs.write_json(model_out / "summary.json", summaries[name])
         runs.write_text(model_out / "summary.md", report.summary_markdown(summaries[name]))
     if len(names) > 1:
-        write_comparison(summaries, out, configs[names[0], first_seed].device)
+        write_comparison(summaries, curves, out, configs[names[0], first_seed].device)
     return summaries
+
+
+HEADLINE_SEEDS = 5  # a comparison of models is a headline claim: a mean over five runs, as airbench reports
+
+
+def default_seeds(model_names: Iterable[str], seeds: int | None) -> int:
+    """`seeds`, or by default one for one model (the report's reproduction), HEADLINE_SEEDS for a comparison."""
+    return seeds or (1 if len(list(dict.fromkeys(model_names))) == 1 else HEADLINE_SEEDS)
+
+
+def check_targets(targets: Iterable[float]) -> list[float]:
+    targets = list(targets)
+    if any(not 0 < target < 1 for target in targets):
+        raise errors.InputError(f"a target is a validation accuracy in (0, 1), got {targets}")
+    return targets
 
 
 def reproduce_configs(model_names: Iterable[str], seeds: int = 1, first_seed: int = 0,
@@ -278,17 +297,24 @@ def reproduce_seed(config: configs.TrainConfig, run_dir: Path, show_progress: bo
     return Run(run_dir)
 
 
-def write_comparison(summaries: dict[str, dict], out: Path, device: str) -> dict:
-    """comparison.json and comparison.md: one row per model (accuracy, times, size, inference speed)."""
-    from fmnist import bench, report
+def write_comparison(summaries: dict[str, dict], curves: dict[str, list[list[dict]]], out: Path,
+                     device: str) -> dict:
+    """One row per model (accuracy, times, size, inference speed) in comparison.json, .md and .html,
+    and the frontier drawn (frontier.png: every model's validation curves and final test accuracy)."""
+    from fmnist import bench, figures, report
 
     rows = {}
     for name, summary in summaries.items():
-        speed = bench.evaluation_throughput(name, 10_000, inference.resolve_device(device))
-        rows[name] = {"summary": summary, "parameters": models.parameters(models.get(name).build(0.0)),
-                      "images_per_second": speed}
+        network = models.get(name).build(0.0)
+        rows[name] = {"summary": summary, "parameters": models.parameters(network),
+                      "mflops": models.mflops_per_image(network),
+                      "images_per_second": bench.evaluation_throughput(name, 10_000, inference.resolve_device(device))}
+    finals = {name: (row["summary"]["stats"]["seconds"]["mean"], row["summary"]["stats"]["test_accuracy"]["mean"],
+                     row["summary"]["stats"]["test_accuracy"]["std"]) for name, row in rows.items()}
+    figures.frontier(curves, finals, report.PUBLISHED["test_accuracy"], out / report.FRONTIER)
     runs.write_json(out / "comparison.json", rows)
     runs.write_text(out / "comparison.md", report.comparison_markdown(rows))
+    runs.write_text(out / "comparison.html", report.comparison_html(rows, out))
     return rows
 
 

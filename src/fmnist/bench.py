@@ -55,6 +55,7 @@ def compare_steps(name: str, batch_size: int, steps: int, rounds: int, device: t
 
     def ours(**variant):
         network = models.get(name).network(dropout=config.dropout, **variant).to(device).train()
+        recipe.set_up_network(network, config.dirac, config.bn_weight, config.bn_momentum)
         return step_function(network, config.build_optimizer(network), x, y, precision, config.label_smoothing)
 
     plain = models.get(name).plain().to(device).train()
@@ -127,13 +128,13 @@ def time_epoch(name: str, num_train: int, num_val: int, batch_size: int, device:
     config = configs.TrainConfig.for_model(name, batch_size=batch_size)
     images = torch.rand(num_train + num_val, data.IMAGE_SIZE, data.IMAGE_SIZE, 1, device=device)
     labels = torch.randint(0, data.NUM_CLASSES, (num_train + num_val,), device=device)
-    network = models.get(name).build(config.dropout).to(device)
-    optimizer = config.build_optimizer(network)
+    state = training.new_state(config, device, math.ceil(num_train / batch_size), images[:num_train])  # as training
+    network = state.network
     synchronize(device)
     start = time.perf_counter()
-    loss, _ = training.train_one_epoch(network, optimizer, images[:num_train], labels[:num_train], config,
-                                       torch.Generator().manual_seed(0), precision=precision,
-                                       rates=config.epoch_rates(0, math.ceil(num_train / batch_size)))
+    loss, _ = training.train_one_epoch(network, state.optimizer, images[:num_train], labels[:num_train], config,
+                                       state.generator, precision=precision,
+                                       plan=training.plan_epoch(config, 0, images[:num_train], state.lookahead))
     loss.item()  # waits for the device
     middle = time.perf_counter()
     inference.evaluate(models.evaluation_form(network, config.tta, config.tta_shift), images[num_train:], labels[num_train:])

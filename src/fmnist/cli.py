@@ -162,7 +162,9 @@ def cmd_reproduce(args) -> int:
 
     out, names = Path(args.out), list(dict.fromkeys(args.model or [models.DEFAULT]))
     settings = recipe_settings(args)
-    api.reproduce_configs(names, args.seeds, args.seed, **settings)  # every model's settings, before hours of training
+    seeds = api.default_seeds(names, args.seeds)
+    api.reproduce_configs(names, seeds, args.seed, **settings)  # every model's settings, before hours of training
+    api.check_targets(args.target or [])
     cmd_data(argparse.Namespace(data_dir=args.data_dir, out=out))
 
     def on_seed(name, seed, metrics, html_path):
@@ -171,7 +173,8 @@ def cmd_reproduce(args) -> int:
 
     if args.workers or args.address:
         settings["threads"] = settings["threads"] or 1  # per parallel seed
-    summaries = api.reproduce(names, args.seeds, out, first_seed=args.seed, show_progress=not args.quiet,
+    summaries = api.reproduce(names, seeds, out, first_seed=args.seed, show_progress=not args.quiet,
+                              targets=args.target or [],
                               on_seed=on_seed, workers=args.workers, address=args.address, **settings)
     for name, summary in summaries.items():
         model_out = out / name if len(names) > 1 else out

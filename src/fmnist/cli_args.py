@@ -86,6 +86,12 @@ def add_recipe_options(parser: argparse.ArgumentParser) -> None:
                        help="train BatchNorm scales (--no-bn-weight: frozen at 1)")
     group.add_argument("--dirac", action=argparse.BooleanOptionalAction, default=None,
                        help="initialise each conv's first in-channels filters as the identity")
+    group.add_argument("--bn-momentum", type=float, default=None,
+                       help="BatchNorm's running statistics: each batch's weight (PyTorch's default 0.1)")
+    group.add_argument("--whiten-bias-epochs", type=int, default=None,
+                       help="cnn94: epochs its whitening stem's bias trains (then it stays)")
+    group.add_argument("--lookahead", action=argparse.BooleanOptionalAction, default=None,
+                       help="average the weights along the way (airbench's Lookahead, every 5 steps)")
 
 
 def top_count(text: str) -> int:
@@ -154,9 +160,13 @@ def add_experiment_commands(commands, handlers: dict) -> None:
                    ["fmnist reproduce", "fmnist reproduce --seeds 3",
                     "fmnist reproduce --model fast-cnn --seeds 3",
                     "fmnist reproduce --model seed-cnn --model fast-cnn --seeds 3   (one comparison table)",
+                    "fmnist reproduce --model cnn94 --seeds 5 --target 0.945",
                     "fmnist reproduce --epochs 1 --limit 3000 --out /tmp/quick"])
     add_train_options(p, several_models=True)
-    p.add_argument("--seeds", type=int, default=1, help="number of seeds, from --seed on (default: 1)")
+    p.add_argument("--seeds", type=int, default=None,
+                   help="number of seeds, from --seed on (default: 1 for one model, 5 to compare models)")
+    p.add_argument("--target", type=float, action="append", default=None,
+                   help="also state the time to this validation accuracy (always: 0.91, 0.93, 0.94); repeatable")
     p.add_argument("--workers", type=int, default=None,
                    help="train the seeds in parallel, K at a time, on Ray (pip install 'fmnist[sweep]'), "
                         "--threads each (default: one after another)")

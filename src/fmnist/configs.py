@@ -57,6 +57,9 @@ class Recipe:
     bn_bias_lr: float = 1.0             # BatchNorm biases learn at this multiple of the learning rate
     bn_weight: bool = True              # False: BatchNorm scales stay frozen at 1
     dirac: bool = False                 # initialise each conv's first in-channels filters as the identity
+    bn_momentum: float = 0.1            # BatchNorm's running statistics: the weight of each new batch
+    lookahead: bool = False             # average the weights along the way (recipe.Lookahead)
+    whiten_bias_epochs: int = 3         # a whitening stem's bias (cnn94) trains this many epochs, then stays
 
     @classmethod
     def for_model(cls, name: str = models.DEFAULT, **overrides):
@@ -87,8 +90,11 @@ class Recipe:
             raise ValueError("weight decay, warm-up and label smoothing must be in [0, 1)")
         if not (0 <= self.shift <= data.MAX_SHIFT and 0 <= self.tta_shift <= data.MAX_SHIFT):
             raise ValueError(f"shift and tta_shift must be 0..{data.MAX_SHIFT} pixels, got {self.shift}, {self.tta_shift}")
-        if not 0 < self.bn_bias_lr <= 1000:
-            raise ValueError(f"bn_bias_lr must be in (0, 1000], got {self.bn_bias_lr}")
+        if self.whiten_bias_epochs < 0:
+            raise ValueError(f"whiten_bias_epochs must be >= 0, got {self.whiten_bias_epochs}")
+        if not 0 < self.bn_bias_lr <= 1000 or not 0 < self.bn_momentum <= 1:
+            raise ValueError(f"bn_bias_lr must be in (0, 1000] and bn_momentum in (0, 1], "
+                             f"got {self.bn_bias_lr}, {self.bn_momentum}")
 
     def describe(self) -> str:
         """The main settings, in one line (`fmnist models`, the report)."""
@@ -104,6 +110,8 @@ class Recipe:
         parts += ["BatchNorm scales frozen"] if not self.bn_weight else []
         parts += ["identity-initialised convs"] if self.dirac else []
         parts += ["alternating flips"] if self.alternate_flip else []
+        parts += [f"BatchNorm momentum {self.bn_momentum:g}"] if self.bn_momentum != 0.1 else []
+        parts += ["Lookahead"] if self.lookahead else []
         parts += ([f"6-view TTA (flip x ±{self.tta_shift} px)"] if self.tta_shift else ["flip TTA"]) if self.tta else []
         return ", ".join(parts)
 

@@ -66,13 +66,69 @@ class FastCNN(nn.Module):
         return folded
 
 
+# ---------------------------------------------------------------------------------------------
+# cnn94's network: fast-cnn with a frozen patch-whitening stem in place of its first learned convolution
+WHITENED_ARCHITECTURE = "cnn94-v1"
+PATCH = 3                 # the whitening filters' size: 3x3 patches, 9 directions, each with both signs
+WHITENING_EPSILON = 5e-4  # added to each eigenvalue: directions of almost no variance are not blown up
+WHITENING_IMAGES = 5_000  # training images whose patches estimate the covariance
+
+
+def patch_covariance(images: torch.Tensor, patch: int = PATCH) -> torch.Tensor:
+    """(p², p²) covariance of every p x p patch of NHWC one-channel images (no padding)."""
+    patches = nn.functional.unfold(images.permute(0, 3, 1, 2).double(), patch)  # (N, p², positions)
+    patches = patches.transpose(1, 2).reshape(-1, patch * patch)               # (N * positions, p²)
+    return torch.cov(patches.T)
+
+
+def whitening_filters(images: torch.Tensor, patch: int = PATCH) -> torch.Tensor:
+    """(2p², 1, p, p) conv filters: each eigenvector of the patch covariance scaled by 1/sqrt(its
+    eigenvalue + ε), then the same negated, so that a ReLU after them keeps both signs."""
+    eigenvalues, eigenvectors = torch.linalg.eigh(patch_covariance(images, patch))  # ascending; columns
+    scaled = (eigenvectors / torch.sqrt(eigenvalues + WHITENING_EPSILON)).T      # (p², p²): one filter a row
+    filters = scaled.reshape(-1, 1, patch, patch).float()
+    return torch.cat([filters, -filters])
+
+
+class WhitenedCNN(FastCNN):
+    """fast-cnn whose 28x28 stage is a frozen whitening convolution (filters from the training data's
+    patch covariance, `init_whitening`; only its bias trains, and only for the recipe's first epochs)
+    and a ReLU, with no BatchNorm: the learned network starts at 14x14 (airbench's whitening stem)."""
+
+    def __init__(self, dropout: float = 0.0):
+        super().__init__(dropout)
+        width = 2 * PATCH * PATCH
+        whiten = nn.Conv2d(1, width, PATCH, padding=PATCH // 2, bias=True)
+        whiten.weight.requires_grad_(False)
+        later = list(self.features)[4:]                       # from stage 2's first conv on (after the pool)
+        later[0] = nn.Conv2d(width, later[0].out_channels, 3, padding=1, bias=False)
+        self.features = nn.Sequential(whiten, nn.ReLU(inplace=True), nn.MaxPool2d(2), *later)
+        self.to(memory_format=torch.channels_last)
+
+    @property
+    def whitening(self) -> nn.Conv2d:
+        return self.features[0]
+
+    @torch.no_grad()
+    def init_whitening(self, images: torch.Tensor) -> None:
+        """Set the filters from NHWC training images in [0, 1] (the first WHITENING_IMAGES of them)."""
+        self.whitening.weight.copy_(whitening_filters(images[:WHITENING_IMAGES].cpu()))
+        self.whitening.bias.zero_()
+
+
 class PlainFastCNN(nn.Module):
     """fast-cnn written the plain way: NCHW-contiguous tensors, nn.Flatten in PyTorch's (C, H, W) order."""
+    network = FastCNN
 
     def __init__(self):
         super().__init__()
-        fast = FastCNN(0.0).to(memory_format=torch.contiguous_format)
+        fast = self.network(0.0).to(memory_format=torch.contiguous_format)
         self.features, self.head = fast.features, nn.Linear(fast.head.in_features, data.NUM_CLASSES)
 
     def forward(self, x):  # x: (N, 1, 28, 28)
         return self.head(self.features(x).flatten(1))
+
+
+class PlainWhitenedCNN(PlainFastCNN):
+    """cnn94's network written the plain way."""
+    network = WhitenedCNN

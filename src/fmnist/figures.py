@@ -115,3 +115,30 @@ def sweep(configurations: list[dict], path: Path) -> Path:
     axis.set_title("Sweep: configurations, best first")
     figure.tight_layout()
     return save(figure, path)
+
+
+def frontier(curves: dict[str, list[list[dict]]], finals: dict[str, tuple[float, float, float]],
+             reference: float, path: Path) -> Path:
+    """The accuracy-time frontier: each model's validation accuracy against elapsed seconds (one thin
+    line per seed), its final test accuracy (mean ± sd over seeds, at its mean training time) as a point
+    with error bars, and the report's test accuracy as a horizontal line."""
+    figure, axis = plt.subplots(figsize=(9, 5.5))
+    for index, (name, histories) in enumerate(curves.items()):
+        color = f"C{index}"
+        for seed, history in enumerate(histories):
+            axis.plot(runs.elapsed(history), [row["val_accuracy"] for row in history], color=color, alpha=0.35,
+                      linewidth=1, label=f"{name}: validation, per seed" if seed == 0 else None)
+        seconds, mean, sd = finals[name]
+        axis.errorbar([seconds], [mean], yerr=[0 if np.isnan(sd) else sd], color=color, marker="o", capsize=4,
+                      label=f"{name}: test {mean:.4f}" + ("" if np.isnan(sd) else f" ± {sd:.4f}"))
+    axis.axhline(reference, color="gray", linestyle="--", label=f"the report: test {reference:.4f}")
+    axis.set_xscale("log")
+    axis.set_xlabel("seconds of training (validation included), log scale")
+    axis.set_ylabel("accuracy")
+    low = min([reference] + [mean for _, mean, _ in finals.values()]) - 0.02
+    axis.set_ylim(max(0.5, low), None)
+    axis.grid(alpha=0.3, which="both")
+    axis.legend(fontsize=8, loc="lower right")
+    axis.set_title("Fashion-MNIST: accuracy against training time")
+    figure.tight_layout()
+    return save(figure, path)

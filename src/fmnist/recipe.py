@@ -76,12 +76,29 @@ def alternating_flips(count: int, seed: int, epoch: int) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------------------------
 # Initialisation and BatchNorm settings
+def set_up_network(network: nn.Module, dirac: bool, bn_weight: bool, bn_momentum: float) -> None:
+    """A new network as the recipe wants it before training: initialisation and BatchNorm settings."""
+    if dirac:
+        dirac_init(network)
+    if not bn_weight:
+        freeze_bn_weights(network)
+    for layer in network.modules():
+        if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+            layer.momentum = bn_momentum  # PyTorch's convention: the weight of the new batch's statistics
+
+
+def train_whitening_bias(network: nn.Module, trains: bool) -> None:
+    """A whitening stem's bias learns in the first epochs only (its filters never): set per epoch."""
+    if hasattr(network, "whitening"):
+        network.whitening.bias.requires_grad_(trains)
+
+
 def dirac_init(network: nn.Module) -> None:
-    """Each 3x3 convolution's first in-channels filters become the identity (the input passes through):
+    """Each learned convolution's first in-channels filters become the identity (the input passes through):
     a deep stack starts near the function of a shallow one (airbench's identity initialisation)."""
     with torch.no_grad():
         for conv in network.modules():
-            if isinstance(conv, nn.Conv2d) and conv.out_channels >= conv.in_channels:
+            if isinstance(conv, nn.Conv2d) and conv.out_channels >= conv.in_channels and conv.weight.requires_grad:
                 nn.init.dirac_(conv.weight[:conv.in_channels])
 
 
@@ -145,6 +162,45 @@ def make_optimizer(network: nn.Module, name: str, learning_rate: float, weight_d
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=learning_rate, fused=True)
     raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
+
+
+class Lookahead:
+    """airbench's Lookahead: every `every` steps a slow copy of the weights (parameters and BatchNorm's
+    running statistics) moves toward the network's, slow = d·slow + (1-d)·fast, and the network takes the
+    slow weights; d rises as (step/total)³ to `peak`, and the last step hands the slow weights over
+    whole (d = 1). The network's weights are then an average of its recent trajectory."""
+    EVERY, PEAK = 5, 0.95 ** 5
+
+    def __init__(self, network: nn.Module, total_steps: int):
+        self.total_steps = total_steps
+        self.slow = [t.detach().clone() for t in averaged_tensors(network)]
+
+    def decay(self, step: int) -> float | None:
+        """d after global step `step` (1-based), or None where this step does not average."""
+        if step == self.total_steps:
+            return 1.0
+        return self.PEAK * (step / self.total_steps) ** 3 if step % self.EVERY == 0 else None
+
+    def restore(self, saved: list) -> None:
+        if not isinstance(saved, list) or len(saved) != len(self.slow) or \
+                any(not isinstance(t, torch.Tensor) or t.shape != s.shape for t, s in zip(saved, self.slow)):
+            raise ValueError("its Lookahead weights do not match the network")
+        for slow, tensor in zip(self.slow, saved):
+            slow.copy_(tensor)
+
+    @torch.no_grad()
+    def after_step(self, network: nn.Module, step: int) -> None:
+        decay = self.decay(step)
+        if decay is None:
+            return
+        for slow, fast in zip(self.slow, averaged_tensors(network)):
+            slow.lerp_(fast, 1.0 - decay)  # slow + (1-d)(fast - slow) = d·slow + (1-d)·fast
+            fast.copy_(slow)
+
+
+def averaged_tensors(network: nn.Module) -> list[torch.Tensor]:
+    """The floating-point state Lookahead averages: parameters and running statistics (not counters)."""
+    return [t for t in network.state_dict(keep_vars=True).values() if t.is_floating_point()]
 
 
 def learning_rate(step: int, total_steps: int, peak: float, schedule: str, warmup: float) -> float:

@@ -211,11 +211,11 @@ figcaption {{ color: #666; font-size: .9rem; }}
 
 
 # ---------------------------------------------------------------------------------------------
-TIME_TO = (0.91, 0.93)  # validation accuracies whose time to reach the summary states
+TIME_TO = (0.91, 0.93, 0.94)  # validation accuracies whose time to reach the summary states (and any --target)
 
 
-def seed_summary(results: dict[int, dict], histories: dict[int, list[dict]]) -> dict:
-    """Per-seed test/train figures, seconds, time to TIME_TO; mean, standard deviation, min and max over seeds."""
+def seed_summary(results: dict[int, dict], histories: dict[int, list[dict]], targets=TIME_TO) -> dict:
+    """Per-seed test/train figures, seconds, time to each target; mean, standard deviation, min and max over seeds."""
     import numpy as np
 
     keys = {"test_accuracy": ("test", "accuracy"), "test_loss": ("test", "loss"),
@@ -223,14 +223,14 @@ def seed_summary(results: dict[int, dict], histories: dict[int, list[dict]]) -> 
     per_seed = {seed: {key: m[part][field] for key, (part, field) in keys.items()} for seed, m in results.items()}
     for seed, history in histories.items():
         per_seed[seed]["seconds"] = runs.elapsed(history)[-1] if history else None
-        per_seed[seed].update({f"seconds_to_{a}": runs.time_to_accuracy(history, a) for a in TIME_TO})
+        per_seed[seed].update({f"seconds_to_{a}": runs.time_to_accuracy(history, a) for a in targets})
     stats = {}
     for key in per_seed[next(iter(per_seed))]:
         values = np.array([row[key] for row in per_seed.values()], dtype=float)  # None (never reached): NaN
         # One seed has no spread: its standard deviation is undefined (NaN, printed "–"), not 0.
         stats[key] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else math.nan,
                       "min": float(values.min()), "max": float(values.max())}
-    return {"seeds": per_seed, "stats": stats, "published": PUBLISHED}
+    return {"seeds": per_seed, "stats": stats, "published": PUBLISHED, "targets": list(targets)}
 
 
 UNDEFINED = "–"  # a spread over one seed, or over times never reached
@@ -243,14 +243,16 @@ def summary_markdown(summary: dict) -> str:
     def figure(value: float) -> str:
         return UNDEFINED if math.isnan(value) else f"{value:.4f}"
 
+    targets = summary.get("targets", TIME_TO)
+
     def cells(row: dict, never: str = "never") -> str:
-        times = " / ".join(seconds(row.get(f"seconds_to_{a}"), never) for a in TIME_TO)
+        times = " / ".join(seconds(row.get(f"seconds_to_{a}"), never) for a in targets)
         return (f"{figure(row['test_accuracy'])} | {figure(row['test_loss'])} | {figure(row['train_accuracy'])} | "
                 f"{figure(row['train_loss'])} | {seconds(row.get('seconds'), never if never == UNDEFINED else '')} | "
                 f"{times} |")
 
     lines = ["| seed | test accuracy | test loss | training accuracy | training loss | training time | "
-             f"validation {' / '.join(map(str, TIME_TO))} reached after |", "|---|---|---|---|---|---|---|"]
+             f"validation {' / '.join(map(str, targets))} reached after |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {seed} | {cells(row)}" for seed, row in summary["seeds"].items()]
     for stat in ("mean", "std", "min", "max"):
         row = {key: values[stat] for key, values in summary["stats"].items()}
@@ -268,13 +270,27 @@ def comparison_markdown(rows: dict[str, dict]) -> str:
         spread = "" if math.isnan(stats["std"]) else f" ± {stats['std'] * scale:.{digits}f}"
         return f"{stats['mean'] * scale:.{digits}f}{spread}"
 
+    targets = next(iter(rows.values()))["summary"].get("targets", TIME_TO)
     lines = ["| model | seeds | test accuracy | training time (s) | "
-             + " | ".join(f"time to {a} validation accuracy (s)" for a in TIME_TO)
-             + " | parameters | inference images/s |", "|---" * (6 + len(TIME_TO)) + "|"]
+             + " | ".join(f"time to {a} validation accuracy (s)" for a in targets)
+             + " | parameters | MFLOPs/image | inference images/s |", "|---" * (7 + len(targets)) + "|"]
     for name, row in rows.items():
         stats = row["summary"]["stats"]
-        times = " | ".join(mean_sd(stats[f"seconds_to_{a}"], digits=0) for a in TIME_TO)
+        times = " | ".join(mean_sd(stats[f"seconds_to_{a}"], digits=0) for a in targets)
         lines.append(f"| {name} | {len(row['summary']['seeds'])} | {mean_sd(stats['test_accuracy'])} | "
                      f"{mean_sd(stats['seconds'], digits=0)} | {times} | {row['parameters']:,} | "
-                     f"{row['images_per_second']:,.0f} |")
-    return "\n".join(lines) + "\n"
+                     f"{row['mflops']:.1f} | {row['images_per_second']:,.0f} |")
+    return "\n".join(lines) + f"\n\n![accuracy against training time]({FRONTIER})\n"
+
+
+FRONTIER = "frontier.png"  # beside comparison.md
+
+
+def comparison_html(rows: dict[str, dict], out: Path) -> str:
+    """The comparison table and the frontier figure as one page (comparison.html)."""
+    lines = comparison_markdown(rows).split("\n\n")[0].splitlines()
+    cells = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
+    blocks = [h("Models compared, mean ± sd over seeds"), table(cells[0], cells[2:]),
+              image(FRONTIER, "Accuracy against training time: validation curves per seed, final test accuracy "
+                              f"(mean ± sd), the report's {PUBLISHED['test_accuracy']:.4f} as a line")]
+    return to_html(blocks, Path(out))

@@ -39,17 +39,24 @@ class Shard:
         return start + size * self.rank // self.world_size, start + size * (self.rank + 1) // self.world_size
 
 
+@dataclasses.dataclass(frozen=True)
+class EpochPlan:
+    """What the recipe decides for one epoch, computed once before it (nothing per step that can be per epoch)."""
+    rates: Sequence[float] | None = None      # each step's learning rate (None: the optimizer's, unchanged)
+    flips: torch.Tensor | None = None         # which images to mirror, by index (None: a random half, if flipping)
+    lookahead: recipe.Lookahead | None = None  # weight averaging after each step
+    first_step: int = 0                       # global steps before this epoch (Lookahead's clock)
+
+
 def train_one_epoch(network, optimizer, images, labels, config: Recipe, generator: torch.Generator, *,
-                    precision: str = "fp32", rates: Sequence[float] | None = None, on_step=None,
-                    shard: Shard = Shard(), flips: torch.Tensor | None = None):
+                    precision: str = "fp32", plan: EpochPlan = EpochPlan(), on_step=None, shard: Shard = Shard()):
     """One pass over the training part, reshuffled and augmented as the recipe says (batch size, flips,
-    shifts, label smoothing), computed in `precision`; returns (mean loss, accuracy) as device tensors.
-    `rates` gives each step's learning rate (None: the optimizer's, unchanged); `flips` which images to
-    mirror, by index (None: a random half if the recipe flips)."""
+    shifts, label smoothing) and `plan` details, computed in `precision`; returns (mean loss, accuracy)
+    as device tensors."""
     network.train()
     order = torch.randperm(len(images), generator=generator).to(images.device)  # same order on every rank
     images, labels = images[order], labels[order]  # one gather per epoch, then contiguous slices
-    mirrored = flips[order] if flips is not None else None  # flips are by image, before the shuffle
+    mirrored = plan.flips[order] if plan.flips is not None else None  # flips are by image, before the shuffle
     images = recipe.augment(images, generator, config.flip, config.shift, mirrored)  # per epoch; all ranks
     batch_size, label_smoothing = config.batch_size, config.label_smoothing
     loss_sum = torch.zeros((), device=images.device)
@@ -58,9 +65,9 @@ def train_one_epoch(network, optimizer, images, labels, config: Recipe, generato
     for step, start in enumerate(range(0, len(images), batch_size)):
         low, high = shard.part(start, min(start + batch_size, len(images)))
         x, y = images[low:high], labels[low:high]
-        if rates is not None:
+        if plan.rates is not None:
             for group in optimizer.param_groups:
-                group["lr"] = rates[step] * group.get("lr_scale", 1.0)
+                group["lr"] = plan.rates[step] * group.get("lr_scale", 1.0)
         with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             logits = network(x)
         # = categorical cross-entropy of softmax on (smoothed) one-hot labels
@@ -68,6 +75,8 @@ def train_one_epoch(network, optimizer, images, labels, config: Recipe, generato
         optimizer.zero_grad(set_to_none=True)
         loss.backward()  # under DDP: gradients averaged over ranks = the global batch's mean gradient
         optimizer.step()
+        if plan.lookahead is not None:
+            plan.lookahead.after_step(network, plan.first_step + step + 1)
         loss_sum += loss.detach() * len(y)
         correct += (logits.detach().argmax(1) == y).sum()
         seen += len(y)
@@ -88,12 +97,14 @@ class TrainingState:
     generator: torch.Generator  # the shuffling RNG (dropout uses torch's global RNG)
     epoch: int = 0
     history: list = dataclasses.field(default_factory=list)
+    lookahead: recipe.Lookahead | None = None  # its slow weights, where the recipe averages
 
     def checkpoint(self) -> dict:
+        extra = {"lookahead": self.lookahead.slow} if self.lookahead is not None else {}
         return {"model": self.network.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "shuffle_rng": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
                 "epoch": self.epoch, "format": CHECKPOINT_FORMAT,
-                "architecture": models.architecture_of(self.network)}
+                "architecture": models.architecture_of(self.network), **extra}
 
     def restore(self, saved: dict, where: str) -> None:
         """Everything from a checkpoint, or one RunError naming what is damaged (nothing from it is trusted)."""
@@ -107,6 +118,8 @@ class TrainingState:
             self.optimizer.load_state_dict(saved["optimizer"])
             self.generator.set_state(saved["shuffle_rng"])
             torch.set_rng_state(saved["torch_rng"])
+            if self.lookahead is not None:
+                self.lookahead.restore(saved["lookahead"])
         except errors.RunError:
             raise
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
@@ -134,15 +147,18 @@ def prepare_data(config: TrainConfig, device: torch.device):
             (inference.to_tensor(val_x, device), torch.from_numpy(val_y).to(device)))
 
 
-def new_state(config: TrainConfig, device: torch.device) -> TrainingState:
+def new_state(config: TrainConfig, device: torch.device, steps_per_epoch: int,
+              images: torch.Tensor | None = None) -> TrainingState:
+    """The state before epoch 1: the network initialised (a whitening stem from the training `images`),
+    the optimizer, the shuffling generator."""
     torch.manual_seed(config.seed)  # initial weights and dropout masks
     network = models.get(config.model).build(config.dropout).to(device)
-    if config.dirac:
-        recipe.dirac_init(network)
-    if not config.bn_weight:
-        recipe.freeze_bn_weights(network)
+    if hasattr(network, "init_whitening") and images is not None:
+        network.init_whitening(images)
+    recipe.set_up_network(network, config.dirac, config.bn_weight, config.bn_momentum)
     generator = torch.Generator().manual_seed(config.seed + 1)
-    return TrainingState(network, config.build_optimizer(network), generator)
+    lookahead = recipe.Lookahead(network, config.epochs * steps_per_epoch) if config.lookahead else None
+    return TrainingState(network, config.build_optimizer(network), generator, lookahead=lookahead)
 
 
 def save_epoch(run_dir: Path, state: TrainingState, best_val_loss: float, config: Recipe) -> float:
@@ -165,11 +181,11 @@ def resume_epoch(run_dir: Path) -> int:
     return checkpoint_epoch(runs.load_checkpoint(path), str(path)) if path.is_file() else 0
 
 
-def start_or_resume(config: TrainConfig, run_dir: Path, resume: bool, device: torch.device,
+def start_or_resume(config: TrainConfig, run_dir: Path, resume: bool, device: torch.device, train_images,
                     write: bool = True) -> TrainingState:
     """A new state (written as epoch 0 at once), or the checkpoint's; a run killed before its first
     checkpoint resumes from epoch 0, which its seed makes the same state."""
-    state = new_state(config, device)
+    state = new_state(config, device, math.ceil(len(train_images) / config.batch_size), train_images)
     checkpoint = run_dir / runs.CHECKPOINT
     if resume and checkpoint.is_file():
         state.restore(runs.load_checkpoint(checkpoint), str(checkpoint))
@@ -221,11 +237,13 @@ def distributed(network: torch.nn.Module, device: torch.device) -> torch.nn.Modu
     return torch.nn.parallel.DistributedDataParallel(network)
 
 
-def epoch_flips(config: TrainConfig, epoch: int, train_data) -> torch.Tensor | None:
-    """Which images the epoch mirrors where the recipe alternates flips; None: drawn at random, or none."""
-    if not (config.flip and config.alternate_flip):
-        return None
-    return recipe.alternating_flips(len(train_data[0]), config.seed, epoch).to(train_data[0].device)
+def plan_epoch(config: TrainConfig, epoch: int, images: torch.Tensor, lookahead: recipe.Lookahead | None) -> EpochPlan:
+    """Epoch `epoch`'s (0-based) rates, flips (where the recipe alternates them) and averaging."""
+    steps = math.ceil(len(images) / config.batch_size)
+    flips = None
+    if config.flip and config.alternate_flip:
+        flips = recipe.alternating_flips(len(images), config.seed, epoch).to(images.device)
+    return EpochPlan(config.epoch_rates(epoch, steps), flips, lookahead, epoch * steps)
 
 
 def run_epoch(state: TrainingState, network, train_data, val_data, config: TrainConfig, shard: Shard,
@@ -233,9 +251,10 @@ def run_epoch(state: TrainingState, network, train_data, val_data, config: Train
     """Train one epoch, validate, and return its history row."""
     start = time.perf_counter()
     steps = math.ceil(len(train_data[0]) / config.batch_size)
+    plan = plan_epoch(config, state.epoch, train_data[0], state.lookahead)
+    recipe.train_whitening_bias(state.network, state.epoch < config.whiten_bias_epochs)
     loss, accuracy = train_one_epoch(network, state.optimizer, *train_data, config, state.generator,
-                                     precision=config.precision, rates=config.epoch_rates(state.epoch, steps),
-                                     on_step=on_step, shard=shard, flips=epoch_flips(config, state.epoch, train_data))
+                                     precision=config.precision, plan=plan, on_step=on_step, shard=shard)
     loss, accuracy = loss.item(), accuracy.item()  # host sync: once per epoch
     if not math.isfinite(loss):
         raise errors.FmnistError(f"training loss became {loss} in epoch {state.epoch + 1}; the run stops. "
@@ -266,7 +285,7 @@ def fit(config: TrainConfig, run_dir: Path, resume: bool = False,
     if shard.is_main:
         runs.remove_stale_temp_files(run_dir)
     train_data, val_data = prepare_data(config, device)
-    state = start_or_resume(config, run_dir, resume, device, write=shard.is_main)
+    state = start_or_resume(config, run_dir, resume, device, train_data[0], write=shard.is_main)
     network = state.network
     if shard.world_size > 1:
         network = distributed(network, device)
