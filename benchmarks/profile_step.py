@@ -1,0 +1,68 @@
+"""Where a model's training step goes: torch.profiler over steps of the model's own recipe (optimizer,
+label smoothing, precision as training chooses it), self CPU time summed by kind of operator.
+
+    python benchmarks/profile_step.py --model cnn94 [--precision auto] [--steps 30] [--threads 2]
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import math
+
+import fmnist  # noqa: F401  (first: it sets how OpenMP threads wait, before torch loads)
+import torch
+import torch.nn.functional as F
+from torch.profiler import ProfilerActivity, profile
+
+from fmnist import configs, data, machine, threads, training
+
+KINDS = [  # (kind, substrings of operator names), first match wins
+    ("convolution", ("convolution", "conv2d", "mkldnn_conv")),
+    ("matrix product", ("addmm", "mm", "linear", "matmul")),
+    ("BatchNorm", ("batch_norm",)),
+    ("pooling", ("pool",)),
+    ("ReLU", ("relu", "threshold")),
+    ("optimizer", ("_foreach", "sgd", "adam", "lerp")),
+    ("loss", ("cross_entropy", "log_softmax", "nll")),
+    ("casts and copies", ("copy_", "to", "_to_copy", "clone", "contiguous")),
+]
+
+
+def kind_of(name: str) -> str:
+    lowered = name.lower()
+    return next((kind for kind, keys in KINDS if any(key in lowered for key in keys)), "other")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="cnn94")
+    parser.add_argument("--precision", default="auto", choices=configs.PRECISIONS)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    machine.flush_denormals()
+    threads.use(args.threads)
+    cpu = torch.device("cpu")
+    precision = configs.choose_precision(args.precision, args.model, cpu)
+    config = configs.TrainConfig.for_model(args.model, precision=precision)
+    images = torch.rand(config.batch_size * (args.steps + 3), data.IMAGE_SIZE, data.IMAGE_SIZE, 1)
+    labels = torch.randint(0, data.NUM_CLASSES, (len(images),))
+    state = training.new_state(config, cpu, math.ceil(len(images) / config.batch_size), images)
+    warm = config.batch_size * 3
+    training.train_one_epoch(state.network, state.optimizer, images[:warm], labels[:warm], config, state.generator,
+                             precision=precision)
+    with profile(activities=[ProfilerActivity.CPU]) as trace:
+        training.train_one_epoch(state.network, state.optimizer, images[warm:], labels[warm:], config,
+                                 state.generator, precision=precision)
+    totals = collections.Counter()
+    for event in trace.key_averages():
+        totals[kind_of(event.key)] += event.self_cpu_time_total
+    whole = sum(totals.values())
+    print(f"{args.model} in {precision}, batch {config.batch_size}, {args.threads} threads: "
+          f"{whole / 1000 / args.steps:.2f} ms of operators per step")
+    for kind, micros in totals.most_common():
+        print(f"  {kind:18s} {micros / 1000 / args.steps:7.2f} ms/step  {micros / whole:6.1%}")
+
+
+if __name__ == "__main__":
+    main()
