@@ -37,7 +37,7 @@ def evaluate(network, images, labels, batch_size: int = EVAL_BATCH_SIZE):
     network.eval()
     loss_sum, correct = torch.zeros((), device=images.device), torch.zeros((), device=images.device)
     for start in range(0, len(images), batch_size):
-        logits = network(images[start:start + batch_size])
+        logits = network(images[start:start + batch_size]).float()  # under bf16 autocast: the loss in fp32
         y = labels[start:start + batch_size]
         loss_sum += F.cross_entropy(logits, y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()

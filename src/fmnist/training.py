@@ -260,7 +260,11 @@ def run_epoch(state: TrainingState, network, train_data, val_data, config: Train
         raise errors.FmnistError(f"training loss became {loss} in epoch {state.epoch + 1}; the run stops. "
                                  f"The checkpoint of epoch {state.epoch} is kept; try a lower --learning-rate")
     train_seconds = time.perf_counter() - start
-    val_loss, val_accuracy = inference.evaluate(models.evaluation_form(state.network, config.tta, config.tta_shift), *val_data)
+    form = models.evaluation_form(state.network, config.tta, config.tta_shift)
+    # Validation in the training's precision: bf16 evaluates the 12,000 images ~1.8x faster where it is
+    # native (measured, cnn94's 6 views), and it only watches the curve: `fmnist evaluate` runs in fp32.
+    with torch.autocast(val_data[0].device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
+        val_loss, val_accuracy = inference.evaluate(form, *val_data)
     state.epoch += 1
     return {"epoch": state.epoch, "loss": loss, "accuracy": accuracy, "val_loss": val_loss,
             "val_accuracy": val_accuracy, "train_seconds": train_seconds, "seconds": time.perf_counter() - start,
