@@ -30,7 +30,7 @@ ROWS = [
     ("identity init of the convs", {"dirac": True}),
     ("batch 256, rate 0.2", {"batch-size": 256, "learning-rate": 0.2}),
     ("shifts of 2 px", {"shift": 2}),
-    ("whitening stem (cnn94's network)", {"model": "cnn94"}),
+    ("whitening stem", {"model": "whitened-cnn"}),
     ("BatchNorm momentum 0.4", {"bn-momentum": 0.4}),
     ("Lookahead", {"lookahead": True}),
 ]

@@ -174,7 +174,7 @@ def test_whitening_filters_match_an_eigen_decomposition_of_patches_gathered_by_a
 
 
 def test_a_whitening_stem_is_frozen_and_its_bias_trains_only_in_the_first_epochs():
-    config = configs.TrainConfig.for_model("cnn94", whiten_bias_epochs=1, dirac=True)
+    config = configs.TrainConfig.for_model("whitened-cnn", whiten_bias_epochs=1, dirac=True)
     x = images(64)
     state = training.new_state(config, torch.device("cpu"), steps_per_epoch=1, images=x)
     stem = state.network.whitening
