@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The GPU check, as one prepared script for a lent GPU machine (the `device` tool): the benchmark,
-# the 50-epoch run with the report's settings, then fast-cnn's recipe (issue 12's aim: >= 0.95 in
-# <= 30 s on one H200, tried at 18 and 40 epochs), all on CUDA. Results go to $OUT.
+# The GPU check, as one prepared script for a lent GPU machine (the `device` tool): every tier of the
+# accuracy-time frontier on CUDA — the report's network, the speed tier (cnn94) and the accuracy tier
+# (res95) — one seed each through `fmnist reproduce` (accuracy, seconds, time to each target, the
+# frontier figure), plus each model's training step against plain eager PyTorch. Results go to $OUT.
 #
 # That machine has python3 with a CUDA torch, numpy, scikit-learn, matplotlib, rich, pillow,
 # safetensors, h5py, onnx(runtime), but no platformdirs or numba and no internet. Prepare here, once:
@@ -15,14 +16,9 @@ python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu/whl/*.whl
 export PYTHONPATH="/tmp/site:$PWD/src"
 OUT=${OUT:-/tmp/out}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
-python3 -m fmnist bench --device cuda --json | tee "$OUT/bench-cuda.json"
-python3 -m fmnist bench --device cuda --precision bf16 --json | tee "$OUT/bench-cuda-bf16.json"
-python3 -m fmnist train --device cuda --data-dir .gpu/data --quiet --out /tmp/run 2>&1 | tee "$OUT/train.log"
-python3 -m fmnist evaluate /tmp/run --data-dir .gpu/data 2>&1 | tee "$OUT/evaluate.log"
-cp /tmp/run/history.json /tmp/run/metrics.json "$OUT/"
-python3 -m fmnist bench --device cuda --model fast-cnn --json | tee "$OUT/bench-cuda-fast.json"
-for epochs in 18 40; do
-  python3 -m fmnist train --model fast-cnn --epochs $epochs --device cuda --data-dir .gpu/data --quiet \
-    --out /tmp/fast$epochs 2>&1 | tee "$OUT/train-fast$epochs.log"
-  python3 -m fmnist evaluate /tmp/fast$epochs --data-dir .gpu/data 2>&1 | tee "$OUT/evaluate-fast$epochs.log"
+for model in seed-cnn cnn94 res95; do
+  python3 -m fmnist bench --device cuda --model $model --json > "$OUT/bench-$model.json" || true
 done
+python3 -m fmnist reproduce --device cuda --data-dir .gpu/data --model seed-cnn --model cnn94 --model res95 \
+  --seeds 1 --target 0.95 --target 0.955 --quiet --out /tmp/frontier 2>&1 | tail -40 | tee "$OUT/reproduce.log"
+cp /tmp/frontier/comparison.md /tmp/frontier/comparison.json /tmp/frontier/frontier.png "$OUT/"

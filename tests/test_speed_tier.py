@@ -186,3 +186,23 @@ def test_a_whitening_stem_is_frozen_and_its_bias_trains_only_in_the_first_epochs
         bias = stem.bias.clone()
         training.train_one_epoch(state.network, state.optimizer, x, torch.arange(64) % 10, config, state.generator)
         assert torch.equal(stem.weight, filters) and (not torch.equal(stem.bias, bias)) == trains
+
+
+def test_cutout_equals_its_plain_form_and_cuts_only_its_square():
+    x = images(40)
+    corners = torch.randint(-7, 28, (40, 2), generator=torch.Generator().manual_seed(1))
+    masked = x * ~recipe.cutout_masks(corners, 8, 28)[..., None]
+    assert torch.equal(masked, recipe.cutout_reference(x, corners, 8))
+    ones = torch.ones(1, 28, 28, 1)
+    corner = recipe.cutout_reference(ones, torch.tensor([[-3, 26]]), 8)
+    assert corner.sum() == 28 * 28 - 5 * 2  # rows 0..4, columns 26..27: only the part on the image
+    # through the loop: each image the network sees is its own (after the shuffle) with at most its square cut
+    x, labels = images(64), torch.arange(64) % 10
+    seen, network = [], SpyNetwork([])
+    network.seen = seen
+    config = configs.Recipe(batch_size=64, cutout=8, optimizer="sgd")
+    training.train_one_epoch(network, config.build_optimizer(network), x, labels, config,
+                             torch.Generator().manual_seed(3))
+    order = torch.randperm(64, generator=torch.Generator().manual_seed(3))
+    cut = (seen[0] == 0) & (x[order] != 0)
+    assert torch.equal(seen[0][~cut], x[order][~cut]) and 0 < cut.sum(dim=(1, 2, 3)).max() <= 64

@@ -44,12 +44,17 @@ def test_short_training_learns_writes_run_dir_and_is_reproducible(tmp_path):
     assert not torch.equal(weights(tmp_path / "a")["dense1.kernel"], weights(tmp_path / "c")["dense1.kernel"])
 
 
+EVERY_SETTING = dict(lookahead=True, cutout=6, alternate_flip=True, bn_bias_lr=8.0, dirac=True, bn_weight=False,
+                     bn_momentum=0.4, tta_shift=1)  # every recipe setting that keeps state or draws
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", list(models.REGISTRY))
-def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, name):
-    """Every model's recipe: its augmentation draws, schedule and optimizer state continue exactly."""
+@pytest.mark.parametrize("name, settings", [(name, {}) for name in models.REGISTRY] + [("fast-cnn", EVERY_SETTING)])
+def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, name, settings):
+    """Every model's recipe: its augmentation draws, schedule, averaged weights and optimizer state continue
+    exactly."""
     require_real_data()
-    config = configs.TrainConfig.for_model(name, epochs=3, seed=1, **QUICK)
+    config = configs.TrainConfig.for_model(name, epochs=3, seed=1, **QUICK, **settings)
     training.fit(config, tmp_path / "straight")
 
     def interrupt_after_first_epoch(row):

@@ -7,6 +7,7 @@ machine affects both alike. The floor is the step's convolutions and matrix prod
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 import time
@@ -137,7 +138,7 @@ def time_epoch(name: str, num_train: int, num_val: int, batch_size: int, device:
                                        plan=training.plan_epoch(config, 0, images[:num_train], state.lookahead))
     loss.item()  # waits for the device
     middle = time.perf_counter()
-    inference.evaluate(models.evaluation_form(network, config.tta, config.tta_shift), images[num_train:], labels[num_train:])
+    training.validate(network, dataclasses.replace(config, precision=precision), images[num_train:], labels[num_train:])
     return middle - start, time.perf_counter() - middle
 
 

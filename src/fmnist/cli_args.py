@@ -74,6 +74,8 @@ def add_recipe_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
                        help="mirror a random half of the training images each epoch")
     group.add_argument("--shift", type=int, default=None, help="move each training image up to N pixels")
+    group.add_argument("--cutout", type=int, default=None,
+                       help="zero an N x N square of each training image at a random place, e.g. 8")
     group.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                        help="evaluate and predict on the mean of each image and its mirror")
     group.add_argument("--tta-shift", type=int, default=None,

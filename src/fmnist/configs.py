@@ -51,6 +51,7 @@ class Recipe:
     label_smoothing: float = REPORT["label_smoothing"]
     flip: bool = REPORT["flip"]         # augmentation: mirror half the training images, drawn anew each epoch
     shift: int = REPORT["shift"]        # augmentation: move each training image up to this many pixels
+    cutout: int = 0                     # augmentation: zero a square of this side at a random place
     tta: bool = REPORT["tta"]           # evaluate and predict on the mean of each image and its mirror
     tta_shift: int = 0                  # TTA: also both moved diagonally by -N and +N pixels (6 views)
     alternate_flip: bool = False        # flip: each image mirrored on every other epoch (from a random start)
@@ -90,6 +91,8 @@ class Recipe:
             raise ValueError("weight decay, warm-up and label smoothing must be in [0, 1)")
         if not (0 <= self.shift <= data.MAX_SHIFT and 0 <= self.tta_shift <= data.MAX_SHIFT):
             raise ValueError(f"shift and tta_shift must be 0..{data.MAX_SHIFT} pixels, got {self.shift}, {self.tta_shift}")
+        if not 0 <= self.cutout <= data.IMAGE_SIZE // 2:
+            raise ValueError(f"cutout must be 0..{data.IMAGE_SIZE // 2} pixels, got {self.cutout}")
         if self.whiten_bias_epochs < 0:
             raise ValueError(f"whiten_bias_epochs must be >= 0, got {self.whiten_bias_epochs}")
         if not 0 < self.bn_bias_lr <= 1000 or not 0 < self.bn_momentum <= 1:
@@ -105,6 +108,7 @@ class Recipe:
         parts += [f"label smoothing {self.label_smoothing:g}"] if self.label_smoothing else []
         parts += [f"dropout {self.dropout:g}"] if self.dropout else []
         augmentation = ["flips"] * self.flip + [f"shifts ±{self.shift} px"] * bool(self.shift)
+        augmentation += [f"cutout {self.cutout}x{self.cutout}"] * bool(self.cutout)
         parts += [" + ".join(augmentation)] if augmentation else []
         parts += [f"BatchNorm biases at {self.bn_bias_lr:g}x the rate"] if self.bn_bias_lr != 1 else []
         parts += ["BatchNorm scales frozen"] if not self.bn_weight else []

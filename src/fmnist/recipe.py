@@ -25,10 +25,10 @@ BETA_1, BETA_2, EPSILON, ADAM_LEARNING_RATE = 0.9, 0.999, 1e-7, 1e-3  # Keras's 
 # ---------------------------------------------------------------------------------------------
 # Augmentation
 def augment(images: torch.Tensor, generator: torch.Generator, flip: bool, shift: int,
-            mirrored: torch.Tensor | None = None) -> torch.Tensor:
-    """Each image mirrored with probability 1/2 (if `flip`; or exactly where `mirrored` says) and moved by
-    up to `shift` pixels in each direction (uniform, zeros fill in), as new images. Nothing is drawn when
-    neither is asked for."""
+            mirrored: torch.Tensor | None = None, cutout: int = 0) -> torch.Tensor:
+    """Each image mirrored with probability 1/2 (if `flip`; or exactly where `mirrored` says), moved by
+    up to `shift` pixels in each direction (uniform, zeros fill in), and with a `cutout`-pixel square
+    zeroed, as new images. Nothing is drawn for what is not asked for."""
     n = len(images)
     if flip and mirrored is None:
         mirrored = torch.rand(n, generator=generator) < 0.5               # (N,)
@@ -37,7 +37,29 @@ def augment(images: torch.Tensor, generator: torch.Generator, flip: bool, shift:
     if shift:
         offsets = torch.randint(0, 2 * shift + 1, (n, 2), generator=generator)  # (N, 2): (dy, dx) + shift
         images = translate(images, offsets.to(images.device), shift)
+    if cutout:
+        corners = torch.randint(-(cutout - 1), images.shape[1], (n, 2), generator=generator)  # (N, 2): may overhang
+        images = images * ~cutout_masks(corners.to(images.device), cutout, images.shape[1])[..., None]
     return images
+
+
+def cutout_masks(corners: torch.Tensor, size: int, side: int) -> torch.Tensor:
+    """(N, side, side) bools: True inside each image's size x size square whose top-left corner is
+    corners[i] (row, column; it may lie off the image, so that edges are cut as often as the middle)."""
+    positions = torch.arange(side, device=corners.device)
+    rows = (positions >= corners[:, :1]) & (positions < corners[:, :1] + size)   # (N, side)
+    columns = (positions >= corners[:, 1:]) & (positions < corners[:, 1:] + size)
+    return rows[:, :, None] & columns[:, None, :]
+
+
+def cutout_reference(images: torch.Tensor, corners: torch.Tensor, size: int) -> torch.Tensor:
+    """The plain form: each image's square zeroed pixel by pixel."""
+    out = images.clone()
+    for i, (top, left) in enumerate(corners.tolist()):
+        for row in range(max(0, top), min(images.shape[1], top + size)):
+            for column in range(max(0, left), min(images.shape[2], left + size)):
+                out[i, row, column] = 0
+    return out
 
 
 def translate(images: torch.Tensor, offsets: torch.Tensor, shift: int) -> torch.Tensor:
