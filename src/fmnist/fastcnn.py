@@ -31,27 +31,34 @@ def conv_bn_relu(in_channels: int, out_channels: int) -> list[nn.Module]:
             nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
 
 
-class FastCNN(nn.Module):
-    """Input (N, 28, 28, 1) floats in [0, 1]; output (N, 10) logits."""
+class FlatHeadCNN(nn.Module):
+    """A convolutional feature stack and a linear head over its flattened last map, channels-last
+    throughout: the NHWC input is a free view of it, and so is the flatten (fast-cnn's, res95's)."""
 
-    def __init__(self, dropout: float = 0.0, stages: tuple[tuple[int, ...], ...] = STAGES):
+    def __init__(self, features: nn.Sequential, channels: int, side: int, dropout: float):
         super().__init__()
-        layers, channels = [], 1
-        for index, widths in enumerate(stages):
-            layers += [nn.MaxPool2d(2)] if index else []
-            for width in widths:
-                layers += conv_bn_relu(channels, width)
-                channels = width
-        side = data.IMAGE_SIZE // 2 ** (len(stages) - 1)
-        self.features = nn.Sequential(*layers)
+        self.features = features
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(side * side * channels, data.NUM_CLASSES)
         self.to(memory_format=torch.channels_last)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x.permute(0, 3, 1, 2))   # NHWC -> NCHW view with channels-last memory: no copy
-        x = x.permute(0, 2, 3, 1).flatten(1)       # (N, 7*7*C) in (row, column, channel) order: no copy
+        x = x.permute(0, 2, 3, 1).flatten(1)       # (N, side*side*C) in (row, column, channel) order: no copy
         return self.head(self.dropout(x))
+
+
+class FastCNN(FlatHeadCNN):
+    """Input (N, 28, 28, 1) floats in [0, 1]; output (N, 10) logits."""
+
+    def __init__(self, dropout: float = 0.0, stages: tuple[tuple[int, ...], ...] = STAGES):
+        layers, channels = [], 1
+        for index, widths in enumerate(stages):
+            layers += [nn.MaxPool2d(2)] if index else []
+            for width in widths:
+                layers += conv_bn_relu(channels, width)
+                channels = width
+        super().__init__(nn.Sequential(*layers), channels, data.IMAGE_SIZE // 2 ** (len(stages) - 1), dropout)
 
     def for_inference(self) -> "FastCNN":
         """A copy computing the same function in eval mode with each BatchNorm folded into the convolution

@@ -64,7 +64,7 @@ WHITENED = ModelSpec("whitened-cnn", fastcnn.WHITENED_ARCHITECTURE, fastcnn.Whit
 RES95 = ModelSpec("res95", resnet.ARCHITECTURE, resnet.ResCNN,
                   "the accuracy tier: a small residual network (32 channels at 28x28, 64 at 14x14, 128 at 7x7, "
                   "a residual block of two convs at each), for the best accuracy a CPU reaches in minutes",
-                  recipe={**CNN94.recipe, "epochs": 40, "shift": 2, "cutout": 8, "bn_weight": True,
+                  recipe={**CNN94.recipe, "epochs": 36, "shift": 2, "cutout": 8, "bn_weight": True,
                           "bn_momentum": 0.1}, bf16=True, plain=resnet.PlainResCNN)
 REGISTRY = {spec.name: spec for spec in (SEED, FAST, CNN94, RES95, WHITENED)}
 DEFAULT = SEED.name

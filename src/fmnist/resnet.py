@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from fmnist import data
+from fmnist.fastcnn import FlatHeadCNN
 
 ARCHITECTURE = "res95-v1"  # recorded in weights, checkpoints and ONNX files; bump if the layout changes
 WIDTHS = (32, 64, 128)     # C0 (stem, 28x28), C1 (14x14), C2 (7x7)
@@ -38,25 +39,16 @@ class Residual(nn.Module):
         return torch.relu(x + self.second(torch.relu(self.first(x))))
 
 
-class ResCNN(nn.Module):
+class ResCNN(FlatHeadCNN):
     """Input (N, 28, 28, 1) floats in [0, 1]; output (N, 10) logits."""
 
     def __init__(self, dropout: float = 0.0, widths: tuple[int, int, int] = WIDTHS):
-        super().__init__()
         c0, c1, c2 = widths
-        self.features = nn.Sequential(
+        features = nn.Sequential(
             conv_bn(1, c0), nn.ReLU(inplace=True), nn.MaxPool2d(2),
             conv_bn(c0, c1), nn.ReLU(inplace=True), Residual(c1), nn.MaxPool2d(2),
             conv_bn(c1, c2), nn.ReLU(inplace=True), Residual(c2))
-        side = data.IMAGE_SIZE // 4
-        self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(side * side * c2, data.NUM_CLASSES)
-        self.to(memory_format=torch.channels_last)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.features(x.permute(0, 3, 1, 2))   # NHWC -> NCHW view with channels-last memory: no copy
-        x = x.permute(0, 2, 3, 1).flatten(1)       # (N, 7*7*C2) in (row, column, channel) order: no copy
-        return self.head(self.dropout(x))
+        super().__init__(features, c2, data.IMAGE_SIZE // 4, dropout)
 
     def for_inference(self) -> "ResCNN":
         """A copy computing the same function in eval mode with every BatchNorm folded into its conv
