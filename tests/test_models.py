@@ -157,10 +157,12 @@ def test_layer_table_of_the_seed_and_of_any_network():
                                          ("2 (ReLU)", "(None, 16)", 0), ("3 (Linear)", "(None, 10)", 170)]
 
 
-def test_fast_cnn_inference_form_is_the_same_function():
+@pytest.mark.parametrize("name", [name for name, spec in models.REGISTRY.items()
+                                  if hasattr(spec.network, "for_inference")])
+def test_an_inference_form_is_the_same_function(name):
     """BatchNorm folded into the convolutions (for_inference) against the network as trained, in eval mode."""
     torch.manual_seed(0)
-    network = models.FAST.build(0.0)
+    network = models.get(name).build(0.0)
     network.train()(torch.rand(256, 28, 28, 1))  # running statistics away from their initial values
     x = torch.rand(16, 28, 28, 1)
     with torch.no_grad():

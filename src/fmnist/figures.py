@@ -138,7 +138,7 @@ def frontier(curves: dict[str, list[list[dict]]], finals: dict[str, tuple[float,
     low = min([reference] + [mean for _, mean, _ in finals.values()]) - 0.02
     axis.set_ylim(max(0.5, low), None)
     axis.grid(alpha=0.3, which="both")
-    axis.legend(fontsize=8, loc="lower right")
+    axis.legend(fontsize=8, loc="upper left")
     axis.set_title("Fashion-MNIST: accuracy against training time")
     figure.tight_layout()
     return save(figure, path)
