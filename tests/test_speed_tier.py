@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from fmnist import configs, errors, fastcnn, models, recipe, training
+from fmnist import configs, errors, fastcnn, inference, models, recipe, runs, training
 
 
 def images(n=16, seed=0):
@@ -206,3 +206,28 @@ def test_cutout_equals_its_plain_form_and_cuts_only_its_square():
     order = torch.randperm(64, generator=torch.Generator().manual_seed(3))
     cut = (seen[0] == 0) & (x[order] != 0)
     assert torch.equal(seen[0][~cut], x[order][~cut]) and 0 < cut.sum(dim=(1, 2, 3)).max() <= 64
+
+
+def test_validating_through_the_tta_only_after_the_last_epoch_watches_the_same_training(tmp_path):
+    """--validate-tta last: the epochs before the last are validated on the network alone (one view), the
+    last through the model's 6-view TTA, and the weights learned are those of a run validated every epoch."""
+    quick = {"epochs": 2, "limit": 600, "threads": 2, "precision": "fp32"}
+    every = training.fit(configs.TrainConfig.for_model("cnn94", **quick), tmp_path / "every")
+    plain = []
+
+    def validate_epoch_weights_alone(row):
+        network = models.CNN94.build(0.0)
+        network.load_state_dict(runs.load_checkpoint(tmp_path / "last" / runs.CHECKPOINT)["model"])
+        (_, _), (val_x, val_y) = training.prepare_data(config, torch.device("cpu"))
+        plain.append(inference.evaluate(models.evaluation_form(network, tta=False), val_x, val_y))
+
+    config = configs.TrainConfig.for_model("cnn94", validate_tta="last", **quick)
+    last = training.fit(config, tmp_path / "last", on_epoch=validate_epoch_weights_alone)
+    assert (last[0]["val_loss"], last[0]["val_accuracy"]) == plain[0]  # epoch 1: the network alone
+    assert last[0]["val_loss"] != every[0]["val_loss"]                 # ... which is not its 6 views
+    assert [(row["val_loss"], row["val_accuracy"]) for row in last[1:]] == \
+        [(row["val_loss"], row["val_accuracy"]) for row in every[1:]]   # the last epoch: through its TTA
+    weights = [runs.load_weights(tmp_path / name / runs.WEIGHTS)[0] for name in ("every", "last")]
+    assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
+    with pytest.raises(ValueError, match="validate_tta"):
+        configs.TrainConfig(validate_tta="sometimes")

@@ -55,6 +55,10 @@ def add_train_options(parser: argparse.ArgumentParser, several_models: bool = Fa
     parser.add_argument("--precision", choices=configs.PRECISIONS, default=None,
                         help="bf16 autocast, fp32, or auto: bf16 for models measured to hold their accuracy in "
                              "it, where the CPU (AMX, AVX512-BF16) or GPU computes it natively (default: auto)")
+    parser.add_argument("--validate-tta", choices=configs.VALIDATE_TTA, default="every",
+                        help="validate through the model's test-time augmentation every epoch, or only after the "
+                             "last (the network alone before it: cnn94's 6 views cost a third of its epoch; the "
+                             "weights are the same) (default: every)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar (default: off)")
     add_recipe_options(parser)
     add_data_options(parser)

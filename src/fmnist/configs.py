@@ -22,6 +22,7 @@ from fmnist import data, errors, machine, models, recipe, runs
 REPORT = models.SEED.recipe  # the report's settings: the seed model's recipe, Recipe's defaults
 PRECISIONS = ("auto", "fp32", "bf16")  # bf16: autocast, weights and optimizer stay float32; auto: choose_precision
 DEVICES = ("auto", "cpu", "cuda")  # or cuda:N
+VALIDATE_TTA = ("every", "last")  # per-epoch validation through the model's TTA every epoch, or only after the last
 
 
 def check_types(settings) -> None:
@@ -143,6 +144,8 @@ class Runtime:
     limit: int | None = None     # use only the first `limit` training images (quick runs, tests)
     data_dir: str | None = None  # None: data.load's search (FMNIST_DATA, Debian's package, the cache)
     precision: str = "auto"      # auto | fp32 | bf16: see choose_precision; config.json records the choice
+    validate_tta: str = "every"  # every | last: epochs before the last validate the network alone (one view:
+    # cnn94's 6 views cost a third of its epoch); the weights learned are the same either way
 
     def __post_init__(self):
         check_types(self)
@@ -153,6 +156,8 @@ class Runtime:
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.validate_tta not in VALIDATE_TTA:
+            raise ValueError(f"validate_tta must be one of {', '.join(VALIDATE_TTA)}, got {self.validate_tta!r}")
         if self.threads is not None and self.threads < 1 or self.limit is not None and self.limit < 2:
             raise ValueError("threads must be >= 1 and limit >= 2")
 

@@ -3,7 +3,8 @@
     RUN/
       config.json            the resolved training configuration, plus machine and versions
       history.json           one entry per finished epoch: loss, accuracy, val_loss, val_accuracy, seconds,
-                             elapsed (cumulative seconds of training and validation, across resumes)
+                             elapsed (cumulative seconds of training and validation, across resumes); val_*
+                             through the model's TTA (config validate_tta "last": only the last epoch's)
       model.safetensors      final weights; header metadata: architecture, class names, preprocessing,
                              tta ("flip": predictions average each image and its mirror; absent: none),
                              tta_shift (N: and both moved diagonally by ±N pixels; absent: 0)
