@@ -4,10 +4,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import zipfile
 import signal
+import stat
 import subprocess
 import sys
+import zipfile
 
 import numpy as np
 import PIL.Image
@@ -44,8 +45,8 @@ def test_short_training_learns_writes_run_dir_and_is_reproducible(tmp_path):
     assert not torch.equal(weights(tmp_path / "a")["dense1.kernel"], weights(tmp_path / "c")["dense1.kernel"])
 
 
-EVERY_SETTING = dict(lookahead=True, cutout=6, alternate_flip=True, bn_bias_lr=8.0, dirac=True, bn_weight=False,
-                     bn_momentum=0.4, tta_shift=1)  # every recipe setting that keeps state or draws
+EVERY_SETTING = dict(lookahead=True, cutout=6, alternate_flip=True, bn_bias_lr=8.0, dirac=True, bn_weight=False, optimizer="muon",
+                     muon_lr=0.5, bn_momentum=0.4, tta_shift=1)  # every recipe setting that keeps state or draws
 
 
 @pytest.mark.slow
@@ -99,6 +100,17 @@ def test_non_finite_loss_stops_with_clear_error_and_keeps_checkpoint(tmp_path):
     with pytest.raises(errors.FmnistError, match="training loss became"):
         training.fit(configs.TrainConfig(epochs=2, learning_rate=1e6, **QUICK), tmp_path)
     assert runs.load_checkpoint(tmp_path / runs.CHECKPOINT)["epoch"] == 0
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600)])
+def test_run_files_get_the_permissions_open_would_give(tmp_path, umask, mode):
+    """Written through a temp file (mkstemp's are 0o600) yet readable as any new file is: the umask decides."""
+    previous = os.umask(umask)
+    try:
+        path = runs.write_json(tmp_path / "run" / runs.CONFIG, {"seed": 0})
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(path.stat().st_mode) == mode
 
 
 def test_keras_adam_matches_keras_update_rule():

@@ -53,14 +53,22 @@ MAX_JSON_BYTES = 16 << 20   # config, history, metrics: a 1,000-epoch history is
 PREPROCESSING = "grayscale uint8 28x28, light object on dark background, divided by 255; input (N, 28, 28, 1) float32"
 
 
+def file_mode() -> int:
+    """What open() gives a new file: 0o666 less the process's umask (mkstemp's temp files are 0o600)."""
+    umask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def write_atomic(path: Path, write) -> Path:
-    """Call write(temp_path), then rename the temp file onto `path`."""
+    """Call write(temp_path), then rename the temp file onto `path`, with the permissions open() would give."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
