@@ -33,6 +33,8 @@ ROWS = [
     ("whitening stem", {"model": "whitened-cnn"}),
     ("BatchNorm momentum 0.4", {"bn-momentum": 0.4}),
     ("Lookahead", {"lookahead": True}),
+    ("Muon for the conv filters, 0.5x the rate", {"optimizer": "muon", "muon-lr": 0.5}),
+    ("Muon for the conv filters, 0.2x the rate", {"optimizer": "muon", "muon-lr": 0.2}),
 ]
 BASE = "fast-cnn"  # every row starts from this model's recipe, each setting passed explicitly
 

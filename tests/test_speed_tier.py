@@ -1,5 +1,7 @@
 """The speed tier's pieces against their plain forms: multi-view TTA, alternating flips, BatchNorm settings,
 identity initialisation, and the precision chosen from the CPU's features."""
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -231,3 +233,42 @@ def test_validating_through_the_tta_only_after_the_last_epoch_watches_the_same_t
     assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
     with pytest.raises(ValueError, match="validate_tta"):
         configs.TrainConfig(validate_tta="sometimes")
+
+
+@pytest.mark.parametrize("shape", [(16, 9), (64, 576), (288, 32)])
+def test_orthogonalised_keeps_the_singular_vectors_and_evens_out_the_values(shape):
+    matrix = torch.randn(shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    u, _, vt = torch.linalg.svd(matrix, full_matrices=False)
+    in_its_basis = u.T @ recipe.orthogonalised(matrix) @ vt.T  # diagonal: the same U and V
+    values = torch.diagonal(in_its_basis)
+    torch.testing.assert_close(in_its_basis, torch.diag(values), rtol=0, atol=1e-6)
+    assert 0.6 < values.min() and values.max() < 1.25  # every direction at about the same size
+
+
+def test_muon_steps_the_conv_filters_by_its_formula_and_the_rest_by_sgd():
+    torch.manual_seed(0)
+    network = fastcnn.FastCNN()
+    reference = copy.deepcopy(network)
+    optimizer = recipe.make_optimizer(network, "muon", 0.1, 5e-4, muon_lr=0.5)
+    sgd = recipe.make_optimizer(reference, "sgd", 0.1, 5e-4)  # updates the other parameters as Muon must
+    filters = [p for p in reference.parameters() if p.ndim == 4]
+    buffers = [torch.zeros_like(p) for p in filters]
+    for step in range(2):
+        x, y = images(32, seed=step), torch.arange(32) % 10
+        for net in (network, reference):
+            nn.functional.cross_entropy(net(x), y).backward()
+        optimizer.step()
+        with torch.no_grad():  # Muon, written out: momentum, Nesterov, renormalise, orthogonalised step
+            for p, buffer in zip(filters, buffers):
+                buffer.mul_(recipe.MUON_MOMENTUM).add_(p.grad)
+                direction = (p.grad + recipe.MUON_MOMENTUM * buffer).reshape(len(p), -1)
+                p.mul_(len(p) ** 0.5 / p.norm()).sub_(0.05 * recipe.orthogonalised(direction).view_as(p))
+                p.grad = None
+        sgd.step()
+        for net in (network, reference):
+            net.zero_grad(set_to_none=True)
+    for (name, mine), theirs in zip(network.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(mine, theirs, rtol=0, atol=1e-6, msg=name)
+    muon = [group for group in optimizer.param_groups if group.get("muon")]
+    assert len(muon) == 1 and muon[0]["weight_decay"] == 0 and muon[0]["lr"] == pytest.approx(0.05)
+    assert {id(p) for p in muon[0]["params"]} == {id(p) for p in network.parameters() if p.ndim == 4}

@@ -69,7 +69,8 @@ def add_recipe_options(parser: argparse.ArgumentParser) -> None:
 
     group = parser.add_argument_group("recipe (each default: the model's recipe, see `fmnist models`)")
     group.add_argument("--optimizer", choices=recipe.OPTIMIZERS, default=None,
-                       help=f"adam (Keras's, the report's), sgd (Nesterov momentum {recipe.MOMENTUM:g}) or adamw")
+                       help=f"adam (Keras's, the report's), sgd (Nesterov momentum {recipe.MOMENTUM:g}), adamw, or "
+                            "muon (orthogonalised updates for the conv filters, sgd for the rest)")
     group.add_argument("--weight-decay", type=float, default=None, help="on weights, not biases or BatchNorm")
     group.add_argument("--schedule", choices=recipe.SCHEDULES, default=None,
                        help="constant, or onecycle: linear warm-up to --learning-rate, then linear decay to 0")
@@ -88,6 +89,8 @@ def add_recipe_options(parser: argparse.ArgumentParser) -> None:
                        help="with --flip: mirror each image on every other epoch instead of at random")
     group.add_argument("--bn-bias-lr", type=float, default=None,
                        help="BatchNorm biases learn at this multiple of the learning rate, e.g. 64")
+    group.add_argument("--muon-lr", type=float, default=None,
+                       help="--optimizer muon: the conv filters learn at this multiple of the learning rate")
     group.add_argument("--bn-weight", action=argparse.BooleanOptionalAction, default=None,
                        help="train BatchNorm scales (--no-bn-weight: frozen at 1)")
     group.add_argument("--dirac", action=argparse.BooleanOptionalAction, default=None,

@@ -45,7 +45,7 @@ class Recipe:
     learning_rate: float = REPORT["learning_rate"]
     validation_fraction: float = REPORT["validation_fraction"]
     dropout: float = REPORT["dropout"]
-    optimizer: str = REPORT["optimizer"]          # adam (Keras's) | sgd (Nesterov momentum) | adamw
+    optimizer: str = REPORT["optimizer"]          # adam (Keras's) | sgd (Nesterov momentum) | adamw | muon
     weight_decay: float = REPORT["weight_decay"]  # on weights only, not biases or BatchNorm
     schedule: str = REPORT["schedule"]  # constant | onecycle (linear warm-up to learning_rate, linear decay to 0)
     warmup: float = REPORT["warmup"]    # one-cycle: the fraction of all steps spent warming up
@@ -57,9 +57,10 @@ class Recipe:
     tta_shift: int = 0                  # TTA: also both moved diagonally by -N and +N pixels (6 views)
     alternate_flip: bool = False        # flip: each image mirrored on every other epoch (from a random start)
     bn_bias_lr: float = 1.0             # BatchNorm biases learn at this multiple of the learning rate
+    muon_lr: float = 1.0                # --optimizer muon: the conv filters learn at this multiple of it
     bn_weight: bool = True              # False: BatchNorm scales stay frozen at 1
     dirac: bool = False                 # initialise each conv's first in-channels filters as the identity
-    bn_momentum: float = 0.1            # BatchNorm's running statistics: the weight of each new batch
+    bn_momentum: float = recipe.BN_MOMENTUM  # BatchNorm's running statistics: the weight of each new batch
     lookahead: bool = False             # average the weights along the way (recipe.Lookahead)
     whiten_bias_epochs: int = 3         # a whitening stem's bias (cnn94) trains this many epochs, then stays
 
@@ -96,13 +97,16 @@ class Recipe:
             raise ValueError(f"cutout must be 0..{data.IMAGE_SIZE // 2} pixels, got {self.cutout}")
         if self.whiten_bias_epochs < 0:
             raise ValueError(f"whiten_bias_epochs must be >= 0, got {self.whiten_bias_epochs}")
+        if not 0 < self.muon_lr <= 1000:
+            raise ValueError(f"muon_lr must be in (0, 1000], got {self.muon_lr}")
         if not 0 < self.bn_bias_lr <= 1000 or not 0 < self.bn_momentum <= 1:
             raise ValueError(f"bn_bias_lr must be in (0, 1000] and bn_momentum in (0, 1], "
                              f"got {self.bn_bias_lr}, {self.bn_momentum}")
 
     def describe(self) -> str:
         """The main settings, in one line (`fmnist models`, the report)."""
-        optimizer = {"adam": "Adam (Keras)", "sgd": "SGD Nesterov", "adamw": "AdamW"}[self.optimizer]
+        optimizer = {"adam": "Adam (Keras)", "sgd": "SGD Nesterov", "adamw": "AdamW",
+                     "muon": f"Muon (conv filters, {self.muon_lr:g}x the rate) + SGD Nesterov"}[self.optimizer]
         parts = [f"{self.epochs} epochs", f"batch {self.batch_size}", f"{optimizer} lr {self.learning_rate:g}"]
         parts += [f"weight decay {self.weight_decay:g}"] if self.weight_decay else []
         parts += [f"one-cycle ({self.warmup:.0%} warm-up)"] if self.schedule == "onecycle" else []
@@ -115,13 +119,14 @@ class Recipe:
         parts += ["BatchNorm scales frozen"] if not self.bn_weight else []
         parts += ["identity-initialised convs"] if self.dirac else []
         parts += ["alternating flips"] if self.alternate_flip else []
-        parts += [f"BatchNorm momentum {self.bn_momentum:g}"] if self.bn_momentum != 0.1 else []
+        parts += [f"BatchNorm momentum {self.bn_momentum:g}"] if self.bn_momentum != recipe.BN_MOMENTUM else []
         parts += ["Lookahead"] if self.lookahead else []
         parts += ([f"6-view TTA (flip x ±{self.tta_shift} px)"] if self.tta_shift else ["flip TTA"]) if self.tta else []
         return ", ".join(parts)
 
     def build_optimizer(self, network) -> torch.optim.Optimizer:
-        return recipe.make_optimizer(network, self.optimizer, self.learning_rate, self.weight_decay, self.bn_bias_lr)
+        return recipe.make_optimizer(network, self.optimizer, self.learning_rate, self.weight_decay, self.bn_bias_lr,
+                                     self.muon_lr)
 
     def schedule_of(self, steps_per_epoch: int) -> Callable[[int], float] | None:
         """Global step -> learning rate; None for a constant rate (nothing to set per step)."""

@@ -2,8 +2,9 @@
 
 - `augment`: random horizontal flips and translations, drawn once per epoch for the whole (shuffled)
   training set from the run's shuffling generator, so a resumed run draws the same images.
-- `KerasAdam`, `make_optimizer`: Keras's Adam (the seed's), SGD with Nesterov momentum, or AdamW; weight decay
-  applies to weights only (not to biases or BatchNorm's scale and shift).
+- `KerasAdam`, `make_optimizer`: Keras's Adam (the seed's), SGD with Nesterov momentum, AdamW, or Muon for
+  the conv filters beside SGD for the rest; weight decay applies to weights only (not to biases or
+  BatchNorm's scale and shift).
 - `learning_rate`: constant, or one-cycle (linear warm-up from 0 to the peak, linear decay to 0), a
   function of the global step: nothing to checkpoint, and a resumed run continues on the same curve.
 Images are NHWC (N, 28, 28, 1) as everywhere in fmnist: width, the flipped axis, is dim 2.
@@ -16,9 +17,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-OPTIMIZERS = ("adam", "sgd", "adamw")
+OPTIMIZERS = ("adam", "sgd", "adamw", "muon")
 SCHEDULES = ("constant", "onecycle")
 MOMENTUM = 0.9  # SGD's; AdamW uses the seed's Adam betas
+BN_MOMENTUM = 0.1  # PyTorch's BatchNorm default: what a recipe's bn_momentum leaves as it is
+MUON_MOMENTUM = 0.6  # airbench94_muon's (Nesterov)
+NEWTON_SCHULZ = (3.4445, -4.7750, 2.0315)  # Muon's quintic: singular values to ~[0.7, 1.2] in 5 steps
 BETA_1, BETA_2, EPSILON, ADAM_LEARNING_RATE = 0.9, 0.999, 1e-7, 1e-3  # Keras's Adam defaults
 
 
@@ -170,20 +174,62 @@ def parameter_groups(network: nn.Module, weight_decay: float, bn_bias_lr: float 
 
 
 def make_optimizer(network: nn.Module, name: str, learning_rate: float, weight_decay: float,
-                   bn_bias_lr: float = 1.0) -> torch.optim.Optimizer:
-    """Adam is the seed's (Keras's, one group, as the report); the others group the parameters."""
+                   bn_bias_lr: float = 1.0, muon_lr: float = 1.0) -> torch.optim.Optimizer:
+    """Adam is the seed's (Keras's, one group, as the report); the others group the parameters (Muon: the
+    conv filters in a group of their own at `muon_lr` times the rate, without weight decay)."""
     if name == "adam":
         if weight_decay or bn_bias_lr != 1.0:
             raise ValueError("Keras's Adam takes no weight decay or BatchNorm rate: use --optimizer adamw or sgd")
         return KerasAdam(network.parameters(), lr=learning_rate, fused=True)  # fused: one kernel for all parameters
     groups = parameter_groups(network, weight_decay, bn_bias_lr)
+    if name == "muon":
+        filters = [p for p in groups[0]["params"] if p.ndim == 4]
+        groups[0]["params"] = [p for p in groups[0]["params"] if p.ndim != 4]
+        groups.append({"params": filters, "weight_decay": 0.0, "lr_scale": muon_lr, "muon": True})
     for group in groups:
         group["lr"] = learning_rate * group["lr_scale"]
-    if name == "sgd":
-        return torch.optim.SGD(groups, lr=learning_rate, momentum=MOMENTUM, nesterov=True)
+    if name in ("sgd", "muon"):
+        return (Muon if name == "muon" else torch.optim.SGD)(groups, lr=learning_rate, momentum=MOMENTUM, nesterov=True)
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=learning_rate, fused=True)
     raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
+
+
+def orthogonalised(matrix: torch.Tensor, steps: int = 5) -> torch.Tensor:
+    """≈ U Vᵀ of the matrix's SVD U S Vᵀ (every singular value pushed to ~[0.7, 1.2]), by Muon's quintic
+    Newton-Schulz iteration: x ← a·x + (b·xxᵀ + c·(xxᵀ)²)·x, from x scaled to norm 1, on the wide side."""
+    a, b, c = NEWTON_SCHULZ
+    tall = matrix.shape[0] > matrix.shape[1]
+    x = matrix.T if tall else matrix                   # (rows <= columns): the Gram matrix is the small one
+    x = x / (x.norm() + 1e-7)
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x.T if tall else x
+
+
+class Muon(torch.optim.SGD):
+    """SGD with Nesterov momentum, except in groups marked "muon" (conv filters; airbench94_muon's Muon):
+    there buf = m·buf + g, d = g + m·buf (m = MUON_MOMENTUM), the filter bank is rescaled to norm
+    sqrt(out channels) (the BatchNorm after it makes its scale irrelevant: this replaces weight decay), and
+    w -= lr · orthogonalised(d as (out, in·kh·kw)). Their gradients are used up (set to None) before SGD
+    steps the other groups."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            if not group.get("muon"):
+                continue
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                buffer = self.state[p].setdefault("muon_buffer", torch.zeros_like(p))
+                buffer.mul_(MUON_MOMENTUM).add_(p.grad)
+                direction = p.grad.add(buffer, alpha=MUON_MOMENTUM)
+                p.mul_(len(p) ** 0.5 / p.norm())
+                p.add_(orthogonalised(direction.reshape(len(p), -1)).view_as(p), alpha=-group["lr"])
+                p.grad = None
+        return super().step(closure)
 
 
 class Lookahead:
