@@ -35,6 +35,7 @@ ROWS = [
     ("Lookahead", {"lookahead": True}),
     ("Muon for the conv filters, 0.5x the rate", {"optimizer": "muon", "muon-lr": 0.5}),
     ("Muon for the conv filters, 0.2x the rate", {"optimizer": "muon", "muon-lr": 0.2}),
+    ("Muon for the conv filters, 1x the rate", {"optimizer": "muon", "muon-lr": 1.0}),
 ]
 BASE = "fast-cnn"  # every row starts from this model's recipe, each setting passed explicitly
 
