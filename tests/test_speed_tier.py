@@ -4,6 +4,7 @@ import copy
 
 import pytest
 import torch
+from conftest import require_real_data
 from torch import nn
 
 from fmnist import configs, errors, fastcnn, inference, models, recipe, runs, training
@@ -213,6 +214,7 @@ def test_cutout_equals_its_plain_form_and_cuts_only_its_square():
 def test_validating_through_the_tta_only_after_the_last_epoch_watches_the_same_training(tmp_path):
     """--validate-tta last: the epochs before the last are validated on the network alone (one view), the
     last through the model's 6-view TTA, and the weights learned are those of a run validated every epoch."""
+    require_real_data()
     quick = {"epochs": 2, "limit": 600, "threads": 2, "precision": "fp32"}
     every = training.fit(configs.TrainConfig.for_model("cnn94", **quick), tmp_path / "every")
     plain = []
