@@ -171,3 +171,6 @@ def test_bad_sweeps_are_one_line(tmp_path, capsys):
     (tmp_path / "broken.toml").write_text("model = \n")
     code, _, err = run_cli(capsys, "sweep", "--file", tmp_path / "broken.toml", "--out", tmp_path)
     assert code == 2 and "not valid TOML" in err
+    code, _, err = run_cli(capsys, "sweep", "--vary", "learning_rate=0.1,0.2", "--set", "validation_fraction=0",
+                           "--out", tmp_path)
+    assert code == 2 and "a sweep chooses on validation" in err

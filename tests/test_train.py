@@ -131,10 +131,39 @@ def test_keras_adam_matches_keras_update_rule():
 
 
 def test_config_validation():
-    with pytest.raises(ValueError, match="validation fraction"):
-        configs.TrainConfig(validation_fraction=1.5)
+    for fraction in (1.5, 1.0, -0.1):
+        with pytest.raises(ValueError, match="validation fraction"):
+            configs.TrainConfig(validation_fraction=fraction)
     with pytest.raises(ValueError, match="device"):
         configs.TrainConfig(device="tpu")
+
+
+@pytest.mark.slow
+def test_validation_fraction_zero_trains_on_every_image_and_validates_nothing(tmp_path, capsys):
+    """A final fit: the same weights as a run whose training part is those very images, nothing validated
+    (null figures, no best weights), and every command still works on it."""
+    require_real_data()
+    final = tmp_path / "final"
+    code, out, _ = run_cli(capsys, "train", "--model", "cnn94", "--epochs", 2, "--limit", 600, "--threads", 2,
+                           "--validation-fraction", 0, "--quiet", "--out", final)
+    assert code == 0 and "val_accuracy" not in out and "nothing validated" in out
+    history = runs.read_history(final)
+    assert [row["steps"] for row in history] == [5, 5]  # ceil(600 / 128): every image trained on
+    assert all(row["val_loss"] is None and row["val_accuracy"] is None for row in history)
+    assert runs.validated(history) == [] and runs.time_to_accuracy(history, 0.1) is None
+    assert not (final / runs.BEST_WEIGHTS).exists()
+    held_out = configs.TrainConfig.for_model("cnn94", epochs=2, limit=750, threads=2)  # trains on the first 600
+    training.fit(held_out, tmp_path / "held-out")
+    assert_same_weights(final, tmp_path / "held-out")
+    code, out, _ = run_cli(capsys, "evaluate", final)
+    assert code == 0 and json.loads((final / runs.METRICS).read_text())["test"]["accuracy"] > 0.1
+    assert run_cli(capsys, "report", final)[0] == 0 and (final / "figures" / "learning_curves.png").is_file()
+    code, _, err = run_cli(capsys, "evaluate", final, "--weights", "best")
+    assert code != 0 and "use its final weights" in err
+    half = [{**history[0], "val_loss": None, "val_accuracy": 0.5}]  # one figure null, the other not: damaged
+    runs.write_json(final / runs.HISTORY, half)
+    with pytest.raises(errors.RunError, match="damaged"):
+        runs.read_history(final)
 
 
 @pytest.mark.slow

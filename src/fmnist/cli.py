@@ -66,7 +66,7 @@ def train_config(args):
 
 
 def cmd_train(args) -> int:
-    from fmnist import api, models
+    from fmnist import api, models, runs
 
     console.quiet = os.environ.get("RANK", "0") != "0"  # under torchrun only rank 0 speaks
     if args.resume:
@@ -80,9 +80,13 @@ def cmd_train(args) -> int:
         run = api.train(config, run_dir, show_progress=not args.quiet)
     if console.quiet:  # under torchrun, rank 0 reports (and only it has written the last epoch for sure)
         return 0
-    best = min(run.history, key=lambda row: row["val_loss"])
-    console.print(f"done: {run_dir} (lowest val_loss {best['val_loss']:.4f} at epoch {best['epoch']}); "
-                  f"next: fmnist evaluate {run_dir}")
+    validated = runs.validated(run.history)
+    if validated:
+        best = min(validated, key=lambda row: row["val_loss"])
+        done = f"lowest val_loss {best['val_loss']:.4f} at epoch {best['epoch']}"
+    else:
+        done = "trained on every training image: nothing validated"
+    console.print(f"done: {run_dir} ({done}); next: fmnist evaluate {run_dir}")
     return 0
 
 

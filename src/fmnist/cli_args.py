@@ -43,7 +43,8 @@ def add_train_options(parser: argparse.ArgumentParser, several_models: bool = Fa
     parser.add_argument("--learning-rate", type=float, default=None,
                         help="learning rate (default: the model's recipe)")
     parser.add_argument("--validation-fraction", type=float, default=None,
-                        help="last fraction of the training images held out, as Keras's validation_split "
+                        help="last fraction of the training images held out, as Keras's validation_split; "
+                             "0: a final fit on all 60,000, nothing validated "
                              "(default: the model's recipe; the report's 0.2)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--threads", type=int, default=None,

@@ -63,17 +63,21 @@ def predictions(images: np.ndarray, labels: np.ndarray, predicted: np.ndarray, p
 def learning_curves(history: list[dict], path: Path) -> Path:
     """Loss and accuracy per epoch, training vs validation, best validation epoch marked; and validation
     accuracy against elapsed seconds (time to accuracy)."""
-    epochs = [row["epoch"] for row in history]
-    best = min(history, key=lambda row: row["val_loss"])["epoch"]
+    epochs, validated = [row["epoch"] for row in history], runs.validated(history)
+    held_out = "validation" if validated else "training"  # a final fit on every image validates nothing
     figure, (loss_axis, accuracy_axis, time_axis) = plt.subplots(1, 3, figsize=(17, 4.5))
-    time_axis.plot(runs.elapsed(history), [row["val_accuracy"] for row in history], marker=".")
+    time_axis.plot(runs.elapsed(history), [row["val_accuracy" if validated else "accuracy"] for row in history],
+                   marker=".")
     time_axis.set_xlabel("seconds of training and validation")
-    time_axis.set_ylabel("validation accuracy")
+    time_axis.set_ylabel(f"{held_out} accuracy")
     time_axis.grid(alpha=0.3)
     for axis, key, label in ((loss_axis, "loss", "loss"), (accuracy_axis, "accuracy", "accuracy")):
         axis.plot(epochs, [row[key] for row in history], label=f"training {label}")
-        axis.plot(epochs, [row["val_" + key] for row in history], label=f"validation {label}")
-        axis.axvline(best, color="gray", linestyle="--", label=f"lowest validation loss (epoch {best})")
+        if validated:
+            best = min(validated, key=lambda row: row["val_loss"])["epoch"]
+            axis.plot([r["epoch"] for r in validated], [r["val_" + key] for r in validated],
+                      label=f"validation {label}")
+            axis.axvline(best, color="gray", linestyle="--", label=f"lowest validation loss (epoch {best})")
         axis.set_xlabel("epoch")
         axis.set_ylabel(label)
         axis.grid(alpha=0.3)
@@ -126,8 +130,9 @@ def frontier(curves: dict[str, list[list[dict]]], finals: dict[str, tuple[float,
     for index, (name, histories) in enumerate(curves.items()):
         color = f"C{index}"
         for seed, history in enumerate(histories):
-            axis.plot(runs.elapsed(history), [row["val_accuracy"] for row in history], color=color, alpha=0.35,
-                      linewidth=1, label=f"{name}: validation, per seed" if seed == 0 else None)
+            seconds = [t for row, t in zip(history, runs.elapsed(history)) if row["val_accuracy"] is not None]
+            axis.plot(seconds, [row["val_accuracy"] for row in runs.validated(history)], color=color, alpha=0.35,
+                      linewidth=1, label=f"{name}: validation, per seed" if seed == 0 and seconds else None)
         seconds, mean, sd = finals[name]
         axis.errorbar([seconds], [mean], yerr=[0 if np.isnan(sd) else sd], color=color, marker="o", capsize=4,
                       label=f"{name}: test {mean:.4f}" + ("" if np.isnan(sd) else f" ± {sd:.4f}"))

@@ -13,9 +13,12 @@ console = rich.console.Console(highlight=False, soft_wrap=True)  # never break a
 
 def keras_line(row: dict, epochs: int) -> str:
     """One fixed-format line per epoch, as Keras's fit(verbose=2) prints it."""
-    return (f"Epoch {row['epoch']}/{epochs} - {row['seconds']:.1f}s - "
+    line = (f"Epoch {row['epoch']}/{epochs} - {row['seconds']:.1f}s - "
             f"{1000 * row['train_seconds'] / row['steps']:.1f}ms/step - accuracy: {row['accuracy']:.4f} - "
-            f"loss: {row['loss']:.4f} - val_accuracy: {row['val_accuracy']:.4f} - val_loss: {row['val_loss']:.4f}")
+            f"loss: {row['loss']:.4f}")
+    if row["val_loss"] is None:  # nothing held out: Keras's line has no val_* either
+        return line
+    return line + f" - val_accuracy: {row['val_accuracy']:.4f} - val_loss: {row['val_loss']:.4f}"
 
 
 class EpochProgress:

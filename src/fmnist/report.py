@@ -50,6 +50,7 @@ def generalisation_note(metrics: dict, history: list[dict]) -> str:
             f"({test_m['loss'] / max(train_m['loss'], 1e-12):.1f}x); training accuracy {train_m['accuracy']:.4f} "
             f"against test accuracy {test_m['accuracy']:.4f} "
             f"(a gap of {100 * (train_m['accuracy'] - test_m['accuracy']):.1f} points). ")
+    history = runs.validated(history)  # a final fit on every image validates nothing
     if history:
         best = min(history, key=lambda row: row["val_loss"])
         last = history[-1]

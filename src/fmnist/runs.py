@@ -4,11 +4,12 @@
       config.json            the resolved training configuration, plus machine and versions
       history.json           one entry per finished epoch: loss, accuracy, val_loss, val_accuracy, seconds,
                              elapsed (cumulative seconds of training and validation, across resumes); val_*
-                             through the model's TTA (config validate_tta "last": only the last epoch's)
+                             through the model's TTA (config validate_tta "last": only the last epoch's);
+                             null where nothing was held out (config validation_fraction 0)
       model.safetensors      final weights; header metadata: architecture, class names, preprocessing,
                              tta ("flip": predictions average each image and its mirror; absent: none),
                              tta_shift (N: and both moved diagonally by ±N pixels; absent: 0)
-      best.safetensors       weights of the epoch with the lowest validation loss
+      best.safetensors       weights of the epoch with the lowest validation loss (none without validation)
       checkpoint.pt          model + optimizer + RNG states + epoch, to resume (read with weights_only)
       metrics.json           `fmnist evaluate`: train and test loss/accuracy, per-class table, confusion
       predictions.csv        `fmnist evaluate`: index, true, predicted, ten probabilities per test image
@@ -106,6 +107,7 @@ def read_config(run_dir: Path) -> dict:
 
 HISTORY_FIELDS = {"epoch": int, "loss": float, "accuracy": float, "val_loss": float, "val_accuracy": float,
                   "train_seconds": float, "seconds": float, "steps": int}
+UNVALIDATED = ("val_loss", "val_accuracy")  # null in a run that held nothing out (validation_fraction 0)
 
 
 def read_history(run_dir: Path) -> list[dict]:
@@ -130,17 +132,25 @@ def elapsed(history: list[dict]) -> list[float]:
     return out
 
 
+def validated(history: list[dict]) -> list[dict]:
+    """The rows that hold validation figures (none in a run that held nothing out)."""
+    return [row for row in history if row["val_loss"] is not None]
+
+
 def time_to_accuracy(history: list[dict], accuracy: float) -> float | None:
-    """Elapsed seconds when validation accuracy first reached `accuracy`; None if it never did."""
-    return next((seconds for row, seconds in zip(history, elapsed(history)) if row["val_accuracy"] >= accuracy),
-                None)
+    """Elapsed seconds when validation accuracy first reached `accuracy`; None if it never did (or nothing
+    was validated)."""
+    return next((seconds for row, seconds in zip(history, elapsed(history))
+                 if row["val_accuracy"] is not None and row["val_accuracy"] >= accuracy), None)
 
 
 def valid_row(row, epoch: int) -> bool:
-    def fits(value, kind) -> bool:  # JSON writes 1.0 as 1.0, but accept an int where a float belongs
+    def fits(key, value, kind) -> bool:  # JSON writes 1.0 as 1.0, but accept an int where a float belongs
+        if value is None:  # both validation figures null, never one alone
+            return key in UNVALIDATED and all(k in row and row[k] is None for k in UNVALIDATED)
         return not isinstance(value, bool) and isinstance(value, (int, float) if kind is float else kind)
     return isinstance(row, dict) and row.get("epoch") == epoch and all(
-        fits(row.get(key), kind) for key, kind in HISTORY_FIELDS.items())
+        fits(key, row.get(key), kind) for key, kind in HISTORY_FIELDS.items())
 
 
 def holds_run(run_dir: Path) -> bool:
@@ -208,6 +218,9 @@ def tta_of(metadata: dict[str, str], where: str) -> tuple[bool, int]:
 def load_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and metadata of a weights file; safetensors never executes code from the file."""
     path = Path(path)
+    if not path.is_file() and path.name == BEST_WEIGHTS and (path.parent / WEIGHTS).is_file():
+        raise errors.RunError(f"{path} is missing: this run has no best epoch (it validated nothing, with "
+                              f"validation_fraction 0, or it was imported); use its final weights ({WEIGHTS})")
     if not path.is_file():
         raise errors.RunError(f"{path} is missing: is {path.parent} a run directory?")
     check_size(path, path.stat().st_size)

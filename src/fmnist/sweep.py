@@ -60,6 +60,9 @@ class SweepConfig:
         for name, values in self.space.items():  # each value's type and range, by TrainConfig's own checks
             for value in values:
                 configs.TrainConfig.for_model(self.model, **self.fixed, **{name: value})
+        if 0 in [self.fixed.get("validation_fraction"), *self.space.get("validation_fraction", [])]:
+            raise ValueError("validation_fraction 0 holds nothing out, and a sweep chooses on validation: "
+                             "give a fraction above 0 (the final fit on every image comes after the sweep)")
 
     def configurations(self) -> list[dict]:
         """The settings each configuration varies, in a fixed order (the same on every run of the sweep)."""
