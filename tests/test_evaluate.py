@@ -129,6 +129,10 @@ def test_time_to_accuracy_and_the_seed_summary():
     assert "| 0 | 0.9100 | 0.3000 | 0.9500 | 0.1000 | 35 s | 20 s / never / never |" in table
     assert "| std | 0.0000 | 0.0000 | 0.0000 | 0.0000 | 11 s | 0 s / – / – |" in table  # never reached: no spread
     assert "validation 0.91 / 0.93 / 0.94 reached after" in table
+    final_fit = [{**row, "val_loss": None, "val_accuracy": None} for row in rows]  # validation_fraction 0
+    unvalidated = report.summary_markdown(report.seed_summary({0: metrics}, {0: final_fit}))
+    assert "| 0 | 0.9100 | 0.3000 | 0.9500 | 0.1000 | 35 s | not validated / not validated / not validated |" \
+        in unvalidated
     targeted = report.seed_summary({0: metrics}, {0: rows}, targets=[0.905, 0.91])
     assert targeted["seeds"][0]["seconds_to_0.905"] == 20.0 and "validation 0.905 / 0.91 reached" in \
         report.summary_markdown(targeted)

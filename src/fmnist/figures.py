@@ -130,9 +130,11 @@ def frontier(curves: dict[str, list[list[dict]]], finals: dict[str, tuple[float,
     for index, (name, histories) in enumerate(curves.items()):
         color = f"C{index}"
         for seed, history in enumerate(histories):
-            seconds = [t for row, t in zip(history, runs.elapsed(history)) if row["val_accuracy"] is not None]
-            axis.plot(seconds, [row["val_accuracy"] for row in runs.validated(history)], color=color, alpha=0.35,
-                      linewidth=1, label=f"{name}: validation, per seed" if seed == 0 and seconds else None)
+            points = [(t, row["val_accuracy"]) for row, t in zip(history, runs.elapsed(history))
+                      if row["val_accuracy"] is not None]  # none in a final fit on every image
+            if points:
+                axis.plot(*zip(*points), color=color, alpha=0.35, linewidth=1,
+                          label=f"{name}: validation, per seed" if seed == 0 else None)
         seconds, mean, sd = finals[name]
         axis.errorbar([seconds], [mean], yerr=[0 if np.isnan(sd) else sd], color=color, marker="o", capsize=4,
                       label=f"{name}: test {mean:.4f}" + ("" if np.isnan(sd) else f" ± {sd:.4f}"))

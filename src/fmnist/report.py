@@ -231,14 +231,23 @@ def seed_summary(results: dict[int, dict], histories: dict[int, list[dict]], tar
         # One seed has no spread: its standard deviation is undefined (NaN, printed "–"), not 0.
         stats[key] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else math.nan,
                       "min": float(values.min()), "max": float(values.max())}
-    return {"seeds": per_seed, "stats": stats, "published": PUBLISHED, "targets": list(targets)}
+    validated = any(runs.validated(history) for history in histories.values())  # a final fit validates nothing
+    return {"seeds": per_seed, "stats": stats, "published": PUBLISHED, "targets": list(targets),
+            "validated": validated}
+
+
+def never_reached(summary: dict) -> str:
+    """What a time to a validation accuracy that is not there means: never reached, or never validated."""
+    return "never" if summary.get("validated", True) else "not validated"
 
 
 UNDEFINED = "–"  # a spread over one seed, or over times never reached
 
 
 def summary_markdown(summary: dict) -> str:
-    def seconds(value, never: str = "never") -> str:  # None or NaN: not reached (or not recorded)
+    never_text = never_reached(summary)
+
+    def seconds(value, never: str = never_text) -> str:  # None or NaN: not reached (or not recorded)
         return never if value is None or math.isnan(value) else f"{value:.0f} s"
 
     def figure(value: float) -> str:
@@ -246,7 +255,7 @@ def summary_markdown(summary: dict) -> str:
 
     targets = summary.get("targets", TIME_TO)
 
-    def cells(row: dict, never: str = "never") -> str:
+    def cells(row: dict, never: str = never_text) -> str:
         times = " / ".join(seconds(row.get(f"seconds_to_{a}"), never) for a in targets)
         return (f"{figure(row['test_accuracy'])} | {figure(row['test_loss'])} | {figure(row['train_accuracy'])} | "
                 f"{figure(row['train_loss'])} | {seconds(row.get('seconds'), never if never == UNDEFINED else '')} | "
@@ -257,7 +266,7 @@ def summary_markdown(summary: dict) -> str:
     lines += [f"| {seed} | {cells(row)}" for seed, row in summary["seeds"].items()]
     for stat in ("mean", "std", "min", "max"):
         row = {key: values[stat] for key, values in summary["stats"].items()}
-        lines.append(f"| {stat} | {cells(row, UNDEFINED if stat == 'std' else 'never')}")
+        lines.append(f"| {stat} | {cells(row, UNDEFINED if stat == 'std' else never_text)}")
     lines.append(f"| original report (1 run) | {PUBLISHED['test_accuracy']:.4f} | {PUBLISHED['test_loss']:.4f} | "
                  f"{PUBLISHED['train_accuracy']:.4f} | {PUBLISHED['train_loss']:.4f} | | |")
     return "\n".join(lines) + "\n"
@@ -265,9 +274,9 @@ def summary_markdown(summary: dict) -> str:
 
 def comparison_markdown(rows: dict[str, dict]) -> str:
     """One row per model: test accuracy mean ± sd over seeds, training time, time to TIME_TO, size, speed."""
-    def mean_sd(stats: dict, scale: float = 1.0, digits: int = 4) -> str:
+    def mean_sd(stats: dict, scale: float = 1.0, digits: int = 4, never: str = "never") -> str:
         if math.isnan(stats["mean"]):
-            return "never"
+            return never
         spread = "" if math.isnan(stats["std"]) else f" ± {stats['std'] * scale:.{digits}f}"
         return f"{stats['mean'] * scale:.{digits}f}{spread}"
 
@@ -277,7 +286,8 @@ def comparison_markdown(rows: dict[str, dict]) -> str:
              + " | parameters | MFLOPs/image | inference images/s |", "|---" * (7 + len(targets)) + "|"]
     for name, row in rows.items():
         stats = row["summary"]["stats"]
-        times = " | ".join(mean_sd(stats[f"seconds_to_{a}"], digits=0) for a in targets)
+        times = " | ".join(mean_sd(stats[f"seconds_to_{a}"], digits=0, never=never_reached(row["summary"]))
+                           for a in targets)
         lines.append(f"| {name} | {len(row['summary']['seeds'])} | {mean_sd(stats['test_accuracy'])} | "
                      f"{mean_sd(stats['seconds'], digits=0)} | {times} | {row['parameters']:,} | "
                      f"{row['mflops']:.1f} | {row['images_per_second']:,.0f} |")
