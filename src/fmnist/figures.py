@@ -130,8 +130,7 @@ def frontier(curves: dict[str, list[list[dict]]], finals: dict[str, tuple[float,
     for index, (name, histories) in enumerate(curves.items()):
         color = f"C{index}"
         for seed, history in enumerate(histories):
-            points = [(t, row["val_accuracy"]) for row, t in zip(history, runs.elapsed(history))
-                      if row["val_accuracy"] is not None]  # none in a final fit on every image
+            points = runs.validation_curve(history)  # none in a final fit on every image
             if points:
                 axis.plot(*zip(*points), color=color, alpha=0.35, linewidth=1,
                           label=f"{name}: validation, per seed" if seed == 0 else None)

@@ -137,11 +137,16 @@ def validated(history: list[dict]) -> list[dict]:
     return [row for row in history if row["val_loss"] is not None]
 
 
+def validation_curve(history: list[dict]) -> list[tuple[float, float]]:
+    """(elapsed seconds, validation accuracy) of each validated epoch ([] for a final fit on every image)."""
+    return [(seconds, row["val_accuracy"]) for row, seconds in zip(history, elapsed(history))
+            if row["val_accuracy"] is not None]
+
+
 def time_to_accuracy(history: list[dict], accuracy: float) -> float | None:
     """Elapsed seconds when validation accuracy first reached `accuracy`; None if it never did (or nothing
     was validated)."""
-    return next((seconds for row, seconds in zip(history, elapsed(history))
-                 if row["val_accuracy"] is not None and row["val_accuracy"] >= accuracy), None)
+    return next((seconds for seconds, reached in validation_curve(history) if reached >= accuracy), None)
 
 
 def valid_row(row, epoch: int) -> bool:
