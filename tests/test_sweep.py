@@ -19,7 +19,7 @@ import pytest
 
 from conftest import DETERMINISM_RUN, assert_same_weights, require_real_data, run_cli
 from helpers import command_line, descendants
-from fmnist import runs, sweep, threads, training
+from fmnist import errors, runs, sweep, threads, training
 
 TINY = {"epochs": 1, "limit": 1200}
 SPACE = {"learning_rate": [0.001, 0.003]}
@@ -105,7 +105,12 @@ def test_an_interrupted_sweep_finishes_only_the_missing_trials(tmp_path, local_r
     for pid in workers:
         os.kill(pid, signal.SIGKILL)
     os.killpg(process.pid, signal.SIGINT)  # Ctrl-C in a terminal: the command's whole process group
-    process.communicate(timeout=300)
+    _, err = process.communicate(timeout=300)
+    # Ray may see the lost worker before the Ctrl-C (a failed trial, exit 2) or not (interrupted, 130); either
+    # way fmnist's last word is one line: what did not finish and how to continue (Tune logs above it).
+    last = err.strip().splitlines()[-1]
+    assert process.returncode in (2, 130) and last.startswith("error:"), err
+    assert "1 of 2 trials did not finish" in last and "run the same command again" in last
     cut_at, counted = runs.read_history(long), training.resume_epoch(long)
     assert 2 <= len(cut_at) < LONG, "the long trial must have been cut off mid-training"
     # A kill between an epoch's history and its checkpoint leaves history one epoch ahead: the checkpoint
@@ -120,6 +125,41 @@ def test_an_interrupted_sweep_finishes_only_the_missing_trials(tmp_path, local_r
     assert len(results) == 2 and len(history) == LONG
     assert history[:counted] == cut_at[:counted]  # continued from its checkpoint: the epochs it counts, as they were
     assert learned(history[:len(cut_at)]) == learned(cut_at)
+
+
+@pytest.mark.slow
+def test_a_failed_trial_is_one_line_that_says_why(tmp_path, local_ray):
+    require_real_data()
+    diverging = sweep.SweepConfig(model="seed-cnn", space={"learning_rate": [1e30]},
+                                  fixed={**TINY, "optimizer": "sgd"}, seeds=1)
+    with pytest.raises(errors.FmnistError) as failed:
+        sweep.run(diverging, tmp_path / "sweep", threads_per_trial=1, workers=1, verbose=0)
+    assert not isinstance(failed.value, errors.Interrupted)
+    message = str(failed.value)
+    assert message.startswith("1 of 1 trials did not finish") and "\n" not in message
+    assert "a trial failed: training loss became nan in epoch 1" in message  # the worker's own error, in its words
+
+
+@pytest.mark.slow
+def test_ctrl_c_cuts_a_running_trial_off_and_says_how_to_continue(tmp_path):
+    require_real_data()
+    out, epochs = tmp_path / "sweep", 5_000  # minutes of epochs: the trial is still running when the command ends
+    trial = out / f"trial-epochs={epochs}-seed0"
+    process = subprocess.Popen(sweep_command(out, "--workers", "1", vary=f"epochs={epochs}", fixed="dropout=0.5"),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    while process.poll() is None and epochs_done(trial) < 2:
+        time.sleep(0.05)  # wait for a state: the trial under way
+    workers = [pid for pid in descendants(process.pid) if "ImplicitFunc" in command_line(pid)]
+    os.killpg(process.pid, signal.SIGINT)  # Ctrl-C in a terminal: the command's whole process group
+    _, err = process.communicate(timeout=300)
+    last = err.strip().splitlines()[-1]
+    assert process.returncode == 130 and last.startswith("error: interrupted: 1 of 1 trials did not finish"), err
+    assert "run the same command again" in last
+    assert workers and 2 <= training.resume_epoch(trial) < epochs  # cut off, its checkpoint kept for the next run
+    deadline = time.monotonic() + 120
+    while any(command_line(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)  # wait for a state: Ray stops the trial's process once the command has ended
+    assert not any(command_line(pid) for pid in workers), "the trial kept training after the command ended"
 
 
 def learned(history: list[dict]) -> list[dict]:
@@ -174,3 +214,5 @@ def test_bad_sweeps_are_one_line(tmp_path, capsys):
     code, _, err = run_cli(capsys, "sweep", "--vary", "learning_rate=0.1,0.2", "--set", "validation_fraction=0",
                            "--out", tmp_path)
     assert code == 2 and "a sweep chooses on validation" in err
+    code, _, err = run_cli(capsys, "sweep", "--vary", "epochs=1,2", "--set", "epochs=3", "--out", tmp_path)
+    assert code == 2 and "epochs: both varied and held fixed" in err

@@ -54,6 +54,9 @@ class SweepConfig:
             if name in FIXED_BY_TRIAL or name not in FIELDS:
                 raise ValueError(f"{name!r} is not a recipe setting a sweep can vary "
                                  f"(settings: {', '.join(sorted(set(FIELDS) - set(FIXED_BY_TRIAL)))})")
+        both = sorted(set(self.space) & set(self.fixed))
+        if both:
+            raise ValueError(f"{', '.join(both)}: both varied and held fixed; give each setting once")
         combinations = math.prod(len(values) for values in self.space.values())
         if combinations * self.seeds > MAX_TRIALS:  # before anything is enumerated
             raise ValueError(f"{combinations:,} configurations x {self.seeds} seeds: over {MAX_TRIALS:,} trials")
@@ -223,14 +226,26 @@ def run_trials(todo: list[Trial], out: Path, threads_per_trial: int = 1, workers
                            # reuse_actors: a worker process trains trial after trial (torch loads once)
                            tune_config=tune.TuneConfig(max_concurrent_trials=workers, reuse_actors=True),
                            run_config=tune.RunConfig(name="tune", storage_path=str(out), verbose=verbose))
-    grid = tuner.fit()
-    by_dir = {result.config["trial"].run_dir: result for result in grid if result.metrics}
-    missing = [t.run_dir for t in todo if t.run_dir not in by_dir]
+    return collect(tuner.fit(), todo)
+
+
+def collect(grid, todo: list[Trial]) -> list[dict]:
+    """One result per trial (its fields and its figures), in trial order; a one-line error saying how to
+    continue where any trial did not finish (Ctrl-C or a failed trial: Tune returns, it does not raise)."""
+    finished = {result.config["trial"].run_dir: result.metrics for result in grid
+                if result.config and "val_accuracy" in (result.metrics or {})}  # a cut-off trial: no figures
+    missing = [trial.run_dir for trial in todo if trial.run_dir not in finished]
     if missing:
-        raise errors.FmnistError(f"{len(missing)} trials did not finish (first: {missing[0]}); "
-                                 f"run the same command again to continue them")
-    return [{**dataclasses.asdict(t), **{k: by_dir[t.run_dir].metrics[k] for k in ("val_accuracy", "val_loss",
-                                                                                  "seconds", "node")}}
+        failures = [str(result.error).strip().splitlines()[-1:] for result in grid if result.error is not None]
+        said = f"{len(missing)} of {len(todo)} trials did not finish (first: {missing[0]})"
+        if failures:  # its exception's last line, without the exception's type: the message says it all
+            cause = re.sub(r"^[\w.]+: ", "", (failures[0] or ["?"])[0])
+            raise errors.FmnistError(f"{said}; a trial failed: {cause} Fix that, then run the same command again "
+                                     f"(finished trials are kept)")
+        raise errors.Interrupted(f"interrupted: {said}; run the same command again to continue: finished trials "
+                                 f"are kept, cut-off ones continue from their last checkpoint")
+    return [{**dataclasses.asdict(t), **{k: finished[t.run_dir][k] for k in ("val_accuracy", "val_loss",
+                                                                            "seconds", "node")}}
             for t in todo]
 
 
