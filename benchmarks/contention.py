@@ -37,7 +37,7 @@ def worker(threads: int) -> None:
     step = bench.step_function(network, recipe.KerasAdam(network.parameters(), fused=True), x, y)
     bench.time_steps(step, 10, torch.device("cpu"))  # warm-up: kernels, allocator, thread pool
     step_ms = statistics.median(1000 * bench.time_steps(step, 15, torch.device("cpu")) for _ in range(12))
-    images = statistics.median(bench.evaluation_throughput(5000, torch.device("cpu")) for _ in range(3))
+    images = statistics.median(bench.evaluation_throughput("seed-cnn", 5000, torch.device("cpu")) for _ in range(3))
     print(json.dumps({"step_ms": step_ms, "eval_images_per_s": images}), flush=True)
 
 

@@ -23,7 +23,8 @@ def test_bench_quick_runs_and_reports_ratios():
     steps = report["step_seconds"]
     assert set(steps) == {"fmnist", "fmnist, PyTorch ops only", "plain eager PyTorch"}
     assert all(s > 0 for s in steps.values()) and 0 < report["floor_seconds"]
-    assert report["speedup"] > 0 and report["eval_images_per_second"] > 0 and report["epoch_seconds"] > 0
+    assert report["speedup"] > 0 and set(report["eval_images_per_second"]) == {"fp32", "bf16"}
+    assert all(rate > 0 for rate in report["eval_images_per_second"].values()) and report["epoch_seconds"] > 0
     assert report["epoch_images"] == bench.epoch_sizes(quick=True)[0]
     # A full epoch is the report's: 48,000 training and 12,000 validation images, 10,000 test (shared/SPEC.md).
     assert bench.epoch_sizes(quick=False) == (48_000, 12_000, 10_000)

@@ -69,22 +69,26 @@ class Run:
         """One row per epoch: loss, accuracy, val_loss, val_accuracy, seconds, elapsed, ..."""
         return runs.read_history(self.path)
 
-    def model(self, weights: str = "final"):
-        """The network (torch.nn.Module, eval mode) as evaluation and prediction run it."""
-        return inference.load_model(self.path, weights_file(weights))
+    def model(self, weights: str = "final", precision: str = "fp32"):
+        """The network (torch.nn.Module, eval mode) as evaluation and prediction run it; `precision` "bf16"
+        computes it in bf16 (models.Bf16Inference: faster where bf16 is native, ~1 prediction in 1,000 changes)."""
+        return inference.load_model(self.path, weights_file(weights), precision=precision)
 
-    def evaluate(self, weights: str = "final", device: str = "auto", data_dir: str | Path | None = None) -> dict:
+    def evaluate(self, weights: str = "final", device: str = "auto", data_dir: str | Path | None = None,
+                 precision: str = "fp32") -> dict:
         """Loss and accuracy on the training split and the test set, the per-class table and confusion
         matrix; also writes metrics.json, predictions.csv and the figures into the run."""
         from fmnist import evaluate
 
-        return evaluate.evaluate_run(self.path, weights_file(weights), data_dir=data_dir, device=device)
+        return evaluate.evaluate_run(self.path, weights_file(weights), data_dir=data_dir, device=device,
+                                     precision=precision)
 
-    def predict(self, images: np.ndarray | Sequence[str | Path], weights: str = "final") -> Predictions:
+    def predict(self, images: np.ndarray | Sequence[str | Path], weights: str = "final",
+                precision: str = "fp32") -> Predictions:
         """Classes and probabilities for dataset-style arrays ((N, 28, 28) uint8, light object on dark) or
         for image files, which are preprocessed as the dataset was made (`fmnist predict`)."""
         pixels = as_pixels(images)
-        network = self.model(weights)
+        network = self.model(weights, precision)
         device = next(network.parameters()).device
         probabilities = inference.predict_probabilities(network, inference.to_tensor(pixels, device)).cpu().numpy()
         classes = probabilities.argmax(1)
@@ -124,7 +128,7 @@ class Run:
         return export.verify(self.path, Path(path), images, weights_file(weights))
 
     def predict_files(self, paths: Sequence[str | Path], top: int = 3, weights: str = "final",
-                      save_preprocessed: str | Path | None = None) -> list[dict]:
+                      save_preprocessed: str | Path | None = None, precision: str = "fp32") -> list[dict]:
         """`fmnist predict`: per image file (directories give their images) its top classes, or the error
         that file met (one bad file does not stop the others); with `save_preprocessed`, the 28x28 view."""
         from fmnist import files, predict
@@ -132,7 +136,7 @@ class Run:
         found = predict.expand_paths([Path(p) for p in paths])
         if not found:
             raise errors.InputError("no image files found in " + ", ".join(map(str, paths)))
-        network, out_dir = self.model(weights), files.output_dir(save_preprocessed) if save_preprocessed else None
+        network, out_dir = self.model(weights, precision), files.output_dir(save_preprocessed) if save_preprocessed else None
         names, results = predict.preprocessed_names(found), []
         for path in found:
             try:

@@ -142,10 +142,11 @@ def time_epoch(name: str, num_train: int, num_val: int, batch_size: int, device:
     return middle - start, time.perf_counter() - middle
 
 
-def evaluation_throughput(name: str, num_images: int, device: torch.device) -> float:
-    """Images per second through predict_probabilities (inference mode, large batches, the model's TTA)."""
+def evaluation_throughput(name: str, num_images: int, device: torch.device, precision: str = "fp32") -> float:
+    """Images per second through predict_probabilities (inference mode, large batches, the model's TTA),
+    computed in `precision` (models.INFERENCE_PRECISIONS)."""
     config = configs.Recipe.for_model(name)
-    network = models.evaluation_form(models.get(name).build(0.0), config.tta, config.tta_shift)
+    network = models.evaluation_form(models.get(name).build(0.0), config.tta, config.tta_shift, precision)
     network = network.to(device).eval()
     images = torch.rand(num_images, data.IMAGE_SIZE, data.IMAGE_SIZE, 1, device=device)
     inference.predict_probabilities(network, images[:inference.EVAL_BATCH_SIZE])  # warm-up
@@ -183,4 +184,5 @@ def run(quick: bool = False, device: str = "auto", threads: int | None = None, b
             "speedup": per_step["plain eager PyTorch"] / per_step["fmnist"],
             "floor_seconds": floor_seconds(name, batch_size, steps, target, precision),
             "epoch_seconds": epoch_seconds, "validation_seconds": val_seconds, "epoch_images": num_train,
-            "eval_images_per_second": evaluation_throughput(name, num_eval, target)}
+            "eval_images_per_second": {precision: evaluation_throughput(name, num_eval, target, precision)
+                                       for precision in models.INFERENCE_PRECISIONS}}

@@ -123,7 +123,7 @@ def cmd_evaluate(args) -> int:
     from fmnist import api, runs
 
     with console.status("evaluating on the training split and the test set"):
-        metrics = api.open_run(args.run).evaluate(args.weights, args.device, args.data_dir)
+        metrics = api.open_run(args.run).evaluate(args.weights, args.device, args.data_dir, args.precision)
     print_metrics(metrics)
     console.print(f"wrote {Path(args.run) / runs.METRICS}, {runs.PREDICTIONS} and {runs.FIGURES}/; "
                   f"next: fmnist report {args.run}")
@@ -134,7 +134,7 @@ def print_metrics(metrics: dict) -> None:
     from fmnist import data, report
 
     test, train_m = metrics["test"], metrics["train"]
-    overall = rich.table.Table(title="loss and accuracy")
+    overall = rich.table.Table(title=f"loss and accuracy, computed in {metrics.get('precision', 'fp32')}")
     for column in ("data", "images", "loss", "accuracy"):
         overall.add_column(column, justify="left" if column == "data" else "right")
     overall.add_row("training split", f"{train_m['count']:,}", f"{train_m['loss']:.4f}", f"{train_m['accuracy']:.4f}")
@@ -234,7 +234,8 @@ def cmd_bench(args) -> int:
                   f"{result['step_seconds']['fmnist'] / result['floor_seconds']:.2f}x its floor")
     console.print(f"one epoch of {result['epoch_images']:,} images: {result['epoch_seconds']:.2f} s "
                   f"+ validation {result['validation_seconds']:.2f} s")
-    console.print(f"evaluation: {result['eval_images_per_second']:,.0f} images/s")
+    console.print("evaluation: " + ", ".join(f"{rate:,.0f} images/s in {precision}" for precision, rate
+                                            in result["eval_images_per_second"].items()))
     return 0
 
 
@@ -244,7 +245,8 @@ def cmd_predict(args) -> int:
 
     from fmnist import api
 
-    results = api.open_run(args.run).predict_files(args.images, args.top, args.weights, args.save_preprocessed)
+    results = api.open_run(args.run).predict_files(args.images, args.top, args.weights, args.save_preprocessed,
+                                                   args.precision)
     for result in results:
         if "error" in result:
             report_error(result["error"], 1)
@@ -285,9 +287,9 @@ def cmd_serve(args) -> int:
     args.max_bytes = args.max_bytes or serve.MAX_BYTES  # the limit is the server's fact
     if args.replicas is not None or args.address:
         return serve_on_ray(args)
-    console.print(f"serving {args.run} on http://{args.host}:{args.port}/ (Ctrl-C stops)")
+    console.print(f"serving {args.run} in {args.precision} on http://{args.host}:{args.port}/ (Ctrl-C stops)")
     serve.serve(Path(args.run), host=args.host, port=args.port, max_bytes=args.max_bytes,
-                allowed_hosts=args.allowed_host)
+                allowed_hosts=args.allowed_host, precision=args.precision)
     return 0
 
 
@@ -300,7 +302,7 @@ def serve_on_ray(args) -> int:
 
     replicas = 1 if args.replicas is None else args.replicas
     serve_ray.deploy(Path(args.run), replicas, host=args.host, port=args.port, address=args.address,
-                     max_bytes=args.max_bytes, allowed_hosts=args.allowed_host)
+                     max_bytes=args.max_bytes, allowed_hosts=args.allowed_host, precision=args.precision)
     console.print(f"serving {args.run} on http://{args.host}:{args.port}/ with {replicas} Ray Serve "
                   f"replica{'s' * (replicas > 1)} (Ctrl-C stops)")
     stop = threading.Event()

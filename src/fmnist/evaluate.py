@@ -66,18 +66,19 @@ def write_figures(run_dir: Path, dataset: data.Dataset, probabilities: np.ndarra
 
 
 def evaluate_run(run_dir: Path, weights: str = runs.WEIGHTS, data_dir: str | None = None,
-                 device: str = "auto") -> dict:
-    """Evaluate a run directory on its training split and the test set; write metrics, predictions, figures."""
+                 device: str = "auto", precision: str = "fp32") -> dict:
+    """Evaluate a run directory on its training split and the test set, computing in `precision` (recorded
+    in metrics.json); write metrics, predictions, figures."""
     run_dir = Path(run_dir)
     config = configs.load_config(run_dir)
-    network = inference.load_model(run_dir, weights).to(inference.resolve_device(device))
+    network = inference.load_model(run_dir, weights, precision=precision).to(inference.resolve_device(device))
     dataset = data.load(data_dir=data_dir or config.data_dir)
     images, labels = dataset.train_images, dataset.train_labels
     if config.limit:
         images, labels = images[:config.limit], labels[:config.limit]
     (train_x, train_y), _ = data.split(images, labels, config.validation_fraction)
     test_probabilities = inference.probabilities(network, dataset.test_images)
-    metrics = {"weights": weights, "data_source": dataset.source,
+    metrics = {"weights": weights, "precision": precision, "data_source": dataset.source,
                "train": loss_and_accuracy(inference.probabilities(network, train_x), train_y),
                "test": {**loss_and_accuracy(test_probabilities, dataset.test_labels),
                         **classification_metrics(dataset.test_labels, test_probabilities.argmax(1))}}

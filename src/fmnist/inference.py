@@ -1,6 +1,6 @@
 """Inference: a trained network on images. The device, tensors in the report's preprocessing, batched
 probabilities and evaluation, and a network loaded from a run directory in its evaluation form
-(models.evaluation_form: BatchNorm folded, flip TTA where the run recorded it).
+(models.evaluation_form: BatchNorm folded, flip TTA where the run recorded it, bf16 if asked for).
 
 Everything that runs a network without training it (evaluation, prediction, serving, export, the
 training loop's validation) comes through here.
@@ -57,9 +57,10 @@ def probabilities(network, images: np.ndarray, device: torch.device | None = Non
     return predict_probabilities(network, to_tensor(images, device)).cpu().numpy()
 
 
-def load_model(run_dir: Path, weights: str = runs.WEIGHTS, dropout: float = seedcnn.DROPOUT) -> torch.nn.Module:
-    """The network a run recorded (its weights' architecture tag), in eval mode; clear errors for foreign,
-    mismatched or damaged weights."""
+def load_model(run_dir: Path, weights: str = runs.WEIGHTS, dropout: float = seedcnn.DROPOUT,
+               precision: str = "fp32") -> torch.nn.Module:
+    """The network a run recorded (its weights' architecture tag), in eval mode, computing in `precision`
+    (models.INFERENCE_PRECISIONS); clear errors for foreign, mismatched or damaged weights."""
     where = Path(run_dir) / weights
     tensors, metadata = runs.load_weights(where)
     spec = models.for_architecture(metadata.get("architecture"))
@@ -69,4 +70,4 @@ def load_model(run_dir: Path, weights: str = runs.WEIGHTS, dropout: float = seed
                               f"this version of fmnist reads {known}")
     network = spec.build(dropout)
     network.load_state_dict(runs.check_state(tensors, network.state_dict(), str(where)))
-    return models.evaluation_form(network, *runs.tta_of(metadata, str(where)))
+    return models.evaluation_form(network, *runs.tta_of(metadata, str(where)), precision=precision)

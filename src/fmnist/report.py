@@ -121,8 +121,8 @@ def build(run_dir: Path) -> list:
     test_m, train_m = metrics["test"], metrics["train"]
     network = models.get(config.get("model", models.DEFAULT)).build(0.0)  # runs before the registry: the seed
     return [
-        p(f"Run <code>{html.escape(str(run_dir))}</code>, weights {metrics['weights']}, "
-          f"written {datetime.datetime.now():%Y-%m-%d %H:%M}."),
+        p(f"Run <code>{html.escape(str(run_dir))}</code>, weights {metrics['weights']}, computed in "
+          f"{html.escape(str(metrics.get('precision', 'fp32')))}, written {datetime.datetime.now():%Y-%m-%d %H:%M}."),
         p(f"<b>Test accuracy {test_m['accuracy']:.4f}</b> ({test_m['correct']:,} right, {test_m['wrong']:,} wrong "
           f"of {test_m['count']:,}); the original report: {PUBLISHED['test_accuracy']:.4f} ({PUBLISHED_COUNTS})."),
         h("Data"),

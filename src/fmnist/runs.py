@@ -12,6 +12,7 @@
       best.safetensors       weights of the epoch with the lowest validation loss (none without validation)
       checkpoint.pt          model + optimizer + RNG states + epoch, to resume (read with weights_only)
       metrics.json           `fmnist evaluate`: train and test loss/accuracy, per-class table, confusion
+                             matrix, the weights used, precision (fp32, or bf16 with --precision bf16)
       predictions.csv        `fmnist evaluate`: index, true, predicted, ten probabilities per test image
       figures/*.png          samples, learning curves, confusion matrix, predictions, confident mistakes
       report.html, report.md `fmnist report`: the whole experiment on one page

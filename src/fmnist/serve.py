@@ -199,12 +199,13 @@ class Predictor:
 
 def create_app(run_dir: Path, max_bytes: int = MAX_BYTES, max_pixels: int = predict.MAX_PIXELS,
                allowed_hosts: list[str] | None = None, work_queue: int = WORK_QUEUE,
-               label: str | None = None) -> fastapi.FastAPI:
+               label: str | None = None, precision: str = "fp32") -> fastapi.FastAPI:
     """The app; `allowed_hosts` (Host header names) guards against DNS rebinding when given; `label` names
-    the run in /health (default: run_dir)."""
+    the run in /health (default: run_dir); the model computes in `precision` (models.INFERENCE_PRECISIONS)."""
     run_dir = Path(run_dir)
-    predictor = Predictor(inference.load_model(run_dir), max_bytes, max_pixels, work_queue)
+    predictor = Predictor(inference.load_model(run_dir, precision=precision), max_bytes, max_pixels, work_queue)
     about = {"run": label or str(run_dir), "classes": list(data.CLASS_NAMES), **describe_run(run_dir),
+             "precision": precision,
              "instance": uuid.uuid4().hex[:12]}  # instance: which server (or Ray Serve replica) answered
     # No /docs or /redoc: their pages load scripts from a CDN. /openapi.json stays.
     app = fastapi.FastAPI(title="fmnist", description="Fashion-MNIST classifier", docs_url=None, redoc_url=None)
@@ -326,8 +327,9 @@ def default_allowed_hosts(host: str) -> list[str] | None:
 
 
 def serve(run_dir: Path, host: str = "127.0.0.1", port: int = 8000, max_bytes: int = MAX_BYTES,
-          allowed_hosts: list[str] | None = None) -> None:
+          allowed_hosts: list[str] | None = None, precision: str = "fp32") -> None:
     import uvicorn
 
-    app = create_app(run_dir, max_bytes, allowed_hosts=allowed_hosts or default_allowed_hosts(host))
+    app = create_app(run_dir, max_bytes, allowed_hosts=allowed_hosts or default_allowed_hosts(host),
+                     precision=precision)
     uvicorn.Server(server_config(app, host, port, log_level="info", access_log=False)).run()

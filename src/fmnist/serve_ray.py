@@ -45,7 +45,7 @@ def require_ray_serve():
 
 def deploy(run_dir: Path, replicas: int, host: str = "127.0.0.1", port: int = 8000, address: str | None = None,
            cpus_per_replica: float = 1.0, max_bytes: int = serve.MAX_BYTES,
-           allowed_hosts: list[str] | None = None) -> None:
+           allowed_hosts: list[str] | None = None, precision: str = "fp32") -> None:
     """Start (or join) Ray, start Serve's proxy on host:port and deploy `replicas` replicas of the app."""
     if replicas < 1:
         raise errors.InputError(f"--replicas must be 1 or more, got {replicas}")
@@ -54,12 +54,12 @@ def deploy(run_dir: Path, replicas: int, host: str = "127.0.0.1", port: int = 80
     from ray import serve as ray_serve
 
     contents = run_files(run_dir)
-    inference.load_model(Path(run_dir))  # the run's weights checked here first: one clear error, not N replicas failing
+    inference.load_model(Path(run_dir), precision=precision)  # the run's weights checked here first: one clear error, not N replicas failing
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, configure_logging=False, log_to_driver=False)
     ray_serve.start(http_options={"host": host, "port": port})
     options = {"max_bytes": max_bytes, "allowed_hosts": allowed_hosts or serve.default_allowed_hosts(host),
-               "label": str(run_dir)}
+               "label": str(run_dir), "precision": precision}
 
     def builder():  # a plain function: Ray Serve calls it on each replica (a partial it would take for the app)
         return build_app(contents, **options)
