@@ -2,7 +2,7 @@
 time through the model (the model's part of a request), and one image per request through a real
 `fmnist serve` server on loopback (sequential requests, so the figure is latency, not throughput).
 
-    python benchmarks/inference_speed.py RUN [--requests 200]
+    python benchmarks/inference_speed.py RUN [--requests 200] [--precision fp32 --precision bf16]
 """
 from __future__ import annotations
 
@@ -19,11 +19,11 @@ import numpy as np
 import PIL.Image
 import uvicorn
 
-from fmnist import data, inference, machine, predict, serve, threads
+from fmnist import data, inference, machine, models, predict, serve, threads
 
 
-def batch_images_per_second(run_dir: Path, images: np.ndarray) -> float:
-    network = inference.load_model(run_dir)
+def batch_images_per_second(run_dir: Path, images: np.ndarray, precision: str) -> float:
+    network = inference.load_model(run_dir, precision=precision)
     pixels = inference.to_tensor(images, next(network.parameters()).device)
     inference.predict_probabilities(network, pixels[:1000])  # warm-up
     start = time.perf_counter()
@@ -31,8 +31,8 @@ def batch_images_per_second(run_dir: Path, images: np.ndarray) -> float:
     return len(images) / (time.perf_counter() - start)
 
 
-def single_image_ms(run_dir: Path, images: np.ndarray, count: int) -> list[float]:
-    network = inference.load_model(run_dir)
+def single_image_ms(run_dir: Path, images: np.ndarray, count: int, precision: str) -> list[float]:
+    network = inference.load_model(run_dir, precision=precision)
     predict.classify(network, images[:1])  # warm-up
     times = []
     for image in images[:count]:
@@ -42,9 +42,10 @@ def single_image_ms(run_dir: Path, images: np.ndarray, count: int) -> list[float
     return times
 
 
-def request_ms(run_dir: Path, images: np.ndarray, count: int) -> list[float]:
+def request_ms(run_dir: Path, images: np.ndarray, count: int, precision: str) -> list[float]:
     """Milliseconds per POST /predict of one PNG, sequential, against a real server in a thread."""
-    instance = uvicorn.Server(serve.server_config(serve.create_app(run_dir), "127.0.0.1", 8765, log_level="warning"))
+    app = serve.create_app(run_dir, precision=precision)
+    instance = uvicorn.Server(serve.server_config(app, "127.0.0.1", 8765, log_level="warning"))
     thread = threading.Thread(target=instance.run, daemon=True)
     thread.start()
     while not instance.started:
@@ -71,18 +72,21 @@ def main() -> None:
     parser.add_argument("run", type=Path)
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--precision", action="append", choices=models.INFERENCE_PRECISIONS,
+                        help="repeatable (default: fp32)")
     args = parser.parse_args()
     machine.flush_denormals()
     threads.use(args.threads)
     images = data.load(progress=False).test_images
     print(f"{args.run}: {machine.describe_machine(inference.resolve_device('cpu'))['device_name']}")
-    print(f"test set in batches: {batch_images_per_second(args.run, images):,.0f} images/s")
-    model = single_image_ms(args.run, images, args.requests)
-    print(f"one image, the model's part: p50 {statistics.median(model):.2f} ms, "
-          f"p99 {np.percentile(model, 99):.2f} ms")
-    whole = request_ms(args.run, images, args.requests)
-    print(f"one image per request through fmnist serve: p50 {statistics.median(whole):.2f} ms, "
-          f"p99 {np.percentile(whole, 99):.2f} ms")
+    for precision in args.precision or ["fp32"]:
+        print(f"{precision}: test set in batches: {batch_images_per_second(args.run, images, precision):,.0f} images/s")
+        model = single_image_ms(args.run, images, args.requests, precision)
+        print(f"{precision}: one image, the model's part: p50 {statistics.median(model):.2f} ms, "
+              f"p99 {np.percentile(model, 99):.2f} ms")
+        whole = request_ms(args.run, images, args.requests, precision)
+        print(f"{precision}: one image per request through fmnist serve: p50 {statistics.median(whole):.2f} ms, "
+              f"p99 {np.percentile(whole, 99):.2f} ms")
 
 
 if __name__ == "__main__":

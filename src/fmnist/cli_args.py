@@ -122,9 +122,9 @@ def add_inference_precision_option(parser: argparse.ArgumentParser) -> None:
     from fmnist import models
 
     parser.add_argument("--precision", choices=models.INFERENCE_PRECISIONS, default="fp32",
-                        help="compute in fp32, or in bf16: ~1.7x the images/s where the CPU computes bf16 "
-                             "natively (AVX512-BF16, AMX) or on a GPU, slower elsewhere; about 1 prediction in "
-                             "1,000 changes (default: fp32)")
+                        help="compute in fp32, or in bf16: 1.4-1.9x the images/s in batches where the CPU "
+                             "computes bf16 natively (AVX512-BF16, AMX) or on a GPU, no faster one image at a time, "
+                             "slower on other CPUs; about 1 prediction in 1,000 changes (default: fp32)")
 
 
 def subcommand(commands, name: str, handler, summary: str, description: str, examples: list[str]):

@@ -196,8 +196,8 @@ class FlipAveraged(nn.Module):
 class Bf16Inference(nn.Module):
     """The network under bf16 autocast, its logits returned as float32. The weights stay float32 (the
     state_dict is the network's own); convolutions and matrix products run in bf16, which CPUs with
-    AVX512-BF16 or AMX and GPUs compute natively (~1.7x res95's images/s, measured; README), and which
-    other CPUs emulate, slower than fp32. About 1 test prediction in 1,000 changes (measured; README)."""
+    AVX512-BF16 or AMX and GPUs compute natively (1.4-1.9x the images/s in batches, measured; README), and
+    which other CPUs emulate, slower than fp32. About 1 test prediction in 1,000 changes (measured; README)."""
 
     def __init__(self, network: nn.Module):
         super().__init__()
