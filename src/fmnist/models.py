@@ -84,7 +84,7 @@ def for_architecture(architecture: str | None) -> ModelSpec | None:
 def unwrapped(network: nn.Module) -> nn.Module:
     """The registry's network inside a DDP (`.module`), bf16 inference or test-time-augmentation wrapper."""
     network = getattr(network, "module", network)
-    while isinstance(network, (Bf16Inference, FlipAveraged)):
+    while isinstance(network, Wrapper):
         network = network.network
     return network
 
@@ -155,17 +155,30 @@ TTA_ROWS = 256
 
 
 # ---------------------------------------------------------------------------------------------
+class Wrapper(nn.Module):
+    """A network computed differently (TTA, bf16), its parameters under their own names: `state_dict` is
+    the wrapped network's, so weights save and load as the network's own."""
+
+    def __init__(self, network: nn.Module):
+        super().__init__()
+        self.network = network
+
+    def state_dict(self, *args, **kwargs):
+        return self.network.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        return self.network.load_state_dict(state_dict, strict, assign)
+
+
 # Test-time augmentation: the mean of the logits of an image and its mirror (and both moved by ±shift px)
-class FlipAveraged(nn.Module):
+class FlipAveraged(Wrapper):
     """In eval mode, the mean of the network's logits over each image's views — itself and its mirror,
     and with `shift`, both moved diagonally by -shift and +shift pixels (6 views) — computed as one batch
-    of views (one pass through the layers); in training mode, the network itself.
-
-    The wrapped network's parameters keep their names (`state_dict` is the network's own)."""
+    of views (one pass through the layers); in training mode, the network itself."""
 
     def __init__(self, network: nn.Module, shift: int = 0):
-        super().__init__()
-        self.network, self.shift = network, shift
+        super().__init__(network)
+        self.shift = shift
         self.offsets = (0, -shift, shift) if shift else (0,)
 
     def views(self, x: torch.Tensor) -> torch.Tensor:
@@ -184,34 +197,17 @@ class FlipAveraged(nn.Module):
         logits = self.network(self.views(x))                      # (V*N, 10), view-major
         return logits.reshape(count, x.shape[0], -1).mean(0)      # (V, N, 10) -> (N, 10)
 
-    def state_dict(self, *args, **kwargs):
-        return self.network.state_dict(*args, **kwargs)
 
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        return self.network.load_state_dict(state_dict, strict, assign)
-
-
-# ---------------------------------------------------------------------------------------------
 # bf16 inference: `--precision bf16` on evaluate, predict and serve
-class Bf16Inference(nn.Module):
-    """The network under bf16 autocast, its logits returned as float32. The weights stay float32 (the
-    state_dict is the network's own); convolutions and matrix products run in bf16, which CPUs with
-    AVX512-BF16 or AMX and GPUs compute natively (1.4-1.9x the images/s in batches, measured; README), and
-    which other CPUs emulate, slower than fp32. About 1 test prediction in 1,000 changes (measured; README)."""
-
-    def __init__(self, network: nn.Module):
-        super().__init__()
-        self.network = network
+class Bf16Inference(Wrapper):
+    """The network under bf16 autocast, its logits returned as float32. The weights stay float32;
+    convolutions and matrix products run in bf16, which CPUs with AVX512-BF16 or AMX and GPUs compute
+    natively (1.4-1.9x the images/s in batches, measured; README) and other CPUs emulate, slower than
+    fp32. About 1 test prediction in 1,000 changes (measured; README)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(x.device.type, dtype=torch.bfloat16):
             return self.network(x).float()
-
-    def state_dict(self, *args, **kwargs):
-        return self.network.state_dict(*args, **kwargs)
-
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        return self.network.load_state_dict(state_dict, strict, assign)
 
 
 def shift_image(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:

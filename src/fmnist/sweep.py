@@ -239,8 +239,8 @@ def collect(grid, todo: list[Trial]) -> list[dict]:
         failures = [str(result.error).strip().splitlines()[-1:] for result in grid if result.error is not None]
         said = f"{len(missing)} of {len(todo)} trials did not finish (first: {missing[0]})"
         if failures:  # its exception's last line, without the exception's type: the message says it all
-            cause = re.sub(r"^[\w.]+: ", "", (failures[0] or ["?"])[0])
-            raise errors.FmnistError(f"{said}; a trial failed: {cause} Fix that, then run the same command again "
+            cause = re.sub(r"^[\w.]+: ", "", (failures[0] or ["?"])[0]).rstrip(".")
+            raise errors.FmnistError(f"{said}; a trial failed: {cause}. Fix that, then run the same command again "
                                      f"(finished trials are kept)")
         raise errors.Interrupted(f"interrupted: {said}; run the same command again to continue: finished trials "
                                  f"are kept, cut-off ones continue from their last checkpoint")
