@@ -274,3 +274,25 @@ def test_muon_steps_the_conv_filters_by_its_formula_and_the_rest_by_sgd():
     muon = [group for group in optimizer.param_groups if group.get("muon")]
     assert len(muon) == 1 and muon[0]["weight_decay"] == 0 and muon[0]["lr"] == pytest.approx(0.05)
     assert {id(p) for p in muon[0]["params"]} == {id(p) for p in network.parameters() if p.ndim == 4}
+
+
+@pytest.mark.parametrize("name", ["fast-cnn", "whitened-cnn", "res95"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_pooling_before_the_relu_is_the_same_network_bit_for_bit(name, precision):
+    """fastcnn.pool_first against the plain order (ReLU, then pool): the same logits and the same gradients."""
+    torch.manual_seed(0)
+    network = models.get(name).build(0.0).train()
+    kinds = [type(layer) for layer in network.features]
+    assert any(kinds[i:i + 2] == [nn.MaxPool2d, nn.ReLU] for i in range(len(kinds))), kinds  # pools first
+    plain = copy.deepcopy(network)
+    plain.features = nn.Sequential(*fastcnn.pool_first(plain.features, first=False))
+    assert not any([type(a), type(b)] == [nn.MaxPool2d, nn.ReLU] for a, b in zip(plain.features, plain.features[1:]))
+    x, y = images(64), torch.randint(0, 10, (64,), generator=torch.Generator().manual_seed(1))
+    results = []
+    for form in (network, plain):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            logits = form(x)
+        nn.functional.cross_entropy(logits.float(), y).backward()
+        results.append([logits.detach()] + [p.grad for p in form.parameters() if p.requires_grad])
+    assert all(torch.equal(a, b) for a, b in zip(*results, strict=True))
+    assert network.state_dict().keys() == plain.state_dict().keys()  # runs saved before the reordering load

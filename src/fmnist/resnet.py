@@ -5,8 +5,9 @@
     stage 1  3x3 conv -> (N, 14, 14, C1), residual block of two,   2x2 max pool -> (N, 7, 7, C1)
     stage 2  3x3 conv -> (N, 7, 7, C2),   residual block of two
     head     flatten in (row, column, channel) order -> 10 logits
-each conv followed by BatchNorm and ReLU (a block's second ReLU after its sum). What runs at 28x28 is
-narrow (the stem): a 3x3 conv costs its input's area, and the learning happens at 14x14 and 7x7.
+each conv followed by BatchNorm and ReLU (a block's second ReLU after its sum; the stem pools before its
+ReLU: fastcnn.pool_first). What runs at 28x28 is narrow (the stem): a 3x3 conv costs its input's area,
+and the learning happens at 14x14 and 7x7.
 Tensors are channels-last throughout, as in fast-cnn; BatchNorm folds into the convs for inference.
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from fmnist import data
-from fmnist.fastcnn import FlatHeadCNN
+from fmnist.fastcnn import FlatHeadCNN, pool_first
 
 ARCHITECTURE = "res95-v1"  # recorded in weights, checkpoints and ONNX files; bump if the layout changes
 WIDTHS = (32, 64, 128)     # C0 (stem, 28x28), C1 (14x14), C2 (7x7)
@@ -44,10 +45,10 @@ class ResCNN(FlatHeadCNN):
 
     def __init__(self, dropout: float = 0.0, widths: tuple[int, int, int] = WIDTHS):
         c0, c1, c2 = widths
-        features = nn.Sequential(
+        features = nn.Sequential(*pool_first([
             conv_bn(1, c0), nn.ReLU(inplace=True), nn.MaxPool2d(2),
             conv_bn(c0, c1), nn.ReLU(inplace=True), Residual(c1), nn.MaxPool2d(2),
-            conv_bn(c1, c2), nn.ReLU(inplace=True), Residual(c2))
+            conv_bn(c1, c2), nn.ReLU(inplace=True), Residual(c2)]))
         super().__init__(features, c2, data.IMAGE_SIZE // 4, dropout)
 
     def for_inference(self) -> "ResCNN":
@@ -61,12 +62,14 @@ class ResCNN(FlatHeadCNN):
 
 
 class PlainResCNN(nn.Module):
-    """res95 written the plain way: NCHW-contiguous tensors, nn.Flatten in PyTorch's (C, H, W) order."""
+    """res95 written the plain way: NCHW-contiguous tensors, ReLU then pool, nn.Flatten in PyTorch's
+    (C, H, W) order."""
 
     def __init__(self):
         super().__init__()
         network = ResCNN(0.0).to(memory_format=torch.contiguous_format)
-        self.features, self.head = network.features, nn.Linear(network.head.in_features, data.NUM_CLASSES)
+        self.features = nn.Sequential(*pool_first(network.features, first=False))
+        self.head = nn.Linear(network.head.in_features, data.NUM_CLASSES)
 
     def forward(self, x):  # x: (N, 1, 28, 28)
         return self.head(self.features(x).flatten(1))
