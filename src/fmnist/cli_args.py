@@ -137,7 +137,14 @@ def subcommand(commands, name: str, handler, summary: str, description: str, exa
 
 def add_experiment_commands(commands, handlers: dict) -> None:
     """The report's steps: data, train, evaluate, report, reproduce (and bench, for speed)."""
-    from fmnist import api, configs
+    add_data_and_train_commands(commands, handlers)
+    add_evaluate_and_report_commands(commands, handlers)
+    add_reproduce_command(commands, handlers)
+    add_bench_command(commands, handlers)
+
+
+def add_data_and_train_commands(commands, handlers: dict) -> None:
+    from fmnist import api
 
     p = subcommand(commands, "data", handlers["data"], "check the dataset, print a summary, write the sample grid",
                    "Find (or download) and verify Fashion-MNIST, print its shapes and per-class counts, and "
@@ -159,6 +166,8 @@ def add_experiment_commands(commands, handlers: dict) -> None:
                "The model registry: each network's name, parameters, forward MFLOPs per image and the training "
                "recipe `fmnist train --model NAME` uses (flags override any part of it).", ["fmnist models"])
 
+
+def add_evaluate_and_report_commands(commands, handlers: dict) -> None:
     p = subcommand(commands, "evaluate", handlers["evaluate"], "loss/accuracy on train and test, per-class table, figures",
                    "Evaluate a run on its training split and the test set; writes metrics.json, "
                    "predictions.csv and figures/.", ["fmnist evaluate runs/train", "fmnist evaluate runs/train "
@@ -173,6 +182,10 @@ def add_experiment_commands(commands, handlers: dict) -> None:
                    "One self-contained HTML page (and its Markdown twin) for an evaluated run.",
                    ["fmnist report runs/train"])
     p.add_argument("run", help="run directory (evaluated)")
+
+
+def add_reproduce_command(commands, handlers: dict) -> None:
+    from fmnist import api
 
     p = subcommand(commands, "reproduce", handlers["reproduce"], "the whole report in one command",
                    "Reproduce the report: data check and sample grid, training with its settings, evaluation "
@@ -192,6 +205,10 @@ def add_experiment_commands(commands, handlers: dict) -> None:
                         "--threads each (default: one after another)")
     p.add_argument("--address", default=None, help="a Ray cluster's address for the parallel seeds (default: local)")
     p.add_argument("--out", default=api.OUT["reproduce"], help="output directory (default: %(default)s)")
+
+
+def add_bench_command(commands, handlers: dict) -> None:
+    from fmnist import configs
 
     p = subcommand(commands, "bench", handlers["bench"], "time training and evaluation against plain eager PyTorch",
                    "Time fmnist's training step and a plain eager PyTorch version of the same network on the "
@@ -239,8 +256,11 @@ def add_sweep_command(commands, handlers: dict) -> None:
 
 def add_use_commands(commands, handlers: dict) -> None:
     """Using a trained model: predict, export, import-keras, serve."""
-    from fmnist import api
+    add_predict_and_export_commands(commands, handlers)
+    add_import_and_serve_commands(commands, handlers)
 
+
+def add_predict_and_export_commands(commands, handlers: dict) -> None:
     p = subcommand(commands, "predict", handlers["predict"], "classify your own images (PNG, JPEG, WebP, BMP, GIF, ...)",
                    "Classify images, preprocessed as Fashion-MNIST was made from product photos. Prints the "
                    "top classes per file; exit code 1 if any file failed.",
@@ -265,6 +285,10 @@ def add_use_commands(commands, handlers: dict) -> None:
     p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime check (default: check)")
     add_weights_option(p)
     add_data_options(p)
+
+
+def add_import_and_serve_commands(commands, handlers: dict) -> None:
+    from fmnist import api
 
     p = subcommand(commands, "import-keras", handlers["import_keras"], "turn a Keras .keras/.h5 model into a run",
                    "Import a Keras model with the report's architecture (Keras 3 .keras or legacy .h5). Reads "
