@@ -73,7 +73,10 @@ def test_reproduce_compares_models_in_one_table(tmp_path, capsys):
         assert rows[name]["summary"]["stats"]["test_accuracy"]["mean"] == metrics["test"]["accuracy"]
         assert f"{metrics['test']['accuracy']:.4f}" in table[2 + list(rows).index(name)]
         assert rows[name]["parameters"] == models.parameters(models.get(name).build(0.0))
-        assert rows[name]["images_per_second"] > 0
+        assert set(rows[name]["images_per_second"]) == set(models.INFERENCE_PRECISIONS)
+        assert all(rate > 0 for rate in rows[name]["images_per_second"].values())
+        rates = " / ".join(f"{rate:,.0f}" for rate in rows[name]["images_per_second"].values())
+        assert table[2 + list(rows).index(name)].endswith(f" | {rates} |")  # fp32 / bf16
         assert rows[name]["mflops"] == pytest.approx(models.mflops_per_image(models.get(name).build(0.0)))
     assert "comparison.md" in stdout and "![accuracy against training time](frontier.png)" in "\n".join(table)
     assert (out / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

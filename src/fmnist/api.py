@@ -307,12 +307,13 @@ def write_comparison(summaries: dict[str, dict], curves: dict[str, list[list[dic
     and the frontier drawn (frontier.png: every model's validation curves and final test accuracy)."""
     from fmnist import bench, figures, report
 
-    rows = {}
+    rows, target = {}, inference.resolve_device(device)
     for name, summary in summaries.items():
         network = models.get(name).build(0.0)
         rows[name] = {"summary": summary, "parameters": models.parameters(network),
                       "mflops": models.mflops_per_image(network),
-                      "images_per_second": bench.evaluation_throughput(name, 10_000, inference.resolve_device(device))}
+                      "images_per_second": {precision: bench.evaluation_throughput(name, 10_000, target, precision)
+                                            for precision in models.INFERENCE_PRECISIONS}}
     finals = {name: (row["summary"]["stats"]["seconds"]["mean"], row["summary"]["stats"]["test_accuracy"]["mean"],
                      row["summary"]["stats"]["test_accuracy"]["std"]) for name, row in rows.items()}
     figures.frontier(curves, finals, report.PUBLISHED["test_accuracy"], out / report.FRONTIER)

@@ -283,14 +283,15 @@ def comparison_markdown(rows: dict[str, dict]) -> str:
     targets = next(iter(rows.values()))["summary"].get("targets", TIME_TO)
     lines = ["| model | seeds | test accuracy | training time (s) | "
              + " | ".join(f"time to {a} validation accuracy (s)" for a in targets)
-             + " | parameters | MFLOPs/image | inference images/s |", "|---" * (7 + len(targets)) + "|"]
+             + " | parameters | MFLOPs/image | inference images/s (fp32 / bf16) |", "|---" * (7 + len(targets)) + "|"]
     for name, row in rows.items():
         stats = row["summary"]["stats"]
         times = " | ".join(mean_sd(stats[f"seconds_to_{a}"], digits=0, never=never_reached(row["summary"]))
                            for a in targets)
+        rates = " / ".join(f"{rate:,.0f}" for rate in row["images_per_second"].values())  # fp32 / bf16
         lines.append(f"| {name} | {len(row['summary']['seeds'])} | {mean_sd(stats['test_accuracy'])} | "
                      f"{mean_sd(stats['seconds'], digits=0)} | {times} | {row['parameters']:,} | "
-                     f"{row['mflops']:.1f} | {row['images_per_second']:,.0f} |")
+                     f"{row['mflops']:.1f} | {rates} |")
     return "\n".join(lines) + f"\n\n![accuracy against training time]({FRONTIER})\n"
 
 
