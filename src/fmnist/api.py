@@ -136,7 +136,8 @@ class Run:
         found = predict.expand_paths([Path(p) for p in paths])
         if not found:
             raise errors.InputError("no image files found in " + ", ".join(map(str, paths)))
-        network, out_dir = self.model(weights, precision), files.output_dir(save_preprocessed) if save_preprocessed else None
+        network = self.model(weights, precision)
+        out_dir = files.output_dir(save_preprocessed) if save_preprocessed else None
         names, results = predict.preprocessed_names(found), []
         for path in found:
             try:
@@ -307,13 +308,12 @@ def write_comparison(summaries: dict[str, dict], curves: dict[str, list[list[dic
     and the frontier drawn (frontier.png: every model's validation curves and final test accuracy)."""
     from fmnist import bench, figures, report
 
-    rows, target = {}, inference.resolve_device(device)
+    rows = {}
     for name, summary in summaries.items():
         network = models.get(name).build(0.0)
         rows[name] = {"summary": summary, "parameters": models.parameters(network),
                       "mflops": models.mflops_per_image(network),
-                      "images_per_second": {precision: bench.evaluation_throughput(name, 10_000, target, precision)
-                                            for precision in models.INFERENCE_PRECISIONS}}
+                      "images_per_second": bench.evaluation_throughputs(name, 10_000, inference.resolve_device(device))}
     finals = {name: (row["summary"]["stats"]["seconds"]["mean"], row["summary"]["stats"]["test_accuracy"]["mean"],
                      row["summary"]["stats"]["test_accuracy"]["std"]) for name, row in rows.items()}
     figures.frontier(curves, finals, report.PUBLISHED["test_accuracy"], out / report.FRONTIER)

@@ -157,6 +157,12 @@ def evaluation_throughput(name: str, num_images: int, device: torch.device, prec
     return num_images / (time.perf_counter() - start)
 
 
+def evaluation_throughputs(name: str, num_images: int, device: torch.device) -> dict[str, float]:
+    """evaluation_throughput in each of models.INFERENCE_PRECISIONS: {"fp32": images/s, "bf16": images/s}."""
+    return {precision: evaluation_throughput(name, num_images, device, precision)
+            for precision in models.INFERENCE_PRECISIONS}
+
+
 def epoch_sizes(quick: bool) -> tuple[int, int, int]:
     """(training, validation, evaluation) images: the report's split of the dataset, or a small slice of it."""
     if quick:
@@ -184,5 +190,4 @@ def run(quick: bool = False, device: str = "auto", threads: int | None = None, b
             "speedup": per_step["plain eager PyTorch"] / per_step["fmnist"],
             "floor_seconds": floor_seconds(name, batch_size, steps, target, precision),
             "epoch_seconds": epoch_seconds, "validation_seconds": val_seconds, "epoch_images": num_train,
-            "eval_images_per_second": {precision: evaluation_throughput(name, num_eval, target, precision)
-                                       for precision in models.INFERENCE_PRECISIONS}}
+            "eval_images_per_second": evaluation_throughputs(name, num_eval, target)}
