@@ -155,6 +155,7 @@ def test_ctrl_c_cuts_a_running_trial_off_and_says_how_to_continue(tmp_path):
     last = err.strip().splitlines()[-1]
     assert process.returncode == 130 and last.startswith("error: interrupted: 1 of 1 trials did not finish"), err
     assert "run the same command again" in last
+    assert "Tuner.restore" not in err  # Tune's own advice is not how fmnist continues
     assert workers and 2 <= training.resume_epoch(trial) < epochs  # cut off, its checkpoint kept for the next run
     deadline = time.monotonic() + 120
     while any(command_line(pid) for pid in workers) and time.monotonic() < deadline:

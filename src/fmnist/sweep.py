@@ -14,8 +14,10 @@ configuration, chooses on validation accuracy, and only then evaluates the chose
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
+import logging
 import math
 import random
 import re
@@ -226,7 +228,28 @@ def run_trials(todo: list[Trial], out: Path, threads_per_trial: int = 1, workers
                            # reuse_actors: a worker process trains trial after trial (torch loads once)
                            tune_config=tune.TuneConfig(max_concurrent_trials=workers, reuse_actors=True),
                            run_config=tune.RunConfig(name="tune", storage_path=str(out), verbose=verbose))
-    return collect(tuner.fit(), todo)
+    with without_tunes_restore_hint():
+        grid = tuner.fit()
+    return collect(grid, todo)
+
+
+class TunesRestoreHint(logging.Filter):
+    """After Ctrl-C, Tune logs its own advice ("Resume experiment with: Tuner.restore(...)"): not how fmnist
+    continues. The command's last line says how (`collect`: run the same command again)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tuner.restore(" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def without_tunes_restore_hint():
+    tunes = logging.getLogger("ray.tune.tune")  # the module that logs the hint
+    hint = TunesRestoreHint()
+    tunes.addFilter(hint)
+    try:
+        yield
+    finally:
+        tunes.removeFilter(hint)
 
 
 def collect(grid, todo: list[Trial]) -> list[dict]:
