@@ -324,6 +324,42 @@ def test_server_memory_is_bounded_for_limit_sized_images(tmp_path, trained_run, 
         process.wait(timeout=60)
 
 
+def test_a_taken_port_is_one_line_before_the_model_loads(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "fmnist", "serve", str(tmp_path / "no-run"), "--port", str(port)],
+                                capture_output=True, text=True, timeout=120)
+    # the address is refused first: no run directory was needed to learn that
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith(f"error: cannot listen on 127.0.0.1:{port}: ") and "another --port" in result.stderr
+    result = subprocess.run([sys.executable, "-m", "fmnist", "serve", str(tmp_path), "--port", "65536"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "a port is a number from 0 to 65535, not '65536'" in result.stderr
+
+
+def test_port_0_serves_on_the_free_port_it_prints(trained_run):
+    process = subprocess.Popen([sys.executable, "-m", "fmnist", "serve", str(trained_run), "--port", "0"],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        line = process.stdout.readline()  # "serving RUN in fp32 on http://127.0.0.1:PORT/ (Ctrl-C stops)"
+        url = line.split(" on ", 1)[1].split()[0]
+        assert not url.endswith(":0/"), line
+        deadline = time.monotonic() + 120
+        while True:  # the socket listens before the app starts: wait for the state, a health answer
+            try:
+                response = httpx.get(url + "health", timeout=30)
+                break
+            except httpx.TransportError:
+                assert process.poll() is None and time.monotonic() < deadline
+                time.sleep(0.1)
+        assert response.status_code == 200 and response.json()["status"] == "ok"
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=60)
+
+
 @pytest.mark.slow
 def test_replicas_without_ray_serve_say_how_to_get_it(trained_run):
     code = ("import sys; sys.modules['ray'] = None; from fmnist import cli; "  # as if Ray were not installed

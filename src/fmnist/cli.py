@@ -287,9 +287,11 @@ def cmd_serve(args) -> int:
     args.max_bytes = args.max_bytes or serve.MAX_BYTES  # the limit is the server's fact
     if args.replicas is not None or args.address:
         return serve_on_ray(args)
-    console.print(f"serving {args.run} in {args.precision} on http://{args.host}:{args.port}/ (Ctrl-C stops)")
-    serve.serve(Path(args.run), host=args.host, port=args.port, max_bytes=args.max_bytes,
-                allowed_hosts=args.allowed_host, precision=args.precision)
+    sock = serve.listening_socket(args.host, args.port)  # a taken port fails here, before the model loads
+    port = sock.getsockname()[1]  # --port 0: the free port the system chose
+    console.print(f"serving {args.run} in {args.precision} on http://{args.host}:{port}/ (Ctrl-C stops)")
+    serve.serve(Path(args.run), sock, max_bytes=args.max_bytes, allowed_hosts=args.allowed_host,
+                precision=args.precision)
     return 0
 
 

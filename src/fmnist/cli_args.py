@@ -305,7 +305,7 @@ def add_import_and_serve_commands(commands, handlers: dict) -> None:
                     "fmnist serve runs/train --replicas 2", "fmnist serve runs/train --replicas 8 --address HEAD:6379"])
     p.add_argument("run", help="run directory")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    p.add_argument("--port", type=port_number, default=8000, help="port (default: 8000; 0: any free one)")
     p.add_argument("--max-bytes", type=int, default=None,
                    help="request size limit in bytes (default: the server's, serve.MAX_BYTES)")
     p.add_argument("--allowed-host", action="append", metavar="NAME",
@@ -315,6 +315,12 @@ def add_import_and_serve_commands(commands, handlers: dict) -> None:
                    help="serve with N replicas on Ray Serve (pip install 'fmnist[serve-ray]'; default: one process)")
     p.add_argument("--address", help="a Ray cluster's address for the replicas (default: a local Ray instance)")
     add_inference_precision_option(p)
+
+
+def port_number(text: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"a port is a number from 0 to 65535, not {text!r}")
+    return int(text)
 
 
 def build_parser(handlers: dict) -> argparse.ArgumentParser:

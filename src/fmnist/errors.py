@@ -23,6 +23,10 @@ class RunError(FmnistError):
     """A run directory is missing, foreign, damaged, or does not match the architecture."""
 
 
+class AddressError(FmnistError):
+    """The server cannot listen where asked: the port is taken, or the address is not this machine's."""
+
+
 class OutputError(FmnistError):
     """An output location cannot be written: a file where a directory belongs, or the reverse."""
 

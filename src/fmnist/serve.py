@@ -25,6 +25,7 @@ import io
 import ipaddress
 import logging
 import resource
+import socket
 import threading
 import uuid
 from pathlib import Path
@@ -326,10 +327,32 @@ def default_allowed_hosts(host: str) -> list[str] | None:
         return None
 
 
-def serve(run_dir: Path, host: str = "127.0.0.1", port: int = 8000, max_bytes: int = MAX_BYTES,
-          allowed_hosts: list[str] | None = None, precision: str = "fp32") -> None:
+def listening_socket(host: str, port: int) -> socket.socket:
+    """The server's socket, bound here (before the model loads) so that a taken port or a foreign address is
+    one error saying what to change, not uvicorn's log line and exit status 3."""
+    def refused(exc: Exception, fix: str) -> errors.AddressError:
+        return errors.AddressError(f"cannot listen on {host}:{port}: {getattr(exc, 'strerror', None) or exc}; {fix}")
+
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    except (OSError, OverflowError) as exc:  # a name that does not resolve
+        raise refused(exc, "give another --host") from None
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: a restart need not wait out TIME_WAIT
+    try:
+        sock.bind((host, port))
+    except (OSError, OverflowError) as exc:  # taken, not this machine's address, a port under 1024 without root
+        sock.close()
+        raise refused(exc, "give another --port (or --host), or stop what is listening there") from None
+    return sock
+
+
+def serve(run_dir: Path, sock: socket.socket, max_bytes: int = MAX_BYTES, allowed_hosts: list[str] | None = None,
+          precision: str = "fp32") -> None:
+    """Serve a run on a socket from `listening_socket` until Ctrl-C."""
     import uvicorn
 
+    host, port = sock.getsockname()[:2]
     app = create_app(run_dir, max_bytes, allowed_hosts=allowed_hosts or default_allowed_hosts(host),
                      precision=precision)
-    uvicorn.Server(server_config(app, host, port, log_level="info", access_log=False)).run()
+    uvicorn.Server(server_config(app, host, port, log_level="info", access_log=False)).run(sockets=[sock])
