@@ -329,11 +329,13 @@ def test_a_taken_port_is_one_line_before_the_model_loads(tmp_path):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = subprocess.run([sys.executable, "-m", "fmnist", "serve", str(tmp_path / "no-run"), "--port", str(port)],
-                                capture_output=True, text=True, timeout=120)
-    # the address is refused first: no run directory was needed to learn that
-    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
-    assert result.stderr.startswith(f"error: cannot listen on 127.0.0.1:{port}: ") and "another --port" in result.stderr
+        for replicas in ([], ["--replicas", "2"]):  # one process; Ray Serve's proxy on a local Ray instance
+            result = subprocess.run([sys.executable, "-m", "fmnist", "serve", str(tmp_path / "no-run"),
+                                     "--port", str(port), *replicas], capture_output=True, text=True, timeout=120)
+            # the address is refused first: no run directory (nor Ray) was needed to learn that
+            assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+            assert result.stderr.startswith(f"error: cannot listen on 127.0.0.1:{port}: ")
+            assert "another --port" in result.stderr
     result = subprocess.run([sys.executable, "-m", "fmnist", "serve", str(tmp_path), "--port", "65536"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "a port is a number from 0 to 65535, not '65536'" in result.stderr

@@ -49,6 +49,8 @@ def deploy(run_dir: Path, replicas: int, host: str = "127.0.0.1", port: int = 80
     """Start (or join) Ray, start Serve's proxy on host:port and deploy `replicas` replicas of the app."""
     if replicas < 1:
         raise errors.InputError(f"--replicas must be 1 or more, got {replicas}")
+    if address is None:  # a local Ray instance: its proxy will listen on this machine, so the address is checked here
+        serve.listening_socket(host, port).close()
     require_ray_serve()
     import ray
     from ray import serve as ray_serve
