@@ -262,6 +262,8 @@ HEADLINE_SEEDS = 5  # a comparison of models is a headline claim: a mean over fi
 
 def default_seeds(model_names: Iterable[str], seeds: int | None) -> int:
     """`seeds`, or by default one for one model (the report's reproduction), HEADLINE_SEEDS for a comparison."""
+    if seeds is not None and seeds < 1:
+        raise errors.InputError(f"--seeds must be 1 or more, got {seeds}")
     return seeds or (1 if len(list(dict.fromkeys(model_names))) == 1 else HEADLINE_SEEDS)
 
 

@@ -163,8 +163,10 @@ class Runtime:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.validate_tta not in VALIDATE_TTA:
             raise ValueError(f"validate_tta must be one of {', '.join(VALIDATE_TTA)}, got {self.validate_tta!r}")
-        if self.threads is not None and self.threads < 1 or self.limit is not None and self.limit < 2:
-            raise ValueError("threads must be >= 1 and limit >= 2")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
+        if self.limit is not None and self.limit < 2:
+            raise ValueError(f"limit must be >= 2, got {self.limit}")
 
 
 def choose_precision(precision: str, model: str, device: torch.device, cpu_flags: set[str] | None = None) -> str:
