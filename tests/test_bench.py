@@ -43,6 +43,9 @@ def test_bench_of_another_model_in_process(capsys):
     report = json.loads(out)
     assert code == 0 and report["model"] == "fast-cnn"
     assert set(report["step_seconds"]) == {"fmnist", "plain eager PyTorch"} and report["floor_seconds"] > 0
+    for flag in ("--threads", "--batch-size"):  # 0 used to run as "the default"
+        code, _, err = run_cli(capsys, "bench", "--quick", flag, 0)
+        assert code == 2 and err == f"error: {flag[2:].replace('-', ' ')} must be >= 1, got 0\n"
     code, _, err = run_cli(capsys, "bench", "--quick", "--model", "resnet")
     assert code == 2 and err.startswith("error: unknown model 'resnet'")
 

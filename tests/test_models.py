@@ -182,7 +182,8 @@ def test_reproduce_checks_every_model_before_anything_runs(tmp_path, capsys):
     assert code == 2 and err.startswith("error: unknown model 'resnet'") and len(err.strip().splitlines()) == 1
     assert "source:" not in out and not (tmp_path / "out").exists()  # not even the data check ran
     for flags, said in ((["--seeds", 0], "--seeds must be 1 or more, got 0"),
-                        (["--threads", 0], "threads must be >= 1, got 0"), (["--limit", 1], "limit must be >= 2, got 1")):
+                        (["--threads", 0], "threads must be >= 1, got 0"), (["--limit", 1], "limit must be >= 2, got 1"),
+                        (["--workers", 0], "--workers must be 1 or more, got 0")):
         code, out, err = run_cli(capsys, "reproduce", *flags, "--epochs", 1, "--out", tmp_path / "out")
         assert code == 2 and err == f"error: {said}\n" and not (tmp_path / "out").exists(), err  # was: 50 epochs
 

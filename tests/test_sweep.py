@@ -217,3 +217,11 @@ def test_bad_sweeps_are_one_line(tmp_path, capsys):
     assert code == 2 and "a sweep chooses on validation" in err
     code, _, err = run_cli(capsys, "sweep", "--vary", "epochs=1,2", "--set", "epochs=3", "--out", tmp_path)
     assert code == 2 and "epochs: both varied and held fixed" in err
+    # a zero is a count given, not "the default": each used to run (--threads 0 ended in ZeroDivisionError)
+    for flags, said in ((["--seeds", 0], "seeds must be >= 1, got 0"), (["--samples", 0], "samples must be >= 1, got 0"),
+                        (["--threads", 0], "--threads must be 1 or more, got 0"),
+                        (["--workers", 0], "--workers must be 1 or more, got 0")):
+        code, _, err = run_cli(capsys, "sweep", "--vary", "epochs=1,2", "--search", "random", *flags,
+                               "--out", tmp_path / "zero")
+        assert code == 2 and said in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "zero").exists()

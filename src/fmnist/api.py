@@ -229,6 +229,7 @@ def reproduce(model_names: Iterable[str] = (models.DEFAULT,), seeds: int | None 
 
     out, names = Path(out), list(dict.fromkeys(model_names))
     seeds = default_seeds(names, seeds)
+    check_parallelism(workers)
     targets = sorted(set(report.TIME_TO) | set(check_targets(targets)))
     configs = reproduce_configs(names, seeds, first_seed, **settings)  # all checked first
     summaries, curves = {}, {}
@@ -265,6 +266,13 @@ def default_seeds(model_names: Iterable[str], seeds: int | None) -> int:
     if seeds is not None and seeds < 1:
         raise errors.InputError(f"--seeds must be 1 or more, got {seeds}")
     return seeds or (1 if len(list(dict.fromkeys(model_names))) == 1 else HEADLINE_SEEDS)
+
+
+def check_parallelism(workers: int | None, threads: int | None = None) -> None:
+    """Runs at once and threads per run, where given, are counts (0 is not "the default")."""
+    for flag, value in (("--workers", workers), ("--threads", threads)):
+        if value is not None and value < 1:
+            raise errors.InputError(f"{flag} must be 1 or more, got {value}")
 
 
 def check_targets(targets: Iterable[float]) -> list[float]:
@@ -337,8 +345,8 @@ def sweep_config(file: str | Path | None = None, model: str | None = None, vary:
             model=model or loaded.get("model", models.DEFAULT),
             space={**loaded.get("space", {}), **engine.parse_assignments(vary, several=True)},
             fixed={**loaded.get("fixed", {}), **engine.parse_assignments(fixed, several=False)},
-            seeds=seeds or loaded.get("seeds", 1), search=search or loaded.get("search", "grid"),
-            samples=samples or loaded.get("samples", 8))
+            seeds=loaded.get("seeds", 1) if seeds is None else seeds, search=search or loaded.get("search", "grid"),
+            samples=loaded.get("samples", 8) if samples is None else samples)
     except (TypeError, ValueError) as exc:
         raise errors.InputError(f"sweep: {exc}") from None
 
@@ -349,6 +357,7 @@ def sweep(config, out: str | Path, threads: int = 1, workers: int | None = None,
     and tested only for the chosen configuration: (summary, the files written)."""
     from fmnist import sweep as engine
 
+    check_parallelism(workers, threads)
     results = engine.run(config, Path(out), threads, workers, address, verbose)
     summary = engine.summarise(results)
     return summary, engine.write_summary(summary, Path(out))

@@ -176,6 +176,9 @@ def run(quick: bool = False, device: str = "auto", threads: int | None = None, b
         precision: str = "auto", name: str = models.DEFAULT) -> dict:
     """Everything `fmnist bench` prints, as a dict. The batch size and precision default to what training
     uses: the model's recipe, and the precision `--precision auto` chooses on this machine."""
+    for what, value in (("threads", threads), ("batch size", batch_size)):
+        if value is not None and value < 1:
+            raise ValueError(f"{what} must be >= 1, got {value}")
     batch_size = batch_size or configs.Recipe.for_model(name).batch_size  # ValueError naming the models there are
     machine.flush_denormals()
     cpu_threads.use(threads)

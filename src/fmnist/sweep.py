@@ -47,8 +47,9 @@ class SweepConfig:
         models.get(self.model)
         if self.search not in SEARCHES:
             raise ValueError(f"search must be grid or random, got {self.search!r}")
-        if self.seeds < 1 or self.samples < 1:
-            raise ValueError("seeds and samples must be >= 1")
+        for what, value in (("seeds", self.seeds), ("samples", self.samples)):
+            if value < 1:
+                raise ValueError(f"{what} must be >= 1, got {value}")
         for name, values in self.space.items():
             if not isinstance(values, list) or not values:
                 raise ValueError(f"{name}: give a non-empty list of values")
