@@ -36,3 +36,9 @@ def test_cli_export_verifies(tmp_path, trained_run):
                              "--out", str(out)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert out.is_file() and "max abs difference" in result.stdout
+
+
+def test_a_place_that_takes_no_files_is_named_as_asked(trained_run, capsys):
+    """/proc takes no new files: the error names the file asked for, not the temp file written first."""
+    code, _, err = run_cli(capsys, "export", trained_run, "--out", "/proc/fmnist-model.onnx")
+    assert code == 2 and err == "error: /proc/fmnist-model.onnx: No such file or directory\n", err

@@ -66,12 +66,19 @@ def write_atomic(path: Path, write) -> Path:
     """Call write(temp_path), then rename the temp file onto `path`, with the permissions open() would give."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:  # a directory that takes no files: name the file asked for, not the temp file
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
     os.close(fd)
     try:
         write(Path(tmp))
         os.chmod(tmp, file_mode())
         os.replace(tmp, path)
+    except OSError as exc:  # a full disk, say: the same
+        if exc.filename not in (tmp, Path(tmp)):
+            raise
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
     finally:
         Path(tmp).unlink(missing_ok=True)
     return path
