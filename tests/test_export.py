@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import onnx
 
+from conftest import run_cli
 from fmnist import data, export, inference
 
 
