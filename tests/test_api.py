@@ -27,6 +27,8 @@ def test_the_api_end_to_end(tmp_path, monkeypatch):
     arrays = run.predict(dataset.test_images[:8])
     assert arrays.probabilities.shape == (8, 10) and np.allclose(arrays.probabilities.sum(1), 1, atol=1e-5)
     assert arrays.names == [fmnist.CLASS_NAMES[c] for c in arrays.classes]
+    none = run.predict(dataset.test_images[:0])  # no images: no rows (was torch.cat's ValueError)
+    assert none.probabilities.shape == (0, 10) and none.classes.shape == (0,) and none.names == []
     # An image file as a photo would be: dark item on a light background, larger than 28x28.
     PIL.Image.fromarray(255 - dataset.test_images[0]).resize((112, 112)).save("shoe.png")
     from_file = run.predict(["shoe.png"])

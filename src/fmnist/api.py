@@ -232,11 +232,10 @@ def reproduce(model_names: Iterable[str] = (models.DEFAULT,), seeds: int | None 
     check_parallelism(workers)
     targets = sorted(set(report.TIME_TO) | set(check_targets(targets)))
     configs = reproduce_configs(names, seeds, first_seed, **settings)  # all checked first
-    summaries, curves = {}, {}
+    summaries, curves, parallel = {}, {}, bool(workers or address)
     for name in names:
         model_out = out / name if len(names) > 1 else out
         results, histories = {}, {}
-        parallel = bool(workers or address)
         if parallel:  # training, evaluation and report of each seed, as trials on Ray
             train_in_parallel([configs[name, s] for s in range(first_seed, first_seed + seeds)], model_out,
                               workers, address)
