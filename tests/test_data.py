@@ -97,8 +97,8 @@ def test_cli_prints_one_line_error_not_a_traceback(tmp_path):
 
 def test_missing_explicit_dir_does_not_fall_back(tmp_path, monkeypatch):
     monkeypatch.setenv("FMNIST_DATA_DIR", str(tmp_path / "nowhere"))
-    with pytest.raises(errors.DataError, match="missing train-images"):
-        data.locate()
+    with pytest.raises(errors.DataError, match="missing train-images.*; put the Fashion-MNIST files there"):
+        data.locate()  # the message says how to fix it
 
 
 # ---------------------------------------------------------------------------------------------

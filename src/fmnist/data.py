@@ -196,7 +196,9 @@ def locate(data_dir: Path | str | None = None, files: dict[str, IdxFile] = FILES
             return found, description, fix
     if data_dir or os.environ.get("FMNIST_DATA_DIR"):
         missing = [spec.filename for key, spec in files.items() if not find_in(candidates[0][0], spec)]
-        raise errors.DataError(f"{candidates[0][0]}: missing {', '.join(missing)}")
+        raise errors.DataError(f"{candidates[0][0]}: missing {', '.join(missing)}; put the Fashion-MNIST files there "
+                               f"(gzipped or not), or give no --data-dir (nor FMNIST_DATA_DIR) to use the Debian "
+                               f"package or download them")
     directory, description, fix = candidates[-1]
     found = {key: find_in(directory, spec) or download(spec, directory, mirrors or configured_mirrors(), progress)
              for key, spec in files.items()}
