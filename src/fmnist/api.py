@@ -229,7 +229,7 @@ def reproduce(model_names: Iterable[str] = (models.DEFAULT,), seeds: int | None 
 
     out, names = Path(out), list(dict.fromkeys(model_names))
     seeds = default_seeds(names, seeds)
-    check_parallelism(workers)
+    check_counts(workers=workers)
     targets = sorted(set(report.TIME_TO) | set(check_targets(targets)))
     configs = reproduce_configs(names, seeds, first_seed, **settings)  # all checked first
     summaries, curves, parallel = {}, {}, bool(workers or address)
@@ -262,16 +262,15 @@ HEADLINE_SEEDS = 5  # a comparison of models is a headline claim: a mean over fi
 
 def default_seeds(model_names: Iterable[str], seeds: int | None) -> int:
     """`seeds`, or by default one for one model (the report's reproduction), HEADLINE_SEEDS for a comparison."""
-    if seeds is not None and seeds < 1:
-        raise errors.InputError(f"--seeds must be 1 or more, got {seeds}")
+    check_counts(seeds=seeds)
     return seeds or (1 if len(list(dict.fromkeys(model_names))) == 1 else HEADLINE_SEEDS)
 
 
-def check_parallelism(workers: int | None, threads: int | None = None) -> None:
-    """Runs at once and threads per run, where given, are counts (0 is not "the default")."""
-    for flag, value in (("--workers", workers), ("--threads", threads)):
+def check_counts(**counts: int | None) -> None:
+    """Seeds, runs at once, threads per run, where given, are counts: 0 is refused, not taken for the default."""
+    for flag, value in counts.items():
         if value is not None and value < 1:
-            raise errors.InputError(f"{flag} must be 1 or more, got {value}")
+            raise errors.InputError(f"--{flag} must be 1 or more, got {value}")
 
 
 def check_targets(targets: Iterable[float]) -> list[float]:
@@ -356,7 +355,7 @@ def sweep(config, out: str | Path, threads: int = 1, workers: int | None = None,
     and tested only for the chosen configuration: (summary, the files written)."""
     from fmnist import sweep as engine
 
-    check_parallelism(workers, threads)
+    check_counts(workers=workers, threads=threads)
     results = engine.run(config, Path(out), threads, workers, address, verbose)
     summary = engine.summarise(results)
     return summary, engine.write_summary(summary, Path(out))

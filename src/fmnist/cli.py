@@ -169,7 +169,7 @@ def cmd_reproduce(args) -> int:
     seeds = api.default_seeds(names, args.seeds)
     api.reproduce_configs(names, seeds, args.seed, **settings)  # every model's settings, before hours of training
     api.check_targets(args.target or [])
-    api.check_parallelism(args.workers)
+    api.check_counts(workers=args.workers)
     cmd_data(argparse.Namespace(data_dir=args.data_dir, out=out))
 
     def on_seed(name, seed, metrics, html_path):
@@ -196,7 +196,7 @@ def cmd_sweep(args) -> int:
     from fmnist import api, sweep
 
     config = api.sweep_config(args.file, args.model, args.vary, args.set, args.seeds, args.search, args.samples)
-    api.check_parallelism(args.workers, args.threads)
+    api.check_counts(workers=args.workers, threads=args.threads)
     count = len(config.configurations()) * config.seeds
     console.print(f"sweep of {config.model}: {len(config.configurations())} configurations x {config.seeds} seeds "
                   f"= {count} trials, {args.threads} threads each, into {args.out}")
