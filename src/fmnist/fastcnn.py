@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from fmnist import data
+from fmnist import data, norm_kernels
 
 ARCHITECTURE = "fast-cnn-v1"  # recorded in weights, checkpoints and ONNX files; bump if the layout changes
 STAGES = ((16,), (32, 32), (64, 64))  # 3x3 conv widths at 28x28, 14x14 and 7x7, a 2x2 max pool between stages
@@ -43,13 +43,36 @@ def conv_bn_relu(in_channels: int, out_channels: int) -> list[nn.Module]:
             nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
 
 
+class Features(nn.Sequential):
+    """nn.Sequential whose BatchNorm -> [2x2 max pool ->] ReLU runs go through the fused kernels where they
+    apply (training in bf16 on the CPU: `norm_kernels`) and `fused`; elsewhere, and in the state_dict, the
+    same layers."""
+
+    def __init__(self, *layers: nn.Module, fused: bool = True):
+        super().__init__(*layers)
+        self.fused = fused
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        layers, index = list(self), 0
+        while index < len(layers):
+            following = layers[index + 1] if index + 1 < len(layers) else None
+            pool = following if isinstance(following, nn.MaxPool2d) else None
+            relu = index + (2 if pool is not None else 1)  # where the block's ReLU must be
+            if (self.fused and relu < len(layers) and isinstance(layers[relu], nn.ReLU)
+                    and norm_kernels.applicable(x, layers[index], pool)):
+                x, index = norm_kernels.norm_relu(x, layers[index], pool is not None), relu + 1
+            else:
+                x, index = layers[index](x), index + 1
+        return x
+
+
 class FlatHeadCNN(nn.Module):
     """A convolutional feature stack and a linear head over its flattened last map, channels-last
     throughout: the NHWC input is a free view of it, and so is the flatten (fast-cnn's, res95's)."""
 
-    def __init__(self, features: nn.Sequential, channels: int, side: int, dropout: float):
+    def __init__(self, features: nn.Sequential, channels: int, side: int, dropout: float, fused_norm: bool = True):
         super().__init__()
-        self.features = features
+        self.features = Features(*features, fused=fused_norm)
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(side * side * channels, data.NUM_CLASSES)
         self.to(memory_format=torch.channels_last)
@@ -63,7 +86,7 @@ class FlatHeadCNN(nn.Module):
 class FastCNN(FlatHeadCNN):
     """Input (N, 28, 28, 1) floats in [0, 1]; output (N, 10) logits."""
 
-    def __init__(self, dropout: float = 0.0, stages: tuple[tuple[int, ...], ...] = STAGES):
+    def __init__(self, dropout: float = 0.0, stages: tuple[tuple[int, ...], ...] = STAGES, fused_norm: bool = True):
         layers, channels = [], 1
         for index, widths in enumerate(stages):
             layers += [nn.MaxPool2d(2)] if index else []
@@ -71,7 +94,7 @@ class FastCNN(FlatHeadCNN):
                 layers += conv_bn_relu(channels, width)
                 channels = width
         super().__init__(nn.Sequential(*pool_first(layers)), channels, data.IMAGE_SIZE // 2 ** (len(stages) - 1),
-                         dropout)
+                         dropout, fused_norm)
 
     def for_inference(self) -> "FastCNN":
         """A copy computing the same function in eval mode with each BatchNorm folded into the convolution
@@ -115,14 +138,15 @@ class WhitenedCNN(FastCNN):
     patch covariance, `init_whitening`; only its bias trains, and only for the recipe's first epochs)
     and a ReLU, with no BatchNorm: the learned network starts at 14x14 (airbench's whitening stem)."""
 
-    def __init__(self, dropout: float = 0.0):
-        super().__init__(dropout)
+    def __init__(self, dropout: float = 0.0, fused_norm: bool = True):
+        super().__init__(dropout, fused_norm=fused_norm)
         width = 2 * PATCH * PATCH
         whiten = nn.Conv2d(1, width, PATCH, padding=PATCH // 2, bias=True)
         whiten.weight.requires_grad_(False)
         later = list(self.features)[4:]                       # from stage 2's first conv on (after the pool)
         later[0] = nn.Conv2d(width, later[0].out_channels, 3, padding=1, bias=False)
-        self.features = nn.Sequential(whiten, *pool_first([nn.ReLU(inplace=True), nn.MaxPool2d(2)]), *later)
+        self.features = Features(whiten, *pool_first([nn.ReLU(inplace=True), nn.MaxPool2d(2)]), *later,
+                                 fused=fused_norm)
         self.to(memory_format=torch.channels_last)
 
     @property

@@ -49,10 +49,12 @@ def _jit(**options):
 
 
 kernel = _jit(parallel=True, boundscheck=False, nogil=True)
+inline = _jit(inline="always")
+serial = _jit(boundscheck=False, nogil=True)
 prange = numba.prange if numba else range
 
 
-@_jit(inline="always")
+@inline
 def _row(b, i, j, h, w, patches):
     """Row of activation (b, i, j) in the output: NHWC order, or the next conv's 2x2 windows."""
     if patches:  # (N, H/2, W/2, 2, 2, C): window (i//2, j//2), offset (i%2, j%2) inside it
@@ -124,7 +126,7 @@ def _start_pool() -> None:
         numba.get_num_threads()
 
 
-def _use_torch_threads() -> None:
+def use_torch_threads() -> None:
     """Numba's pool follows torch's thread count (torchrun sets 1 per process, --threads sets N)."""
     _start_pool()
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
@@ -137,7 +139,7 @@ class BiasReluPool(torch.autograd.Function):
         rows = n * h * w
         out = torch.empty(rows, c)
         code = torch.empty(z.shape, dtype=torch.int8)  # 1 byte per activation instead of int64 indices
-        _use_torch_threads()
+        use_torch_threads()
         _forward(z.detach().numpy(), bias.detach().numpy(), out.numpy(), code.numpy(), patches)
         ctx.save_for_backward(code)
         ctx.patches = patches
@@ -149,7 +151,7 @@ class BiasReluPool(torch.autograd.Function):
         c = code.shape[-1]
         grad = grad.contiguous().view(-1, c)  # rows in the forward's output order
         dz = torch.empty(code.shape)
-        _use_torch_threads()
+        use_torch_threads()
         _backward(code.numpy(), grad.numpy(), dz.numpy(), ctx.patches)
         return dz, dz.sum((0, 1, 2)), None
 
@@ -201,6 +203,6 @@ def space_to_depth(x: torch.Tensor) -> torch.Tensor:
     if x.requires_grad or h % 2 or w % 2:
         raise ValueError("space_to_depth takes an even-sized input that needs no gradient")
     out = torch.empty(n, h // 2, w // 2, 2, 2, c)
-    _use_torch_threads()
+    use_torch_threads()
     _space_to_depth(x.contiguous().numpy(), out.numpy())
     return out.view(n * (h // 2) * (w // 2), 4 * c)

@@ -56,7 +56,8 @@ CNN94 = ModelSpec("cnn94", fastcnn.ARCHITECTURE, fastcnn.FastCNN,
                   "the speed tier: fast-cnn's network, the recipe that reaches 94 % soonest on a CPU "
                   "(chosen on validation, README's ablation)",
                   recipe={**FAST.recipe, "epochs": 24, "tta_shift": 1, "alternate_flip": True, "bn_weight": False,
-                          "bn_momentum": 0.4}, bf16=True, plain=fastcnn.PlainFastCNN)
+                          "bn_momentum": 0.4}, bf16=True, plain=fastcnn.PlainFastCNN,
+                  variants={"fmnist, PyTorch's BatchNorm layers": {"fused_norm": False}})  # its bf16 kernels against torch's
 WHITENED = ModelSpec("whitened-cnn", fastcnn.WHITENED_ARCHITECTURE, fastcnn.WhitenedCNN,
                      "fast-cnn behind a frozen patch-whitening stem (tried for the speed tier: no better on "
                      "validation, slower per epoch on a CPU; README's ablation)",
