@@ -12,6 +12,8 @@ Why this shape (chosen on the validation split at a fixed time budget, 2-core Ze
 and their figures are in the README): per CPU-second it learned faster than wider nets that leave
 28x28 at once through a strided stem, and than deeper ones; a flattened head keeps where a feature
 is. Tensors are channels-last throughout: the NHWC input is a free view of it, and so is the flatten.
+In bf16 training on a CPU each BatchNorm -> [pool ->] ReLU runs as one fused block (`Features`,
+`norm_kernels`): cnn94's step 1.26x faster, the same function.
 """
 from __future__ import annotations
 
