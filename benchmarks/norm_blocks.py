@@ -52,7 +52,7 @@ def main() -> None:
         bn = nn.BatchNorm2d(shape[1], momentum=0.4)
         bn.weight.requires_grad_(False)  # cnn94's frozen BatchNorm scales
         forms = {"pytorch": (pytorch_block, bn), "fused": (norm_kernels.norm_relu, copy.deepcopy(bn))}
-        grad = torch.randn(pytorch_block(x, bn, pool).shape).bfloat16()
+        grad = torch.randn(pytorch_block(x, bn, pool).shape).bfloat16().contiguous(memory_format=torch.channels_last)
         samples = {name: [] for name in forms}
         for _ in range(args.rounds + 1):  # the first round warms up
             for name, (block, layer) in forms.items():
