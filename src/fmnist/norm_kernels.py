@@ -12,7 +12,9 @@ block is two passes forward and two backward:
               dx = x * k1 + k0 + (g * alpha where the cell got one)
 
 with alpha = weight / std and beta = bias - mean * alpha (BatchNorm's own factoring). Measured on cnn94's
-two pooled blocks (Zen 5, bf16, forward + backward): 3.2x and 2.6x faster than PyTorch's three layers.
+blocks (Zen 5, bf16, forward + backward, benchmarks/norm_blocks.py): the pooled ones 2.5x and 2.3x faster
+than PyTorch's three layers, the 14x14 one without a pool 1.26x, the 7x7 ones 0.88x (the call's fixed cost);
+the whole step 1.15-1.26x.
 
 What it equals: `Reference`, the same arithmetic in PyTorch operations, bit for bit (tested). Against
 PyTorch's nn.BatchNorm2d the statistics differ in their last bits (float64 sums here, PyTorch's own
