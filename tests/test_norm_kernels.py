@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fmnist import fastcnn, models, norm_kernels, recipe
+from conftest import require_real_data
+from fmnist import configs, fastcnn, models, norm_kernels, recipe, runs, training
 
 SHAPES = [(6, 16, 28, 28), (5, 32, 14, 14), (4, 64, 7, 7), (3, 5, 6, 4), (2, 3, 2, 2)]
 BLOCKS = [(shape, pool) for shape in SHAPES for pool in (True, False) if not (pool and shape[2] % 2)]  # pools: even
@@ -149,3 +150,12 @@ def test_a_bf16_training_step_matches_pytorchs_layers_closely_and_keeps_the_weig
     assert losses[0] == pytest.approx(losses[1], rel=1e-2)
     grads = [torch.cat([p.grad.flatten() for p in network.parameters()]) for network in (ours, theirs)]
     assert F.cosine_similarity(grads[0], grads[1], dim=0) > 0.99
+
+
+def test_a_run_records_whether_the_fused_blocks_could_run(tmp_path):
+    """config.json's machine.norm_kernels: True for a bf16 run on the CPU here (numba works), None for fp32."""
+    require_real_data()
+    for precision, expected in (("bf16", True), ("fp32", None)):
+        config = configs.TrainConfig(model="cnn94", epochs=1, limit=600, threads=2, precision=precision)
+        training.fit(config, tmp_path / precision)
+        assert runs.read_config(tmp_path / precision)["machine"]["norm_kernels"] is expected

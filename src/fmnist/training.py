@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from fmnist import configs, data, errors, inference, machine, models, recipe, runs, seedcnn, threads
+from fmnist import configs, data, errors, inference, machine, models, norm_kernels, recipe, runs, seedcnn, threads
 from fmnist.configs import Recipe, TrainConfig
 
 CHECKPOINT_FORMAT = "fmnist-checkpoint-v1"
@@ -181,6 +181,12 @@ def resume_epoch(run_dir: Path) -> int:
     return checkpoint_epoch(runs.load_checkpoint(path), str(path)) if path.is_file() else 0
 
 
+def norm_kernels_run(config: TrainConfig, device: torch.device) -> bool | None:
+    """Whether the fused bf16 BatchNorm blocks (norm_kernels) can run for this run: where it trains in bf16
+    on the CPU, else None. Where they cannot, PyTorch's layers run, whose rounding differs."""
+    return norm_kernels.available() if config.precision == "bf16" and device.type == "cpu" else None
+
+
 def start_or_resume(config: TrainConfig, run_dir: Path, resume: bool, device: torch.device, train_images,
                     write: bool = True) -> TrainingState:
     """A new state (written as epoch 0 at once), or the checkpoint's; a run killed before its first
@@ -199,8 +205,8 @@ def start_or_resume(config: TrainConfig, run_dir: Path, resume: bool, device: to
                               f"continue, or start a new run in another directory")
     elif write:
         if not resume:
-            runs.write_json(run_dir / runs.CONFIG, {**dataclasses.asdict(config),
-                                                    "machine": machine.describe_machine(device)})
+            runs.write_json(run_dir / runs.CONFIG, {**dataclasses.asdict(config), "machine": {
+                **machine.describe_machine(device), "norm_kernels": norm_kernels_run(config, device)}})
         runs.save_checkpoint(checkpoint, state.checkpoint())  # epoch 0: resumable at once
     return state
 
