@@ -1,7 +1,7 @@
 """Where a model's training step goes: torch.profiler over steps of the model's own recipe (optimizer,
 label smoothing, precision as training chooses it), self CPU time summed by kind of operator.
 
-    python benchmarks/profile_step.py --model cnn94 [--precision auto] [--steps 30] [--threads 2]
+    python benchmarks/profile_step.py --model cnn94 [--precision auto] [--steps 30] [--threads 2] [--top 20]
 """
 from __future__ import annotations
 
@@ -39,6 +39,7 @@ def main() -> None:
     parser.add_argument("--precision", default="auto", choices=configs.PRECISIONS)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--top", type=int, default=0, help="also list the N operators taking the most self time")
     args = parser.parse_args()
     machine.flush_denormals()
     threads.use(args.threads)
@@ -62,6 +63,9 @@ def main() -> None:
           f"{whole / 1000 / args.steps:.2f} ms of operators per step")
     for kind, micros in totals.most_common():
         print(f"  {kind:18s} {micros / 1000 / args.steps:7.2f} ms/step  {micros / whole:6.1%}")
+    for event in sorted(trace.key_averages(), key=lambda e: -e.self_cpu_time_total)[:args.top]:
+        print(f"    {event.key[:44]:44s} {event.self_cpu_time_total / 1000 / args.steps:7.3f} ms/step "
+              f"{event.count / args.steps:5.1f} calls/step")
 
 
 if __name__ == "__main__":

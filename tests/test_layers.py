@@ -12,7 +12,7 @@ LAYERS = [  # bottom to top
     ("foundations", {"errors", "version", "files", "threads", "machine", "progress", "batching"}),
     ("data", {"data"}),
     ("storage", {"runs"}),
-    ("networks", {"kernels", "norm_kernels", "seedcnn", "fastcnn", "resnet", "models"}),
+    ("networks", {"kernels", "norm_passes", "norm_kernels", "seedcnn", "fastcnn", "resnet", "models"}),
     ("inference", {"inference"}),
     ("training", {"recipe", "configs", "training"}),
     ("results", {"evaluate", "figures", "report", "predict", "bench"}),
