@@ -84,11 +84,12 @@ class NormReLU(torch.autograd.Function):
         dx = torch.empty_like(x, memory_format=torch.channels_last)
         parameter_grads = torch.empty(2, x.shape[1])
         kernels.use_torch_threads()
-        norm_passes.backward(_bits(x), _bits(out), code, winner, _bits(grad), factors, pool, _bits(dx), parameter_grads.numpy())
+        norm_passes.backward(_bits(x), _bits(out), code, winner, _bits(grad), factors, pool, _bits(dx),
+                             parameter_grads.numpy())
         return dx, *_parameter_grads(ctx, parameter_grads), None, None
 
 
-def ordered_sums(values: torch.Tensor, weighted: torch.Tensor) -> np.ndarray:
+def _ordered_sums(values: torch.Tensor, weighted: torch.Tensor) -> np.ndarray:
     """(2, C) float64 per-channel sums of two float32 (N, C, H, W) tensors, added in the kernels' order:
     down each (column, channel) lane in float32, across the columns in float64, then image by image."""
     n, c, h, w = values.shape
@@ -112,7 +113,7 @@ class Reference(torch.autograd.Function):
         n, c, h, w = x.shape
         wide = x.float()
         factors = np.empty((4, c), np.float32)
-        normalise(ordered_sums(wide, wide * wide), n * h * w, *_parameters(bn), *_statistics_args(bn), factors)
+        normalise(_ordered_sums(wide, wide * wide), n * h * w, *_parameters(bn), *_statistics_args(bn), factors)
         mean, invstd, alpha, beta = torch.from_numpy(factors).view(4, 1, c, 1, 1)
         normed = (wide * alpha + beta).bfloat16()
         normed, indices = nn.functional.max_pool2d_with_indices(normed, 2) if pool else (normed, None)
@@ -128,7 +129,7 @@ class Reference(torch.autograd.Function):
         mean, invstd, alpha, beta = torch.from_numpy(ctx.factors).view(4, 1, c, 1, 1)
         g = torch.where(out > 0, grad.float(), 0.0)  # on the pooled grid, for a pool
         at = wide if indices is None else wide.flatten(2).gather(2, indices.flatten(2)).view_as(indices)  # winners
-        sums = ordered_sums(g, g * ((at - mean) * invstd))
+        sums = _ordered_sums(g, g * ((at - mean) * invstd))
         k1, k0 = (torch.from_numpy(v).view(1, c, 1, 1) for v in gradient_factors(sums, x.numel() // c, ctx.factors))
         if indices is not None:  # to each window's winner, zero elsewhere
             g = torch.ops.aten.max_pool2d_with_indices_backward(g, wide, [2, 2], [2, 2], [0, 0], [1, 1], False, indices)
