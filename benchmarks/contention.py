@@ -1,10 +1,10 @@
 """Speed on a shared machine: fmnist's training step and evaluation, quiet and under contention, as ratios.
 
-usage: python benchmarks/contention.py [--threads N] [--variant "NAME=VALUE ..." ...] [--serve RUN]
+usage: python benchmarks/contention.py [--model NAME] [--threads N] [--variant "NAME=VALUE ..." ...] [--serve RUN]
 
 Scenarios, each in fresh processes (OpenMP reads its settings when it loads): quiet; beside one busy
 process (a Python busy loop); two fmnist processes at once. Reported: the median ms per training step
-(batch 128) and evaluation images/s, each as a ratio to quiet. Each --variant runs every scenario again
+(the model's recipe: its batch, optimizer and the precision training chooses) and evaluation images/s, each as a ratio to quiet. Each --variant runs every scenario again
 with those variables set (e.g. "GOMP_SPINCOUNT=300000", libgomp's own default), interleaved, so settings
 are compared in one sitting. With --serve RUN: p99 latency of 50 concurrent single-image requests to
 `fmnist serve RUN`, quiet and with a training beside it.
@@ -23,27 +23,30 @@ import time
 from pathlib import Path
 
 
-def worker(threads: int) -> None:
-    """One measurement in this process: median ms/step over chunks of steps, then evaluation images/s."""
-    from fmnist import bench, machine, recipe, seedcnn, threads as cpu_threads  # fmnist first: it sets OpenMP's waiting
+def worker(threads: int, model: str) -> None:
+    """One measurement in this process: median ms/step over chunks of steps, then evaluation images/s, in
+    the precision training would choose here."""
+    from fmnist import bench, configs, data, machine, threads as cpu_threads  # fmnist first: it sets OpenMP's waiting
 
     import torch
 
     machine.flush_denormals()
     cpu_threads.use(threads or None)
     torch.manual_seed(0)
-    x, y = torch.rand(128, 28, 28, 1), torch.randint(0, 10, (128,))
-    network = seedcnn.SeedCNN().train()
-    step = bench.step_function(network, recipe.KerasAdam(network.parameters(), fused=True), x, y)
-    bench.time_steps(step, 10, torch.device("cpu"))  # warm-up: kernels, allocator, thread pool
-    step_ms = statistics.median(1000 * bench.time_steps(step, 15, torch.device("cpu")) for _ in range(12))
-    images = statistics.median(bench.evaluation_throughput("seed-cnn", 5000, torch.device("cpu")) for _ in range(3))
+    cpu = torch.device("cpu")
+    precision = configs.choose_precision("auto", model, cpu)
+    batch = configs.Recipe.for_model(model).batch_size
+    x, y = torch.rand(batch, data.IMAGE_SIZE, data.IMAGE_SIZE, 1), torch.randint(0, data.NUM_CLASSES, (batch,))
+    step = bench.recipe_step(model, x, y, precision)
+    bench.time_steps(step, 10, cpu)  # warm-up: kernels, allocator, thread pool
+    step_ms = statistics.median(1000 * bench.time_steps(step, 15, cpu) for _ in range(12))
+    images = statistics.median(bench.evaluation_throughput(model, 5000, cpu) for _ in range(3))
     print(json.dumps({"step_ms": step_ms, "eval_images_per_s": images}), flush=True)
 
 
-def measure(env: dict, threads: int, together: int = 1, busy: bool = False) -> list[dict]:
+def measure(env: dict, threads: int, model: str, together: int = 1, busy: bool = False) -> list[dict]:
     """Run `together` workers at once (beside a busy loop if `busy`); their results."""
-    command = [sys.executable, __file__, "--worker", "--threads", str(threads)]
+    command = [sys.executable, __file__, "--worker", "--threads", str(threads), "--model", model]
     loop = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
     try:
         workers = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env={**os.environ, **env})
@@ -54,13 +57,13 @@ def measure(env: dict, threads: int, together: int = 1, busy: bool = False) -> l
             loop.kill()
 
 
-def scenarios(variants: dict[str, dict], threads: int, rounds: int) -> None:
+def scenarios(variants: dict[str, dict], threads: int, rounds: int, model: str) -> None:
     results = {(name, scene): [] for name in variants for scene in ("quiet", "busy", "two")}
     for _ in range(rounds):  # interleaved: drift on the machine affects every variant alike
         for name, env in variants.items():
-            results[name, "quiet"] += measure(env, threads)
-            results[name, "busy"] += measure(env, threads, busy=True)
-            results[name, "two"] += measure(env, threads, together=2)
+            results[name, "quiet"] += measure(env, threads, model)
+            results[name, "busy"] += measure(env, threads, model, busy=True)
+            results[name, "two"] += measure(env, threads, model, together=2)
     print("| setting | scenario | ms/step | x quiet | eval images/s | x quiet |\n|---|---|---|---|---|---|")
     for name in variants:
         quiet = {key: statistics.median(r[key] for r in results[name, "quiet"]) for key in results[name, "quiet"][0]}
@@ -129,15 +132,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="threads per process (default: fmnist's choice)")
     parser.add_argument("--variant", action="append", default=[], metavar='"NAME=VALUE ..."',
                         help="also run every scenario with these environment variables set (repeatable)")
+    parser.add_argument("--model", default="seed-cnn", help="the network and recipe to time (default: seed-cnn)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per scenario (default: 3)")
     parser.add_argument("--serve", metavar="RUN", help="also measure the server's p99 beside a training")
     args = parser.parse_args()
     if args.worker:
-        return worker(args.threads)
+        return worker(args.threads, args.model)
     print(subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()[7:8] or "")
     variants = {"fmnist's defaults": {}}
     variants.update({text: dict(pair.split("=", 1) for pair in text.split()) for text in args.variant})
-    scenarios(variants, args.threads, args.rounds)
+    scenarios(variants, args.threads, args.rounds, args.model)
     if args.serve:
         serve_beside_training(args.serve, args.threads)
 

@@ -33,21 +33,55 @@ def test_cgroup_quota_v1_and_v2(tmp_path, files, quota):
     assert threads.cgroup_quota(tmp_path) == quota
 
 
+@pytest.mark.parametrize("others, cpus, used, spin", [(0, 2, 2, threads.SPIN_QUIET), (1, 2, 2, threads.SPIN_SHARED),
+                                                      (1, 4, 2, threads.SPIN_QUIET), (3, 4, 2, threads.SPIN_SHARED),
+                                                      (0, 1, 1, threads.SPIN_QUIET)])
+def test_spin_is_short_where_others_threads_want_the_cpus(others, cpus, used, spin):
+    assert threads.spin_count(others, cpus, used) == spin
+
+
+@pytest.mark.parametrize("counts, others", [([1, 1, 1], 0), ([3, 2, 4], 2), ([2, 1, 2], 1), ([1, 5, 1], 0),
+                                            ([5, 5, 5, 1, 1], 4)])
+def test_others_running_is_the_median_read_less_this_thread(counts, others):
+    texts = iter(f"cpu  1 2 3 4\nctxt 99\nprocs_running {count}\nprocs_blocked 0\n" for count in counts)
+    assert threads.others_running(texts.__next__, reads=len(counts)) == others
+
+
+def test_others_running_sees_a_busy_process():
+    """The real /proc/stat: a busy loop beside this process is seen (polled: it must first be scheduled)."""
+    loop = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        assert any(threads.others_running(reads=1) >= 1 for _ in range(2000))
+    finally:
+        loop.kill()
+        loop.wait()
+
+
+@pytest.mark.parametrize("text", ["cpu 1 2 3\n", "procs_running many\n", "procs_running\n"])
+def test_others_running_unreadable_is_zero(text):
+    assert threads.others_running(lambda: text, reads=2) == 0
+
+
+def test_others_running_without_proc_is_zero(tmp_path):
+    assert threads.others_running((tmp_path / "missing").read_text, reads=2) == 0
+
+
 def test_spinning_is_set_only_where_the_user_chose_nothing(monkeypatch):
-    environ = {}
-    assert threads.configure_waiting(environ) and environ == {"GOMP_SPINCOUNT": str(threads.SPIN_COUNT)}
+    for others, spin in ((0, threads.SPIN_QUIET), (64, threads.SPIN_SHARED)):
+        environ = {}
+        assert threads.configure_waiting(environ, others) == str(spin) and environ == {"GOMP_SPINCOUNT": str(spin)}
     for chosen in ({"OMP_WAIT_POLICY": "passive"}, {"GOMP_SPINCOUNT": "5000"}):
         environ = dict(chosen)
-        assert not threads.configure_waiting(environ) and environ == chosen
+        assert threads.configure_waiting(environ, 0) is None and environ == chosen
     # numba's runtime loads with libgomp's default: fmnist's setting is lifted meanwhile, a user's never
-    monkeypatch.setattr(threads, "SET_BY_FMNIST", True)
-    environ = {"GOMP_SPINCOUNT": str(threads.SPIN_COUNT)}
+    monkeypatch.setattr(threads, "SET_BY_FMNIST", str(threads.SPIN_QUIET))
+    environ = {"GOMP_SPINCOUNT": str(threads.SPIN_QUIET)}
     with threads.default_spinning(environ):
         assert "GOMP_SPINCOUNT" not in environ
-    assert environ == {"GOMP_SPINCOUNT": str(threads.SPIN_COUNT)}
-    monkeypatch.setattr(threads, "SET_BY_FMNIST", False)
+    assert environ == {"GOMP_SPINCOUNT": str(threads.SPIN_QUIET)}
+    monkeypatch.setattr(threads, "SET_BY_FMNIST", None)
     with threads.default_spinning(environ):
-        assert environ == {"GOMP_SPINCOUNT": str(threads.SPIN_COUNT)}
+        assert environ == {"GOMP_SPINCOUNT": str(threads.SPIN_QUIET)}
 
 
 PROBE = "import os, fmnist, torch; print(os.environ.get('GOMP_SPINCOUNT'), torch.get_num_threads())"
@@ -57,7 +91,7 @@ PROBE = "import os, fmnist, torch; print(os.environ.get('GOMP_SPINCOUNT'), torch
 def test_import_fmnist_sets_waiting_before_torch_loads():
     clean = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
     result = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, env=clean)
-    assert result.stdout.split()[0] == str(threads.SPIN_COUNT), result.stderr
+    assert result.stdout.split()[0] in (str(threads.SPIN_QUIET), str(threads.SPIN_SHARED)), result.stderr
     passive = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True,
                              env={**clean, "OMP_WAIT_POLICY": "passive"})
     assert passive.stdout.split()[0] == "None", passive.stderr

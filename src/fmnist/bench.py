@@ -31,6 +31,15 @@ def step_function(network, optimizer, x, y, precision: str = "fp32", label_smoot
     return step
 
 
+def recipe_step(name: str, x: torch.Tensor, y: torch.Tensor, precision: str = "fp32", **variant):
+    """A training step of the model's own network and recipe (optimizer, label smoothing, BatchNorm
+    settings) on the batch (x, y); `variant`: the network's keyword arguments (its registry's variants)."""
+    config = configs.TrainConfig.for_model(name)
+    network = models.get(name).network(dropout=config.dropout, **variant).to(x.device).train()
+    recipe.set_up_network(network, config.dirac, config.bn_weight, config.bn_momentum)
+    return step_function(network, config.build_optimizer(network), x, y, precision, config.label_smoothing)
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -53,16 +62,12 @@ def compare_steps(name: str, batch_size: int, steps: int, rounds: int, device: t
     config = configs.TrainConfig.for_model(name)
     x = torch.rand(batch_size, data.IMAGE_SIZE, data.IMAGE_SIZE, 1, device=device)
     y = torch.randint(0, data.NUM_CLASSES, (batch_size,), device=device)
-
-    def ours(**variant):
-        network = models.get(name).network(dropout=config.dropout, **variant).to(device).train()
-        recipe.set_up_network(network, config.dirac, config.bn_weight, config.bn_momentum)
-        return step_function(network, config.build_optimizer(network), x, y, precision, config.label_smoothing)
-
     plain = models.get(name).plain().to(device).train()
     optimizer = torch.optim.Adam(plain.parameters(), eps=recipe.EPSILON) if config.optimizer == "adam" else \
         config.build_optimizer(plain)  # the same optimizer, written the usual way
-    steps_by_name = {"fmnist": ours(), **{label: ours(**kwargs) for label, kwargs in models.get(name).variants.items()}}
+    steps_by_name = {"fmnist": recipe_step(name, x, y, precision),
+                     **{label: recipe_step(name, x, y, precision, **kwargs)
+                        for label, kwargs in models.get(name).variants.items()}}
     steps_by_name["plain eager PyTorch"] = step_function(plain, optimizer, x.permute(0, 3, 1, 2).contiguous(), y,
                                                          precision, config.label_smoothing)  # the same precision
     for step in steps_by_name.values():

@@ -1,16 +1,19 @@
 """CPU threads on a shared machine: how many this process may use, and how its idle threads wait.
 
 Two facts, measured with benchmarks/contention.py (README, "Speed on a shared machine"):
-- OpenMP threads spin while they wait for work. PyTorch's libgomp spins 300,000 rounds by default; when
-  another process holds a core, a parallel region's threads burn their time slices spinning at its
-  barriers for one that is not running: a step beside one busy process took 3-4x its quiet time, two
-  trainings at once each 4-5x. A short spin (SPIN_COUNT) sleeps soon enough to share, and costs the
-  quiet step ~3 % (within noise). libgomp reads it when it loads, hence `configure_waiting` at
-  `import fmnist`, before fmnist imports torch; a user's own GOMP_SPINCOUNT or OMP_WAIT_POLICY wins.
-  numba's kernels run on a second libgomp (numba links the system's by file name, so the loader cannot
-  share PyTorch's): its short regions between PyTorch's ops want the default spin (a short one made
-  the quiet step 10-30 % slower and did not help under contention), so it loads inside
-  `default_spinning`.
+- OpenMP threads spin while they wait for work, then sleep. PyTorch's libgomp spins 300,000 rounds by
+  default; when another process holds a core, a parallel region's threads burn their time slices spinning
+  at its barriers for one that is not running: a step beside one busy process took 3-4x its quiet time,
+  two trainings at once each 4-5x. A short spin (SPIN_SHARED) sleeps soon enough to share. But on a quiet
+  machine a thread that sleeps must be woken for the next region, and on some VMs that wake is slow: on
+  a Sapphire Rapids VM the short spin made cnn94's quiet step 1.3x slower than SPIN_QUIET. So
+  `configure_waiting` looks at the CPUs as fmnist is imported: others' threads runnable then (the median
+  of a few reads of /proc/stat, `others_running`) get the short spin, a quiet machine the longer one.
+  libgomp reads it when it loads, hence `import fmnist` calls it before fmnist imports torch; a user's
+  own GOMP_SPINCOUNT or OMP_WAIT_POLICY wins. numba's kernels run on a second libgomp (numba links the
+  system's by file name, so the loader cannot share PyTorch's): its short regions between PyTorch's ops
+  want the default spin (a short one made the quiet step 10-30 % slower and did not help under
+  contention), so it loads inside `default_spinning`.
 - PyTorch starts a thread per CPU it sees, but a container's CPU quota (cgroup) can be lower than that:
   `available_cpus` counts the CPUs of the affinity mask, capped by the quota.
 
@@ -33,21 +36,45 @@ import math
 import os
 from pathlib import Path
 
-SPIN_COUNT = 1000  # libgomp's spin rounds before a waiting thread sleeps (its default: 300,000)
+SPIN_SHARED = 1000  # libgomp's spin rounds before a waiting thread sleeps, where others' threads hold the CPUs
+SPIN_QUIET = 10000  # ... where none did as fmnist was imported (libgomp's default: 300,000)
 MKL_BRANCH = "AUTO"  # MKL's CNR mode on the code path MKL chooses for this CPU (measured: no slower, Zen 5)
 MKL_BRANCHES = {1: "OFF", 2: "AUTO", 3: "COMPATIBLE"}  # mkl_cbwr_get's codes (mkl_cbwr.h); others: an ISA
 CGROUP = Path("/sys/fs/cgroup")
+PROC_STAT = Path("/proc/stat")
 
 
-def configure_waiting(environ=os.environ) -> bool:
-    """Short spinning for the OpenMP runtime loaded next (PyTorch's), unless the user chose; True if set."""
+def others_running(read=PROC_STAT.read_text, reads: int = 40) -> int:
+    """Threads runnable now besides this one: the median of `reads` back-to-back reads of the kernel's
+    procs_running (/proc/stat; `read`: injected, for tests), less this thread; 0 where it cannot be read.
+    The median: a daemon's blip is not a neighbour. Back to back, not asleep between reads: two fmnist
+    processes started together each stay runnable, so each sees the other."""
+    counts = []
+    for _ in range(reads):
+        try:
+            line = next(line for line in read().splitlines() if line.startswith("procs_running "))
+            counts.append(int(line.split()[1]))
+        except (OSError, StopIteration, ValueError, IndexError):
+            return 0
+    return max(0, sorted(counts)[len(counts) // 2] - 1)
+
+
+def spin_count(others: int, cpus: int, used: int) -> int:
+    """SPIN_SHARED where the other runnable threads cannot all run on the CPUs this process leaves free."""
+    return SPIN_SHARED if others > cpus - used else SPIN_QUIET
+
+
+def configure_waiting(environ=os.environ, others: int | None = None) -> str | None:
+    """How the OpenMP runtime loaded next (PyTorch's) waits, unless the user chose: `spin_count` for the
+    threads runnable now (`others`: injected, for tests). Returns what it set, or None."""
     if "GOMP_SPINCOUNT" in environ or "OMP_WAIT_POLICY" in environ:
-        return False
-    environ["GOMP_SPINCOUNT"] = str(SPIN_COUNT)
-    return True
+        return None
+    others = others_running() if others is None else others
+    environ["GOMP_SPINCOUNT"] = str(spin_count(others, os.cpu_count() or 1, available_cpus()[0]))
+    return environ["GOMP_SPINCOUNT"]
 
 
-SET_BY_FMNIST = False  # whether `import fmnist` set GOMP_SPINCOUNT (__init__.py)
+SET_BY_FMNIST = None  # the GOMP_SPINCOUNT `import fmnist` set (__init__.py), or None
 
 
 def configure_reproducibility(environ=os.environ) -> bool:
@@ -82,14 +109,14 @@ def mkl_cnr_branch() -> str | None:
 @contextlib.contextmanager
 def default_spinning(environ=os.environ):
     """An OpenMP runtime loaded inside waits as it would by default (what fmnist set is lifted meanwhile)."""
-    ours = SET_BY_FMNIST and environ.get("GOMP_SPINCOUNT") == str(SPIN_COUNT)
+    ours = SET_BY_FMNIST is not None and environ.get("GOMP_SPINCOUNT") == SET_BY_FMNIST
     if ours:
         del environ["GOMP_SPINCOUNT"]
     try:
         yield
     finally:
         if ours:
-            environ["GOMP_SPINCOUNT"] = str(SPIN_COUNT)
+            environ["GOMP_SPINCOUNT"] = SET_BY_FMNIST
 
 
 def cgroup_quota(root: Path = CGROUP) -> float | None:
