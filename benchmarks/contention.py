@@ -6,8 +6,9 @@ Scenarios, each in fresh processes (OpenMP reads its settings when it loads): qu
 process (a Python busy loop); two fmnist processes at once. Reported: the median ms per training step
 (the model's recipe: its batch, optimizer and the precision training chooses) and evaluation images/s,
 each as a ratio to quiet. Each --variant runs every scenario again with those variables set (e.g.
-"GOMP_SPINCOUNT=300000", libgomp's own default), interleaved, so settings are compared in one sitting. With --serve RUN: p99 latency of 50 concurrent single-image requests to
-`fmnist serve RUN`, quiet and with a training beside it.
+"GOMP_SPINCOUNT=300000", libgomp's own default), interleaved, so settings are compared in one sitting.
+With --serve RUN: p99 latency of 50 concurrent single-image requests to `fmnist serve RUN`, quiet and
+with a training beside it.
 """
 from __future__ import annotations
 
