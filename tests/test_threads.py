@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 import sys
 
@@ -66,22 +67,13 @@ def test_others_running_without_proc_is_zero(tmp_path):
     assert threads.others_running((tmp_path / "missing").read_text, reads=2) == 0
 
 
-def test_spinning_is_set_only_where_the_user_chose_nothing(monkeypatch):
+def test_spinning_is_set_only_where_the_user_chose_nothing():
     for others, spin in ((0, threads.SPIN_QUIET), (os.cpu_count(), threads.SPIN_SHARED)):  # more than could fit
         environ = {}
         assert threads.configure_waiting(environ, others) == str(spin) and environ == {"GOMP_SPINCOUNT": str(spin)}
     for chosen in ({"OMP_WAIT_POLICY": "passive"}, {"GOMP_SPINCOUNT": "5000"}):
         environ = dict(chosen)
         assert threads.configure_waiting(environ, 0) is None and environ == chosen
-    # numba's runtime loads with libgomp's default: fmnist's setting is lifted meanwhile, a user's never
-    monkeypatch.setattr(threads, "SET_BY_FMNIST", str(threads.SPIN_QUIET))
-    environ = {"GOMP_SPINCOUNT": str(threads.SPIN_QUIET)}
-    with threads.default_spinning(environ):
-        assert "GOMP_SPINCOUNT" not in environ
-    assert environ == {"GOMP_SPINCOUNT": str(threads.SPIN_QUIET)}
-    monkeypatch.setattr(threads, "SET_BY_FMNIST", None)
-    with threads.default_spinning(environ):
-        assert environ == {"GOMP_SPINCOUNT": str(threads.SPIN_QUIET)}
 
 
 PROBE = "import os, fmnist, torch; print(os.environ.get('GOMP_SPINCOUNT'), torch.get_num_threads())"
@@ -97,10 +89,30 @@ def test_import_fmnist_sets_waiting_before_torch_loads():
     assert passive.stdout.split()[0] == "None", passive.stderr
 
 
+ONE_KERNEL = ("import fmnist, torch, numba; from fmnist import kernels, norm_kernels; norm_kernels.available(); "
+              "print(numba.threading_layer())")
+
+
+@pytest.mark.slow
+def test_numba_runs_on_torchs_openmp_pool(tmp_path):
+    """One pool for both, as threads.py says: numba's OpenMP layer binds its GOMP_parallel to torch's libgomp."""
+    log = tmp_path / "bindings"
+    result = subprocess.run([sys.executable, "-c", ONE_KERNEL], capture_output=True, text=True,
+                            env={**os.environ, "LD_DEBUG": "bindings", "LD_DEBUG_OUTPUT": str(log)})
+    if result.stdout.split()[-1:] != ["omp"]:
+        pytest.skip(f"numba's threading layer here is not OpenMP: {result.stdout or result.stderr}")
+    lines = [line for path in tmp_path.glob("bindings.*") for line in path.read_text().splitlines()
+             if "omppool" in line and "`GOMP_parallel'" in line]
+    if not lines:
+        pytest.skip("this C library's loader does not log its bindings (LD_DEBUG)")
+    assert all(f"{os.sep}torch{os.sep}lib{os.sep}libgomp" in line.split(" to ")[1] for line in lines), lines
+
+
 def test_run_records_the_cpus_it_may_use(trained_run):
     machine = json.loads((trained_run / runs.CONFIG).read_text())["machine"]
     assert machine["available_cpus"] == threads.available_cpus()[0] and machine["cpu_limit"]
     assert machine["threads"] == 2  # the fixture asked for 2
+    assert machine["malloc_keeps_freed"] == (platform.libc_ver()[0] == "glibc")  # set as training set up
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ import typing as _typing
 from fmnist import threads as _threads
 from fmnist.version import __version__  # noqa: F401
 
-_threads.SET_BY_FMNIST = _threads.configure_waiting()  # before anything imports torch: OpenMP reads it as it loads
+_threads.configure_waiting()  # before anything imports torch: OpenMP reads it as it loads
 _threads.configure_reproducibility()  # before torch's first matrix product: MKL reads it then
 
 _API = {"CLASS_NAMES": "fmnist.api", "Predictions": "fmnist.api", "Run": "fmnist.api", "load_data": "fmnist.api",

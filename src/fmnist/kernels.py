@@ -22,12 +22,11 @@ ONNX tracing).
 from __future__ import annotations
 
 import functools
+import threading
 import warnings
 
 import numpy as np
 import torch
-
-from fmnist import threads
 
 try:
     import numba
@@ -119,17 +118,18 @@ def _space_to_depth(x, out):
                     out[b, i // 2, j // 2, i % 2, j % 2, k] = x[b, i, j, k]
 
 
-@functools.cache
-def _start_pool() -> None:
-    """Load numba's threading layer (its own libgomp) with libgomp's default spinning: see threads.py."""
-    with threads.default_spinning():
-        numba.get_num_threads()
+_numba_threads = threading.local()  # numba's thread count is the calling thread's own
 
 
 def use_torch_threads() -> None:
-    """Numba's pool follows torch's thread count (torchrun sets 1 per process, --threads sets N)."""
-    _start_pool()
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    """Numba's pool follows torch's thread count (torchrun sets 1 per process, --threads sets N). Set only on
+    a change: a step calls this before each fused pass, and numba's setter costs ~10 µs there, its code
+    evicted from the caches by the pass before. numba's parallel regions run on PyTorch's own OpenMP pool:
+    threads.py says why."""
+    count = torch.get_num_threads()
+    if getattr(_numba_threads, "count", None) != count:
+        numba.set_num_threads(max(1, min(count, numba.config.NUMBA_NUM_THREADS)))
+        _numba_threads.count = count
 
 
 class BiasReluPool(torch.autograd.Function):

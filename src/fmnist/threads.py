@@ -10,10 +10,10 @@ Two facts, measured with benchmarks/contention.py (README, "Speed on a shared ma
   `configure_waiting` looks at the CPUs as fmnist is imported: others' threads runnable then (the median
   of a few reads of /proc/stat, `others_running`) get the short spin, a quiet machine the longer one.
   libgomp reads it when it loads, hence `import fmnist` calls it before fmnist imports torch; a user's
-  own GOMP_SPINCOUNT or OMP_WAIT_POLICY wins. numba's kernels run on a second libgomp (numba links the
-  system's by file name, so the loader cannot share PyTorch's): its short regions between PyTorch's ops
-  want the default spin (a short one made the quiet step 10-30 % slower and did not help under
-  contention), so it loads inside `default_spinning`.
+  own GOMP_SPINCOUNT or OMP_WAIT_POLICY wins. numba's kernels run on the same pool: torch loads its libgomp
+  into the global symbol scope (libtorch_global_deps), so numba's OpenMP layer, loaded later, binds its
+  GOMP_parallel there, not to the system's libgomp it names (seen with LD_DEBUG=bindings, torch 2.13):
+  one pool of threads for both, never two contending for the cores.
 - PyTorch starts a thread per CPU it sees, but a container's CPU quota (cgroup) can be lower than that:
   `available_cpus` counts the CPUs of the affinity mask, capped by the quota.
 
@@ -29,7 +29,6 @@ And one for "same seed, same weights" in any process (README, "Reproducibility")
 """
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import functools
 import math
@@ -74,9 +73,6 @@ def configure_waiting(environ=os.environ, others: int | None = None) -> str | No
     return environ["GOMP_SPINCOUNT"]
 
 
-SET_BY_FMNIST = None  # the GOMP_SPINCOUNT `import fmnist` set (__init__.py), or None
-
-
 def configure_reproducibility(environ=os.environ) -> bool:
     """MKL's reproducible (CNR) mode for the MKL loaded next, unless the user chose MKL_CBWR; True if set."""
     if "MKL_CBWR" in environ:
@@ -104,19 +100,6 @@ def mkl_cnr_branch() -> str | None:
         return None
     code = get(1)  # MKL_CBWR_BRANCH
     return MKL_BRANCHES.get(code, f"branch {code}")
-
-
-@contextlib.contextmanager
-def default_spinning(environ=os.environ):
-    """An OpenMP runtime loaded inside waits as it would by default (what fmnist set is lifted meanwhile)."""
-    ours = SET_BY_FMNIST is not None and environ.get("GOMP_SPINCOUNT") == SET_BY_FMNIST
-    if ours:
-        del environ["GOMP_SPINCOUNT"]
-    try:
-        yield
-    finally:
-        if ours:
-            environ["GOMP_SPINCOUNT"] = SET_BY_FMNIST
 
 
 def cgroup_quota(root: Path = CGROUP) -> float | None:
