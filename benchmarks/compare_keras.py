@@ -55,7 +55,7 @@ def fmnist_epoch_seconds(images: int, threads: int, precision: str) -> float:
 
     from fmnist import configs, machine, recipe, seedcnn, training
 
-    machine.flush_denormals()
+    machine.set_cpu_modes()
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     x, y = torch.rand(images, 28, 28, 1), torch.randint(0, 10, (images,))

@@ -31,7 +31,7 @@ def worker(threads: int, model: str) -> None:
 
     import torch
 
-    machine.flush_denormals()
+    machine.set_cpu_modes()
     cpu_threads.use(threads or None)
     torch.manual_seed(0)
     cpu = torch.device("cpu")

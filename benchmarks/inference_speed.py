@@ -75,7 +75,7 @@ def main() -> None:
     parser.add_argument("--precision", action="append", choices=models.INFERENCE_PRECISIONS,
                         help="repeatable (default: fp32)")
     args = parser.parse_args()
-    machine.flush_denormals()
+    machine.set_cpu_modes()
     threads.use(args.threads)
     images = data.load(progress=False).test_images
     print(f"{args.run}: {machine.describe_machine(inference.resolve_device('cpu'))['device_name']}")

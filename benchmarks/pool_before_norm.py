@@ -93,7 +93,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=30, help="interleaved rounds of the step timing")
     parser.add_argument("--out", type=Path, default=Path("runs/pool-before-norm"))
     args = parser.parse_args()
-    machine.flush_denormals()
+    machine.set_cpu_modes()
     threads.use(2)
     register()
     precision = configs.choose_precision("auto", "cnn94", torch.device("cpu"))

@@ -41,7 +41,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--top", type=int, default=0, help="also list the N operators taking the most self time")
     args = parser.parse_args()
-    machine.flush_denormals()
+    machine.set_cpu_modes()
     threads.use(args.threads)
     cpu = torch.device("cpu")
     precision = configs.choose_precision(args.precision, args.model, cpu)

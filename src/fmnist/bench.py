@@ -3,11 +3,13 @@
 The baseline is what a straightforward port of the same network looks like (each model spec's `plain`,
 beside its network): NCHW tensors, nn.Conv2d, nn.Linear, F.max_pool2d, the same optimizer. Both see the same random batch; their
 timings are interleaved round by round and the median round is reported, so that a noisy, shared
-machine affects both alike. The floor is the step's convolutions and matrix products alone.
+machine affects both alike. The floor, the step's convolutions and matrix products alone, is timed in
+the same rounds.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import statistics
 import time
@@ -55,9 +57,14 @@ def time_steps(step, steps: int, device: torch.device) -> float:
     return (time.perf_counter() - start) / steps
 
 
+FLOOR = "floor"  # compare_steps' key for the floor's step
+
+
 def compare_steps(name: str, batch_size: int, steps: int, rounds: int, device: torch.device,
                   precision: str = "fp32") -> dict[str, float]:
-    """Median seconds per training step of fmnist and of the plain baseline, interleaved."""
+    """Median seconds per training step of fmnist, its variants, the plain baseline and (FLOOR) the step's
+    convolutions and matrix products alone, all interleaved: a host's slow spell slows each alike, so the
+    ratios hold where the absolute times drift."""
     torch.manual_seed(0)
     config = configs.TrainConfig.for_model(name)
     x = torch.rand(batch_size, data.IMAGE_SIZE, data.IMAGE_SIZE, 1, device=device)
@@ -70,6 +77,7 @@ def compare_steps(name: str, batch_size: int, steps: int, rounds: int, device: t
                         for label, kwargs in models.get(name).variants.items()}}
     steps_by_name["plain eager PyTorch"] = step_function(plain, optimizer, x.permute(0, 3, 1, 2).contiguous(), y,
                                                          precision, config.label_smoothing)  # the same precision
+    steps_by_name[FLOOR] = floor_step(name, batch_size, device, precision)
     for step in steps_by_name.values():
         time_steps(step, 3, device)  # warm-up: allocator, kernels, thread pool
     samples = {key: [] for key in steps_by_name}
@@ -79,17 +87,22 @@ def compare_steps(name: str, batch_size: int, steps: int, rounds: int, device: t
     return {key: statistics.median(values) for key, values in samples.items()}
 
 
-def floor_seconds(name: str, batch_size: int, steps: int, device: torch.device, precision: str = "fp32") -> float:
-    """Seconds per step of the step's convolutions and matrix products alone, in the step's precision:
-    the floor under it."""
+def floor_step(name: str, batch_size: int, device: torch.device, precision: str = "fp32"):
+    """A step of the training step's convolutions and matrix products alone, in its precision: the floor
+    under it."""
     spec = models.get(name)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-        if spec.products is not None:
-            return matmul_seconds(spec.products(batch_size), steps, device)
-        return layer_seconds(models.get(name).build(0.0).to(device), batch_size, steps, device)
+    autocast = functools.partial(torch.autocast, device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    with autocast():
+        products = (matmul_step(spec.products(batch_size), device) if spec.products is not None
+                    else layer_step(spec.build(0.0).to(device), batch_size, device))
+
+    def step():
+        with autocast():
+            products()
+    return step
 
 
-def layer_seconds(network: nn.Module, batch_size: int, steps: int, device: torch.device) -> float:
+def layer_step(network: nn.Module, batch_size: int, device: torch.device):
     """Each nn.Conv2d and nn.Linear of the network, forward and backward on inputs of its real shape
     and memory format, nothing between them (in the caller's autocast, if any)."""
     inputs = []
@@ -105,14 +118,12 @@ def layer_seconds(network: nn.Module, batch_size: int, steps: int, device: torch
         for layer, x, grad in operands:
             out = layer(x)
             torch.autograd.backward(out, grad)
-    time_steps(step, 3, device)
-    return min(time_steps(step, steps, device) for _ in range(3))
+    return step
 
 
-def matmul_seconds(products: list[tuple[int, int, int]], steps: int, device: torch.device) -> float:
-    """Seconds per step for a network's matrix products alone, (rows, in) @ (in, out) each, forward and
-    backward, float32. No implementation that uses PyTorch's matmul can take less: the floor under the step.
-    """
+def matmul_step(products: list[tuple[int, int, int]], device: torch.device):
+    """A network's matrix products alone, (rows, in) @ (in, out) each, forward and backward, float32. No
+    implementation that uses PyTorch's matmul can take less: the floor under the step."""
     operands = [(torch.rand(rows, fan_in, device=device), torch.rand(fan_in, fan_out, device=device),
                  torch.rand(rows, fan_out, device=device)) for rows, fan_in, fan_out in products]
 
@@ -122,8 +133,7 @@ def matmul_seconds(products: list[tuple[int, int, int]], steps: int, device: tor
             x.t() @ grad     # kernel gradient
             if index:        # input gradient (the first layer's input is the image: none needed)
                 grad @ w.t()
-    time_steps(step, 3, device)
-    return min(time_steps(step, steps, device) for _ in range(3))
+    return step
 
 
 def time_epoch(name: str, num_train: int, num_val: int, batch_size: int, device: torch.device,
@@ -185,17 +195,18 @@ def run(quick: bool = False, device: str = "auto", threads: int | None = None, b
         if value is not None and value < 1:
             raise ValueError(f"{what} must be >= 1, got {value}")
     batch_size = batch_size or configs.Recipe.for_model(name).batch_size  # ValueError naming the models there are
-    machine.flush_denormals()
+    machine.set_cpu_modes()
     cpu_threads.use(threads)
     target = inference.resolve_device(device)
     precision = configs.choose_precision(precision, name, target)
     steps, rounds = (3, 2) if quick else (30, 7)
     num_train, num_val, num_eval = epoch_sizes(quick)
     per_step = compare_steps(name, batch_size, steps, rounds, target, precision)
+    floor = per_step.pop(FLOOR)
     epoch_seconds, val_seconds = time_epoch(name, num_train, num_val, batch_size, target, precision)
     return {"machine": machine.describe_machine(target), "model": name, "batch_size": batch_size, "quick": quick,
             "precision": precision, "step_seconds": per_step,
             "speedup": per_step["plain eager PyTorch"] / per_step["fmnist"],
-            "floor_seconds": floor_seconds(name, batch_size, steps, target, precision),
+            "floor_seconds": floor,
             "epoch_seconds": epoch_seconds, "validation_seconds": val_seconds, "epoch_images": num_train,
             "eval_images_per_second": evaluation_throughputs(name, num_eval, target)}

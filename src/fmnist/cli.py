@@ -347,7 +347,7 @@ def prepare_kernels(threads: int | None) -> None:
     from fmnist import kernels, machine
     from fmnist import threads as cpu_threads
 
-    machine.flush_denormals()  # first, so that torch's worker threads inherit it
+    machine.set_cpu_modes()  # first, so that torch's worker threads inherit it
     cpu_threads.use(threads)  # then the pool's size (numba's follows it)
     with console.status("preparing the CPU kernels (compiled on first use, then cached)"):
         kernels.available()

@@ -213,7 +213,7 @@ def start_or_resume(config: TrainConfig, run_dir: Path, resume: bool, device: to
 
 def setup(runtime: configs.Runtime) -> tuple[Shard, torch.device]:
     """Threads, determinism, and (under torchrun) the process group: gloo on CPU, NCCL on GPU."""
-    machine.flush_denormals()
+    machine.set_cpu_modes()
     threads.use(runtime.threads)
     machine.check_reproducible_mode()
     torch.use_deterministic_algorithms(True, warn_only=True)
