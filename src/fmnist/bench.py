@@ -111,13 +111,15 @@ def layer_step(network: nn.Module, batch_size: int, device: torch.device):
     network.train()(torch.rand(batch_size, data.IMAGE_SIZE, data.IMAGE_SIZE, 1, device=device))
     for hook in hooks:
         hook.remove()
-    operands = [(layer, x.requires_grad_(index > 0), torch.rand_like(layer(x)))
-                for index, (layer, x) in enumerate(inputs)]  # the image needs no gradient
+    operands = []
+    for index, (layer, x) in enumerate(inputs):
+        x.requires_grad_(index > 0)  # the image needs no gradient
+        wrt = ([x] if index else []) + list(layer.parameters())
+        operands.append((layer, x, wrt, torch.rand_like(layer(x))))
 
     def step():
-        for layer, x, grad in operands:
-            out = layer(x)
-            torch.autograd.backward(out, grad)
+        for layer, x, wrt, grad in operands:
+            torch.autograd.grad(layer(x), wrt, grad)  # returned, not added into .grad: a step assigns its own
     return step
 
 
