@@ -35,7 +35,8 @@ async def predictions(url: str, body: bytes, count: int, answered: list | None =
     """Statuses of `count` concurrent predictions (0: the connection failed), appended to `answered` as they come.
     The client waits longer than the proxy's own bound, so a request left hanging shows as the proxy's 408."""
     answered = [] if answered is None else answered
-    async with httpx.AsyncClient(timeout=4 * serve_ray.PROXY_TIMEOUT_S, limits=httpx.Limits(max_connections=None)) as client:
+    limits = httpx.Limits(max_connections=None)
+    async with httpx.AsyncClient(timeout=4 * serve_ray.PROXY_TIMEOUT_S, limits=limits) as client:
         async def one():
             try:
                 reply = await client.post(f"{url}/predict", content=body, headers={"Content-Type": "image/png"})

@@ -46,7 +46,8 @@ def describe_machine(device: torch.device) -> dict:
             "device": str(device), "device_name": name, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
             "available_cpus": available, "cpu_limit": why,
             "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-            "mkl_cbwr": threads.mkl_cnr_branch(), "malloc_keeps_freed": FREED_MEMORY_KEPT, "native_bf16": computes_bf16(device)}
+            "mkl_cbwr": threads.mkl_cnr_branch(), "malloc_keeps_freed": FREED_MEMORY_KEPT,
+            "native_bf16": computes_bf16(device)}
 
 
 FREED_MEMORY_KEPT = False  # whether `set_cpu_modes` had malloc keep freed memory (config.json records it)
@@ -75,7 +76,7 @@ HEAP_TRIM_THRESHOLD = 2**31 - 1  # hand the heap's free top back only past 2 GiB
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter codes (malloc.h)
 
 
-def keep_freed_memory(libc: str | None = "libc.so.6") -> bool:
+def keep_freed_memory(libc: str = "libc.so.6") -> bool:
     """Let glibc's malloc reuse freed memory for the next step's tensors instead of returning it to the kernel
     and faulting it back in page by page. Returns whether both settings took (False: not glibc).
 
@@ -85,9 +86,10 @@ def keep_freed_memory(libc: str | None = "libc.so.6") -> bool:
     above the mmap threshold (a dataset) still go back when freed."""
     try:
         mallopt = ctypes.CDLL(libc).mallopt
-    except (OSError, AttributeError, TypeError):  # musl, macOS, Windows: their allocators, left as they are
+    except (OSError, AttributeError):  # musl, macOS, Windows: their allocators, left as they are
         return False
-    return bool(mallopt(M_MMAP_THRESHOLD, HEAP_MMAP_THRESHOLD)) & bool(mallopt(M_TRIM_THRESHOLD, HEAP_TRIM_THRESHOLD))
+    took = [mallopt(M_MMAP_THRESHOLD, HEAP_MMAP_THRESHOLD), mallopt(M_TRIM_THRESHOLD, HEAP_TRIM_THRESHOLD)]  # 1: set
+    return all(took)
 
 
 def check_reproducible_mode() -> None:
