@@ -68,3 +68,17 @@ def test_the_seeds_floor_products_are_its_layers_at_their_real_sizes():
         positions = ast.literal_eval(shape)[1:-1]  # "(None, 14, 14, 32)" -> (14, 14); a dense layer has none
         assert rows_ == 3 * (positions[0] * positions[1] if positions else 1), label
         assert params == fan_in * fan_out + fan_out, label  # the product's matrix and the bias
+
+
+
+@pytest.mark.parametrize("name", list(models.REGISTRY))
+def test_every_models_floor_runs_and_adds_nothing_into_grad(name):
+    """The floor is the products' work alone: its gradients are returned, never added into .grad (an extra
+    pass over each activation that a training step does not make); frozen weights get none."""
+    bench.floor_step(name, 2, torch.device("cpu"))()  # each model's, as `bench` builds it
+    if models.get(name).products is None:
+        network = models.get(name).build(0.0)
+        step = bench.layer_step(network, 2, torch.device("cpu"))
+        step()
+        step()
+        assert all(parameter.grad is None for parameter in network.parameters())

@@ -114,12 +114,14 @@ def layer_step(network: nn.Module, batch_size: int, device: torch.device):
     operands = []
     for index, (layer, x) in enumerate(inputs):
         x.requires_grad_(index > 0)  # the image needs no gradient
-        wrt = ([x] if index else []) + list(layer.parameters())
+        wrt = ([x] if index else []) + [p for p in layer.parameters() if p.requires_grad]  # frozen: none either
         operands.append((layer, x, wrt, torch.rand_like(layer(x))))
 
     def step():
         for layer, x, wrt, grad in operands:
-            torch.autograd.grad(layer(x), wrt, grad)  # returned, not added into .grad: a step assigns its own
+            out = layer(x)
+            if wrt:  # the gradients returned, not added into .grad: a training step assigns its own
+                torch.autograd.grad(out, wrt, grad)
     return step
 
 
