@@ -70,7 +70,6 @@ def test_the_seeds_floor_products_are_its_layers_at_their_real_sizes():
         assert params == fan_in * fan_out + fan_out, label  # the product's matrix and the bias
 
 
-
 @pytest.mark.parametrize("name", list(models.REGISTRY))
 def test_every_models_floor_runs_and_adds_nothing_into_grad(name):
     """The floor is the products' work alone: its gradients are returned, never added into .grad (an extra
