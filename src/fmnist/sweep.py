@@ -158,15 +158,15 @@ def trials(sweep: SweepConfig, out: Path, threads_per_trial: int) -> list[Trial]
             for configuration in sweep.configurations() for seed in range(sweep.seeds)]
 
 
-def run_trial(trial: Trial) -> dict:
+def run_trial(trial: Trial, on_epoch=None) -> dict:
     """One trial in a Ray worker (or in this process): train or continue its run (and evaluate and report
-    it, where asked); its validation figures.
+    it, where asked); its validation figures. `on_epoch`: called with each epoch's history row.
 
     The run directory is the trial's whole state: a trial that was cut off resumes from its checkpoint,
     a finished one is only read. (A fresh Ray worker imports this module, so `import fmnist` has set
     OpenMP's waiting and MKL's reproducible mode before torch loads.)"""
     run_dir = Path(trial.run_dir)
-    history = training.fit_unless_finished(trial.train_config(), run_dir)
+    history = training.fit_unless_finished(trial.train_config(), run_dir, on_epoch=on_epoch)
     if trial.evaluate_and_report:
         from fmnist import evaluate, report
 
@@ -257,7 +257,7 @@ def collect(grid, todo: list[Trial]) -> list[dict]:
     """One result per trial (its fields and its figures), in trial order; a one-line error saying how to
     continue where any trial did not finish (Ctrl-C or a failed trial: Tune returns, it does not raise)."""
     finished = {result.config["trial"].run_dir: result.metrics for result in grid
-                if result.config and "val_accuracy" in (result.metrics or {})}  # a cut-off trial: no figures
+                if result.config and (result.metrics or {}).get(FINISHED)}  # a cut-off trial: an epoch's report
     missing = [trial.run_dir for trial in todo if trial.run_dir not in finished]
     if missing:
         failures = [str(result.error).strip().splitlines()[-1:] for result in grid if result.error is not None]
@@ -273,8 +273,17 @@ def collect(grid, todo: list[Trial]) -> list[dict]:
             for t in todo]
 
 
+FINISHED = "finished"  # in a trial's last result only: the epochs' reports carry no figures
+
+
 def run_trial_for_tune(config: dict) -> dict:
-    return run_trial(config["trial"])
+    """run_trial, telling Tune of each epoch. Why: a worker serves Tune's requests between its reports, so
+    a trial that reported only at its end held a Ctrl-C for Tune's whole grace period (10 s, measured)
+    before its worker was killed; now a stop waits for the epoch under way at most."""
+    from ray import tune
+
+    return {**run_trial(config["trial"], on_epoch=lambda row: tune.report({"epoch": row["epoch"]})),
+            FINISHED: True}
 
 
 def run_sequentially(sweep: SweepConfig, out: Path, threads_per_trial: int = 1) -> list[dict]:
