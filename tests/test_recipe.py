@@ -44,6 +44,29 @@ def test_augment_without_augmentation_draws_nothing_and_keeps_images():
     assert torch.equal(generator.get_state(), before)
 
 
+@pytest.mark.parametrize("flip, shift, cutout, given", [(True, 1, 0, False), (True, 2, 0, True), (False, 0, 0, False),
+                                                    (False, 3, 0, False), (True, 1, 8, True), (True, 8, 0, False)])
+def test_shuffled_augmented_equals_augment_after_the_gather(flip, shift, cutout, given):
+    """The one-pass form (on the CPU: numba's gather, flip and shift) gives augment(images[order]) bit for bit
+    and leaves the generator where augment leaves it; a subset of the images, as well as a permutation."""
+    x = images(96, seed=2)
+    for order in (torch.randperm(96, generator=torch.Generator().manual_seed(3)), torch.tensor([5, 0, 95, 5, 17])):
+        mirrored = (torch.arange(len(order)) % 3 == 0) if given else None
+        plain_generator, fused_generator = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
+        plain = recipe.augment(x[order], plain_generator, flip, shift, mirrored, cutout)
+        fused = recipe.shuffled_augmented(x, order, fused_generator, flip, shift, mirrored, cutout)
+        assert torch.equal(fused, plain)
+        assert torch.equal(fused, x[order]) == (not (flip or shift or cutout))  # augmented where asked
+        assert torch.equal(fused_generator.get_state(), plain_generator.get_state())
+
+
+def test_shuffled_augmented_takes_the_plain_form_where_the_kernel_does_not_apply():
+    x, order = images(16).double(), torch.randperm(16)  # float64: not the kernel's
+    assert not recipe.kernels.gathers(x)
+    plain = recipe.augment(x[order], torch.Generator().manual_seed(1), True, 1)
+    assert torch.equal(recipe.shuffled_augmented(x, order, torch.Generator().manual_seed(1), True, 1), plain)
+
+
 def test_an_epoch_with_the_whole_recipe_runs_and_sets_each_steps_rate():
     torch.manual_seed(0)
     network = models.get("seed-cnn").build(0.0)

@@ -1,4 +1,5 @@
-"""Fused CPU kernels (numba) for the convolution blocks: bias + ReLU + Keras "same" 2x2 stride-1 pooling.
+"""Fused CPU kernels (numba) for the convolution blocks: bias + ReLU + Keras "same" 2x2 stride-1 pooling
+(and, at the end, an epoch's shuffle, flips and shifts in one pass: `gather_flip_shift`).
 
 Why: on a CPU the network's arithmetic is in its matmuls; everything between them is memory passes.
 PyTorch's eager form of one block (addmm broadcasting the bias, ReLU, a -inf pad, max_pool2d writing
@@ -118,6 +119,23 @@ def _space_to_depth(x, out):
                     out[b, i // 2, j // 2, i % 2, j % 2, k] = x[b, i, j, k]
 
 
+@kernel
+def _gather_flip_shift(images, order, mirrored, moves, out):
+    """out[b] = images[order[b]], mirrored where mirrored[b], moved by moves[b] = (dy, dx), zeros filling in:
+    out[b, i, j] = source[i - dy, j - dx]."""
+    n, h, w, c = out.shape
+    for b in prange(n):
+        source, dy, dx = order[b], moves[b, 0], moves[b, 1]
+        for i in range(h):
+            for j in range(w):
+                si, sj = i - dy, j - dx
+                inside = 0 <= si < h and 0 <= sj < w
+                si, sj = min(max(si, 0), h - 1), min(max(sj, 0), w - 1)  # a cell to read either way
+                sj = w - 1 - sj if mirrored[b] else sj
+                for k in range(c):
+                    out[b, i, j, k] = images[source, si, sj, k] if inside else ZERO
+
+
 _numba_threads = threading.local()  # numba's thread count is the calling thread's own
 
 
@@ -173,6 +191,8 @@ def available() -> bool:
             z = torch.zeros(1, 2, 2, 1, requires_grad=True)
             bias_relu_pool(z, torch.zeros(1), patches=True).sum().backward()
             space_to_depth(z.detach())
+            gather_flip_shift(z.detach(), torch.zeros(1, dtype=torch.long), torch.ones(1, dtype=torch.bool),
+                              torch.ones(1, 2, dtype=torch.long))
         return True
     except Exception as exc:  # numba's errors have no common base; any failure means "use PyTorch"
         warnings.warn(f"fmnist: the fused CPU kernels are unavailable ({exc}); using PyTorch's forms", stacklevel=2)
@@ -195,6 +215,22 @@ def bias_relu_pool(z: torch.Tensor, bias: torch.Tensor, patches: bool = False) -
     if patches and (z.shape[1] % 2 or z.shape[2] % 2):
         raise ValueError(f"patches need an even height and width, got {tuple(z.shape)}")
     return BiasReluPool.apply(z.contiguous(), bias, patches)
+
+
+def gathers(images: torch.Tensor) -> bool:
+    """Whether `gather_flip_shift` can take these images: float32 NHWC on the CPU, the kernels working here."""
+    return (images.device.type == "cpu" and images.dtype == torch.float32 and images.dim() == 4
+            and available())
+
+
+def gather_flip_shift(images: torch.Tensor, order: torch.Tensor, mirrored: torch.Tensor,
+                      moves: torch.Tensor) -> torch.Tensor:
+    """(len(order), H, W, C): images[order], each mirrored where `mirrored` says, then moved by `moves`
+    (N, 2) = (dy, dx) pixels with zeros filling in (recipe.augment's flip and translate), in one pass."""
+    out = torch.empty(len(order), *images.shape[1:])
+    use_torch_threads()
+    _gather_flip_shift(images.contiguous().numpy(), order.numpy(), mirrored.numpy(), moves.numpy(), out.numpy())
+    return out
 
 
 def space_to_depth(x: torch.Tensor) -> torch.Tensor:

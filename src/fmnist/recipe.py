@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fmnist import kernels
+
 OPTIMIZERS = ("adam", "sgd", "adamw", "muon")
 SCHEDULES = ("constant", "onecycle")
 MOMENTUM = 0.9  # SGD's; AdamW uses the seed's Adam betas
@@ -33,18 +35,44 @@ def augment(images: torch.Tensor, generator: torch.Generator, flip: bool, shift:
     """Each image mirrored with probability 1/2 (if `flip`; or exactly where `mirrored` says), moved by
     up to `shift` pixels in each direction (uniform, zeros fill in), and with a `cutout`-pixel square
     zeroed, as new images. Nothing is drawn for what is not asked for."""
-    n = len(images)
-    if flip and mirrored is None:
-        mirrored = torch.rand(n, generator=generator) < 0.5               # (N,)
+    mirrored, offsets, corners = draw_augmentation(images.shape[:2], generator, flip, shift, mirrored, cutout)
     if mirrored is not None:
         images = torch.where(mirrored.to(images.device)[:, None, None, None], images.flip(2), images)
     if shift:
-        offsets = torch.randint(0, 2 * shift + 1, (n, 2), generator=generator)  # (N, 2): (dy, dx) + shift
         images = translate(images, offsets.to(images.device), shift)
-    if cutout:
-        corners = torch.randint(-(cutout - 1), images.shape[1], (n, 2), generator=generator)  # (N, 2): may overhang
-        images = images * ~cutout_masks(corners.to(images.device), cutout, images.shape[1])[..., None]
-    return images
+    return cut_out(images, corners, cutout)
+
+
+def draw_augmentation(shape: tuple[int, int], generator: torch.Generator, flip: bool, shift: int,
+                      mirrored: torch.Tensor | None, cutout: int) -> tuple:
+    """For `shape` = (N images, side): (mirrored (N,) or None, offsets (N, 2): (dy, dx) + shift, or None, cutout
+    corners (N, 2) or None), drawn in this order from `generator`: an epoch's augmentation, however applied."""
+    n, side = shape
+    if flip and mirrored is None:
+        mirrored = torch.rand(n, generator=generator) < 0.5
+    offsets = torch.randint(0, 2 * shift + 1, (n, 2), generator=generator) if shift else None
+    corners = torch.randint(-(cutout - 1), side, (n, 2), generator=generator) if cutout else None  # may overhang
+    return mirrored, offsets, corners
+
+
+def cut_out(images: torch.Tensor, corners: torch.Tensor | None, cutout: int) -> torch.Tensor:
+    if not cutout:
+        return images
+    return images * ~cutout_masks(corners.to(images.device), cutout, images.shape[1])[..., None]
+
+
+def shuffled_augmented(images: torch.Tensor, order: torch.Tensor, generator: torch.Generator, flip: bool,
+                       shift: int, mirrored: torch.Tensor | None = None, cutout: int = 0) -> torch.Tensor:
+    """augment(images[order], ...): the same values and draws. On the CPU the gather, flip and shift are one
+    pass (`kernels.gather_flip_shift`) instead of the plain form's five over the whole training set, which
+    each epoch makes before its first step (README, "The epoch around the steps")."""
+    if not kernels.gathers(images):
+        return augment(images[order], generator, flip, shift, mirrored, cutout)
+    n = len(order)
+    mirrored, offsets, corners = draw_augmentation((n, images.shape[1]), generator, flip, shift, mirrored, cutout)
+    moves = offsets - shift if offsets is not None else torch.zeros(n, 2, dtype=torch.long)  # (N, 2): dy, dx
+    flips = mirrored if mirrored is not None else torch.zeros(n, dtype=torch.bool)
+    return cut_out(kernels.gather_flip_shift(images, order, flips, moves), corners, cutout)
 
 
 def cutout_masks(corners: torch.Tensor, size: int, side: int) -> torch.Tensor:

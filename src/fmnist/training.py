@@ -55,9 +55,10 @@ def train_one_epoch(network, optimizer, images, labels, config: Recipe, generato
     as device tensors."""
     network.train()
     order = torch.randperm(len(images), generator=generator).to(images.device)  # same order on every rank
-    images, labels = images[order], labels[order]  # one gather per epoch, then contiguous slices
     mirrored = plan.flips[order] if plan.flips is not None else None  # flips are by image, before the shuffle
-    images = recipe.augment(images, generator, config.flip, config.shift, mirrored, config.cutout)  # all ranks
+    # one gather per epoch (augmented as it goes, on all ranks alike), then contiguous slices
+    images = recipe.shuffled_augmented(images, order, generator, config.flip, config.shift, mirrored, config.cutout)
+    labels = labels[order]
     batch_size, label_smoothing = config.batch_size, config.label_smoothing
     loss_sum = torch.zeros((), device=images.device)
     correct = torch.zeros((), dtype=torch.long, device=images.device)
