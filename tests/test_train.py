@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -148,7 +149,8 @@ def test_validation_fraction_zero_trains_on_every_image_and_validates_nothing(tm
                            "--validation-fraction", 0, "--quiet", "--out", final)
     assert code == 0 and "val_accuracy" not in out and "nothing validated" in out
     history = runs.read_history(final)
-    assert [row["steps"] for row in history] == [5, 5]  # ceil(600 / 128): every image trained on
+    steps = math.ceil(600 / configs.TrainConfig.for_model("cnn94").batch_size)  # every image trained on
+    assert [row["steps"] for row in history] == [steps, steps]
     assert all(row["val_loss"] is None and row["val_accuracy"] is None for row in history)
     assert runs.validated(history) == [] and runs.time_to_accuracy(history, 0.1) is None
     assert not (final / runs.BEST_WEIGHTS).exists()

@@ -56,7 +56,7 @@ CNN94 = ModelSpec("cnn94", fastcnn.ARCHITECTURE, fastcnn.FastCNN,
                   "the speed tier: fast-cnn's network, the recipe that reaches 94 % soonest on a CPU "
                   "(chosen on validation, README's ablation)",
                   recipe={**FAST.recipe, "epochs": 24, "tta_shift": 1, "alternate_flip": True, "bn_weight": False,
-                          "bn_momentum": 0.4}, bf16=True, plain=fastcnn.PlainFastCNN,
+                          "bn_momentum": 0.4, "batch_size": 256, "learning_rate": 0.15}, bf16=True, plain=fastcnn.PlainFastCNN,
                   variants={"fmnist, PyTorch's BatchNorm layers": {"fused_norm": False}})  # its bf16 kernels against torch's
 WHITENED = ModelSpec("whitened-cnn", fastcnn.WHITENED_ARCHITECTURE, fastcnn.WhitenedCNN,
                      "fast-cnn behind a frozen patch-whitening stem (tried for the speed tier: no better on "
@@ -66,7 +66,8 @@ RES95 = ModelSpec("res95", resnet.ARCHITECTURE, resnet.ResCNN,
                   "the accuracy tier: a small residual network (32 channels at 28x28, 64 at 14x14, 128 at 7x7, "
                   "a residual block of two convs at each), for the best accuracy a CPU reaches in minutes",
                   recipe={**CNN94.recipe, "epochs": 36, "shift": 2, "cutout": 8, "bn_weight": True,
-                          "bn_momentum": 0.1}, bf16=True, plain=resnet.PlainResCNN)
+                          "bn_momentum": 0.1, "batch_size": FAST.recipe["batch_size"],
+                          "learning_rate": FAST.recipe["learning_rate"]}, bf16=True, plain=resnet.PlainResCNN)
 REGISTRY = {spec.name: spec for spec in (SEED, FAST, CNN94, RES95, WHITENED)}
 DEFAULT = SEED.name
 
