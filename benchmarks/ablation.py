@@ -52,7 +52,7 @@ def flag_list(flags: dict) -> list[str]:
 
 def base_flags() -> dict:
     """The base model's whole recipe as flags: a row on another network changes only the network."""
-    from fmnist import configs
+    from fmnist.training import configs
 
     recipe = configs.Recipe.for_model(BASE)
     return {name.replace("_", "-"): getattr(recipe, name) for name in configs.RECIPE_FIELDS if name != "epochs"}

@@ -6,7 +6,7 @@ TensorFlow is not a dependency of fmnist: install it in a virtual environment of
     python benchmarks/compare_keras.py --tf-python /tmp/tfenv/bin/python --rounds 3 [--precision bf16]
 
 Each round runs one training epoch of the report's network on 48,000 random images at batch 128,
-first in TensorFlow-Keras (`model.fit`, as the report did), then in fmnist (`training.train_one_epoch`),
+first in TensorFlow-Keras (`model.fit`, as the report did), then in fmnist (`loop.train_one_epoch`),
 each in a fresh process after a warm-up epoch on a few batches. The medians and their ratio are printed.
 """
 from __future__ import annotations
@@ -53,7 +53,9 @@ def keras_epoch_seconds(images: int) -> float:
 def fmnist_epoch_seconds(images: int, threads: int, precision: str) -> float:
     import torch
 
-    from fmnist import configs, machine, recipe, seedcnn, training
+    from fmnist.core import machine
+    from fmnist.nets import seedcnn
+    from fmnist.training import configs, loop, recipe
 
     machine.set_cpu_modes()
     torch.set_num_threads(threads)
@@ -63,10 +65,10 @@ def fmnist_epoch_seconds(images: int, threads: int, precision: str) -> float:
     optimizer = recipe.KerasAdam(network.parameters(), fused=True)
     generator = torch.Generator().manual_seed(0)
     config = configs.Recipe(batch_size=BATCH_SIZE)
-    training.train_one_epoch(network, optimizer, x[:WARMUP_IMAGES], y[:WARMUP_IMAGES], config, generator,
+    loop.train_one_epoch(network, optimizer, x[:WARMUP_IMAGES], y[:WARMUP_IMAGES], config, generator,
                              precision=precision)
     start = time.perf_counter()
-    loss, _ = training.train_one_epoch(network, optimizer, x, y, config, generator, precision=precision)
+    loss, _ = loop.train_one_epoch(network, optimizer, x, y, config, generator, precision=precision)
     loss.item()
     return time.perf_counter() - start
 

@@ -21,23 +21,28 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
+
+from fmnist.training import loop
 
 
 def worker(threads: int, model: str) -> None:
     """One measurement in this process: median ms/step over chunks of steps, then evaluation images/s, in
     the precision training would choose here."""
-    from fmnist import bench, configs, data, machine, threads as cpu_threads  # fmnist first: it sets OpenMP's waiting
-
     import torch
+
+    from fmnist.core import machine
+    from fmnist.core import threads as cpu_threads
+    from fmnist.data import fashion
+    from fmnist.results import bench  # fmnist first: it sets OpenMP's waiting
+    from fmnist.training import configs
 
     machine.set_cpu_modes()
     cpu_threads.use(threads or None)
     torch.manual_seed(0)
     cpu = torch.device("cpu")
-    precision = configs.choose_precision("auto", model, cpu)
+    precision = loop.choose_precision("auto", model, cpu)
     batch = configs.Recipe.for_model(model).batch_size
-    x, y = torch.rand(batch, data.IMAGE_SIZE, data.IMAGE_SIZE, 1), torch.randint(0, data.NUM_CLASSES, (batch,))
+    x, y = torch.rand(batch, fashion.IMAGE_SIZE, fashion.IMAGE_SIZE, 1), torch.randint(0, fashion.NUM_CLASSES, (batch,))
     step = bench.recipe_step(model, x, y, precision)
     bench.time_steps(step, 10, cpu)  # warm-up: kernels, allocator, thread pool
     step_ms = statistics.median(1000 * bench.time_steps(step, 15, cpu) for _ in range(12))
@@ -48,14 +53,14 @@ def worker(threads: int, model: str) -> None:
 def measure(env: dict, threads: int, model: str, together: int = 1, busy: bool = False) -> list[dict]:
     """Run `together` workers at once (beside a busy loop if `busy`); their results."""
     command = [sys.executable, __file__, "--worker", "--threads", str(threads), "--model", model]
-    loop = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
     try:
         workers = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env={**os.environ, **env})
                    for _ in range(together)]
         return [json.loads(w.communicate()[0].strip().splitlines()[-1]) for w in workers]
     finally:
-        if loop:
-            loop.kill()
+        if spinner:
+            spinner.kill()
 
 
 def scenarios(variants: dict[str, dict], threads: int, rounds: int, model: str) -> None:

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import PIL.Image
 
-from fmnist import predict
+from fmnist.data import photos
 
-SIDE = int(predict.MAX_PIXELS ** 0.5)
+SIDE = int(photos.MAX_PIXELS ** 0.5)
 
 
 def rss_mb(field: str) -> float:
@@ -26,7 +26,7 @@ KINDS = {
     "RGBA 4096x4096 PNG": lambda: PIL.Image.new("RGBA", (SIDE, SIDE), (0, 0, 0, 0)),
     "palette 4096x4096 PNG": lambda: PIL.Image.new("P", (SIDE, SIDE)),
     "16-bit 4096x4096 PNG": lambda: PIL.Image.new("I;16", (SIDE, SIDE), 300),
-    "1 x 16.7M line PNG": lambda: PIL.Image.new("L", (predict.MAX_PIXELS, 1), 255),
+    "1 x 16.7M line PNG": lambda: PIL.Image.new("L", (photos.MAX_PIXELS, 1), 255),
     "48-Mpx JPEG": lambda: PIL.Image.new("RGB", (8000, 6000), (200, 30, 30)),
 }
 
@@ -36,7 +36,7 @@ def measure(kind: str, path: Path) -> None:
     Path("/proc/self/clear_refs").write_text("5")  # peak RSS := current RSS
     before = rss_mb("VmRSS")
     start = time.process_time()
-    predict.preprocess(predict.open_image(raw, kind))
+    photos.preprocess(photos.open_image(raw, kind))
     seconds = time.process_time() - start
     grown = rss_mb("VmHWM") - before
     print(f"| {kind} | {len(raw) / 1024:,.0f} KB | {seconds:.2f} s | {grown:.0f} MB |", flush=True)

@@ -13,13 +13,16 @@ import threading
 import time
 from pathlib import Path
 
-import fmnist  # noqa: F401  (first: it sets how OpenMP threads wait, before torch loads)
 import httpx
 import numpy as np
 import PIL.Image
 import uvicorn
 
-from fmnist import data, inference, machine, models, predict, serve, threads
+import fmnist  # noqa: F401  (first: it sets how OpenMP threads wait, before torch loads)
+from fmnist.core import machine, threads
+from fmnist.data import fashion
+from fmnist.nets import inference
+from fmnist.serving import server
 
 
 def batch_images_per_second(run_dir: Path, images: np.ndarray, precision: str) -> float:
@@ -33,19 +36,19 @@ def batch_images_per_second(run_dir: Path, images: np.ndarray, precision: str) -
 
 def single_image_ms(run_dir: Path, images: np.ndarray, count: int, precision: str) -> list[float]:
     network = inference.load_model(run_dir, precision=precision)
-    predict.classify(network, images[:1])  # warm-up
+    inference.classify(network, images[:1])  # warm-up
     times = []
     for image in images[:count]:
         start = time.perf_counter()
-        predict.classify(network, image[None])
+        inference.classify(network, image[None])
         times.append(1000 * (time.perf_counter() - start))
     return times
 
 
 def request_ms(run_dir: Path, images: np.ndarray, count: int, precision: str) -> list[float]:
     """Milliseconds per POST /predict of one PNG, sequential, against a real server in a thread."""
-    app = serve.create_app(run_dir, precision=precision)
-    instance = uvicorn.Server(serve.server_config(app, "127.0.0.1", 8765, log_level="warning"))
+    app = server.create_app(run_dir, precision=precision)
+    instance = uvicorn.Server(server.server_config(app, "127.0.0.1", 8765, log_level="warning"))
     thread = threading.Thread(target=instance.run, daemon=True)
     thread.start()
     while not instance.started:
@@ -72,13 +75,13 @@ def main() -> None:
     parser.add_argument("run", type=Path)
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--precision", action="append", choices=models.INFERENCE_PRECISIONS,
+    parser.add_argument("--precision", action="append", choices=inference.INFERENCE_PRECISIONS,
                         help="repeatable (default: fp32)")
     args = parser.parse_args()
     machine.set_cpu_modes()
     threads.use(args.threads)
-    images = data.load(progress=False).test_images
-    print(f"{args.run}: {machine.describe_machine(inference.resolve_device('cpu'))['device_name']}")
+    images = fashion.load(progress=False).test_images
+    print(f"{args.run}: {machine.describe_machine(machine.resolve_device('cpu'))['device_name']}")
     for precision in args.precision or ["fp32"]:
         print(f"{precision}: test set in batches: {batch_images_per_second(args.run, images, precision):,.0f} images/s")
         model = single_image_ms(args.run, images, args.requests, precision)

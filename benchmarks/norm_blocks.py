@@ -12,12 +12,13 @@ import copy
 import statistics
 import time
 
-import fmnist  # noqa: F401  (first: it sets how OpenMP threads wait, before torch loads)
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fmnist import norm_kernels, threads
+import fmnist  # noqa: F401  (first: it sets how OpenMP threads wait, before torch loads)
+from fmnist.core import threads
+from fmnist.nets.kernels import norm_kernels
 
 BLOCKS = [  # (label, (N, C, H, W) of the conv output, pooled), cnn94 at batch 128
     ("stage 1: BN, pool, ReLU", (128, 16, 28, 28), True),

@@ -22,11 +22,15 @@ import json
 import statistics
 from pathlib import Path
 
-import fmnist
 import torch
 from torch import nn
 
-from fmnist import bench, configs, data, fastcnn, machine, models, recipe, threads
+import fmnist
+from fmnist.core import machine, threads
+from fmnist.data import fashion
+from fmnist.nets import fastcnn
+from fmnist.results import bench
+from fmnist.training import configs, loop, recipe, registry
 
 NAME = "cnn94-pool-bn"
 
@@ -50,19 +54,19 @@ class PoolBeforeNormCNN(fastcnn.FastCNN):
 
 
 def register() -> None:
-    models.REGISTRY[NAME] = dataclasses.replace(models.CNN94, name=NAME, network=PoolBeforeNormCNN,
+    registry.REGISTRY[NAME] = dataclasses.replace(registry.CNN94, name=NAME, network=PoolBeforeNormCNN,
                                                 architecture="experiment-" + NAME)
 
 
 def step_ratio(rounds: int, precision: str) -> float:
     """cnn94's step time over the variant's, median of interleaved rounds of 10 steps."""
-    x, y = torch.rand(128, data.IMAGE_SIZE, data.IMAGE_SIZE, 1), torch.randint(0, data.NUM_CLASSES, (128,))
+    x, y = torch.rand(128, fashion.IMAGE_SIZE, fashion.IMAGE_SIZE, 1), torch.randint(0, fashion.NUM_CLASSES, (128,))
 
     def step(name):
         config = configs.TrainConfig.for_model(name)
-        network = models.get(name).build(0.0).train()
+        network = registry.get(name).build(0.0).train()
         recipe.set_up_network(network, config.dirac, config.bn_weight, config.bn_momentum)
-        return bench.step_function(network, config.build_optimizer(network), x, y, precision, config.label_smoothing)
+        return bench.step_function(network, recipe.optimizer_for(network, config), x, y, precision, config.label_smoothing)
 
     ours, theirs = step("cnn94"), step(NAME)
     cpu = torch.device("cpu")
@@ -82,7 +86,7 @@ def validation_accuracy(name: str, seed: int, out: Path) -> float:
     history = run_dir / "history.json"
     if not history.is_file():
         fmnist.train(model=name, seed=seed, validate_tta="last", out=run_dir, show_progress=False)
-    elif len(json.loads(history.read_text())) < models.get(name).recipe["epochs"]:  # interrupted: continue it
+    elif len(json.loads(history.read_text())) < registry.get(name).recipe["epochs"]:  # interrupted: continue it
         fmnist.train(out=run_dir, resume=True, show_progress=False)
     return json.loads(history.read_text())[-1]["val_accuracy"]
 
@@ -96,7 +100,7 @@ def main() -> None:
     machine.set_cpu_modes()
     threads.use(2)
     register()
-    precision = configs.choose_precision("auto", "cnn94", torch.device("cpu"))
+    precision = loop.choose_precision("auto", "cnn94", torch.device("cpu"))
     print(f"step: cnn94 / pool-before-BN = {step_ratio(args.rounds, precision):.3f} ({precision})", flush=True)
     print(f"epoch: cnn94 / pool-before-BN = {epoch_ratio(6, precision):.3f}", flush=True)
     pairs = [(validation_accuracy("cnn94", seed, args.out), validation_accuracy(NAME, seed, args.out))

@@ -9,12 +9,13 @@ import argparse
 import collections
 import math
 
-import fmnist  # noqa: F401  (first: it sets how OpenMP threads wait, before torch loads)
 import torch
-import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
-from fmnist import configs, data, machine, threads, training
+import fmnist  # noqa: F401  (first: it sets how OpenMP threads wait, before torch loads)
+from fmnist.core import machine, threads
+from fmnist.data import fashion
+from fmnist.training import configs, loop
 
 KINDS = [  # (kind, substrings of operator names), first match wins
     ("convolution", ("convolution", "conv2d", "mkldnn_conv")),
@@ -44,16 +45,16 @@ def main() -> None:
     machine.set_cpu_modes()
     threads.use(args.threads)
     cpu = torch.device("cpu")
-    precision = configs.choose_precision(args.precision, args.model, cpu)
+    precision = loop.choose_precision(args.precision, args.model, cpu)
     config = configs.TrainConfig.for_model(args.model, precision=precision)
-    images = torch.rand(config.batch_size * (args.steps + 3), data.IMAGE_SIZE, data.IMAGE_SIZE, 1)
-    labels = torch.randint(0, data.NUM_CLASSES, (len(images),))
-    state = training.new_state(config, cpu, math.ceil(len(images) / config.batch_size), images)
+    images = torch.rand(config.batch_size * (args.steps + 3), fashion.IMAGE_SIZE, fashion.IMAGE_SIZE, 1)
+    labels = torch.randint(0, fashion.NUM_CLASSES, (len(images),))
+    state = loop.new_state(config, cpu, math.ceil(len(images) / config.batch_size), images)
     warm = config.batch_size * 3
-    training.train_one_epoch(state.network, state.optimizer, images[:warm], labels[:warm], config, state.generator,
+    loop.train_one_epoch(state.network, state.optimizer, images[:warm], labels[:warm], config, state.generator,
                              precision=precision)
     with profile(activities=[ProfilerActivity.CPU]) as trace:
-        training.train_one_epoch(state.network, state.optimizer, images[warm:], labels[warm:], config,
+        loop.train_one_epoch(state.network, state.optimizer, images[warm:], labels[warm:], config,
                                  state.generator, precision=precision)
     totals = collections.Counter()
     for event in trace.key_averages():

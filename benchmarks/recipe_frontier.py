@@ -14,13 +14,16 @@ import json
 from pathlib import Path
 
 import fmnist  # noqa: F401  (first: it sets how OpenMP threads wait, before torch loads)
-from fmnist import configs, evaluate, inference, machine, runs, training
+from fmnist import runs
+from fmnist.core import files, machine
+from fmnist.results import evaluate
+from fmnist.training import configs, loop
 
 
 def run_budget(model: str, epochs: int, seed: int, out: Path) -> dict:
     run_dir = out / f"{model}-{epochs}ep-seed{seed}"
     config = configs.TrainConfig.for_model(model, epochs=epochs, seed=seed)
-    history = training.fit_unless_finished(config, run_dir)
+    history = loop.fit_unless_finished(config, run_dir)
     metrics = evaluate.evaluate_run(run_dir)
     return {"model": model, "epochs": epochs, "seed": seed, "seconds": runs.elapsed(history)[-1],
             "train_seconds": sum(row["train_seconds"] for row in history),
@@ -43,8 +46,8 @@ def main() -> None:
             rows.append(row)
             print(f"| {row['model']} | {epochs} | {seed} | {row['seconds']:.0f} | {row['val_accuracy']:.4f} | "
                   f"{row['test_accuracy']:.4f} |", flush=True)
-    runs.write_json(args.out / f"frontier-{args.model}.json", rows)
-    print(json.dumps({"machine": machine.describe_machine(inference.resolve_device("cpu"))}))
+    files.write_json(args.out / f"frontier-{args.model}.json", rows)
+    print(json.dumps({"machine": machine.describe_machine(machine.resolve_device("cpu"))}))
 
 
 if __name__ == "__main__":

@@ -10,10 +10,13 @@ import argparse
 import statistics
 import time
 
-import fmnist  # noqa: F401  (first: it sets how OpenMP threads wait, before torch loads)
 import torch
 
-from fmnist import api, configs, inference, machine, recipe, threads
+import fmnist  # noqa: F401  (first: it sets how OpenMP threads wait, before torch loads)
+from fmnist import api
+from fmnist.core import machine, threads
+from fmnist.nets import inference
+from fmnist.training import configs, recipe
 
 
 def main() -> None:

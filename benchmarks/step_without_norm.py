@@ -13,11 +13,15 @@ from __future__ import annotations
 import argparse
 import statistics
 
-import fmnist  # noqa: F401  (first: it sets how OpenMP threads wait, before torch loads)
 import torch
 from torch import nn
 
-from fmnist import bench, configs, data, fastcnn, machine, models, recipe, threads
+import fmnist  # noqa: F401  (first: it sets how OpenMP threads wait, before torch loads)
+from fmnist.core import machine, threads
+from fmnist.data import fashion
+from fmnist.nets import fastcnn
+from fmnist.results import bench
+from fmnist.training import configs, loop, recipe, registry
 
 NAME = "cnn94"
 VARIANTS = [(3, 4), (2, 3, 4), (0,), (0, 1, 2, 3, 4)]  # the convolutions that lose their BatchNorm
@@ -40,9 +44,9 @@ def without_norm(network: fastcnn.FastCNN, convolutions: tuple[int, ...]) -> fas
 def recipe_step(convolutions: tuple[int, ...], x: torch.Tensor, y: torch.Tensor, precision: str):
     """A training step of cnn94's recipe on the network without those BatchNorms."""
     config = configs.TrainConfig.for_model(NAME)
-    network = without_norm(models.get(NAME).build(0.0), convolutions).train()
+    network = without_norm(registry.get(NAME).build(0.0), convolutions).train()
     recipe.set_up_network(network, config.dirac, config.bn_weight, config.bn_momentum)
-    return bench.step_function(network, config.build_optimizer(network), x, y, precision, config.label_smoothing)
+    return bench.step_function(network, recipe.optimizer_for(network, config), x, y, precision, config.label_smoothing)
 
 
 def main() -> None:
@@ -54,9 +58,9 @@ def main() -> None:
     threads.use(2)
     torch.manual_seed(0)
     cpu = torch.device("cpu")
-    precision = configs.choose_precision("auto", NAME, cpu)
-    x = torch.rand(128, data.IMAGE_SIZE, data.IMAGE_SIZE, 1)
-    y = torch.randint(0, data.NUM_CLASSES, (128,))
+    precision = loop.choose_precision("auto", NAME, cpu)
+    x = torch.rand(128, fashion.IMAGE_SIZE, fashion.IMAGE_SIZE, 1)
+    y = torch.randint(0, fashion.NUM_CLASSES, (128,))
     steps = {NAME: recipe_step((), x, y, precision),
              **{f"without BatchNorm after conv {', '.join(map(str, v))}": recipe_step(v, x, y, precision)
                 for v in VARIANTS},

@@ -1,8 +1,12 @@
-"""Helpers shared by test modules (test modules never import each other): images, a served app, ports,
-processes."""
+"""Helpers shared by test modules (fixtures are in conftest.py): the dataset's file format, a hostile HTTP
+mirror, the CLI in this process, weights compared, images, a served app, ports, processes."""
 from __future__ import annotations
 
+import gzip
+import hashlib
+import http.server
 import io
+import os
 import socket
 import struct
 import threading
@@ -12,9 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import PIL.Image
-import uvicorn
+import pytest
 
-from fmnist import inference, predict, serve
+from fmnist import cli
+from fmnist.data import fashion
+from fmnist.nets import inference
+
+REAL_DATA = fashion.SYSTEM_DIR
 
 
 def free_port() -> int:
@@ -28,8 +36,12 @@ def running(app, **options):
 
     log_config=None: uvicorn's loggers propagate, so tests read what the server logs (caplog).
     """
+    import uvicorn
+
+    from fmnist.serving import server
+
     port = free_port()
-    instance = uvicorn.Server(serve.server_config(app, "127.0.0.1", port, log_config=None, **options))
+    instance = uvicorn.Server(server.server_config(app, "127.0.0.1", port, log_config=None, **options))
     thread = threading.Thread(target=instance.run, daemon=True)
     thread.start()
     deadline = time.time() + 60
@@ -51,7 +63,7 @@ def as_product_photo(item: np.ndarray, size: int = 300) -> PIL.Image.Image:
 
 def confident_correct(trained_run, dataset, count=5):
     network = inference.load_model(trained_run)
-    tops = predict.classify(network, dataset.test_images[:200])
+    tops = inference.classify(network, dataset.test_images[:200])
     chosen = [i for i, top in enumerate(tops)
               if top[0]["label"] == dataset.test_labels[i] and top[0]["probability"] > 0.9]
     return network, chosen[:count]
@@ -95,3 +107,131 @@ def descendants(root: int) -> list[int]:
         found += children
         frontier = children
     return found
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """The IDX encoding of a uint8 array (magic 0x0000 08 ndim, big-endian dims, data)."""
+    header = bytes([0, 0, fashion.IDX_UBYTE, array.ndim]) + np.asarray(array.shape, dtype=">u4").tobytes()
+    return header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+
+
+def write_tiny_dataset(directory: Path, num_train: int = 12, num_test: int = 6, seed: int = 0,
+                       compress: bool = True) -> dict[str, fashion.IdxFile]:
+    """Four small IDX files like Fashion-MNIST's, and the file specs (with checksums) that match them."""
+    rng = np.random.default_rng(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    arrays = {
+        "train_images": rng.integers(0, 256, (num_train, 28, 28), dtype=np.uint8),
+        "train_labels": (np.arange(num_train) % 10).astype(np.uint8),
+        "test_images": rng.integers(0, 256, (num_test, 28, 28), dtype=np.uint8),
+        "test_labels": (np.arange(num_test) % 10).astype(np.uint8),
+    }
+    specs = {}
+    for key, array in arrays.items():
+        raw = idx_bytes(array)
+        name = fashion.FILES[key].filename
+        if compress:
+            (directory / name).write_bytes(gzip.compress(raw))
+        else:
+            (directory / name.removesuffix(".gz")).write_bytes(raw)
+        specs[key] = fashion.IdxFile(name, hashlib.sha256(raw).hexdigest(), len(array), array.ndim)
+    return specs
+
+
+class MirrorHandler(http.server.BaseHTTPRequestHandler):
+    """Serves files from `root`. Hostile paths, each bounded in bytes and time so the server stops by itself:
+    /drop/   announces the full length, sends half, hangs up;
+    /trickle/ announces the full length, then sends one byte every 0.2 s (at most 60 s);
+    /endless/ sends zeros with no length, until the client stops reading (at most 64 MB);
+    /huge/   announces 300 MB, then sends zeros the same way."""
+    root: Path
+
+    def do_GET(self):  # noqa: N802 (http.server's naming)
+        kind = self.path.split("/")[1]
+        if kind in ("trickle", "endless", "huge"):
+            return self.send_hostile(kind)
+        dropping = self.path.startswith("/drop/")
+        path = self.root / self.path.removeprefix("/drop/").lstrip("/")
+        if not path.is_file():
+            self.send_error(404)
+            return
+        body = path.read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body[: len(body) // 2] if dropping else body)
+        if dropping:
+            self.close_connection = True
+
+    def send_hostile(self, kind: str) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "300000000" if kind == "huge" else "1000")
+        if kind == "endless":
+            self.send_header("Connection", "close")
+        if kind != "endless":
+            self.end_headers()
+        else:  # no Content-Length: the body ends when the connection does
+            self._headers_buffer = [h for h in self._headers_buffer if not h.startswith(b"Content-Length")]
+            self.end_headers()
+        try:
+            if kind == "trickle":
+                for _ in range(300):
+                    self.wfile.write(b"\x1f")
+                    self.wfile.flush()
+                    time.sleep(0.2)
+            else:
+                for _ in range(1024):
+                    self.wfile.write(bytes(1 << 16))
+        except OSError:  # the client gave up: what the test waits for
+            pass
+        self.close_connection = True
+
+    def log_message(self, *args):
+        pass
+
+
+def require_real_data():
+    """The real dataset: CI installs it, so there a missing copy is a failure, not a skip."""
+    if not (REAL_DATA / fashion.FILES["train_images"].filename).exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{REAL_DATA} is missing: CI must install dataset-fashion-mnist")
+        pytest.skip("the Debian package dataset-fashion-mnist is not installed")
+    return REAL_DATA
+
+
+def run_cli(capsys, *args) -> tuple[int, str, str]:
+    """`fmnist ARGS...` in this process (the real CLI code; no interpreter start-up): (exit code, stdout, stderr).
+    An exception escaping the CLI fails the calling test, as a traceback would."""
+    try:
+        code = cli.main([str(arg) for arg in args])
+    except SystemExit as exit_:  # argparse refuses bad arguments this way
+        code = exit_.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+# The reference for "same seed, same weights in any process": one epoch of the seed network on 1,200 images.
+DETERMINISM_RUN = {"epochs": 1, "limit": 1200, "threads": 1, "seed": 1}
+
+
+def fresh_environment() -> dict:
+    """This environment without what `import fmnist` set in it: a new process starts as a user's would."""
+    return {k: v for k, v in os.environ.items() if k not in ("MKL_CBWR", "GOMP_SPINCOUNT")}
+
+
+def weights_of(run_dir) -> dict:
+    import safetensors.torch
+
+    from fmnist import runs
+
+    return safetensors.torch.load_file(str(Path(run_dir) / runs.WEIGHTS))
+
+
+def assert_same_weights(run_a, run_b) -> None:
+    """Bit for bit, tensor for tensor."""
+    import torch
+
+    a, b = weights_of(run_a), weights_of(run_b)
+    assert a.keys() == b.keys()
+    different = {k: (a[k] - b[k]).abs().max().item() for k in a if not torch.equal(a[k], b[k])}
+    assert not different, f"weights differ (largest difference per tensor): {different}"

@@ -9,8 +9,8 @@ import PIL.Image
 import pytest
 
 import fmnist
-from conftest import require_real_data
-from fmnist import errors
+from fmnist.core import errors
+from tests.helpers import require_real_data
 
 
 @pytest.mark.slow

@@ -1,14 +1,13 @@
 """The report as a notebook: committed without outputs, and executed end to end (a short run)."""
 from __future__ import annotations
 
-import pytest
-
 from pathlib import Path
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
-from conftest import require_real_data
+from tests.helpers import require_real_data
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "fashion_mnist.ipynb"
 

@@ -6,8 +6,6 @@ the environment this suite runs in — never the base interpreter's packages, no
 runtime dependency missing from pyproject.toml fails here, and `pip check` proves the metadata consistent."""
 from __future__ import annotations
 
-import pytest
-
 import email.parser
 import importlib.metadata
 import subprocess
@@ -17,9 +15,10 @@ import zipfile
 from pathlib import Path
 
 import httpx
+import pytest
 from packaging.requirements import Requirement
 
-from helpers import free_port
+from tests.helpers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 

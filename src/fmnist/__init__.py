@@ -1,29 +1,47 @@
 """fmnist: train, evaluate, understand and use Fashion-MNIST image classifiers.
 
-The Python API (the CLI is a thin layer over it; examples in fmnist.api):
+The Python API (fmnist.api; the CLI is a thin layer over it):
 
     import fmnist
     dataset = fmnist.load_data()
     run = fmnist.train(model="fast-cnn", epochs=2, limit=6000, out="runs/quick")
     run.evaluate(); run.predict(dataset.test_images[:5]); run.report(); run.export("onnx")
 
-Names load on first use, so that `import fmnist` (and the CLI's help) stays quick without torch.
+Names load on first use, so that `import fmnist` (and the CLI's help) stays quick, without torch.
 """
 import typing as _typing
 
-from fmnist import threads as _threads
-from fmnist.version import __version__  # noqa: F401
+from fmnist.core import threads as _threads
+from fmnist.core.version import __version__
 
-_threads.configure_waiting()  # before anything imports torch: OpenMP reads it as it loads
-_threads.configure_reproducibility()  # before torch's first matrix product: MKL reads it then
+# Chosen as fmnist is imported, before torch loads (core/threads.py says why): where torch came first, they
+# cannot take effect, and the machine set-up where work starts (core/machine.py) says what that costs.
+_threads.configure_waiting()  # OpenMP reads it as it loads
+_threads.configure_reproducibility()  # MKL reads it at its first matrix product
 
-_API = {"CLASS_NAMES": "fmnist.api", "Predictions": "fmnist.api", "Run": "fmnist.api", "load_data": "fmnist.api",
-        "open_run": "fmnist.api", "reproduce": "fmnist.api", "train": "fmnist.api", "TrainConfig": "fmnist.configs"}
-__all__ = sorted(_API)
+_API = ("CLASS_NAMES", "PUBLISHED", "Predictions", "Recipe", "Run", "Runtime", "TrainConfig", "bench", "data_summary",
+        "import_keras", "layer_table", "load_data", "models", "open_run", "reproduce", "sweep", "sweep_config", "train")
+__all__ = ["__version__", *_API]
 
 if _typing.TYPE_CHECKING:
-    from fmnist.api import CLASS_NAMES, Predictions, Run, load_data, open_run, reproduce, train
-    from fmnist.configs import TrainConfig
+    from fmnist.api import CLASS_NAMES as CLASS_NAMES
+    from fmnist.api import PUBLISHED as PUBLISHED
+    from fmnist.api import Predictions as Predictions
+    from fmnist.api import Recipe as Recipe
+    from fmnist.api import Run as Run
+    from fmnist.api import Runtime as Runtime
+    from fmnist.api import TrainConfig as TrainConfig
+    from fmnist.api import bench as bench
+    from fmnist.api import data_summary as data_summary
+    from fmnist.api import import_keras as import_keras
+    from fmnist.api import layer_table as layer_table
+    from fmnist.api import load_data as load_data
+    from fmnist.api import models as models
+    from fmnist.api import open_run as open_run
+    from fmnist.api import reproduce as reproduce
+    from fmnist.api import sweep as sweep
+    from fmnist.api import sweep_config as sweep_config
+    from fmnist.api import train as train
 
 
 def __dir__() -> list[str]:
@@ -34,8 +52,8 @@ def __dir__() -> list[str]:
 def __getattr__(name: str):
     if name not in _API:
         raise AttributeError(f"module 'fmnist' has no attribute {name!r}")
-    import importlib
+    from fmnist import api
 
-    value = getattr(importlib.import_module(_API[name]), name)
+    value = getattr(api, name)
     globals()[name] = value  # once loaded, a plain attribute
     return value

@@ -18,26 +18,27 @@
       report.html, report.md `fmnist report`: the whole experiment on one page
       model.onnx             `fmnist export`
 
-Every file is written to a temp file in the same directory (`.NAME.*.tmp`) and renamed: a crash never
-leaves half a file, and the temp files a kill leaves behind are removed when the run is next written.
+Every file is written atomically (core/files.py: a temp file `.NAME.*.tmp` renamed; a crash never
+leaves half a file), and the temp files a kill leaves behind are removed when the run is next written.
 A run is resumable from every state a kill can leave it in: config.json alone (from epoch 0), a
 checkpoint without history (killed in epoch 1), history one epoch ahead of the checkpoint (killed
 between the two writes; the checkpoint counts).
+
+Torch is imported by the functions that read or write tensors only: reading a run's JSON needs none.
 """
 from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import safetensors
-import safetensors.torch
-import torch
+from fmnist.core import errors, files
 
-from fmnist import data, errors, files
+if TYPE_CHECKING:
+    import torch
+from fmnist.data import fashion
 
 CONFIG = "config.json"
 HISTORY = "history.json"
@@ -53,43 +54,6 @@ ONNX = "model.onnx"
 MAX_FILE_BYTES = 256 << 20  # weights or checkpoint; the seed's checkpoint (weights and Adam's moments) is ~10 MB
 MAX_JSON_BYTES = 16 << 20   # config, history, metrics: a 1,000-epoch history is ~250 KB
 PREPROCESSING = "grayscale uint8 28x28, light object on dark background, divided by 255; input (N, 28, 28, 1) float32"
-
-
-def file_mode() -> int:
-    """What open() gives a new file: 0o666 less the process's umask (mkstemp's temp files are 0o600)."""
-    umask = os.umask(0o022)  # reading the umask means setting it: put it straight back
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def write_atomic(path: Path, write) -> Path:
-    """Call write(temp_path), then rename the temp file onto `path`, with the permissions open() would give."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:  # a directory that takes no files: name the file asked for, not the temp file
-        raise OSError(exc.errno, exc.strerror, str(path)) from None
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, file_mode())
-        os.replace(tmp, path)
-    except OSError as exc:  # a full disk, say: the same
-        if exc.filename not in (tmp, Path(tmp)):
-            raise
-        raise OSError(exc.errno, exc.strerror, str(path)) from None
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return path
-
-
-def write_json(path: Path, value) -> Path:
-    return write_atomic(path, lambda tmp: tmp.write_text(json.dumps(value, indent=2) + "\n"))
-
-
-def write_text(path: Path, text: str) -> Path:
-    return write_atomic(path, lambda tmp: tmp.write_text(text))
 
 
 def read_json(path: Path):
@@ -111,6 +75,12 @@ def read_config(run_dir: Path) -> dict:
     if not isinstance(config, dict):
         raise errors.RunError(f"{path} is damaged: it holds a JSON {type(config).__name__}, not an object")
     return config
+
+
+def recorded_model(run_dir: Path) -> str | None:
+    """The model name a run's config.json records; None where it has none (or no config)."""
+    model = read_config(run_dir).get("model") if (Path(run_dir) / CONFIG).is_file() else None
+    return model if isinstance(model, str) else None
 
 
 HISTORY_FIELDS = {"epoch": int, "loss": float, "accuracy": float, "val_loss": float, "val_accuracy": float,
@@ -191,6 +161,8 @@ def check_state(state: dict, reference: dict[str, torch.Tensor], where: str,
                 error: type[errors.FmnistError] = errors.RunError) -> dict:
     """Exactly the tensors of `reference` (a network's state_dict): every name, shape and dtype, and
     finite values. Anything else is refused before it is used."""
+    import torch
+
     if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
         raise error(f"{where}: the weights are not a set of named tensors")
     expected, found = ({name: tuple(t.shape) for name, t in tensors.items()} for tensors in (reference, state))
@@ -208,11 +180,13 @@ def check_state(state: dict, reference: dict[str, torch.Tensor], where: str,
 
 def save_weights(path: Path, state: dict[str, torch.Tensor], architecture: str, **extra) -> Path:
     """Tensors plus readable metadata: the architecture tag `load_model` rebuilds from, classes, preprocessing."""
+    import safetensors.torch
+
     metadata = {"format": "fmnist", "architecture": architecture,
-                "class_names": json.dumps(list(data.CLASS_NAMES)), "preprocessing": PREPROCESSING,
+                "class_names": json.dumps(list(fashion.CLASS_NAMES)), "preprocessing": PREPROCESSING,
                 **{key: str(value) for key, value in extra.items()}}
     tensors = {name: tensor.detach().to("cpu").contiguous() for name, tensor in state.items()}
-    return write_atomic(path, lambda tmp: safetensors.torch.save_file(tensors, str(tmp), metadata=metadata))
+    return files.write_atomic(path, lambda tmp: safetensors.torch.save_file(tensors, str(tmp), metadata=metadata))
 
 
 def tta_metadata(tta: bool, shift: int) -> dict[str, str]:
@@ -223,13 +197,15 @@ def tta_metadata(tta: bool, shift: int) -> dict[str, str]:
 def tta_of(metadata: dict[str, str], where: str) -> tuple[bool, int]:
     """(flip TTA?, its shift) from weights' metadata, checked: a file may hold anything."""
     shift = metadata.get("tta_shift", "0")
-    if not shift.isdigit() or int(shift) > data.MAX_SHIFT:
+    if not shift.isdigit() or int(shift) > fashion.MAX_SHIFT:
         raise errors.RunError(f"{where}: tta_shift {shift!r} is not a shift of 0..8 pixels")
     return metadata.get("tta") == "flip", int(shift)
 
 
 def load_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and metadata of a weights file; safetensors never executes code from the file."""
+    import safetensors
+
     path = Path(path)
     if not path.is_file() and path.name == BEST_WEIGHTS and (path.parent / WEIGHTS).is_file():
         raise errors.RunError(f"{path} is missing: this run has no best epoch (it validated nothing, with "
@@ -248,6 +224,8 @@ def load_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
 
 def best_val_loss(run_dir: Path) -> float:
     """The validation loss best.safetensors was saved at (inf where there is none, or an older run's)."""
+    import safetensors
+
     path = Path(run_dir) / BEST_WEIGHTS
     if not path.is_file():
         return math.inf
@@ -264,11 +242,15 @@ def check_size(path: Path, size: int, what: str = "is") -> None:
 
 
 def save_checkpoint(path: Path, state: dict) -> Path:
-    return write_atomic(path, lambda tmp: torch.save(state, tmp))
+    import torch
+
+    return files.write_atomic(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_checkpoint(path: Path) -> dict:
     """weights_only=True: a checkpoint can hold tensors and plain values, never code to run."""
+    import torch
+
     if not Path(path).is_file():
         raise errors.RunError(f"{path} is missing: nothing to resume")
     check_size(path, Path(path).stat().st_size)

@@ -1,0 +1,152 @@
+"""Figures as PNG files: sample grids, learning curves, the confusion matrix.
+
+Every function takes plain arrays and a path, writes one PNG atomically and returns the path.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: never needs a display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from fmnist import runs
+from fmnist.core import files
+from fmnist.data import fashion  # noqa: E402
+
+DPI = 100
+WRONG_COLOR = "#c62828"
+RIGHT_COLOR = "#2e7d32"
+
+
+def save(figure, path: Path) -> Path:
+    """Write the figure as PNG atomically (files.write_atomic) and free it."""
+    try:
+        return files.write_atomic(Path(path), lambda tmp: figure.savefig(tmp, dpi=DPI, format="png"))
+    finally:
+        plt.close(figure)
+
+
+def image_grid(images: np.ndarray, captions: list[str], path: Path, colors: list[str] | None = None,
+               columns: int = 5, title: str | None = None) -> Path:
+    """Images in a grid with a caption under each (the report's 5x5 view of the data)."""
+    rows = max(1, -(-len(images) // columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(2 * columns, 2.2 * rows), squeeze=False)
+    for index, axis in enumerate(axes.flat):
+        axis.set_xticks([])
+        axis.set_yticks([])
+        if index >= len(images):
+            axis.axis("off")
+            continue
+        axis.imshow(images[index], cmap="binary")
+        axis.set_xlabel(captions[index], color=(colors[index] if colors else "black"), fontsize=9)
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout()
+    return save(figure, path)
+
+
+def samples(images: np.ndarray, labels: np.ndarray, path: Path, count: int = 25) -> Path:
+    """The first `count` images with their class names."""
+    return image_grid(images[:count], [fashion.CLASS_NAMES[int(k)] for k in labels[:count]], path)
+
+
+def predictions(images: np.ndarray, labels: np.ndarray, predicted: np.ndarray, probabilities: np.ndarray,
+                path: Path, title: str) -> Path:
+    """Images captioned 'predicted (p) / true', wrong ones in red."""
+    captions = [f"{fashion.CLASS_NAMES[p]} {probabilities[i, p]:.0%}\ntrue: {fashion.CLASS_NAMES[t]}"
+                for i, (p, t) in enumerate(zip(predicted, labels))]
+    colors = [RIGHT_COLOR if p == t else WRONG_COLOR for p, t in zip(predicted, labels)]
+    return image_grid(images, captions, path, colors, title=title)
+
+
+def learning_curves(history: list[dict], path: Path) -> Path:
+    """Loss and accuracy per epoch, training vs validation, best validation epoch marked; and validation
+    accuracy against elapsed seconds (time to accuracy)."""
+    epochs, validated = [row["epoch"] for row in history], runs.validated(history)
+    held_out = "validation" if validated else "training"  # a final fit on every image validates nothing
+    figure, (loss_axis, accuracy_axis, time_axis) = plt.subplots(1, 3, figsize=(17, 4.5))
+    time_axis.plot(runs.elapsed(history), [row["val_accuracy" if validated else "accuracy"] for row in history],
+                   marker=".")
+    time_axis.set_xlabel("seconds of training and validation")
+    time_axis.set_ylabel(f"{held_out} accuracy")
+    time_axis.grid(alpha=0.3)
+    for axis, key, label in ((loss_axis, "loss", "loss"), (accuracy_axis, "accuracy", "accuracy")):
+        axis.plot(epochs, [row[key] for row in history], label=f"training {label}")
+        if validated:
+            best = min(validated, key=lambda row: row["val_loss"])["epoch"]
+            axis.plot([r["epoch"] for r in validated], [r["val_" + key] for r in validated],
+                      label=f"validation {label}")
+            axis.axvline(best, color="gray", linestyle="--", label=f"lowest validation loss (epoch {best})")
+        axis.set_xlabel("epoch")
+        axis.set_ylabel(label)
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.tight_layout()
+    return save(figure, path)
+
+
+def confusion_matrix(matrix: np.ndarray, path: Path) -> Path:
+    """Heatmap of counts, true classes as rows, predicted as columns."""
+    figure, axis = plt.subplots(figsize=(9, 8))
+    image = axis.imshow(matrix, cmap="Blues")
+    figure.colorbar(image, ax=axis, fraction=0.046)
+    ticks = np.arange(fashion.NUM_CLASSES)
+    axis.set_xticks(ticks, fashion.CLASS_NAMES, rotation=45, ha="right")
+    axis.set_yticks(ticks, fashion.CLASS_NAMES)
+    axis.set_xlabel("predicted class")
+    axis.set_ylabel("true class")
+    threshold = matrix.max() / 2
+    for (row, column), count in np.ndenumerate(matrix):
+        axis.text(column, row, str(count), ha="center", va="center", fontsize=8,
+                  color="white" if count > threshold else "black")
+    axis.set_title("Confusion matrix (test set)")
+    figure.tight_layout()
+    return save(figure, path)
+
+
+def sweep(configurations: list[dict], path: Path) -> Path:
+    """Validation accuracy per configuration of a sweep (mean, with the seeds' standard deviation)."""
+    names = [row["configuration"] for row in configurations]
+    means = [row["val_accuracy_mean"] for row in configurations]
+    errors = [0.0 if np.isnan(row["val_accuracy_std"]) else row["val_accuracy_std"] for row in configurations]
+    figure, axis = plt.subplots(figsize=(8, 0.5 * len(names) + 1.5))
+    axis.barh(np.arange(len(names)), means, xerr=errors, color="tab:blue")
+    axis.set_yticks(np.arange(len(names)), names)
+    axis.invert_yaxis()  # the chosen (best) configuration on top
+    axis.set_xlim(min(means) - 0.02, min(1.0, max(means) + 0.01))
+    axis.set_xlabel("validation accuracy (mean over seeds)")
+    axis.set_title("Sweep: configurations, best first")
+    figure.tight_layout()
+    return save(figure, path)
+
+
+def frontier(curves: dict[str, list[list[dict]]], finals: dict[str, tuple[float, float, float]],
+             reference: float, path: Path) -> Path:
+    """The accuracy-time frontier: each model's validation accuracy against elapsed seconds (one thin
+    line per seed), its final test accuracy (mean ± sd over seeds, at its mean training time) as a point
+    with error bars, and the report's test accuracy as a horizontal line."""
+    figure, axis = plt.subplots(figsize=(9, 5.5))
+    for index, (name, histories) in enumerate(curves.items()):
+        color = f"C{index}"
+        for seed, history in enumerate(histories):
+            points = runs.validation_curve(history)  # none in a final fit on every image
+            if points:
+                axis.plot(*zip(*points), color=color, alpha=0.35, linewidth=1,
+                          label=f"{name}: validation, per seed" if seed == 0 else None)
+        seconds, mean, sd = finals[name]
+        axis.errorbar([seconds], [mean], yerr=[0 if np.isnan(sd) else sd], color=color, marker="o", capsize=4,
+                      label=f"{name}: test {mean:.4f}" + ("" if np.isnan(sd) else f" ± {sd:.4f}"))
+    axis.axhline(reference, color="gray", linestyle="--", label=f"the report: test {reference:.4f}")
+    axis.set_xscale("log")
+    axis.set_xlabel("seconds of training (validation included), log scale")
+    axis.set_ylabel("accuracy")
+    low = min([reference] + [mean for _, mean, _ in finals.values()]) - 0.02
+    axis.set_ylim(max(0.5, low), None)
+    axis.grid(alpha=0.3, which="both")
+    axis.legend(fontsize=8, loc="upper left")
+    axis.set_title("Fashion-MNIST: accuracy against training time")
+    figure.tight_layout()
+    return save(figure, path)

@@ -1,0 +1,12 @@
+"""What one request, one connection and the server as a whole may cost (server.py enforces them; the docs'
+reliability page lists them). Plain numbers, importable without the server's libraries."""
+
+MAX_BYTES = 5 * 1024 * 1024
+MAX_FILES = 32
+MAX_DECODES = 4          # decoding is the memory-hungry step (up to ~70 MB an image): the cores, at most this many
+BODY_BUDGET = 256 * 1024 * 1024  # request bodies held in memory at once, all connections together
+WORK_QUEUE = 1024        # images admitted and not yet answered; past this, 503 + Retry-After
+REQUEST_TIMEOUT_S = 30
+MAX_CONNECTIONS = 10_000  # open connections held at once (file descriptors permitting)
+INLINE_DECODE_BYTES = 16 * 1024   # uploads this small, of at most INLINE_DECODE_PIXELS, decode on the event
+INLINE_DECODE_PIXELS = 256 * 256  # loop (a thread hop costs more than decoding them: ~0.3 ms)

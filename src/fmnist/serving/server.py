@@ -1,0 +1,353 @@
+"""Serve a run over HTTP: POST /predict, GET /health, and GET / (a page to try images by hand).
+
+Bad input gets a JSON error whose status is the error's type (errors.py): 413 for a body or image
+that is too large, 415 for something that is not an image, 400 for a damaged image or a bad form,
+503 with Retry-After when the work queue is full.
+
+Admission is on work, not on sockets: connections are cheap, predictions are not (the limits: limits.py).
+- a connection: the whole request must arrive within `request_timeout` seconds of the connection
+  (or of the previous response): slow, idle and half-open clients are dropped (one log line each);
+  up to MAX_CONNECTIONS are held at once (bounded by the file descriptors, raised to the hard limit;
+  ~5 KB of memory each, measured with benchmarks/serve_load.py);
+- a request: MAX_BYTES of body, MAX_FILES images, each decoded to at most photos.MAX_PIXELS and
+  shrunk at once (photos.WORKING_SIZE), at most `decode_slots` images decoding at a time (the cores,
+  at most MAX_DECODES); all bodies in memory together at most BODY_BUDGET bytes;
+- the work: at most WORK_QUEUE images admitted (decoding or waiting for the model); past that, 503
+  with Retry-After. Admitted images go through the model in batches (batching.py).
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import functools
+import importlib.resources
+import io
+import ipaddress
+import logging
+import resource
+import socket
+import threading
+import uuid
+from pathlib import Path
+
+import fastapi
+import fastapi.concurrency
+import fastapi.middleware.trustedhost
+import fastapi.responses
+import numpy as np
+import PIL.Image
+import starlette.requests
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from fmnist import runs
+from fmnist.core import errors, threads
+from fmnist.data import fashion, photos
+from fmnist.nets import inference
+from fmnist.serving import batching, limits
+
+EXAMPLES = 10            # test-set images offered on the page: the first of each class
+LOOPBACK_NAMES = ["127.0.0.1", "localhost"]
+PREVIEW_SCALE = 1  # the 28x28 view as the model sees it; the page scales it up sharp (CSS: pixelated)
+log = logging.getLogger("uvicorn.error")  # uvicorn's server log: shown at `fmnist serve`'s log level
+
+
+def png_data_url(pixels: np.ndarray, scale: int = PREVIEW_SCALE) -> str:
+    image = PIL.Image.fromarray(pixels).resize((28 * scale,) * 2, PIL.Image.Resampling.NEAREST)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+class WorkQueue:
+    """What the server holds at once: request bodies' bytes and admitted images. Used from the event loop only.
+
+    Both bounds refuse with errors.Busy (503 + Retry-After): work past them would only wait longer."""
+
+    def __init__(self, max_images: int = limits.WORK_QUEUE, max_bytes: int = limits.BODY_BUDGET):
+        self.max_images, self.max_bytes = max_images, max_bytes
+        self.images = self.bytes = 0
+
+    def charge_bytes(self, count: int) -> None:
+        if self.bytes + count > self.max_bytes:
+            raise errors.Busy(f"the server holds {self.bytes:,} bytes of requests: try again shortly")
+        self.bytes += count
+
+    def admit(self, count: int) -> None:
+        if self.images + count > self.max_images:
+            raise errors.Busy(f"the work queue is full ({self.images:,} of {self.max_images:,} images): "
+                              f"try again shortly")
+        self.images += count
+
+    def release(self, images: int, count_bytes: int) -> None:
+        """A request answered (or refused): what it held is free again."""
+        self.images -= images
+        self.bytes -= count_bytes
+
+
+async def read_body(request: fastapi.Request, max_bytes: int, charge=lambda count: None) -> bytes:
+    """The request body, refused with 413 as soon as it exceeds `max_bytes`; `charge(n)` per chunk."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > max_bytes:
+        raise fastapi.HTTPException(413, f"request body of {int(declared):,} bytes is over the limit of {max_bytes:,}")
+    chunks, total = [], 0
+    try:
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > max_bytes:
+                raise fastapi.HTTPException(413, f"request body is over the limit of {max_bytes:,} bytes")
+            charge(len(chunk))
+            chunks.append(chunk)
+    except starlette.requests.ClientDisconnect:
+        log.info("client %s went away after %s bytes of its request", request.client, f"{total:,}")
+        raise fastapi.HTTPException(400, "the client disconnected before sending the whole request") from None
+    body = b"".join(chunks)
+    request._body = body  # Starlette's cache: lets request.form() parse what was already read
+    return body
+
+
+async def uploaded_images(request: fastapi.Request, max_bytes: int, charge=lambda count: None) -> list[tuple[str, bytes]]:
+    """(name, bytes) of every image in a multipart form, or the raw body as one image."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()  # case-insensitive
+    body = await read_body(request, max_bytes, charge)
+    if content_type == "multipart/form-data":
+        form = await request.form(max_files=limits.MAX_FILES, max_fields=limits.MAX_FILES)  # more: 400 from Starlette
+        files = [(upload.filename or key, await upload.read()) for key, upload in form.multi_items()
+                 if hasattr(upload, "read")]
+        if not files:
+            raise fastapi.HTTPException(400, "the form holds no file: send images as file fields")
+        return files
+    if content_type.startswith("image/") or content_type == "application/octet-stream":
+        return [("body", body)]
+    raise fastapi.HTTPException(415, f"send an image (image/*), raw bytes or a multipart form, not {content_type!r}")
+
+
+def describe_run(run_dir: Path) -> dict:
+    """The model's name and, where the run was evaluated, its test accuracy (for /health and the page)."""
+    config = runs.read_config(run_dir)
+    metrics = runs.read_json(run_dir / runs.METRICS) if (run_dir / runs.METRICS).is_file() else {}
+    accuracy = metrics.get("test", {}).get("accuracy") if isinstance(metrics.get("test"), dict) else None
+    return {"model": config.get("model", "seed-cnn"), "test_accuracy": accuracy}
+
+
+def example_images(data_dir: str | None) -> list[dict]:
+    """The first test image of each class as a PNG data URL, with its class; [] without the dataset."""
+    try:
+        dataset = fashion.load(data_dir=data_dir, progress=False)
+    except errors.FmnistError:
+        return []
+    firsts = [int(np.flatnonzero(dataset.test_labels == label)[0]) for label in range(fashion.NUM_CLASSES)]
+    return [{"class": fashion.CLASS_NAMES[dataset.test_labels[i]], "index": i,
+             "image": png_data_url(dataset.test_images[i])} for i in firsts[:EXAMPLES]]
+
+
+class Predictor:
+    """The work behind POST /predict: admission (WorkQueue), decoding (bounded), the model (batched)."""
+
+    def __init__(self, network, max_bytes: int, max_pixels: int, work_queue: int):
+        self.max_bytes, self.max_pixels = max_bytes, max_pixels
+        self.work = WorkQueue(work_queue)
+        self.decoding = threading.BoundedSemaphore(min(limits.MAX_DECODES, threads.available_cpus()[0]))
+        self.batcher = batching.DynamicBatcher(functools.partial(inference.checked_probabilities, network))
+
+    @staticmethod
+    def prepared(name: str, raw: bytes, limit: int) -> tuple[np.ndarray, str]:
+        """(28x28 pixels, their preview) of one upload of at most `limit` pixels."""
+        pixels = photos.preprocess(photos.open_image(raw, name, limit))
+        return pixels, png_data_url(pixels)
+
+    def prepare(self, files: list[tuple[str, bytes]]) -> list[tuple[np.ndarray, str]]:
+        """Decoding in a thread: as many at once as there are decode slots (it is what costs memory)."""
+        with self.decoding:
+            return [self.prepared(name, raw, self.max_pixels) for name, raw in files]
+
+    def prepare_small(self, files: list[tuple[str, bytes]]) -> list[tuple[np.ndarray, str]] | None:
+        """On the event loop, images small in bytes and in declared pixels (a tiny PNG may declare
+        millions); None where one is not."""
+        if sum(len(raw) for _, raw in files) > limits.INLINE_DECODE_BYTES:
+            return None
+        try:
+            return [self.prepared(name, raw, limits.INLINE_DECODE_PIXELS) for name, raw in files]
+        except errors.TooLarge:
+            return None
+
+    async def __call__(self, request: fastapi.Request) -> fastapi.responses.JSONResponse:
+        held = admitted = 0
+
+        def charge(count: int) -> None:
+            nonlocal held
+            self.work.charge_bytes(count)
+            held += count
+        try:
+            files = await uploaded_images(request, self.max_bytes, charge)
+            self.work.admit(len(files))
+            admitted = len(files)
+            # Decoding is CPU work: off the event loop, in threads, unless the upload is small enough that the
+            # hop to a thread costs more than decoding it (~0.3 ms for a 28x28 PNG). The model runs in the batcher.
+            images = self.prepare_small(files) or await fastapi.concurrency.run_in_threadpool(self.prepare, files)
+            rows = await asyncio.wrap_future(self.batcher.submit(np.stack([pixels for pixels, _ in images])))
+        finally:
+            self.work.release(admitted, held)
+        # A Response as it is: FastAPI's encoder need not walk the plain dicts again (no measurable gain alone).
+        return fastapi.responses.JSONResponse({"predictions": [
+            {"name": name, "top": top, "preprocessed": preview}
+            for (name, _), top, (_, preview) in zip(files, inference.top_rows(rows), images)]})
+
+
+def create_app(run_dir: Path, max_bytes: int = limits.MAX_BYTES, max_pixels: int = photos.MAX_PIXELS,
+               allowed_hosts: list[str] | None = None, work_queue: int = limits.WORK_QUEUE,
+               label: str | None = None, precision: str = "fp32") -> fastapi.FastAPI:
+    """The app; `allowed_hosts` (Host header names) guards against DNS rebinding when given; `label` names
+    the run in /health (default: run_dir); the model computes in `precision` (nets.INFERENCE_PRECISIONS)."""
+    run_dir = Path(run_dir)
+    predictor = Predictor(inference.load_model(run_dir, precision=precision), max_bytes, max_pixels, work_queue)
+    about = {"run": label or str(run_dir), "classes": list(fashion.CLASS_NAMES), **describe_run(run_dir),
+             "precision": precision,
+             "instance": uuid.uuid4().hex[:12]}  # instance: which server (or Ray Serve replica) answered
+    # No /docs or /redoc: their pages load scripts from a CDN. /openapi.json stays.
+    app = fastapi.FastAPI(title="fmnist", description="Fashion-MNIST classifier", docs_url=None, redoc_url=None)
+    add_protections(app, allowed_hosts)
+    app.router.on_shutdown.append(predictor.batcher.close)
+    page = importlib.resources.files("fmnist.serving").joinpath("static/index.html").read_text()
+    examples = functools.cache(lambda: example_images(runs.read_config(run_dir).get("data_dir")))
+    app.get("/", response_class=fastapi.responses.HTMLResponse)(lambda: page)
+
+    @app.get("/health")
+    def health():
+        return {"status": "ok", **about, "work_queue": {"images": predictor.work.images,
+                                                        "limit": predictor.work.max_images}}
+
+    @app.get("/examples")
+    async def examples_route():
+        return {"examples": await fastapi.concurrency.run_in_threadpool(examples)}
+
+    app.post("/predict")(predictor.__call__)
+    return app
+
+
+def add_protections(app: fastapi.FastAPI, allowed_hosts: list[str] | None) -> None:
+    """Host names checked (when given), fmnist's errors as JSON with their type's status, nosniff everywhere."""
+    if allowed_hosts:
+        app.add_middleware(fastapi.middleware.trustedhost.TrustedHostMiddleware, allowed_hosts=allowed_hosts)
+    app.add_middleware(NoSniff)
+
+    @app.exception_handler(errors.FmnistError)
+    async def fmnist_error(request: fastapi.Request, exc: errors.FmnistError):
+        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, errors.Busy) else None
+        return fastapi.responses.JSONResponse({"detail": str(exc)}, status_code=exc.http_status, headers=headers)
+
+
+class NoSniff:
+    """X-Content-Type-Options: nosniff on every response, as plain ASGI (a BaseHTTPMiddleware adds a task
+    and a stream to every request; alone, the change was within the benchmark's noise)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_header(message):
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (b"x-content-type-options", b"nosniff")]
+            await send(message)
+        await self.app(scope, receive, send_with_header)
+
+
+class DeadlineProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, plus a deadline for each request to arrive whole (head and body).
+
+    uvicorn closes idle keep-alive connections only: a client that sends half a header, or a body one
+    byte at a time, would hold its connection forever. Each cycle (connection made, or response sent)
+    arms a timer; if the client is still sending when it fires, the connection is closed. (httptools,
+    not h11: measured ~12 % more single-image requests per second, the parser being C.)
+    """
+    request_timeout: float = limits.REQUEST_TIMEOUT_S
+    deadline: object = None
+
+    def arm_deadline(self) -> None:
+        if self.deadline is not None:
+            self.deadline.cancel()
+        self.deadline = self.loop.call_later(self.request_timeout, self.drop_if_still_sending)
+
+    def still_sending(self) -> bool:
+        """No request begun or its head unfinished, or its body still coming (uvicorn's request cycle)."""
+        return self.cycle is None or self.cycle.response_complete or self.cycle.more_body
+
+    def drop_if_still_sending(self) -> None:
+        if self.still_sending() and not self.transport.is_closing():
+            log.info("closed a connection from %s: no whole request within %s s", self.client, self.request_timeout)
+            self.transport.close()
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self.arm_deadline()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self.arm_deadline()
+
+    def connection_lost(self, exc) -> None:
+        if self.deadline is not None:
+            self.deadline.cancel()
+        super().connection_lost(exc)
+
+
+def connection_limit() -> int:
+    """limits.MAX_CONNECTIONS, or fewer where file descriptors run short (the soft limit is raised to the hard one)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 1 << 20, hard))
+        except (ValueError, OSError):
+            pass
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return max(16, min(limits.MAX_CONNECTIONS, soft - 256))  # 256 left for the model's files, logs and threads
+
+
+def server_config(app, host: str, port: int, request_timeout: float = limits.REQUEST_TIMEOUT_S, **kwargs):
+    """uvicorn's configuration with fmnist's deadlines for slow clients and its connection bound."""
+    import uvicorn
+
+    protocol = type("Deadline", (DeadlineProtocol,), {"request_timeout": request_timeout})
+    return uvicorn.Config(app, host=host, port=port, http=protocol, limit_concurrency=connection_limit(),
+                          backlog=4096, timeout_keep_alive=5, **kwargs)
+
+
+def default_allowed_hosts(host: str) -> list[str] | None:
+    """Loopback binds answer only to loopback names (a page elsewhere cannot reach us by DNS rebinding)."""
+    try:
+        return LOOPBACK_NAMES if host == "localhost" or ipaddress.ip_address(host).is_loopback else None
+    except ValueError:
+        return None
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """The server's socket, bound here (before the model loads) so that a taken port or a foreign address is
+    one error saying what to change, not uvicorn's log line and exit status 3."""
+    def refused(exc: Exception, fix: str) -> errors.AddressError:
+        return errors.AddressError(f"cannot listen on {host}:{port}: {getattr(exc, 'strerror', None) or exc}; {fix}")
+
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    except (OSError, OverflowError) as exc:  # a name that does not resolve
+        raise refused(exc, "give another --host") from None
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: a restart need not wait out TIME_WAIT
+    try:
+        sock.bind((host, port))
+    except (OSError, OverflowError) as exc:  # taken, not this machine's address, a port under 1024 without root
+        sock.close()
+        raise refused(exc, "give another --port (or --host), or stop what is listening there") from None
+    return sock
+
+
+def serve(run_dir: Path, sock: socket.socket, max_bytes: int = limits.MAX_BYTES, allowed_hosts: list[str] | None = None,
+          precision: str = "fp32") -> None:
+    """Serve a run on a socket from `listening_socket` until Ctrl-C."""
+    import uvicorn
+
+    host, port = sock.getsockname()[:2]
+    app = create_app(run_dir, max_bytes, allowed_hosts=allowed_hosts or default_allowed_hosts(host),
+                     precision=precision)
+    uvicorn.Server(server_config(app, host, port, log_level="info", access_log=False)).run(sockets=[sock])

@@ -1,0 +1,352 @@
+"""Training: by default as the report did it (Adam, categorical cross-entropy, 50 epochs of 375 steps
+of 128); other models' recipes add the pieces in recipe.py (optimizers, schedule, augmentation, TTA).
+
+`fit` is the driver: given a TrainConfig (configs.py: the recipe, the runtime, the seed), it prepares
+data and state, runs `train_one_epoch` and `evaluate` per epoch, keeps the run directory (runs.py) current after every epoch, and hands each epoch's figures to an
+`on_epoch` callback, so that printing stays with the caller (the CLI).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from fmnist import runs
+from fmnist.core import errors, files, machine
+from fmnist.data import fashion
+from fmnist.nets import architectures, inference, seedcnn
+from fmnist.nets.kernels import norm_kernels
+from fmnist.training import configs, recipe, registry
+from fmnist.training.configs import Recipe, TrainConfig
+
+CHECKPOINT_FORMAT = "fmnist-checkpoint-v1"
+
+
+# ---------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Shard:
+    """This process's part of every global batch under torchrun (rank r of world_size processes)."""
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def part(self, start: int, end: int) -> tuple[int, int]:
+        size = end - start
+        return start + size * self.rank // self.world_size, start + size * (self.rank + 1) // self.world_size
+
+
+@dataclasses.dataclass(frozen=True)
+class EpochPlan:
+    """What the recipe decides for one epoch, computed once before it (nothing per step that can be per epoch)."""
+    rates: Sequence[float] | None = None      # each step's learning rate (None: the optimizer's, unchanged)
+    flips: torch.Tensor | None = None         # which images to mirror, by index (None: a random half, if flipping)
+    lookahead: recipe.Lookahead | None = None  # weight averaging after each step
+    first_step: int = 0                       # global steps before this epoch (Lookahead's clock)
+
+
+def train_step(network, optimizer, x: torch.Tensor, y: torch.Tensor, precision: str = "fp32",
+               label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """One training step on the batch (x, y): the forward pass (under bf16 autocast for "bf16"), the loss in
+    float32, backward, the optimizer's step. Returns the (detached) loss and logits. The loop's step and
+    `fmnist bench`'s."""
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        logits = network(x)
+    # = categorical cross-entropy of softmax on (smoothed) one-hot labels
+    loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()  # under DDP: gradients averaged over ranks = the global batch's mean gradient
+    optimizer.step()
+    return loss.detach(), logits.detach()
+
+
+def train_one_epoch(network, optimizer, images, labels, config: Recipe, generator: torch.Generator, *,
+                    precision: str = "fp32", plan: EpochPlan = EpochPlan(), on_step=None, shard: Shard = Shard()):
+    """One pass over the training part, reshuffled and augmented as the recipe says (batch size, flips,
+    shifts, label smoothing) and `plan` details, computed in `precision`; returns (mean loss, accuracy)
+    as device tensors."""
+    network.train()
+    order = torch.randperm(len(images), generator=generator).to(images.device)  # same order on every rank
+    mirrored = plan.flips[order] if plan.flips is not None else None  # flips are by image, before the shuffle
+    # one gather per epoch (augmented as it goes, on all ranks alike), then contiguous slices
+    images = recipe.shuffled_augmented(images, order, generator, config.flip, config.shift, mirrored, config.cutout)
+    labels = labels[order]
+    batch_size, label_smoothing = config.batch_size, config.label_smoothing
+    loss_sum = torch.zeros((), device=images.device)
+    correct = torch.zeros((), dtype=torch.long, device=images.device)
+    seen = 0
+    for step, start in enumerate(range(0, len(images), batch_size)):
+        low, high = shard.part(start, min(start + batch_size, len(images)))
+        x, y = images[low:high], labels[low:high]
+        if plan.rates is not None:
+            for group in optimizer.param_groups:
+                group["lr"] = plan.rates[step] * group.get("lr_scale", 1.0)
+        loss, logits = train_step(network, optimizer, x, y, precision, label_smoothing)
+        if plan.lookahead is not None:
+            plan.lookahead.after_step(network, plan.first_step + step + 1)
+        loss_sum += loss * len(y)
+        correct += (logits.argmax(1) == y).sum()
+        seen += len(y)
+        if on_step is not None:
+            on_step(step + 1, loss_sum, correct, seen)
+    if shard.world_size > 1:
+        torch.distributed.all_reduce(loss_sum)
+        torch.distributed.all_reduce(correct)
+    return loss_sum / len(images), correct / len(images)
+
+
+# ---------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class TrainingState:
+    """Everything a checkpoint restores."""
+    network: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator  # the shuffling RNG (dropout uses torch's global RNG)
+    epoch: int = 0
+    history: list = dataclasses.field(default_factory=list)
+    lookahead: recipe.Lookahead | None = None  # its slow weights, where the recipe averages
+
+    def checkpoint(self) -> dict:
+        extra = {"lookahead": self.lookahead.slow} if self.lookahead is not None else {}
+        return {"model": self.network.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "shuffle_rng": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
+                "epoch": self.epoch, "format": CHECKPOINT_FORMAT,
+                "architecture": architectures.tag_of(self.network), **extra}
+
+    def restore(self, saved: dict, where: str) -> None:
+        """Everything from a checkpoint, or one RunError naming what is damaged (nothing from it is trusted)."""
+        if not isinstance(saved, dict) or saved.get("format") != CHECKPOINT_FORMAT:
+            raise errors.RunError(f"{where} is not an fmnist checkpoint")
+        ours = architectures.tag_of(self.network)
+        if saved.get("architecture", seedcnn.ARCHITECTURE) != ours:  # older checkpoints: the seed's
+            raise errors.RunError(f"{where} holds a {saved.get('architecture')!r} network, the run's config a {ours!r}")
+        try:
+            self.network.load_state_dict(runs.check_state(saved["model"], self.network.state_dict(), where))
+            self.optimizer.load_state_dict(saved["optimizer"])
+            self.generator.set_state(saved["shuffle_rng"])
+            torch.set_rng_state(saved["torch_rng"])
+            if self.lookahead is not None:
+                self.lookahead.restore(saved["lookahead"])
+        except errors.RunError:
+            raise
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
+            raise errors.RunError(f"{where} is damaged ({type(exc).__name__}: {exc}); "
+                                  f"restore it, or start a new run in another directory") from None
+        self.epoch = checkpoint_epoch(saved, where)
+
+
+def checkpoint_epoch(saved, where: str) -> int:
+    """The epochs a loaded checkpoint has finished, checked (a damaged one is a RunError)."""
+    epoch = saved.get("epoch") if isinstance(saved, dict) else None
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise errors.RunError(f"{where} is damaged (epoch {epoch!r})")
+    return epoch
+
+
+def prepare_data(config: TrainConfig, device: torch.device):
+    """((train_x, train_y), (val_x, val_y)) on the device: data resident where it is used."""
+    dataset = fashion.load(data_dir=config.data_dir, progress=True)
+    images, labels = dataset.train_images, dataset.train_labels
+    if config.limit:
+        images, labels = images[:config.limit], labels[:config.limit]
+    (train_x, train_y), (val_x, val_y) = fashion.split(images, labels, config.validation_fraction)
+    return ((inference.to_tensor(train_x, device), torch.from_numpy(train_y).to(device)),
+            (inference.to_tensor(val_x, device), torch.from_numpy(val_y).to(device)))
+
+
+def new_state(config: TrainConfig, device: torch.device, steps_per_epoch: int,
+              images: torch.Tensor | None = None) -> TrainingState:
+    """The state before epoch 1: the network initialised (a whitening stem from the training `images`),
+    the optimizer, the shuffling generator."""
+    torch.manual_seed(config.seed)  # initial weights and dropout masks
+    network = registry.get(config.model).build(config.dropout).to(device)
+    if hasattr(network, "init_whitening") and images is not None:
+        network.init_whitening(images)
+    recipe.set_up_network(network, config.dirac, config.bn_weight, config.bn_momentum)
+    generator = torch.Generator().manual_seed(config.seed + 1)
+    lookahead = recipe.Lookahead(network, config.epochs * steps_per_epoch) if config.lookahead else None
+    return TrainingState(network, recipe.optimizer_for(network, config), generator, lookahead=lookahead)
+
+
+def save_epoch(run_dir: Path, state: TrainingState, best_val_loss: float, config: Recipe) -> float:
+    """Write the epoch's weights, history and checkpoint (best weights when validation improved)."""
+    row, architecture = state.history[-1], architectures.tag_of(state.network)
+    extra = runs.tta_metadata(config.tta, config.tta_shift)
+    runs.save_weights(run_dir / runs.WEIGHTS, state.network.state_dict(), architecture, epoch=state.epoch, **extra)
+    if row["val_loss"] is not None and row["val_loss"] < best_val_loss:  # nothing held out: no best weights
+        best_val_loss = row["val_loss"]
+        runs.save_weights(run_dir / runs.BEST_WEIGHTS, state.network.state_dict(), architecture,
+                          epoch=state.epoch, val_loss=best_val_loss, **extra)
+    files.write_json(run_dir / runs.HISTORY, state.history)
+    runs.save_checkpoint(run_dir / runs.CHECKPOINT, state.checkpoint())  # last: it marks the epoch done
+    return best_val_loss
+
+
+def resume_epoch(run_dir: Path) -> int:
+    """Epochs a run has finished, by its checkpoint; 0 where none was written yet."""
+    path = Path(run_dir) / runs.CHECKPOINT
+    return checkpoint_epoch(runs.load_checkpoint(path), str(path)) if path.is_file() else 0
+
+
+def norm_kernels_run(config: TrainConfig, device: torch.device) -> bool | None:
+    """Whether the fused bf16 BatchNorm blocks (norm_kernels) can run for this run: where it trains in bf16
+    on the CPU, else None. Where they cannot, PyTorch's layers run, whose rounding differs."""
+    return norm_kernels.available() if config.precision == "bf16" and device.type == "cpu" else None
+
+
+def start_or_resume(config: TrainConfig, run_dir: Path, resume: bool, device: torch.device, train_images,
+                    write: bool = True) -> TrainingState:
+    """A new state (written as epoch 0 at once), or the checkpoint's; a run killed before its first
+    checkpoint resumes from epoch 0, which its seed makes the same state."""
+    state = new_state(config, device, config.steps_per_epoch(len(train_images)), train_images)
+    checkpoint = run_dir / runs.CHECKPOINT
+    if resume and checkpoint.is_file():
+        state.restore(runs.load_checkpoint(checkpoint), str(checkpoint))
+        state.history = runs.read_history(run_dir)[:state.epoch]  # history may be one epoch ahead: the checkpoint counts
+        if len(state.history) < state.epoch:
+            raise errors.RunError(f"{run_dir / runs.HISTORY} holds {len(state.history)} epochs but the checkpoint "
+                                  f"is at epoch {state.epoch}: restore history.json, or start a new run")
+    elif resume and runs.read_history(run_dir):  # finished epochs and no checkpoint: never train over them
+        raise errors.RunError(f"{checkpoint} is missing but {run_dir / runs.HISTORY} holds "
+                              f"{len(runs.read_history(run_dir))} finished epochs: restore the checkpoint to "
+                              f"continue, or start a new run in another directory")
+    elif write:
+        if not resume:
+            files.write_json(run_dir / runs.CONFIG, {**dataclasses.asdict(config), "machine": {
+                **machine.describe_machine(device), "norm_kernels": norm_kernels_run(config, device)}})
+        runs.save_checkpoint(checkpoint, state.checkpoint())  # epoch 0: resumable at once
+    return state
+
+
+def choose_precision(precision: str, model: str, device: torch.device, cpu_flags: set[str] | None = None) -> str:
+    """"auto" is bf16 where the model is measured to keep its accuracy in bf16 (its registry entry says so)
+    and the device computes bf16 natively (AMX, AVX512-BF16, a CUDA GPU with bf16), else fp32; an explicit
+    fp32 or bf16 is kept. `cpu_flags`: injected feature flags (tests); default this machine's."""
+    if precision != "auto":
+        return precision
+    return "bf16" if registry.get(model).bf16 and machine.computes_bf16(device, cpu_flags) else "fp32"
+
+
+def setup(runtime: configs.Runtime) -> tuple[Shard, torch.device]:
+    """Threads, determinism, and (under torchrun) the process group: gloo on CPU, NCCL on GPU."""
+    machine.set_up(runtime.threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    # ...but without its debugging aid of filling every new tensor with NaN: nothing here reads memory
+    # before writing it, and the fills cost ~10 % of a BatchNorm network's step (measured, fast-cnn).
+    torch.utils.deterministic.fill_uninitialized_memory = False
+    device = machine.resolve_device(runtime.device)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return Shard(), device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Shard(torch.distributed.get_rank(), world_size), device
+
+
+def distributed(network: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """The network under DDP. On CUDA its BatchNorm layers become SyncBatchNorm (statistics over the
+    global batch). PyTorch's SyncBatchNorm runs on GPUs only, so on CPU each process normalises its
+    part of the batch, and DDP sends rank 0's running statistics to every rank with each forward
+    (broadcast_buffers), so that all ranks hold the same model."""
+    if device.type == "cuda":
+        network = torch.nn.SyncBatchNorm.convert_sync_batchnorm(network)  # in place below the top module
+        return torch.nn.parallel.DistributedDataParallel(network, device_ids=[device])
+    return torch.nn.parallel.DistributedDataParallel(network)
+
+
+def plan_epoch(config: TrainConfig, epoch: int, images: torch.Tensor, lookahead: recipe.Lookahead | None) -> EpochPlan:
+    """Epoch `epoch`'s (0-based) rates, flips (where the recipe alternates them) and averaging."""
+    steps = config.steps_per_epoch(len(images))
+    flips = None
+    if config.flip and config.alternate_flip:
+        flips = recipe.alternating_flips(len(images), config.seed, epoch).to(images.device)
+    return EpochPlan(config.epoch_rates(epoch, steps), flips, lookahead, epoch * steps)
+
+
+def validate(network, config: TrainConfig, images, labels, tta: bool = True) -> tuple[float | None, float | None]:
+    """(loss, accuracy) of the network's evaluation form (with its TTA unless `tta` is False), in the
+    training's precision: bf16 evaluates cnn94's 6 views ~1.8x faster where it is native (measured), and
+    validation only watches the curve (`fmnist evaluate` runs in fp32). (None, None): nothing held out."""
+    if len(images) == 0:
+        return None, None
+    form = inference.evaluation_form(network, config.tta and tta, config.tta_shift)
+    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
+        return inference.evaluate(form, images, labels)
+
+
+def run_epoch(state: TrainingState, network, train_data, val_data, config: TrainConfig, shard: Shard,
+              on_step=None) -> dict:
+    """Train one epoch, validate, and return its history row."""
+    start = time.perf_counter()
+    steps = config.steps_per_epoch(len(train_data[0]))
+    plan = plan_epoch(config, state.epoch, train_data[0], state.lookahead)
+    recipe.train_whitening_bias(state.network, state.epoch < config.whiten_bias_epochs)
+    loss, accuracy = train_one_epoch(network, state.optimizer, *train_data, config, state.generator,
+                                     precision=config.precision, plan=plan, on_step=on_step, shard=shard)
+    loss, accuracy = loss.item(), accuracy.item()  # host sync: once per epoch
+    if not math.isfinite(loss):
+        raise errors.FmnistError(f"training loss became {loss} in epoch {state.epoch + 1}; the run stops. "
+                                 f"The checkpoint of epoch {state.epoch} is kept; try a lower --learning-rate")
+    train_seconds = time.perf_counter() - start
+    last = state.epoch + 1 == config.epochs
+    val_loss, val_accuracy = validate(state.network, config, *val_data, tta=last or config.validate_tta == "every")
+    state.epoch += 1
+    return {"epoch": state.epoch, "loss": loss, "accuracy": accuracy, "val_loss": val_loss,
+            "val_accuracy": val_accuracy, "train_seconds": train_seconds, "seconds": time.perf_counter() - start,
+            "steps": steps}
+
+
+def fit(config: TrainConfig, run_dir: Path, resume: bool = False,
+        on_epoch: Callable[[dict], None] | None = None, on_step=None) -> list[dict]:
+    """Train (or continue) a run; returns its history. Interrupt-safe: see runs.CHECKPOINT.
+
+    Under torchrun every process trains its shard of each global batch; only rank 0 writes or reports.
+    """
+    shard, device = setup(config)
+    config = dataclasses.replace(config, precision=choose_precision(config.precision, config.model, device))
+    run_dir = Path(run_dir)
+    if not resume:
+        runs.require_new(run_dir, f"continue it with --resume {run_dir}")
+    elif not (run_dir / runs.CONFIG).is_file():
+        raise errors.RunError(f"{run_dir / runs.CONFIG} is missing: {run_dir} holds no run to resume")
+    if shard.world_size > 1:
+        torch.distributed.barrier()  # every rank has looked before rank 0 writes anything
+    if shard.is_main:
+        runs.remove_stale_temp_files(run_dir)
+    train_data, val_data = prepare_data(config, device)
+    state = start_or_resume(config, run_dir, resume, device, train_data[0], write=shard.is_main)
+    network = state.network
+    if shard.world_size > 1:
+        network = distributed(network, device)
+    # The best weights may be better than any row of a shortened history: never replace them with worse.
+    best = min([row["val_loss"] for row in runs.validated(state.history)] + [runs.best_val_loss(run_dir)])
+    while state.epoch < config.epochs:
+        row = run_epoch(state, network, train_data, val_data, config, shard, on_step if shard.is_main else None)
+        row["elapsed"] = (runs.elapsed(state.history)[-1] if state.history else 0.0) + row["seconds"]
+        state.history.append(row)
+        if shard.is_main:
+            best = save_epoch(run_dir, state, best, config)
+            if on_epoch is not None:
+                on_epoch(state.history[-1])
+    return state.history
+
+
+def fit_unless_finished(config: TrainConfig, run_dir: Path, on_epoch=None, on_step=None) -> list[dict]:
+    """A run brought to config.epochs: trained, continued from its checkpoint, or, already there, only read
+    (no data loaded). What reproduce, sweeps and benchmarks call for a run that may exist."""
+    run_dir = Path(run_dir)
+    history = runs.read_history(run_dir)
+    if len(history) >= config.epochs:
+        return history
+    return fit(config, run_dir, resume=(run_dir / runs.CONFIG).is_file(), on_epoch=on_epoch, on_step=on_step)

@@ -1,0 +1,86 @@
+"""The model registry: every model fmnist trains, by name (`--model`), with the recipe it defaults to.
+
+A model is
+  name          what users type (`--model`) and config.json records;
+  architecture  the tag of its network (nets/architectures.py), recorded in weights, checkpoints and ONNX;
+  recipe        its training recipe, a configs.Recipe (the seed's is Recipe's defaults: the report's);
+  bf16          measured to keep its accuracy in bf16: `--precision auto` uses it where bf16 is native;
+  variants      other implementations of its network that `fmnist bench` times beside it: label -> the
+                network's keyword arguments (the seed's kernels against PyTorch's ops, cnn94's bf16 blocks
+                against PyTorch's BatchNorm layers).
+Models may share a network (fast-cnn and cnn94 do) and differ in their recipes. The seed CNN (the report's
+network and training) is the default model. How each recipe was chosen: docs, "Models and recipes".
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from torch import nn
+
+from fmnist.nets import architectures, fastcnn, resnet, seedcnn
+from fmnist.training.configs import Recipe
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    architecture: str
+    description: str
+    recipe: Recipe
+    bf16: bool = False
+    variants: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.recipe.model != self.name or self.architecture not in architectures.ARCHITECTURES:
+            raise ValueError(f"{self.name}: its recipe must name it and its architecture must exist")
+
+    @property
+    def network(self) -> type[nn.Module]:
+        return architectures.ARCHITECTURES[self.architecture].network
+
+    def build(self, dropout: float, **variant) -> nn.Module:
+        """A new network, initialised; `variant`: one of its architecture's other implementations (bench)."""
+        return self.network(dropout=dropout, **variant)
+
+
+SEED = ModelSpec(Recipe().model, seedcnn.ARCHITECTURE,
+                 "the report's CNN: 2 conv (2x2, stride 2) + same-padded pooling, 3 dense, dropout", Recipe(),
+                 variants={"fmnist, PyTorch ops only": {"implementation": "torch"}})
+FAST = ModelSpec("fast-cnn", fastcnn.ARCHITECTURE,
+                 "a small BatchNorm CNN (five 3x3 convs, 16/32/64 channels at 28/14/7 px, flatten), for accuracy "
+                 "per CPU-second",
+                 Recipe(model="fast-cnn", epochs=18, batch_size=128, learning_rate=0.1, dropout=0.0, optimizer="sgd",
+                        weight_decay=5e-4, schedule="onecycle", warmup=0.2, label_smoothing=0.1, flip=True, shift=1,
+                        tta=True))
+CNN94 = ModelSpec("cnn94", fastcnn.ARCHITECTURE,
+                  "the speed tier: fast-cnn's network, the recipe that reaches 94 % soonest on a CPU (chosen on "
+                  "validation)",
+                  dataclasses.replace(FAST.recipe, model="cnn94", epochs=24, tta_shift=1, alternate_flip=True,
+                                      bn_weight=False, bn_momentum=0.4, batch_size=256, learning_rate=0.15), bf16=True,
+                  variants={"fmnist, PyTorch's BatchNorm layers": {"fused_norm": False}})
+WHITENED = ModelSpec("whitened-cnn", fastcnn.WHITENED_ARCHITECTURE,
+                     "fast-cnn behind a frozen patch-whitening stem (tried for the speed tier: no better on "
+                     "validation, slower per epoch on a CPU)",
+                     dataclasses.replace(FAST.recipe, model="whitened-cnn"), bf16=True)
+RES95 = ModelSpec("res95", resnet.ARCHITECTURE,
+                  "the accuracy tier: a small residual network (32 channels at 28x28, 64 at 14x14, 128 at 7x7, a "
+                  "residual block of two convs at each), for the best accuracy a CPU reaches in minutes",
+                  dataclasses.replace(CNN94.recipe, model="res95", epochs=36, shift=2, cutout=8, bn_weight=True,
+                                      bn_momentum=0.1, batch_size=FAST.recipe.batch_size,
+                                      learning_rate=FAST.recipe.learning_rate), bf16=True)
+REGISTRY = {spec.name: spec for spec in (SEED, FAST, CNN94, RES95, WHITENED)}
+DEFAULT = SEED.name
+
+
+def get(name: str) -> ModelSpec:
+    if name not in REGISTRY:
+        raise ValueError(f"unknown model {name!r}: fmnist has {', '.join(REGISTRY)} (see `fmnist models`)")
+    return REGISTRY[name]
+
+
+def trained_as(architecture: str, recorded: str | None) -> ModelSpec | None:
+    """The model a run was trained as: the name its config recorded where that model has this network
+    (models may share one), else the first model with the network; None for an unknown network."""
+    if recorded in REGISTRY and REGISTRY[recorded].architecture == architecture:
+        return REGISTRY[recorded]
+    return next((spec for spec in REGISTRY.values() if spec.architecture == architecture), None)

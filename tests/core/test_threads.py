@@ -1,0 +1,136 @@
+"""Threads on a shared machine: the default thread count, OpenMP's waiting, and training beside another."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+
+import pytest
+import safetensors.torch
+import torch
+
+from fmnist import runs
+from fmnist.core import threads
+from tests.helpers import require_real_data
+
+
+@pytest.mark.parametrize("cpus, quota, expected", [(4, None, 4), (4, 2.0, 2), (4, 1.5, 1), (4, 0.3, 1),
+                                                    (2, 8.0, 2), (1, None, 1)])
+def test_thread_count_from_affinity_and_quota(cpus, quota, expected):
+    count, why = threads.available_cpus(affinity=set(range(cpus)), quota=quota)
+    assert count == expected
+    assert ("quota" in why) == (quota is not None) and f"{cpus}" in why
+
+
+@pytest.mark.parametrize("files, quota", [({"cpu.max": "150000 100000\n"}, 1.5), ({"cpu.max": "max 100000\n"}, None),
+                                          ({"cpu/cpu.cfs_quota_us": "200000", "cpu/cpu.cfs_period_us": "100000"}, 2.0),
+                                          ({"cpu/cpu.cfs_quota_us": "-1", "cpu/cpu.cfs_period_us": "100000"}, None),
+                                          ({"cpu.max": "garbage"}, None), ({}, None)])
+def test_cgroup_quota_v1_and_v2(tmp_path, files, quota):
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert threads.cgroup_quota(tmp_path) == quota
+
+
+@pytest.mark.parametrize("others, cpus, used, spin", [(0, 2, 2, threads.SPIN_QUIET), (1, 2, 2, threads.SPIN_SHARED),
+                                                      (1, 4, 2, threads.SPIN_QUIET), (3, 4, 2, threads.SPIN_SHARED),
+                                                      (0, 1, 1, threads.SPIN_QUIET)])
+def test_spin_is_short_where_others_threads_want_the_cpus(others, cpus, used, spin):
+    assert threads.spin_count(others, cpus, used) == spin
+
+
+@pytest.mark.parametrize("counts, others", [([1, 1, 1], 0), ([3, 2, 4], 2), ([2, 1, 2], 1), ([1, 5, 1], 0),
+                                            ([5, 5, 5, 1, 1], 4)])
+def test_others_running_is_the_median_read_less_this_thread(counts, others):
+    texts = iter(f"cpu  1 2 3 4\nctxt 99\nprocs_running {count}\nprocs_blocked 0\n" for count in counts)
+    assert threads.others_running(texts.__next__, reads=len(counts)) == others
+
+
+def test_others_running_sees_a_busy_process():
+    """The real /proc/stat: a busy loop beside this process is seen (polled: it must first be scheduled)."""
+    loop = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        assert any(threads.others_running(reads=1) >= 1 for _ in range(2000))
+    finally:
+        loop.kill()
+        loop.wait()
+
+
+@pytest.mark.parametrize("text", ["cpu 1 2 3\n", "procs_running many\n", "procs_running\n"])
+def test_others_running_unreadable_is_zero(text):
+    assert threads.others_running(lambda: text, reads=2) == 0
+
+
+def test_others_running_without_proc_is_zero(tmp_path):
+    assert threads.others_running((tmp_path / "missing").read_text, reads=2) == 0
+
+
+def test_spinning_is_set_only_where_the_user_chose_nothing():
+    for others, spin in ((0, threads.SPIN_QUIET), (os.cpu_count(), threads.SPIN_SHARED)):  # more than could fit
+        environ = {}
+        assert threads.configure_waiting(environ, others) == str(spin) and environ == {"GOMP_SPINCOUNT": str(spin)}
+    for chosen in ({"OMP_WAIT_POLICY": "passive"}, {"GOMP_SPINCOUNT": "5000"}):
+        environ = dict(chosen)
+        assert threads.configure_waiting(environ, 0) is None and environ == chosen
+
+
+PROBE = "import os, fmnist, torch; print(os.environ.get('GOMP_SPINCOUNT'), torch.get_num_threads())"
+
+
+@pytest.mark.slow
+def test_import_fmnist_sets_waiting_before_torch_loads():
+    clean = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    result = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, env=clean)
+    assert result.stdout.split()[0] in (str(threads.SPIN_QUIET), str(threads.SPIN_SHARED)), result.stderr
+    passive = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True,
+                             env={**clean, "OMP_WAIT_POLICY": "passive"})
+    assert passive.stdout.split()[0] == "None", passive.stderr
+
+
+ONE_KERNEL = ("import fmnist, torch, numba; from fmnist.nets.kernels import norm_kernels; norm_kernels.available(); "
+              "print(numba.threading_layer())")
+
+
+@pytest.mark.slow
+def test_numba_runs_on_torchs_openmp_pool(tmp_path):
+    """One pool for both, as threads.py says: numba's OpenMP layer binds its GOMP_parallel to torch's libgomp."""
+    log = tmp_path / "bindings"
+    result = subprocess.run([sys.executable, "-c", ONE_KERNEL], capture_output=True, text=True,
+                            env={**os.environ, "LD_DEBUG": "bindings", "LD_DEBUG_OUTPUT": str(log)})
+    if result.stdout.split()[-1:] != ["omp"]:
+        pytest.skip(f"numba's threading layer here is not OpenMP: {result.stdout or result.stderr}")
+    lines = [line for path in tmp_path.glob("bindings.*") for line in path.read_text().splitlines()
+             if "omppool" in line and "`GOMP_parallel'" in line]
+    if not lines:
+        pytest.skip("this C library's loader does not log its bindings (LD_DEBUG)")
+    assert all(f"{os.sep}torch{os.sep}lib{os.sep}libgomp" in line.split(" to ")[1] for line in lines), lines
+
+
+def test_run_records_the_cpus_it_may_use(trained_run):
+    machine = json.loads((trained_run / runs.CONFIG).read_text())["machine"]
+    assert machine["available_cpus"] == threads.available_cpus()[0] and machine["cpu_limit"]
+    assert machine["threads"] == 2  # the fixture asked for 2
+    assert machine["malloc_keeps_freed"] == (platform.libc_ver()[0] == "glibc")  # set as training set up
+
+
+@pytest.mark.slow
+def test_two_trainings_at_once_give_the_weights_of_one_alone(tmp_path):
+    """Contention changes timing only: two runs sharing the CPUs end with the weights of a run alone."""
+    require_real_data()
+
+    def start(name):
+        return subprocess.Popen([sys.executable, "-m", "fmnist", "train", "--epochs", "1", "--limit", "3000", "--seed",
+                                 "7", "--threads", "2", "--quiet", "--out", str(tmp_path / name)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    alone = start("alone")
+    assert alone.wait() == 0, alone.stderr.read()
+    together = [start("first"), start("second")]
+    assert [process.wait() for process in together] == [0, 0]
+    reference = safetensors.torch.load_file(str(tmp_path / "alone" / runs.WEIGHTS))
+    for name in ("first", "second"):
+        weights = safetensors.torch.load_file(str(tmp_path / name / runs.WEIGHTS))
+        assert all(torch.equal(weights[key], reference[key]) for key in reference), name

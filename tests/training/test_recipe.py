@@ -1,0 +1,124 @@
+"""The recipe's pieces (recipe.py) against their plain forms and their definitions."""
+import pytest
+import torch
+
+from fmnist.nets import inference
+from fmnist.training import configs, loop, recipe, registry
+
+
+def images(n=64, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 28, 28, 1, generator=generator)
+
+
+def test_translate_equals_its_plain_form():
+    x = images()
+    for shift in (1, 2, 3):
+        offsets = torch.randint(0, 2 * shift + 1, (len(x), 2), generator=torch.Generator().manual_seed(shift))
+        assert torch.equal(recipe.translate(x, offsets, shift), recipe.translate_reference(x, offsets, shift))
+
+
+def test_translate_moves_content_by_the_drawn_offset():
+    x = torch.zeros(2, 28, 28, 1)
+    x[:, 10, 20] = 1.0
+    offsets = torch.tensor([[2, 2], [0, 4]])  # shift 2: (0, 0) and (-2 rows, +2 columns)
+    out = recipe.translate(x, offsets, 2)
+    assert torch.equal(out[0], x[0])
+    assert out[1, 8, 22, 0] == 1.0 and out[1].sum() == 1.0
+
+
+def test_augment_keeps_shapes_and_draws_mirrors_or_originals():
+    x = images()
+    generator = torch.Generator().manual_seed(1)
+    out = recipe.augment(x, generator, flip=True, shift=0)
+    assert out.shape == x.shape and out.dtype == x.dtype
+    mirrored = [torch.equal(o, i.flip(1)) for o, i in zip(out, x)]
+    assert all(m or torch.equal(o, i) for m, o, i in zip(mirrored, out, x))
+    assert 0 < sum(mirrored) < len(x)  # both kinds drawn
+
+
+def test_augment_without_augmentation_draws_nothing_and_keeps_images():
+    """The seed's recipe: its shuffling stream and images stay exactly the report's."""
+    x, generator = images(), torch.Generator().manual_seed(1)
+    before = generator.get_state()
+    assert recipe.augment(x, generator, flip=False, shift=0) is x
+    assert torch.equal(generator.get_state(), before)
+
+
+@pytest.mark.parametrize("flip, shift, cutout, given", [(True, 1, 0, False), (True, 2, 0, True), (False, 0, 0, False),
+                                                    (False, 3, 0, False), (True, 1, 8, True), (True, 8, 0, False)])
+def test_shuffled_augmented_equals_augment_after_the_gather(flip, shift, cutout, given):
+    """The one-pass form (on the CPU: numba's gather, flip and shift) gives augment(images[order]) bit for bit
+    and leaves the generator where augment leaves it; a subset of the images, as well as a permutation."""
+    x = images(96, seed=2)
+    for order in (torch.randperm(96, generator=torch.Generator().manual_seed(3)), torch.tensor([5, 0, 95, 5, 17])):
+        mirrored = (torch.arange(len(order)) % 3 == 0) if given else None
+        plain_generator, fused_generator = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
+        plain = recipe.augment(x[order], plain_generator, flip, shift, mirrored, cutout)
+        fused = recipe.shuffled_augmented(x, order, fused_generator, flip, shift, mirrored, cutout)
+        assert torch.equal(fused, plain)
+        assert torch.equal(fused, x[order]) == (not (flip or shift or cutout))  # augmented where asked
+        assert torch.equal(fused_generator.get_state(), plain_generator.get_state())
+
+
+def test_shuffled_augmented_takes_the_plain_form_where_the_kernel_does_not_apply():
+    x, order = images(16).double(), torch.randperm(16)  # float64: not the kernel's
+    assert not recipe.fused.gathers(x)
+    plain = recipe.augment(x[order], torch.Generator().manual_seed(1), True, 1)
+    assert torch.equal(recipe.shuffled_augmented(x, order, torch.Generator().manual_seed(1), True, 1), plain)
+
+
+def test_an_epoch_with_the_whole_recipe_runs_and_sets_each_steps_rate():
+    torch.manual_seed(0)
+    network = registry.get("seed-cnn").build(0.0)
+    optimizer = recipe.optimizer_for(network, configs.TrainConfig(optimizer="sgd", weight_decay=5e-4))
+    x, y = images(32), torch.arange(32) % 10
+    config = configs.TrainConfig(batch_size=16, flip=True, shift=2, label_smoothing=0.1)
+    loss, accuracy = loop.train_one_epoch(network, optimizer, x, y, config, torch.Generator().manual_seed(0),
+                                              plan=loop.EpochPlan(rates=[0.05, 0.01]))
+    assert torch.isfinite(loss) and 0 <= accuracy <= 1
+    assert {group["lr"] for group in optimizer.param_groups} == {0.01}  # the last step's
+
+
+def test_one_cycle_rises_to_its_peak_and_ends_at_zero():
+    total, peak = 100, 0.4
+    rates = [configs.learning_rate(step, total, peak, "onecycle", 0.2) for step in range(total)]
+    assert rates[19] == pytest.approx(peak) and max(rates) == pytest.approx(peak)
+    assert rates[0] == pytest.approx(peak / 20) and rates[-1] == 0.0
+    assert all(a <= b for a, b in zip(rates[:20], rates[1:20])) and all(a >= b for a, b in zip(rates[19:], rates[20:]))
+    assert {configs.learning_rate(step, total, peak, "constant", 0.2) for step in range(total)} == {peak}
+
+
+def test_the_schedule_continues_across_epochs():
+    config = configs.TrainConfig(optimizer="sgd", schedule="onecycle", warmup=0.25, epochs=4, learning_rate=1.0)
+    schedule = config.schedule_of(steps_per_epoch=10)
+    assert schedule(9) == pytest.approx(1.0) and schedule(39) == 0.0
+    assert configs.TrainConfig().schedule_of(10) is None  # the seed's: nothing set per step
+
+
+def test_weight_decay_applies_to_weights_only():
+    network = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Linear(4, 2))
+    decayed, free = recipe.parameter_groups(network, 5e-4)
+    assert decayed["weight_decay"] == 5e-4 and free["weight_decay"] == 0.0
+    assert all(p.ndim > 1 for p in decayed["params"]) and all(p.ndim == 1 for p in free["params"])
+    assert len(decayed["params"]) + len(free["params"]) == len(list(network.parameters()))
+
+
+@pytest.mark.parametrize("bad", [{"optimizer": "rmsprop"}, {"schedule": "cosine"}, {"weight_decay": 0.1},
+                                 {"shift": 9}, {"label_smoothing": 1.0}, {"flip": 1}])
+def test_a_bad_recipe_is_a_value_error(bad):
+    with pytest.raises(ValueError):
+        configs.TrainConfig(**bad)
+
+
+@pytest.mark.parametrize("name", list(registry.REGISTRY))
+def test_flip_tta_is_the_mean_of_the_two_passes(name):
+    torch.manual_seed(0)
+    network = registry.get(name).build(0.0).eval()
+    averaged = inference.FlipAveraged(network).eval()
+    x = images(inference.TTA_ROWS // 2 + 8)  # more than one chunk of two views
+    with torch.no_grad():
+        torch.testing.assert_close(averaged(x), inference.flip_averaged_reference(network, x), rtol=0, atol=1e-5)
+    assert averaged.state_dict().keys() == network.state_dict().keys()
+    averaged.train()  # training sees the network alone
+    assert torch.equal(averaged(x), network(x))
