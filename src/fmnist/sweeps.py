@@ -352,7 +352,7 @@ HEADERS = ("configuration", "seeds", "validation accuracy", "seconds per run", "
 NOTE = "Chosen on validation accuracy; only the chosen configuration was evaluated on the test set."
 
 
-def summary_rows(summary: dict) -> list[tuple[str, ...]]:
+def summary_rows(summary: dict) -> list[tuple[str, str, str, str, str]]:
     def spread(mean: float, sd: float) -> str:
         return f"{mean:.4f}" + ("" if math.isnan(sd) else f" ± {sd:.4f}")
 

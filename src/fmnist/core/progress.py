@@ -31,7 +31,7 @@ class EpochProgress:
             rich.progress.TextColumn("{task.description}"), rich.progress.BarColumn(),
             rich.progress.MofNCompleteColumn(), rich.progress.TextColumn("{task.fields[values]}"),
             rich.progress.TimeRemainingColumn(), console=console, transient=True, disable=not enabled)
-        self.task = None
+        self.task: rich.progress.TaskID | None = None
 
     def __enter__(self):
         self.bar.__enter__()

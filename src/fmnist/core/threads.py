@@ -106,8 +106,8 @@ def cgroup_quota(root: Path = CGROUP) -> float | None:
     """CPUs' worth of time per period the cgroup allows (v2 cpu.max, v1 cfs quota/period); None: no limit."""
     try:
         if (root / "cpu.max").is_file():
-            quota, period = (root / "cpu.max").read_text().split()[:2]
-            return None if quota == "max" else int(quota) / int(period)
+            limit, every = (root / "cpu.max").read_text().split()[:2]
+            return None if limit == "max" else int(limit) / int(every)
         quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
         period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
         return None if quota <= 0 else quota / period

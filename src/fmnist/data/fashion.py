@@ -99,14 +99,15 @@ def decompress(raw: bytes, path: Path, max_bytes: int) -> bytes:
     """The IDX bytes of a file that may or may not be gzip-compressed, never more than `max_bytes`."""
     if raw[:2] != b"\x1f\x8b":
         return raw
-    out, rest = [], raw
+    out: list[bytes] = []
+    rest = raw
     while rest:  # gzip members, one after another (the files have one)
         member = zlib.decompressobj(wbits=31)
         try:
-            out.append(member.decompress(rest, max_bytes + 1 - sum(map(len, out))))
+            out.append(member.decompress(rest, max_bytes + 1 - sum(len(part) for part in out)))
         except zlib.error as exc:
             raise errors.DataError(f"{path}: not a valid gzip file ({exc})") from None
-        if sum(map(len, out)) > max_bytes:
+        if sum(len(part) for part in out) > max_bytes:
             raise errors.DataError(f"{path}: decompresses to more than the {max_bytes:,} bytes the file holds")
         if not member.eof:
             raise errors.DataError(f"{path}: not a valid gzip file (truncated)")
@@ -191,9 +192,9 @@ def locate(data_dir: Path | str | None = None, files: dict[str, IdxFile] = FILES
     """Paths of the four files, a description of where they are, and the fix hint for bad files."""
     candidates = candidate_dirs(data_dir)
     for directory, description, fix in candidates:
-        found = {key: find_in(directory, spec) for key, spec in files.items()}
-        if all(found.values()):
-            return found, description, fix
+        there = {key: find_in(directory, spec) for key, spec in files.items()}
+        if all(there.values()):
+            return {key: path for key, path in there.items() if path is not None}, description, fix
     if data_dir or os.environ.get("FMNIST_DATA_DIR"):
         missing = [spec.filename for key, spec in files.items() if not find_in(candidates[0][0], spec)]
         raise errors.DataError(f"{candidates[0][0]}: missing {', '.join(missing)}; put the Fashion-MNIST files there "

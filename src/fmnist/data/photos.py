@@ -87,7 +87,7 @@ def trim(image: PIL.Image.Image) -> tuple[PIL.Image.Image, tuple[int, int, int]]
     background = np.median(corners, axis=0)
     distance = np.sqrt(((pixels - background) ** 2).sum(axis=2))
     rows, cols = np.nonzero(distance > TRIM_TOLERANCE * np.sqrt(3) * 255)
-    color = tuple(int(c) for c in background)
+    color = (int(background[0]), int(background[1]), int(background[2]))
     if len(rows) == 0:
         return image, color
     return image.crop((cols.min(), rows.min(), cols.max() + 1, rows.max() + 1)), color

@@ -25,7 +25,7 @@ import torch
 
 from fmnist import runs
 from fmnist.core import errors, files
-from fmnist.data import fashion
+from fmnist.data import fashion, seed_report
 from fmnist.nets import seedcnn
 from fmnist.training import configs
 
@@ -47,11 +47,11 @@ def dense(units: int, activation: str) -> tuple[str, dict]:
 
 
 POOL = ("MaxPooling2D", {"pool_size": [2, 2], "strides": [1, 1], "padding": "same", "data_format": "channels_last"})
-DROPOUT = ("Dropout", {"rate": seedcnn.DROPOUT})
+DROPOUT = ("Dropout", {"rate": seed_report.DROPOUT})
 # The report's layers after the Input, as (Keras class, the config values that define the network).
-EXPECTED = (conv(seedcnn.CONV_FILTERS[0]), POOL, conv(seedcnn.CONV_FILTERS[1]), POOL,
+EXPECTED: tuple[tuple[str, dict], ...] = (conv(seed_report.CONV_FILTERS[0]), POOL, conv(seed_report.CONV_FILTERS[1]), POOL,
             ("Flatten", {"data_format": "channels_last"}),
-            dense(seedcnn.DENSE_UNITS[0], "relu"), DROPOUT, dense(seedcnn.DENSE_UNITS[1], "relu"), DROPOUT,
+            dense(seed_report.DENSE_UNITS[0], "relu"), DROPOUT, dense(seed_report.DENSE_UNITS[1], "relu"), DROPOUT,
             dense(fashion.NUM_CLASSES, "softmax"))
 KERAS_DEFAULTS = {"dilation_rate": [1, 1], "groups": 1, "use_bias": True, "data_format": "channels_last"}
 WEIGHTED = tuple(name for name, _, _ in seedcnn.LAYERS)  # fmnist's names of the layers with weights, in order
@@ -176,7 +176,8 @@ def stored_array(handle: h5py.File, path: str, shape: tuple[int, ...]) -> np.nda
 
 def keras3_paths() -> list[str]:
     """Keras 3 stores a model's layers as layers/<snake-case class><_k>/vars, numbered per class in order."""
-    counts, paths = {}, []
+    counts: dict[str, int] = {}
+    paths = []
     for _, keras_class, _ in seedcnn.LAYERS:
         stem = keras_class.lower()  # Conv2D -> conv2d, Dense -> dense
         paths.append(f"layers/{stem}" + (f"_{counts[stem]}" if counts.get(stem) else "") + "/vars")

@@ -48,7 +48,8 @@ def output_shape(keras_class: str, values: dict, shape: list) -> list:
 
 def keras_config() -> dict:
     """The Sequential model's config.json for the report's architecture."""
-    shape, counts = [None, fashion.IMAGE_SIZE, fashion.IMAGE_SIZE, 1], {}
+    shape: list = [None, fashion.IMAGE_SIZE, fashion.IMAGE_SIZE, 1]
+    counts: dict[str, int] = {}
     layers = [{"module": "keras.layers", "class_name": "InputLayer", "registered_name": None,
                "config": {"batch_shape": list(shape), "dtype": "float32", "name": "input_layer"}}]
     for keras_class, values in from_keras.EXPECTED:

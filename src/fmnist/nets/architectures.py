@@ -13,7 +13,7 @@ Which recipe trains which network, under which name, is the registry's (training
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

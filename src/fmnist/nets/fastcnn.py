@@ -99,7 +99,7 @@ class FastCNN(FlatHeadCNN):
         super().__init__(nn.Sequential(*pool_first(layers)), channels, fashion.IMAGE_SIZE // 2 ** (len(stages) - 1),
                          dropout, fused_norm)
 
-    def for_inference(self) -> "FastCNN":
+    def for_inference(self) -> FastCNN:
         """A copy computing the same function in eval mode with each BatchNorm folded into the convolution
         before it (PyTorch's fuse_conv_bn_eval): one memory-bound pass fewer per layer, ~1.25x the
         images/s measured. Its state_dict is no longer the training layout: never save it."""
@@ -166,7 +166,7 @@ class WhitenedCNN(FastCNN):
 class PlainFastCNN(nn.Module):
     """fast-cnn written the plain way: NCHW-contiguous tensors, ReLU then pool, nn.Flatten in PyTorch's
     (C, H, W) order."""
-    network = FastCNN
+    network: type[FastCNN] = FastCNN
 
     def __init__(self):
         super().__init__()

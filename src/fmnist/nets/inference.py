@@ -97,7 +97,7 @@ def classify(network, images: np.ndarray, k: int = 3) -> list[list[dict]]:
 def classify_files(network, paths: list[Path], k: int = 3, save_dir: Path | None = None) -> list[dict]:
     """Per image file its top-k classes, or the error that file met (one bad file does not stop the others);
     with `save_dir`, the 28x28 view the network saw, saved there."""
-    names, results = photos.preprocessed_names(paths), []
+    names, results = photos.preprocessed_names(paths), list[dict]()
     for path in paths:
         try:
             pixels = photos.preprocess(photos.open_image(path, str(path)))

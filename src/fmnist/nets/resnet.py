@@ -51,7 +51,7 @@ class ResCNN(FlatHeadCNN):
             conv_bn(c1, c2), nn.ReLU(inplace=True), Residual(c2)]))
         super().__init__(features, c2, fashion.IMAGE_SIZE // 4, dropout)
 
-    def for_inference(self) -> "ResCNN":
+    def for_inference(self) -> ResCNN:
         """A copy computing the same function in eval mode with every BatchNorm folded into its conv
         (its state_dict is no longer the training layout: never save it)."""
         folded = copy.deepcopy(self).eval()

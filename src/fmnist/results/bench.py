@@ -74,7 +74,7 @@ def compare_steps(name: str, batch_size: int, steps: int, rounds: int, device: t
     steps_by_name[FLOOR] = floor_step(name, batch_size, device, precision)
     for step in steps_by_name.values():
         time_steps(step, 3, device)  # warm-up: allocator, kernels, thread pool
-    samples = {key: [] for key in steps_by_name}
+    samples: dict[str, list[float]] = {key: [] for key in steps_by_name}
     for _ in range(rounds):
         for key, step in steps_by_name.items():
             samples[key].append(time_steps(step, steps, device))

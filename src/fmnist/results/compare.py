@@ -15,7 +15,7 @@ def write_comparison(summaries: dict[str, dict], curves: dict[str, list[list[dic
                      device: str) -> dict:
     """comparison.json, .md and .html, and frontier.png (every model's validation curves and final test
     accuracy, the report's as a line)."""
-    rows = {}
+    rows: dict[str, dict] = {}
     for name, summary in summaries.items():
         network = registry.get(name).build(0.0)
         rows[name] = {"summary": summary, "parameters": architectures.parameters(network),

@@ -28,14 +28,14 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
     matrix = sklearn.metrics.confusion_matrix(y_true, y_pred, labels=labels)
     correct = int(np.trace(matrix))
     return {"classification_report": report, "confusion_matrix": matrix.tolist(),
-            "correct": correct, "wrong": int(len(y_true) - correct), "count": int(len(y_true))}
+            "correct": correct, "wrong": int(len(y_true) - correct), "count": len(y_true)}
 
 
 def loss_and_accuracy(probabilities: np.ndarray, labels: np.ndarray) -> dict:
     """Categorical cross-entropy and accuracy from probabilities (float64: exact means)."""
     picked = np.clip(probabilities[np.arange(len(labels)), labels].astype(np.float64), 1e-12, None)
     return {"loss": float(-np.log(picked).mean()),
-            "accuracy": float((probabilities.argmax(1) == labels).mean()), "count": int(len(labels))}
+            "accuracy": float((probabilities.argmax(1) == labels).mean()), "count": len(labels)}
 
 
 def predictions_csv(probabilities: np.ndarray, labels: np.ndarray) -> str:
@@ -70,7 +70,7 @@ def write_figures(run_dir: Path, dataset: fashion.Dataset, probabilities: np.nda
         figures.learning_curves(history, out / "learning_curves.png")
 
 
-def evaluate_run(run_dir: Path, weights: str = runs.WEIGHTS, data_dir: str | None = None,
+def evaluate_run(run_dir: Path, weights: str = runs.WEIGHTS, data_dir: str | Path | None = None,
                  device: str = "auto", precision: str = "fp32") -> dict:
     """Evaluate a run directory on its training split and the test set, computing in `precision` (recorded
     in metrics.json); write metrics, predictions, figures."""
@@ -83,12 +83,12 @@ def evaluate_run(run_dir: Path, weights: str = runs.WEIGHTS, data_dir: str | Non
         images, labels = images[:config.limit], labels[:config.limit]
     (train_x, train_y), _ = fashion.split(images, labels, config.validation_fraction)
     test_probabilities = inference.probabilities(network, dataset.test_images)
+    test = {**loss_and_accuracy(test_probabilities, dataset.test_labels),
+            **classification_metrics(dataset.test_labels, test_probabilities.argmax(1))}
     metrics = {"weights": weights, "precision": precision, "data_source": dataset.source,
-               "train": loss_and_accuracy(inference.probabilities(network, train_x), train_y),
-               "test": {**loss_and_accuracy(test_probabilities, dataset.test_labels),
-                        **classification_metrics(dataset.test_labels, test_probabilities.argmax(1))}}
+               "train": loss_and_accuracy(inference.probabilities(network, train_x), train_y), "test": test}
     files.write_text(run_dir / runs.PREDICTIONS, predictions_csv(test_probabilities, dataset.test_labels))
-    write_figures(run_dir, dataset, test_probabilities, metrics["test"]["confusion_matrix"])
+    write_figures(run_dir, dataset, test_probabilities, test["confusion_matrix"])
     files.write_json(run_dir / runs.METRICS, metrics)
     return metrics
 

@@ -9,12 +9,12 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only: never needs a display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
 from fmnist import runs
 from fmnist.core import files
-from fmnist.data import fashion  # noqa: E402
+from fmnist.data import fashion
 
 DPI = 100
 WRONG_COLOR = "#c62828"

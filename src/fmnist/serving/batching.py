@@ -17,7 +17,7 @@ import concurrent.futures
 import dataclasses
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -66,7 +66,8 @@ class DynamicBatcher:
             deadline = time.monotonic() + self.max_delay
             while self.queued < self.max_batch and not self.closed and (left := deadline - time.monotonic()) > 0:
                 self.changed.wait(left)
-            batch, size = [], 0
+            batch: list[Job] = []
+            size = 0
             while self.jobs and (not batch or size + len(self.jobs[0].images) <= self.max_batch):
                 job = self.jobs.popleft()
                 batch.append(job)

@@ -16,8 +16,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from fmnist.core import errors
 from fmnist.data import fashion, seed_report

@@ -11,8 +11,8 @@ import dataclasses
 import math
 import os
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -285,8 +285,8 @@ def validate(network, config: TrainConfig, images, labels, tta: bool = True) -> 
         return inference.evaluate(form, images, labels)
 
 
-def run_epoch(state: TrainingState, network, train_data, val_data, config: TrainConfig, shard: Shard,
-              on_step=None) -> dict:
+def run_epoch(state: TrainingState, network, train_data: tuple[torch.Tensor, torch.Tensor],
+              val_data: tuple[torch.Tensor, torch.Tensor], config: TrainConfig, shard: Shard, on_step=None) -> dict:
     """Train one epoch, validate, and return its history row."""
     start = time.perf_counter()
     steps = config.steps_per_epoch(len(train_data[0]))

@@ -55,7 +55,7 @@ def draw_augmentation(shape: tuple[int, int], generator: torch.Generator, flip: 
 
 
 def cut_out(images: torch.Tensor, corners: torch.Tensor | None, cutout: int) -> torch.Tensor:
-    if not cutout:
+    if not cutout or corners is None:
         return images
     return images * ~cutout_masks(corners.to(images.device), cutout, images.shape[1])[..., None]
 

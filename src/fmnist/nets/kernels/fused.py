@@ -29,12 +29,12 @@ import warnings
 import numpy as np
 import torch
 
+UNAVAILABLE: str | None = None  # why the kernels cannot run here, where they cannot
 try:
     import numba
 except ImportError as exc:  # numba often lags a new NumPy or Python: then PyTorch's forms run
     numba, UNAVAILABLE = None, f"numba does not import: {exc}"
 else:
-    UNAVAILABLE = None
     # A thread-safe threading layer (OpenMP or TBB): the HTTP server predicts on several threads, and
     # numba's fallback layer ("workqueue") aborts the process on concurrent parallel calls.
     numba.config.THREADING_LAYER = "threadsafe"
