@@ -3,9 +3,14 @@ download cache, the real dataset, and runs trained once per session."""
 from __future__ import annotations
 
 import http.server
+import os
+import secrets
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -66,3 +71,39 @@ def fresh_cli_run(tmp_path_factory):
     return out
 
 
+RAY_AUTH = Path(tempfile.mkdtemp(prefix="fmnist-ray-auth-")) / "token"
+
+
+def pytest_configure(config):
+    """The session cluster's token authentication (ray_cluster), set before anything imports Ray: Ray reads it
+    as it loads."""
+    RAY_AUTH.write_text(secrets.token_hex(32))
+    os.environ.update({"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(RAY_AUTH)})
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(RAY_AUTH.parent, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One Ray cluster of two nodes on this machine (1 CPU each), shared by the Ray tests (starting one costs
+    seconds), with token authentication as on a real cluster (pytest_configure); this process is a driver
+    connected to it, and a command started by a test joins it with `--address`. Yields the address."""
+    ray = pytest.importorskip("ray")
+    ray_cli = shutil.which("ray", path=str(Path(sys.executable).parent)) or shutil.which("ray")
+    port = 6390 + os.getpid() % 500
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
+    head = [ray_cli, "start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
+            "--node-ip-address=127.0.0.1", f"--temp-dir={temp}"]
+    second = [ray_cli, "start", f"--address=127.0.0.1:{port}", "--num-cpus=1", "--node-ip-address=127.0.0.1"]
+    try:
+        for command in (head, second):
+            started = subprocess.run(command, capture_output=True, text=True, timeout=180)
+            assert started.returncode == 0, started.stderr[-3000:]
+        ray.init(address=f"127.0.0.1:{port}", log_to_driver=False, configure_logging=False)
+        yield f"127.0.0.1:{port}"
+    finally:
+        ray.shutdown()
+        subprocess.run([ray_cli, "stop", "--force"], capture_output=True, timeout=180)
+        shutil.rmtree(temp, ignore_errors=True)

@@ -92,6 +92,12 @@ def command_line(pid: int) -> str:
         return ""
 
 
+def without_cluster() -> dict:
+    """This environment without the session cluster's authentication (conftest.ray_cluster): a command started
+    with it starts a local Ray instance of its own, as a user's does."""
+    return {name: value for name, value in os.environ.items() if not name.startswith("RAY_AUTH")}
+
+
 def descendants(root: int) -> list[int]:
     """Every process below `root` (Linux /proc): Ray's raylet and its workers are children of the command."""
     parents = {}

@@ -1,17 +1,14 @@
-"""Sweeps and parallel seeds on Ray: a local instance, an interrupted sweep resumed, a two-node cluster.
-
-Each Ray instance here is small (1-2 CPUs) and shut down after its test; trials train the seed network for
-one epoch on 1,200 images at one thread, so results can be compared bit for bit across schedules."""
+"""Sweeps and parallel seeds on Ray: on the session's two-node cluster (conftest.ray_cluster: in this process,
+and commands that join it with --address), an interrupted sweep resumed, and a plain `fmnist sweep` that starts
+its own local instance and is cut off by Ctrl-C. Trials train the seed network for one epoch on 1,200 images
+at one thread, so results can be compared bit for bit across schedules."""
 from __future__ import annotations
 
 import json
 import os
-import secrets
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -20,23 +17,22 @@ import pytest
 from fmnist import runs, sweeps
 from fmnist.core import errors, threads
 from fmnist.training import loop
-from tests.helpers import DETERMINISM_RUN, assert_same_weights, command_line, descendants, require_real_data, run_cli
+from tests.helpers import (
+    DETERMINISM_RUN,
+    assert_same_weights,
+    command_line,
+    descendants,
+    require_real_data,
+    run_cli,
+    without_cluster,
+)
 
 TINY = {"epochs": 1, "limit": 1200}
 SPACE = {"learning_rate": [0.001, 0.003]}
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    """One small local Ray instance for the module's in-process sweeps (starting one costs seconds)."""
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield ray
-    ray.shutdown()
-
-
 @pytest.mark.slow
-def test_a_tiny_sweep_in_parallel_equals_the_same_trials_in_sequence(tmp_path, local_ray):
+def test_a_tiny_sweep_in_parallel_equals_the_same_trials_in_sequence(tmp_path, ray_cluster):
     require_real_data()
     config = sweeps.SweepConfig(model="seed-cnn", space=SPACE, fixed=TINY, seeds=2)
     parallel = sweeps.run(config, tmp_path / "parallel", threads_per_trial=1, workers=2, verbose=0)
@@ -57,7 +53,7 @@ def test_a_tiny_sweep_in_parallel_equals_the_same_trials_in_sequence(tmp_path, l
 
 
 @pytest.mark.slow
-def test_reproduce_with_workers_trains_seeds_on_ray_like_a_fresh_cli_run(tmp_path, capsys, local_ray, fresh_cli_run):
+def test_reproduce_with_workers_trains_seeds_on_ray_like_a_fresh_cli_run(tmp_path, capsys, ray_cluster, fresh_cli_run):
     require_real_data()
     code, _, err = run_cli(capsys, "reproduce", "--epochs", DETERMINISM_RUN["epochs"], "--limit",
                            DETERMINISM_RUN["limit"], "--seeds", 2, "--threads", DETERMINISM_RUN["threads"],
@@ -90,18 +86,19 @@ def epochs_done(run_dir: Path) -> int:
 
 
 @pytest.mark.slow
-def test_an_interrupted_sweep_finishes_only_the_missing_trials(tmp_path, local_ray):
+def test_an_interrupted_sweep_finishes_only_the_missing_trials(tmp_path, ray_cluster):
     require_real_data()
     out = tmp_path / "sweep"
     short, long = out / "trial-epochs=1-seed0", out / f"trial-epochs={LONG}-seed0"
-    process = subprocess.Popen(sweep_command(out, "--workers", "1", vary=f"epochs=1,{LONG}", fixed="dropout=0.5"),
+    process = subprocess.Popen(sweep_command(out, "--workers", "1", "--address", ray_cluster, vary=f"epochs=1,{LONG}",
+                                             fixed="dropout=0.5"),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     while process.poll() is None and not (epochs_done(short) == 1 and 2 <= epochs_done(long) < LONG // 2):
         time.sleep(0.05)  # wait for a state: the short trial done, the long one under way
     assert epochs_done(short) == 1 and epochs_done(long) < LONG, process.communicate()
-    # A lost worker: the long trial's process dies (Ctrl-C alone lets a running trial finish first), then
-    # the command is interrupted.
-    workers = [pid for pid in descendants(process.pid) if "ImplicitFunc" in command_line(pid)]
+    # A lost worker: the long trial's process dies, then the command is interrupted. On the cluster, trials run
+    # in its workers, not below the command: the one trial running anywhere here is this sweep's.
+    workers = running_trials()
     assert workers, "no trial process found"
     for pid in workers:
         os.kill(pid, signal.SIGKILL)
@@ -129,7 +126,7 @@ def test_an_interrupted_sweep_finishes_only_the_missing_trials(tmp_path, local_r
 
 
 @pytest.mark.slow
-def test_a_failed_trial_is_one_line_that_says_why(tmp_path, local_ray):
+def test_a_failed_trial_is_one_line_that_says_why(tmp_path, ray_cluster):
     require_real_data()
     diverging = sweeps.SweepConfig(model="seed-cnn", space={"learning_rate": [1e30]},
                                   fixed={**TINY, "optimizer": "sgd"}, seeds=1)
@@ -147,7 +144,8 @@ def test_ctrl_c_cuts_a_running_trial_off_and_says_how_to_continue(tmp_path):
     out, epochs = tmp_path / "sweep", 5_000  # minutes of epochs: the trial is still running when the command ends
     trial = out / f"trial-epochs={epochs}-seed0"
     process = subprocess.Popen(sweep_command(out, "--workers", "1", vary=f"epochs={epochs}", fixed="dropout=0.5"),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                               env=without_cluster())
     while process.poll() is None and epochs_done(trial) < 2:
         time.sleep(0.05)  # wait for a state: the trial under way
     workers = [pid for pid in descendants(process.pid) if "ImplicitFunc" in command_line(pid)]
@@ -164,34 +162,23 @@ def test_ctrl_c_cuts_a_running_trial_off_and_says_how_to_continue(tmp_path):
     assert not any(command_line(pid) for pid in workers), "the trial kept training after the command ended"
 
 
+def running_trials() -> list[int]:
+    """Processes of this machine that run a trial now (Ray names a trial's process after its trainable)."""
+    return [int(entry.name) for entry in Path("/proc").iterdir()
+            if entry.name.isdigit() and "ImplicitFunc" in command_line(int(entry.name))]
+
+
 def learned(history: list[dict]) -> list[dict]:
     """A history's figures without its timings."""
     return [{key: row[key] for key in ("epoch", "loss", "accuracy", "val_loss", "val_accuracy")} for row in history]
 
 
 @pytest.mark.slow
-def test_a_two_node_cluster_on_this_machine_runs_trials_on_both(tmp_path, local_ray):
+def test_a_two_node_cluster_on_this_machine_runs_trials_on_both(tmp_path, ray_cluster):
     require_real_data()
-    local_ray.shutdown()  # `ray stop` below ends every Ray process here: the module's instance goes first
-    ray_cli = shutil.which("ray", path=str(Path(sys.executable).parent)) or shutil.which("ray")
-    port = 6390 + os.getpid() % 500
-    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
-    token = Path(temp) / "token"  # Ray's token authentication, as on a real cluster: every node and the driver
-    token.write_text(secrets.token_hex(32))
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
-    head = [ray_cli, "start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
-            "--node-ip-address=127.0.0.1", f"--temp-dir={temp}"]
-    second = [ray_cli, "start", f"--address=127.0.0.1:{port}", "--num-cpus=1", "--node-ip-address=127.0.0.1"]
-    try:
-        for command in (head, second):
-            started = subprocess.run(command, capture_output=True, text=True, env=env, timeout=180)
-            assert started.returncode == 0, started.stderr[-3000:]
-        result = subprocess.run(sweep_command(tmp_path / "sweep", "--workers", "2", "--address", f"127.0.0.1:{port}"),
-                                capture_output=True, text=True, timeout=600, env=env)
-        assert result.returncode == 0, result.stderr[-3000:]
-    finally:
-        subprocess.run([ray_cli, "stop", "--force"], capture_output=True, env=env, timeout=180)
-        shutil.rmtree(temp, ignore_errors=True)
+    result = subprocess.run(sweep_command(tmp_path / "sweep", "--workers", "2", "--address", ray_cluster),
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "sweep" / "summary.json").read_text())
     assert len(summary["nodes"]) == 2 and len(summary["configurations"]) == 2
 

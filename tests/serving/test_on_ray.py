@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
 from fmnist.serving import on_ray
-from tests.helpers import command_line, descendants, free_port, require_real_data
+from tests.helpers import command_line, descendants, free_port, require_real_data, without_cluster
 
 pytest.importorskip("ray.serve")
 
@@ -69,7 +67,7 @@ def test_two_replicas_on_ray_serve_answer_and_survive_a_killed_replica(tmp_path,
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_TMPDIR": "/tmp"}
+    env = {**without_cluster(), "RAY_USAGE_STATS_ENABLED": "0", "RAY_TMPDIR": "/tmp"}
     server = subprocess.Popen([sys.executable, "-m", "fmnist", "serve", str(trained_run), "--replicas", "2",
                                "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               env=env, start_new_session=True)
@@ -101,10 +99,12 @@ def test_two_replicas_on_ray_serve_answer_and_survive_a_killed_replica(tmp_path,
         wait_for(lambda: len(instances(url)) == 2, "both replicas answer again")
         assert asyncio.run(predictions(url, body, 50)) == [200] * 50
     finally:
+        ray_processes = descendants(server.pid)  # its local Ray instance, which Ctrl-C stops with it
         server.send_signal(signal.SIGTERM)
         try:
             server.wait(timeout=120)
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
-        ray_cli = shutil.which("ray", path=str(Path(sys.executable).parent)) or shutil.which("ray")
-        subprocess.run([ray_cli, "stop", "--force"], capture_output=True, env=env, timeout=120)  # what is left
+        for pid in ray_processes:  # what is left of this test's instance only (not the session's cluster)
+            if "ray" in command_line(pid):
+                os.kill(pid, signal.SIGKILL)
