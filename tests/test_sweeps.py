@@ -27,6 +27,7 @@ from tests.helpers import (
     without_cluster,
 )
 
+pytestmark = pytest.mark.xdist_group("ray")  # one worker runs every Ray test (see pyproject: --dist loadgroup)
 TINY = {"epochs": 1, "limit": 1200}
 SPACE = {"learning_rate": [0.001, 0.003]}
 

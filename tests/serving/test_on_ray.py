@@ -16,6 +16,7 @@ from fmnist.serving import on_ray
 from tests.helpers import command_line, descendants, free_port, require_real_data, without_cluster
 
 pytest.importorskip("ray.serve")
+pytestmark = pytest.mark.xdist_group("ray")  # one worker runs every Ray test (see pyproject: --dist loadgroup)
 
 
 def replica_pids(server: subprocess.Popen) -> list[int]:

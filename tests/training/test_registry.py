@@ -215,6 +215,7 @@ def test_bf16_inference_is_the_network_under_autocast():
         inference.evaluation_form(network, tta=False, precision="fp16")
 
 
+@pytest.mark.slow
 def test_evaluate_predict_and_serve_in_bf16(tmp_path, capsys, real_dataset):
     """--precision bf16 end to end on a cnn94 run (6-view TTA): recorded, reported, close to fp32's figures."""
     run_dir = tmp_path / "run"
