@@ -172,7 +172,7 @@ def test_split_fraction():
     labels = np.arange(100)
     (_, train), (_, val) = fashion.split(labels, labels, 0.25)
     assert len(train) == 75 and val[0] == 75
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"validation fraction must be in \[0, 1\)"):
         fashion.split(labels, labels, 1.0)
 
 

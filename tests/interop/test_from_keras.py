@@ -70,7 +70,7 @@ def test_cli_import_then_evaluate(tmp_path, capsys, keras_files):
 @pytest.mark.slow
 def test_not_a_keras_file(tmp_path):
     (tmp_path / "model.keras").write_bytes(b"PK\x03\x04 not really a zip")
-    with pytest.raises(errors.InputError):
+    with pytest.raises(errors.InputError, match="neither a Keras 3 .keras archive nor an HDF5 .h5 file"):
         from_keras.import_keras(tmp_path / "model.keras", tmp_path / "run")
     result = subprocess.run([sys.executable, "-m", "fmnist", "import-keras", str(tmp_path / "missing.h5")],
                             capture_output=True, text=True)

@@ -54,7 +54,7 @@ def test_patches_need_even_sizes():
 def test_space_to_depth_gives_the_convolution_windows():
     x = torch.rand(3, 28, 28, 1)
     assert torch.equal(fused.space_to_depth(x), to_windows(x))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="an even-sized input that needs no gradient"):
         fused.space_to_depth(x.requires_grad_())
 
 

@@ -47,5 +47,5 @@ def test_jobs_larger_than_a_batch_and_errors_reach_their_callers():
     assert calls[0] == 6 and max(calls[1:]) <= 4
     with pytest.raises(RuntimeError, match="closed"):
         batcher.submit(big)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="max_batch must be >= 1"):
         batching.DynamicBatcher(model, max_batch=0)

@@ -12,11 +12,13 @@ import time
 import httpx
 import pytest
 
-from fmnist.serving import on_ray
 from tests.helpers import command_line, descendants, free_port, require_real_data, without_cluster
 
 pytest.importorskip("ray.serve")
 pytestmark = pytest.mark.xdist_group("ray")  # one worker runs every Ray test (see pyproject: --dist loadgroup)
+
+
+REQUEST_TIMEOUT_S = 10  # requests stuck in the killed replica end with the proxy's 408 after this
 
 
 def replica_pids(server: subprocess.Popen) -> list[int]:
@@ -34,7 +36,7 @@ async def predictions(url: str, body: bytes, count: int, answered: list | None =
     The client waits longer than the proxy's own bound, so a request left hanging shows as the proxy's 408."""
     answered = [] if answered is None else answered
     limits = httpx.Limits(max_connections=None)
-    async with httpx.AsyncClient(timeout=4 * on_ray.PROXY_TIMEOUT_S, limits=limits) as client:
+    async with httpx.AsyncClient(timeout=4 * REQUEST_TIMEOUT_S, limits=limits) as client:
         async def one():
             try:
                 reply = await client.post(f"{url}/predict", content=body, headers={"Content-Type": "image/png"})
@@ -70,7 +72,7 @@ def test_two_replicas_on_ray_serve_answer_and_survive_a_killed_replica(tmp_path,
     url = f"http://127.0.0.1:{port}"
     env = {**without_cluster(), "RAY_USAGE_STATS_ENABLED": "0", "RAY_TMPDIR": "/tmp"}
     server = subprocess.Popen([sys.executable, "-m", "fmnist", "serve", str(trained_run), "--replicas", "2",
-                               "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               "--port", str(port), "--request-timeout", str(REQUEST_TIMEOUT_S)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               env=env, start_new_session=True)
     try:
         wait_for(lambda: server.poll() is None and httpx.get(f"{url}/health", timeout=5).status_code == 200,

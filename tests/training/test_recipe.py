@@ -104,10 +104,14 @@ def test_weight_decay_applies_to_weights_only():
     assert len(decayed["params"]) + len(free["params"]) == len(list(network.parameters()))
 
 
-@pytest.mark.parametrize("bad", [{"optimizer": "rmsprop"}, {"schedule": "cosine"}, {"weight_decay": 0.1},
-                                 {"shift": 9}, {"label_smoothing": 1.0}, {"flip": 1}])
-def test_a_bad_recipe_is_a_value_error(bad):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("bad, rule", [({"optimizer": "rmsprop"}, "optimizer must be one of adam, sgd, adamw, muon"),
+                                       ({"schedule": "cosine"}, "schedule must be one of constant, onecycle"),
+                                       ({"weight_decay": 0.1}, "Keras's Adam takes no weight decay"),
+                                       ({"shift": 9}, r"shift and tta_shift must be 0\.\.8 pixels"),
+                                       ({"label_smoothing": 1.0}, r"label smoothing must be in \[0, 1\)"),
+                                       ({"flip": 1}, "flip must be bool, got 1")])
+def test_a_bad_recipe_is_a_value_error_naming_its_rule(bad, rule):
+    with pytest.raises(ValueError, match=rule):
         configs.TrainConfig(**bad)
 
 

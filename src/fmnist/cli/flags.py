@@ -271,6 +271,9 @@ def add_import_and_serve_commands(commands, handlers: dict) -> None:
     p.add_argument("--port", type=port_number, default=8000, help="port (default: 8000; 0: any free one)")
     p.add_argument("--max-bytes", type=int, default=None,
                    help=f"request size limit in bytes (default: {limits.MAX_BYTES:,})")
+    p.add_argument("--request-timeout", type=positive_seconds, default=limits.REQUEST_TIMEOUT_S, metavar="SECONDS",
+                   help="a request's deadline: to arrive whole (slow clients are dropped); with --replicas, end to end "
+                        "at Ray Serve's proxy, which answers 408 past it (default: %(default)s)")
     p.add_argument("--allowed-host", action="append", metavar="NAME",
                    help="a host name clients may use (repeatable; default: 127.0.0.1 and localhost on a loopback "
                         "address, any name otherwise)")
@@ -278,6 +281,16 @@ def add_import_and_serve_commands(commands, handlers: dict) -> None:
                    help="serve with N replicas on Ray Serve (pip install 'fmnist[serve-ray]'; default: one process)")
     p.add_argument("--address", help="a Ray cluster's address for the replicas (default: a local Ray instance)")
     add_inference_precision_option(p)
+
+
+def positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 86400:
+        raise argparse.ArgumentTypeError(f"seconds from 0 to a day, not {text!r}")
+    return value
 
 
 def port_number(text: str) -> int:

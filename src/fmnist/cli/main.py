@@ -238,7 +238,7 @@ def cmd_serve(args) -> int:
     port = sock.getsockname()[1]  # --port 0: the free port the system chose
     console.print(f"serving {args.run} in {args.precision} on http://{args.host}:{port}/ (Ctrl-C stops)")
     server.serve(Path(args.run), sock, max_bytes=args.max_bytes, allowed_hosts=args.allowed_host,
-                 precision=args.precision)
+                 precision=args.precision, request_timeout=args.request_timeout)
     return 0
 
 
@@ -251,7 +251,8 @@ def serve_on_ray(args) -> int:
 
     replicas = 1 if args.replicas is None else args.replicas
     on_ray.deploy(Path(args.run), replicas, host=args.host, port=args.port, address=args.address,
-                  max_bytes=args.max_bytes, allowed_hosts=args.allowed_host, precision=args.precision)
+                  max_bytes=args.max_bytes, allowed_hosts=args.allowed_host, precision=args.precision,
+                  request_timeout=args.request_timeout)
     console.print(f"serving {args.run} on http://{args.host}:{args.port}/ with {replicas} Ray Serve "
                   f"replica{'s' * (replicas > 1)} (Ctrl-C stops)")
     stop = threading.Event()

@@ -24,12 +24,22 @@ def cpu_name() -> str:
 NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo: Intel's AMX tiles; AVX-512 BF16 dot products (Zen 4+)
 
 
-def cpu_flags() -> set[str]:
+# oneDNN's instruction-set caps (ONEDNN_MAX_CPU_ISA) that leave out the AVX-512 flags, or bf16's: a cap makes
+# the libraries compute as on an older CPU (.ci/emulate-cpu), and fmnist's choices follow it.
+ISA_CAPS = {"SSE41": ("avx", "avx2", "avx512", "amx"), "AVX": ("avx2", "avx512", "amx"), "AVX2": ("avx512", "amx"),
+            "AVX2_VNNI": ("avx512", "amx"), "AVX2_VNNI_2": ("avx512", "amx"), "AVX512_CORE": ("avx512_bf16", "amx"),
+            "AVX512_CORE_VNNI": ("avx512_bf16", "amx"), "AVX512_CORE_BF16": ("amx",)}
+
+
+def cpu_flags(environ=os.environ) -> set[str]:
+    """The CPU's feature flags (/proc/cpuinfo), less those an ONEDNN_MAX_CPU_ISA cap leaves out."""
     try:
         with open("/proc/cpuinfo") as info:
-            return set(next(line.split(":", 1)[1].split() for line in info if line.startswith("flags")))
+            flags = set(next(line.split(":", 1)[1].split() for line in info if line.startswith("flags")))
     except (OSError, StopIteration):
         return set()
+    left_out = ISA_CAPS.get(environ.get("ONEDNN_MAX_CPU_ISA", "").upper(), ())
+    return {flag for flag in flags if not flag.startswith(left_out)}
 
 
 def computes_bf16(device: torch.device, flags: set[str] | None = None) -> bool:

@@ -5,8 +5,8 @@ actors, on this machine or across a cluster), each running server.create_app wit
 work queue: no load balancer of fmnist's own. The run's files (config, final weights, metrics) travel
 with the deployment, so a replica on another machine needs fmnist installed, not the run directory.
 A replica that dies is restarted by Ray Serve's controller; what a client sees meanwhile is measured in
-tests/test_serve_ray.py (README, "Serving"): 500 for what the dead replica held, or 408 from the proxy
-after PROXY_TIMEOUT_S.
+tests/serving/test_on_ray.py: 500 for what the dead replica held, or 408 from the proxy after the request
+timeout (limits.REQUEST_TIMEOUT_S, `--request-timeout`).
 """
 from __future__ import annotations
 
@@ -20,11 +20,11 @@ from fmnist.serving import limits, server
 
 RUN_FILES = {runs.CONFIG: runs.MAX_JSON_BYTES, runs.WEIGHTS: runs.MAX_FILE_BYTES, runs.METRICS: runs.MAX_JSON_BYTES}
 APP_NAME = "fmnist"
-# The proxy's end-to-end bound on a request. Ray Serve's default is none, and a request inside a replica that
-# dies can then go unanswered: seen, 2 of 400 predictions held until the client gave up 120 s later. With
-# it the proxy answers 408 instead. A replica's own work queue (limits.WORK_QUEUE, 503 past it) keeps the
-# wait of a live request to seconds.
-PROXY_TIMEOUT_S = 30
+# The proxy's end-to-end bound on a request is the request timeout. Ray Serve's default is none, and a request
+# inside a replica that dies can then go unanswered: seen, 2 of 400 predictions held until the client gave up
+# 120 s later. With it the proxy answers 408 instead. A replica's own work queue (limits.WORK_QUEUE, 503 past
+# it) keeps the wait of a live request to seconds.
+HEALTH_CHECK_S = 2  # how often Ray Serve's controller asks each replica (its default: 10 s)
 
 
 def run_files(run_dir: Path) -> dict[str, bytes]:
@@ -54,7 +54,8 @@ def require_ray_serve():
 
 def deploy(run_dir: Path, replicas: int, host: str = "127.0.0.1", port: int = 8000, address: str | None = None,
            cpus_per_replica: float = 1.0, max_bytes: int = limits.MAX_BYTES,
-           allowed_hosts: list[str] | None = None, precision: str = "fp32") -> None:
+           allowed_hosts: list[str] | None = None, precision: str = "fp32",
+           request_timeout: float = limits.REQUEST_TIMEOUT_S) -> None:
     """Start (or join) Ray, start Serve's proxy on host:port and deploy `replicas` replicas of the app."""
     if replicas < 1:
         raise errors.InputError(f"--replicas must be 1 or more, got {replicas}")
@@ -68,14 +69,15 @@ def deploy(run_dir: Path, replicas: int, host: str = "127.0.0.1", port: int = 80
     inference.load_model(Path(run_dir), precision=precision)  # the run's weights checked here first: one clear error, not N replicas failing
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, configure_logging=False, log_to_driver=False)
-    ray_serve.start(http_options={"host": host, "port": port, "request_timeout_s": PROXY_TIMEOUT_S})
+    ray_serve.start(http_options={"host": host, "port": port, "request_timeout_s": request_timeout})
     options = {"max_bytes": max_bytes, "allowed_hosts": allowed_hosts or server.default_allowed_hosts(host),
                "label": str(run_dir), "precision": precision}
 
     def builder():  # a plain function: Ray Serve calls it on each replica (a partial it would take for the app)
         return build_app(contents, **options)
     deployment = ray_serve.deployment(ray_serve.ingress(builder)(), name=APP_NAME, num_replicas=replicas,
-                                      ray_actor_options={"num_cpus": cpus_per_replica})
+                                      ray_actor_options={"num_cpus": cpus_per_replica},
+                                      health_check_period_s=HEALTH_CHECK_S)
     ray_serve.run(deployment.bind(), name=APP_NAME, route_prefix="/")
 
 

@@ -346,11 +346,12 @@ def listening_socket(host: str, port: int) -> socket.socket:
 
 
 def serve(run_dir: Path, sock: socket.socket, max_bytes: int = limits.MAX_BYTES, allowed_hosts: list[str] | None = None,
-          precision: str = "fp32") -> None:
+          precision: str = "fp32", request_timeout: float = limits.REQUEST_TIMEOUT_S) -> None:
     """Serve a run on a socket from `listening_socket` until Ctrl-C."""
     import uvicorn
 
     host, port = sock.getsockname()[:2]
     app = create_app(run_dir, max_bytes, allowed_hosts=allowed_hosts or default_allowed_hosts(host),
                      precision=precision)
-    uvicorn.Server(server_config(app, host, port, log_level="info", access_log=False)).run(sockets=[sock])
+    config = server_config(app, host, port, request_timeout, log_level="info", access_log=False)
+    uvicorn.Server(config).run(sockets=[sock])
