@@ -9,6 +9,7 @@ rows that did not help are kept in the table.
 Each row is an ordinary `fmnist train` run directory (re-running continues where it stopped); the table
 goes to OUT/ablation.md and the figures to OUT/ablation.json. Model choices only: no test set here.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,8 +61,18 @@ def base_flags() -> dict:
 
 def train(out: Path, flags: dict, epochs: int, seed: int) -> list[dict]:
     """One run (or the rest of it); its history."""
-    command = [sys.executable, "-m", "fmnist", "train", "--epochs", str(epochs), "--seed", str(seed), "--quiet",
-               *flag_list({**base_flags(), **flags})]
+    command = [
+        sys.executable,
+        "-m",
+        "fmnist",
+        "train",
+        "--epochs",
+        str(epochs),
+        "--seed",
+        str(seed),
+        "--quiet",
+        *flag_list({**base_flags(), **flags}),
+    ]
     history = out / "history.json"
     if history.is_file() and len(json.loads(history.read_text())) >= epochs:
         return json.loads(history.read_text())
@@ -75,10 +86,12 @@ def run_row(out: Path, index: int, flags: dict, epochs: int, seeds: int) -> dict
         histories = [train(out / f"row{index}-seed{seed}", flags, epochs, seed) for seed in range(seeds)]
     except subprocess.CalledProcessError:  # e.g. the loss diverged: the row failed, the table goes on
         return {"val_accuracy": float("nan"), "seconds_per_epoch": float("nan"), "seeds": seeds}
-    return {"val_accuracy": statistics.mean(h[-1]["val_accuracy"] for h in histories),
-            # the median epoch (validation included): a moment of other work on the machine moves it least
-            "seconds_per_epoch": statistics.mean(statistics.median(r["seconds"] for r in h) for h in histories),
-            "seeds": seeds}
+    return {
+        "val_accuracy": statistics.mean(h[-1]["val_accuracy"] for h in histories),
+        # the median epoch (validation included): a moment of other work on the machine moves it least
+        "seconds_per_epoch": statistics.mean(statistics.median(r["seconds"] for r in h) for h in histories),
+        "seeds": seeds,
+    }
 
 
 def retime(out: Path, rows: list[dict], epochs: int = 3) -> None:
@@ -95,8 +108,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--tolerance", type=float, default=0.002, help="bf16's allowance in validation accuracy")
     parser.add_argument("--out", type=Path, default=Path("runs/ablation"))
-    parser.add_argument("--retime", action="store_true",
-                        help="then time each row again in turn (3 epochs each): run it on a quiet machine")
+    parser.add_argument(
+        "--retime",
+        action="store_true",
+        help="then time each row again in turn (3 epochs each): run it on a quiet machine",
+    )
     args = parser.parse_args()
     kept, best, rows = {}, None, []
     for index, (label, flags) in enumerate(ROWS):
@@ -106,14 +122,22 @@ def main() -> None:
         if helped:
             kept, best = {**kept, **flags}, result["val_accuracy"]
         rows.append({"technique": label, "flags": flags, "recipe": {**kept, **flags}, **result, "kept": helped})
-        print(f"{label}: val {result['val_accuracy']:.4f}, {result['seconds_per_epoch']:.2f} s/epoch, "
-              f"{'kept' if helped else 'dropped'}", flush=True)
+        print(
+            f"{label}: val {result['val_accuracy']:.4f}, {result['seconds_per_epoch']:.2f} s/epoch, "
+            f"{'kept' if helped else 'dropped'}",
+            flush=True,
+        )
     if args.retime:
         retime(args.out, rows)
-    lines = [f"| technique (added in turn) | validation accuracy, {args.epochs} epochs | s/epoch | kept |",
-             "|---|---|---|---|"]
-    lines += [f"| {r['technique']} | {r['val_accuracy']:.4f} | {r['seconds_per_epoch']:.2f} | "
-              f"{'yes' if r['kept'] else 'no'} |" for r in rows]
+    lines = [
+        f"| technique (added in turn) | validation accuracy, {args.epochs} epochs | s/epoch | kept |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['technique']} | {r['val_accuracy']:.4f} | {r['seconds_per_epoch']:.2f} | "
+        f"{'yes' if r['kept'] else 'no'} |"
+        for r in rows
+    ]
     (args.out / "ablation.md").write_text("\n".join(lines) + "\n")
     (args.out / "ablation.json").write_text(json.dumps({"epochs": args.epochs, "rows": rows, "recipe": kept}, indent=2))
     print("\n".join(lines))

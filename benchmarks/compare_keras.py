@@ -9,6 +9,7 @@ Each round runs one training epoch of the report's network on 48,000 random imag
 first in TensorFlow-Keras (`model.fit`, as the report did), then in fmnist (`loop.train_one_epoch`),
 each in a fresh process after a warm-up epoch on a few batches. The medians and their ratio are printed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,18 +30,26 @@ def keras_epoch_seconds(images: int) -> float:
     from tensorflow import keras
     from tensorflow.keras import layers
 
-    model = keras.Sequential([
-        keras.Input((28, 28, 1)),
-        layers.Conv2D(32, (2, 2), strides=(2, 2), padding="same", activation="relu"),
-        layers.MaxPooling2D((2, 2), strides=(1, 1), padding="same"),
-        layers.Conv2D(64, (2, 2), strides=(2, 2), padding="same", activation="relu"),
-        layers.MaxPooling2D((2, 2), strides=(1, 1), padding="same"),
-        layers.Flatten(),
-        layers.Dense(256, activation="relu"), layers.Dropout(0.5),
-        layers.Dense(128, activation="relu"), layers.Dropout(0.5),
-        layers.Dense(10, activation="softmax")])
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate=1e-3, epsilon=1e-7),
-                  loss="categorical_crossentropy", metrics=["accuracy"])
+    model = keras.Sequential(
+        [
+            keras.Input((28, 28, 1)),
+            layers.Conv2D(32, (2, 2), strides=(2, 2), padding="same", activation="relu"),
+            layers.MaxPooling2D((2, 2), strides=(1, 1), padding="same"),
+            layers.Conv2D(64, (2, 2), strides=(2, 2), padding="same", activation="relu"),
+            layers.MaxPooling2D((2, 2), strides=(1, 1), padding="same"),
+            layers.Flatten(),
+            layers.Dense(256, activation="relu"),
+            layers.Dropout(0.5),
+            layers.Dense(128, activation="relu"),
+            layers.Dropout(0.5),
+            layers.Dense(10, activation="softmax"),
+        ]
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=1e-3, epsilon=1e-7),
+        loss="categorical_crossentropy",
+        metrics=["accuracy"],
+    )
     rng = np.random.default_rng(0)
     x = rng.random((images, 28, 28, 1), dtype=np.float32)
     y = tf.keras.utils.to_categorical(rng.integers(0, 10, images), 10)
@@ -65,8 +74,9 @@ def fmnist_epoch_seconds(images: int, threads: int, precision: str) -> float:
     optimizer = recipe.KerasAdam(network.parameters(), fused=True)
     generator = torch.Generator().manual_seed(0)
     config = configs.Recipe(batch_size=BATCH_SIZE)
-    loop.train_one_epoch(network, optimizer, x[:WARMUP_IMAGES], y[:WARMUP_IMAGES], config, generator,
-                             precision=precision)
+    loop.train_one_epoch(
+        network, optimizer, x[:WARMUP_IMAGES], y[:WARMUP_IMAGES], config, generator, precision=precision
+    )
     start = time.perf_counter()
     loss, _ = loop.train_one_epoch(network, optimizer, x, y, config, generator, precision=precision)
     loss.item()
@@ -74,8 +84,18 @@ def fmnist_epoch_seconds(images: int, threads: int, precision: str) -> float:
 
 
 def worker_seconds(python: str, worker: str, args) -> float:
-    command = [python, __file__, "--worker", worker, "--images", str(args.images), "--threads", str(args.threads),
-               "--precision", args.precision]
+    command = [
+        python,
+        __file__,
+        "--worker",
+        worker,
+        "--images",
+        str(args.images),
+        "--threads",
+        str(args.threads),
+        "--precision",
+        args.precision,
+    ]
     result = subprocess.run(command, capture_output=True, text=True, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])["seconds"]
 
@@ -86,8 +106,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default: 3)")
     parser.add_argument("--images", type=int, default=IMAGES, help=f"images per epoch (default: {IMAGES})")
     parser.add_argument("--threads", type=int, default=2, help="fmnist's CPU threads (default: 2)")
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                        help="fmnist's precision; TensorFlow-Keras runs float32 as the report did (default: fp32)")
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="fmnist's precision; TensorFlow-Keras runs float32 as the report did (default: fp32)",
+    )
     parser.add_argument("--worker", choices=("tensorflow", "fmnist"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker == "tensorflow":

@@ -10,6 +10,7 @@ each as a ratio to quiet. Each --variant runs every scenario again with those va
 With --serve RUN: p99 latency of 50 concurrent single-image requests to `fmnist serve RUN`, quiet and
 with a training beside it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,8 +56,10 @@ def measure(env: dict, threads: int, model: str, together: int = 1, busy: bool =
     command = [sys.executable, __file__, "--worker", "--threads", str(threads), "--model", model]
     spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
     try:
-        workers = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env={**os.environ, **env})
-                   for _ in range(together)]
+        workers = [
+            subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env={**os.environ, **env})
+            for _ in range(together)
+        ]
         return [json.loads(w.communicate()[0].strip().splitlines()[-1]) for w in workers]
     finally:
         if spinner:
@@ -79,8 +82,10 @@ def scenarios(variants: dict[str, dict], threads: int, rounds: int, model: str) 
             images = statistics.median(r["eval_images_per_s"] for r in results[name, scene])
             label = {"quiet": "quiet", "busy": "beside a busy process", "two": "two at once (slower one)"}[scene]
             shown = worst if scene == "two" else step
-            print(f"| {name} | {label} | {shown:.2f} | {shown / quiet['step_ms']:.2f} | {images:,.0f} | "
-                  f"{quiet['eval_images_per_s'] / images:.2f} |")
+            print(
+                f"| {name} | {label} | {shown:.2f} | {shown / quiet['step_ms']:.2f} | {images:,.0f} | "
+                f"{quiet['eval_images_per_s'] / images:.2f} |"
+            )
 
 
 def p99_ms(url: str, image: bytes, requests: int = 50) -> float:
@@ -105,8 +110,11 @@ def serve_beside_training(run_dir: str, threads: int) -> None:
 
     port, buffer = 8765, io.BytesIO()
     PIL.Image.new("L", (200, 260), 255).save(buffer, "PNG")
-    server = subprocess.Popen([sys.executable, "-m", "fmnist", "serve", run_dir, "--port", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "fmnist", "serve", run_dir, "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         while True:
@@ -118,16 +126,35 @@ def serve_beside_training(run_dir: str, threads: int) -> None:
         p99_ms(url, buffer.getvalue())  # warm-up
         quiet = statistics.median(p99_ms(url, buffer.getvalue()) for _ in range(5))
         with tempfile.TemporaryDirectory() as folder:
-            training = subprocess.Popen([sys.executable, "-m", "fmnist", "train", "--epochs", "1000", "--limit",
-                                         "12000", "--quiet", "--threads", str(threads), "--out", f"{folder}/run"],
-                                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            training = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "fmnist",
+                    "train",
+                    "--epochs",
+                    "1000",
+                    "--limit",
+                    "12000",
+                    "--quiet",
+                    "--threads",
+                    str(threads),
+                    "--out",
+                    f"{folder}/run",
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+            )
             training.stdout.readline()  # the model summary: it is training now
             time.sleep(5)
             busy = statistics.median(p99_ms(url, buffer.getvalue()) for _ in range(5))
             training.kill()
             training.wait()
-        print(f"serve p99, 50 concurrent single-image requests: quiet {quiet:.0f} ms, beside a training "
-              f"{busy:.0f} ms ({busy / quiet:.2f}x)")
+        print(
+            f"serve p99, 50 concurrent single-image requests: quiet {quiet:.0f} ms, beside a training "
+            f"{busy:.0f} ms ({busy / quiet:.2f}x)"
+        )
     finally:
         server.kill()
 
@@ -136,8 +163,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=0, help="threads per process (default: fmnist's choice)")
-    parser.add_argument("--variant", action="append", default=[], metavar='"NAME=VALUE ..."',
-                        help="also run every scenario with these environment variables set (repeatable)")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar='"NAME=VALUE ..."',
+        help="also run every scenario with these environment variables set (repeatable)",
+    )
     parser.add_argument("--model", default="seed-cnn", help="the network and recipe to time (default: seed-cnn)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per scenario (default: 3)")
     parser.add_argument("--serve", metavar="RUN", help="also measure the server's p99 beside a training")

@@ -6,6 +6,7 @@ by this process; each is decoded and preprocessed in a fresh one, whose peak RSS
 RSS just before (Linux: /proc/self/clear_refs), so the figure is what decoding adds.
 Target (issue 10): < 300 MB and < 1 s of CPU per image.
 """
+
 import subprocess
 import sys
 import tempfile
@@ -16,12 +17,14 @@ import PIL.Image
 
 from fmnist.data import photos
 
-SIDE = int(photos.MAX_PIXELS ** 0.5)
+SIDE = int(photos.MAX_PIXELS**0.5)
 
 
 def rss_mb(field: str) -> float:
-    line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith(field + ":"))
+    line = next(row for row in Path("/proc/self/status").read_text().splitlines() if row.startswith(field + ":"))
     return int(line.split()[1]) / 1024
+
+
 KINDS = {
     "RGBA 4096x4096 PNG": lambda: PIL.Image.new("RGBA", (SIDE, SIDE), (0, 0, 0, 0)),
     "palette 4096x4096 PNG": lambda: PIL.Image.new("P", (SIDE, SIDE)),

@@ -4,6 +4,7 @@ time through the model (the model's part of a request), and one image per reques
 
     python benchmarks/inference_speed.py RUN [--requests 200] [--precision fp32 --precision bf16]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -75,8 +76,9 @@ def main() -> None:
     parser.add_argument("run", type=Path)
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--precision", action="append", choices=inference.INFERENCE_PRECISIONS,
-                        help="repeatable (default: fp32)")
+    parser.add_argument(
+        "--precision", action="append", choices=inference.INFERENCE_PRECISIONS, help="repeatable (default: fp32)"
+    )
     args = parser.parse_args()
     machine.set_cpu_modes()
     threads.use(args.threads)
@@ -85,11 +87,15 @@ def main() -> None:
     for precision in args.precision or ["fp32"]:
         print(f"{precision}: test set in batches: {batch_images_per_second(args.run, images, precision):,.0f} images/s")
         model = single_image_ms(args.run, images, args.requests, precision)
-        print(f"{precision}: one image, the model's part: p50 {statistics.median(model):.2f} ms, "
-              f"p99 {np.percentile(model, 99):.2f} ms")
+        print(
+            f"{precision}: one image, the model's part: p50 {statistics.median(model):.2f} ms, "
+            f"p99 {np.percentile(model, 99):.2f} ms"
+        )
         whole = request_ms(args.run, images, args.requests, precision)
-        print(f"{precision}: one image per request through fmnist serve: p50 {statistics.median(whole):.2f} ms, "
-              f"p99 {np.percentile(whole, 99):.2f} ms")
+        print(
+            f"{precision}: one image per request through fmnist serve: p50 {statistics.median(whole):.2f} ms, "
+            f"p99 {np.percentile(whole, 99):.2f} ms"
+        )
 
 
 if __name__ == "__main__":

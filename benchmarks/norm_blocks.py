@@ -5,6 +5,7 @@ block alone at its real shape, bf16 channels-last, timings interleaved round by 
 
 The whole step, fused against unfused, is `fmnist bench --model cnn94` (its "PyTorch's BatchNorm layers" row).
 """
+
 from __future__ import annotations
 
 import argparse

@@ -13,6 +13,7 @@ recipe unchanged:
 The variant is registered in this process only (its runs' weights carry an architecture tag that fmnist
 itself does not load). Model choices only: no test set here.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,13 +50,14 @@ class PoolBeforeNormCNN(fastcnn.FastCNN):
         self.features = nn.Sequential(*moved)
         self.to(memory_format=torch.channels_last)
 
-    def for_inference(self) -> "PoolBeforeNormCNN":
+    def for_inference(self) -> PoolBeforeNormCNN:
         return copy.deepcopy(self).eval()  # a BatchNorm after a pool is not folded into the conv here
 
 
 def register() -> None:
-    registry.REGISTRY[NAME] = dataclasses.replace(registry.CNN94, name=NAME, network=PoolBeforeNormCNN,
-                                                architecture="experiment-" + NAME)
+    registry.REGISTRY[NAME] = dataclasses.replace(
+        registry.CNN94, name=NAME, network=PoolBeforeNormCNN, architecture="experiment-" + NAME
+    )
 
 
 def step_ratio(rounds: int, precision: str) -> float:
@@ -66,19 +68,23 @@ def step_ratio(rounds: int, precision: str) -> float:
         config = configs.TrainConfig.for_model(name)
         network = registry.get(name).build(0.0).train()
         recipe.set_up_network(network, config.dirac, config.bn_weight, config.bn_momentum)
-        return bench.step_function(network, recipe.optimizer_for(network, config), x, y, precision, config.label_smoothing)
+        return bench.step_function(
+            network, recipe.optimizer_for(network, config), x, y, precision, config.label_smoothing
+        )
 
     ours, theirs = step("cnn94"), step(NAME)
     cpu = torch.device("cpu")
-    return statistics.median(bench.time_steps(ours, 10, cpu) / bench.time_steps(theirs, 10, cpu)
-                             for _ in range(rounds))
+    return statistics.median(bench.time_steps(ours, 10, cpu) / bench.time_steps(theirs, 10, cpu) for _ in range(rounds))
 
 
 def epoch_ratio(rounds: int, precision: str) -> float:
     """The same for a whole training epoch of 48,000 random images with the recipe's augmentation."""
     cpu = torch.device("cpu")
-    return statistics.median(bench.time_epoch("cnn94", 48_000, 0, 128, cpu, precision)[0] /
-                             bench.time_epoch(NAME, 48_000, 0, 128, cpu, precision)[0] for _ in range(rounds))
+    return statistics.median(
+        bench.time_epoch("cnn94", 48_000, 0, 128, cpu, precision)[0]
+        / bench.time_epoch(NAME, 48_000, 0, 128, cpu, precision)[0]
+        for _ in range(rounds)
+    )
 
 
 def validation_accuracy(name: str, seed: int, out: Path) -> float:
@@ -103,8 +109,10 @@ def main() -> None:
     precision = loop.choose_precision("auto", "cnn94", torch.device("cpu"))
     print(f"step: cnn94 / pool-before-BN = {step_ratio(args.rounds, precision):.3f} ({precision})", flush=True)
     print(f"epoch: cnn94 / pool-before-BN = {epoch_ratio(6, precision):.3f}", flush=True)
-    pairs = [(validation_accuracy("cnn94", seed, args.out), validation_accuracy(NAME, seed, args.out))
-             for seed in range(args.seeds)]
+    pairs = [
+        (validation_accuracy("cnn94", seed, args.out), validation_accuracy(NAME, seed, args.out))
+        for seed in range(args.seeds)
+    ]
     for seed, (plain, variant) in enumerate(pairs):
         print(f"seed {seed}: validation cnn94 {plain:.4f}, pool-before-BN {variant:.4f}")
     for label, values in (("cnn94", [p for p, _ in pairs]), ("pool-before-BN", [v for _, v in pairs])):

@@ -3,6 +3,7 @@ label smoothing, precision as training chooses it), self CPU time summed by kind
 
     python benchmarks/profile_step.py --model cnn94 [--precision auto] [--steps 30] [--threads 2] [--top 20]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,7 +16,7 @@ from torch.profiler import ProfilerActivity, profile
 import fmnist  # noqa: F401  (first: it sets how OpenMP threads wait, before torch loads)
 from fmnist.core import machine, threads
 from fmnist.data import fashion
-from fmnist.training import configs, loop
+from fmnist.training import checkpoint, configs, loop
 
 KINDS = [  # (kind, substrings of operator names), first match wins
     ("convolution", ("convolution", "conv2d", "mkldnn_conv")),
@@ -49,24 +50,30 @@ def main() -> None:
     config = configs.TrainConfig.for_model(args.model, precision=precision)
     images = torch.rand(config.batch_size * (args.steps + 3), fashion.IMAGE_SIZE, fashion.IMAGE_SIZE, 1)
     labels = torch.randint(0, fashion.NUM_CLASSES, (len(images),))
-    state = loop.new_state(config, cpu, math.ceil(len(images) / config.batch_size), images)
+    state = checkpoint.new_state(config, cpu, math.ceil(len(images) / config.batch_size), images)
     warm = config.batch_size * 3
-    loop.train_one_epoch(state.network, state.optimizer, images[:warm], labels[:warm], config, state.generator,
-                             precision=precision)
+    loop.train_one_epoch(
+        state.network, state.optimizer, images[:warm], labels[:warm], config, state.generator, precision=precision
+    )
     with profile(activities=[ProfilerActivity.CPU]) as trace:
-        loop.train_one_epoch(state.network, state.optimizer, images[warm:], labels[warm:], config,
-                                 state.generator, precision=precision)
+        loop.train_one_epoch(
+            state.network, state.optimizer, images[warm:], labels[warm:], config, state.generator, precision=precision
+        )
     totals = collections.Counter()
     for event in trace.key_averages():
         totals[kind_of(event.key)] += event.self_cpu_time_total
     whole = sum(totals.values())
-    print(f"{args.model} in {precision}, batch {config.batch_size}, {args.threads} threads: "
-          f"{whole / 1000 / args.steps:.2f} ms of operators per step")
+    print(
+        f"{args.model} in {precision}, batch {config.batch_size}, {args.threads} threads: "
+        f"{whole / 1000 / args.steps:.2f} ms of operators per step"
+    )
     for kind, micros in totals.most_common():
         print(f"  {kind:18s} {micros / 1000 / args.steps:7.2f} ms/step  {micros / whole:6.1%}")
-    for event in sorted(trace.key_averages(), key=lambda e: -e.self_cpu_time_total)[:args.top]:
-        print(f"    {event.key[:44]:44s} {event.self_cpu_time_total / 1000 / args.steps:7.3f} ms/step "
-              f"{event.count / args.steps:5.1f} calls/step")
+    for event in sorted(trace.key_averages(), key=lambda e: -e.self_cpu_time_total)[: args.top]:
+        print(
+            f"    {event.key[:44]:44s} {event.self_cpu_time_total / 1000 / args.steps:7.3f} ms/step "
+            f"{event.count / args.steps:5.1f} calls/step"
+        )
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ figures only), and training time with validation.
 
     python benchmarks/recipe_frontier.py --model fast-cnn --epochs 6 12 18 30 --seeds 1
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,9 +26,15 @@ def run_budget(model: str, epochs: int, seed: int, out: Path) -> dict:
     config = configs.TrainConfig.for_model(model, epochs=epochs, seed=seed)
     history = loop.fit_unless_finished(config, run_dir)
     metrics = evaluate.evaluate_run(run_dir)
-    return {"model": model, "epochs": epochs, "seed": seed, "seconds": runs.elapsed(history)[-1],
-            "train_seconds": sum(row["train_seconds"] for row in history),
-            "val_accuracy": history[-1]["val_accuracy"], "test_accuracy": metrics["test"]["accuracy"]}
+    return {
+        "model": model,
+        "epochs": epochs,
+        "seed": seed,
+        "seconds": runs.elapsed(history)[-1],
+        "train_seconds": sum(row["train_seconds"] for row in history),
+        "val_accuracy": history[-1]["val_accuracy"],
+        "test_accuracy": metrics["test"]["accuracy"],
+    }
 
 
 def main() -> None:
@@ -44,8 +51,11 @@ def main() -> None:
         for seed in range(args.seeds):
             row = run_budget(args.model, epochs, seed, args.out)
             rows.append(row)
-            print(f"| {row['model']} | {epochs} | {seed} | {row['seconds']:.0f} | {row['val_accuracy']:.4f} | "
-                  f"{row['test_accuracy']:.4f} |", flush=True)
+            print(
+                f"| {row['model']} | {epochs} | {seed} | {row['seconds']:.0f} | {row['val_accuracy']:.4f} | "
+                f"{row['test_accuracy']:.4f} |",
+                flush=True,
+            )
     files.write_json(args.out / f"frontier-{args.model}.json", rows)
     print(json.dumps({"machine": machine.describe_machine(machine.resolve_device("cpu"))}))
 

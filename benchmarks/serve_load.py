@@ -8,6 +8,7 @@ without keep-alive sends it. The client is asyncio streams (cheap enough to shar
 server). Everything is bounded: at most --requests requests per level, each level at most --deadline
 seconds, and the half-open connections (a request line and one header, never finished) are closed at the end.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,8 +41,11 @@ def test_image_png() -> bytes:
 
 
 def start_server(run: Path, port: int, extra: list[str]) -> subprocess.Popen:
-    server = subprocess.Popen([sys.executable, "-m", "fmnist", "serve", str(run), "--port", str(port), *extra],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "fmnist", "serve", str(run), "--port", str(port), *extra],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
@@ -60,15 +64,17 @@ async def one_request(port: int, body: bytes, timeout: float) -> tuple[int, floa
     start = time.perf_counter()
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), timeout)
-        head = (f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+        head = (
+            f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        ).encode()
         writer.write(head + body)
         await writer.drain()
         status_line = await asyncio.wait_for(reader.readline(), timeout)
         await asyncio.wait_for(reader.read(), timeout)  # the body, to the close
         writer.close()
         status = int(status_line.split()[1]) if status_line else 0
-    except (OSError, asyncio.TimeoutError, IndexError, ValueError):
+    except (TimeoutError, OSError, IndexError, ValueError):
         status = 0
     return status, time.perf_counter() - start
 
@@ -92,9 +98,16 @@ async def level(port: int, body: bytes, concurrency: int, requests: int, deadlin
     statuses = {}
     for status, _ in results:
         statuses[status] = statuses.get(status, 0) + 1
-    return {"concurrency": concurrency, "requests": len(results), "ok": len(ok), "statuses": statuses,
-            "ok_per_second": len(ok) / wall, "p50_ms": float(np.percentile(ok, 50) * 1e3) if len(ok) else None,
-            "p99_ms": float(np.percentile(ok, 99) * 1e3) if len(ok) else None, "seconds": wall}
+    return {
+        "concurrency": concurrency,
+        "requests": len(results),
+        "ok": len(ok),
+        "statuses": statuses,
+        "ok_per_second": len(ok) / wall,
+        "p50_ms": float(np.percentile(ok, 50) * 1e3) if len(ok) else None,
+        "p99_ms": float(np.percentile(ok, 99) * 1e3) if len(ok) else None,
+        "seconds": wall,
+    }
 
 
 async def hold_half_open(port: int, count: int) -> list:
@@ -125,16 +138,18 @@ async def main_async(args) -> dict:
     try:
         report = {"levels": [], "half_open_levels": []}
         for concurrency in args.levels:
-            report["levels"].append(await level(port, body, concurrency, max(args.requests, concurrency),
-                                                args.deadline))
+            report["levels"].append(
+                await level(port, body, concurrency, max(args.requests, concurrency), args.deadline)
+            )
         report["rss_before_half_open_mb"] = rss_mb(server.pid, "VmRSS")
         held = await hold_half_open(port, args.half_open)
         report["half_open_held"] = len(held)
         await level(port, body, 1, 1, args.deadline)  # served after the loop took the connections in
         report["rss_with_half_open_mb"] = rss_mb(server.pid, "VmRSS")
         for concurrency in args.levels:
-            report["half_open_levels"].append(await level(port, body, concurrency, max(args.requests, concurrency),
-                                                          args.deadline))
+            report["half_open_levels"].append(
+                await level(port, body, concurrency, max(args.requests, concurrency), args.deadline)
+            )
         for writer in held:
             writer.close()
         report["server_alive"] = server.poll() is None
@@ -146,12 +161,17 @@ async def main_async(args) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| concurrent | requests | 200 | other statuses | served/s | p50 ms | p99 ms |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| concurrent | requests | 200 | other statuses | served/s | p50 ms | p99 ms |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         other = ", ".join(f"{k}: {v}" for k, v in sorted(r["statuses"].items()) if k != 200) or "–"
         fmt = lambda v: "–" if v is None else f"{v:.0f}"  # noqa: E731
-        lines.append(f"| {r['concurrency']} | {r['requests']} | {r['ok']} | {other} | {r['ok_per_second']:.0f} | "
-                     f"{fmt(r['p50_ms'])} | {fmt(r['p99_ms'])} |")
+        lines.append(
+            f"| {r['concurrency']} | {r['requests']} | {r['ok']} | {other} | {r['ok_per_second']:.0f} | "
+            f"{fmt(r['p50_ms'])} | {fmt(r['p99_ms'])} |"
+        )
     return "\n".join(lines)
 
 
@@ -172,9 +192,11 @@ def main() -> None:
     print(table(report["levels"]))
     print(f"\nwith {report['half_open_held']} half-open connections held:")
     print(table(report["half_open_levels"]))
-    print(f"\nserver alive: {report['server_alive']}; peak RSS {report['peak_rss_mb']:.0f} MB; RSS "
-          f"{report['rss_before_half_open_mb']:.0f} MB before the half-open connections, "
-          f"{report['rss_with_half_open_mb']:.0f} MB with them")
+    print(
+        f"\nserver alive: {report['server_alive']}; peak RSS {report['peak_rss_mb']:.0f} MB; RSS "
+        f"{report['rss_before_half_open_mb']:.0f} MB before the half-open connections, "
+        f"{report['rss_with_half_open_mb']:.0f} MB with them"
+    )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@
 
     python benchmarks/shuffle_augment.py [--rounds 9]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,10 @@ def main() -> None:
     threads.use(None)
     images = inference.to_tensor(api.load_data(show_progress=False).train_images, torch.device("cpu"))
     config = configs.Recipe.for_model("cnn94")
-    forms = {"plain": lambda order, g: recipe.augment(images[order], g, config.flip, config.shift),
-             "one pass": lambda order, g: recipe.shuffled_augmented(images, order, g, config.flip, config.shift)}
+    forms = {
+        "plain": lambda order, g: recipe.augment(images[order], g, config.flip, config.shift),
+        "one pass": lambda order, g: recipe.shuffled_augmented(images, order, g, config.flip, config.shift),
+    }
     seconds = {name: [] for name in forms}
     for round_ in range(args.rounds + 1):  # the first round warms up (and compiles)
         order = torch.randperm(len(images))
@@ -39,8 +42,10 @@ def main() -> None:
             seconds[name].append(time.perf_counter() - start)
         assert torch.equal(*outputs), "the two forms differ"
     plain, fused = (statistics.median(values[1:]) * 1e3 for values in seconds.values())
-    print(f"{len(images)} images, {torch.get_num_threads()} threads: plain {plain:.0f} ms, one pass {fused:.0f} ms "
-          f"({plain / fused:.1f}x)")
+    print(
+        f"{len(images)} images, {torch.get_num_threads()} threads: plain {plain:.0f} ms, one pass {fused:.0f} ms "
+        f"({plain / fused:.1f}x)"
+    )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ trained here, and without BatchNorm the recipe would have to be found again on v
 Convolutions are numbered 0-4 from the input; the pools stay where they are (PyTorch's, where no fused
 BatchNorm block holds them).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,10 +62,11 @@ def main() -> None:
     precision = loop.choose_precision("auto", NAME, cpu)
     x = torch.rand(128, fashion.IMAGE_SIZE, fashion.IMAGE_SIZE, 1)
     y = torch.randint(0, fashion.NUM_CLASSES, (128,))
-    steps = {NAME: recipe_step((), x, y, precision),
-             **{f"without BatchNorm after conv {', '.join(map(str, v))}": recipe_step(v, x, y, precision)
-                for v in VARIANTS},
-             bench.FLOOR: bench.floor_step(NAME, 128, cpu, precision)}
+    steps = {
+        NAME: recipe_step((), x, y, precision),
+        **{f"without BatchNorm after conv {', '.join(map(str, v))}": recipe_step(v, x, y, precision) for v in VARIANTS},
+        bench.FLOOR: bench.floor_step(NAME, 128, cpu, precision),
+    }
     for step in steps.values():
         bench.time_steps(step, 5, cpu)  # warm-up
     samples = {key: [] for key in steps}
@@ -74,8 +76,10 @@ def main() -> None:
     ms = {key: statistics.median(values) for key, values in samples.items()}
     print(f"{precision}, batch 128, median of {args.rounds} interleaved rounds of {args.steps} steps")
     for key, value in ms.items():
-        print(f"{key:40s} {value:6.2f} ms  {value / ms[bench.FLOOR]:.2f}x the floor  "
-              f"{ms[NAME] / value:.3f}x as fast as {NAME}")
+        print(
+            f"{key:40s} {value:6.2f} ms  {value / ms[bench.FLOOR]:.2f}x the floor  "
+            f"{ms[NAME] / value:.3f}x as fast as {NAME}"
+        )
 
 
 if __name__ == "__main__":

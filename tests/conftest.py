@@ -1,5 +1,6 @@
 """Shared test fixtures (plain helpers are in helpers.py): a real HTTP mirror on loopback, an isolated
 download cache, the real dataset, and runs trained once per session."""
+
 from __future__ import annotations
 
 import http.server
@@ -65,8 +66,12 @@ def fresh_cli_run(tmp_path_factory):
     require_real_data()
     out = tmp_path_factory.mktemp("fresh") / "run"
     flags = [f"--{name}={value}" for name, value in DETERMINISM_RUN.items()]
-    result = subprocess.run([sys.executable, "-m", "fmnist", "train", *flags, "--quiet", "--out", str(out)],
-                            capture_output=True, text=True, env=fresh_environment())
+    result = subprocess.run(
+        [sys.executable, "-m", "fmnist", "train", *flags, "--quiet", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=fresh_environment(),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return out
 
@@ -94,8 +99,16 @@ def ray_cluster():
     ray_cli = shutil.which("ray", path=str(Path(sys.executable).parent)) or shutil.which("ray")
     port = 6390 + os.getpid() % 500
     temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
-    head = [ray_cli, "start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
-            "--node-ip-address=127.0.0.1", f"--temp-dir={temp}"]
+    head = [
+        ray_cli,
+        "start",
+        "--head",
+        f"--port={port}",
+        "--num-cpus=1",
+        "--include-dashboard=false",
+        "--node-ip-address=127.0.0.1",
+        f"--temp-dir={temp}",
+    ]
     second = [ray_cli, "start", f"--address=127.0.0.1:{port}", "--num-cpus=1", "--node-ip-address=127.0.0.1"]
     try:
         for command in (head, second):

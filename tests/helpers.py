@@ -1,7 +1,9 @@
 """Helpers shared by test modules (fixtures are in conftest.py): the dataset's file format, a hostile HTTP
 mirror, the CLI in this process, weights compared, images, a served app, ports, processes."""
+
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import http.server
@@ -64,8 +66,9 @@ def as_product_photo(item: np.ndarray, size: int = 300) -> PIL.Image.Image:
 def confident_correct(trained_run, dataset, count=5):
     network = inference.load_model(trained_run)
     tops = inference.classify(network, dataset.test_images[:200])
-    chosen = [i for i, top in enumerate(tops)
-              if top[0]["label"] == dataset.test_labels[i] and top[0]["probability"] > 0.9]
+    chosen = [
+        i for i, top in enumerate(tops) if top[0]["label"] == dataset.test_labels[i] and top[0]["probability"] > 0.9
+    ]
     return network, chosen[:count]
 
 
@@ -77,12 +80,17 @@ def png(image: PIL.Image.Image) -> bytes:
 
 def png_header_only(width: int, height: int) -> bytes:
     """A PNG that claims absurd dimensions (a decompression bomb's first bytes)."""
+
     def chunk(kind: bytes, payload: bytes) -> bytes:
         return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 1000))
-            + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 1000))
+        + chunk(b"IEND", b"")
+    )
 
 
 def command_line(pid: int) -> str:
@@ -103,10 +111,8 @@ def descendants(root: int) -> list[int]:
     parents = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
-            try:
+            with contextlib.suppress(OSError, IndexError, ValueError):
                 parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                pass
     found, frontier = [], [root]
     while frontier:
         children = [pid for pid, parent in parents.items() if parent in frontier]
@@ -121,8 +127,9 @@ def idx_bytes(array: np.ndarray) -> bytes:
     return header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
 
 
-def write_tiny_dataset(directory: Path, num_train: int = 12, num_test: int = 6, seed: int = 0,
-                       compress: bool = True) -> dict[str, fashion.IdxFile]:
+def write_tiny_dataset(
+    directory: Path, num_train: int = 12, num_test: int = 6, seed: int = 0, compress: bool = True
+) -> dict[str, fashion.IdxFile]:
     """Four small IDX files like Fashion-MNIST's, and the file specs (with checksums) that match them."""
     rng = np.random.default_rng(seed)
     directory.mkdir(parents=True, exist_ok=True)
@@ -150,9 +157,10 @@ class MirrorHandler(http.server.BaseHTTPRequestHandler):
     /trickle/ announces the full length, then sends one byte every 0.2 s (at most 60 s);
     /endless/ sends zeros with no length, until the client stops reading (at most 64 MB);
     /huge/   announces 300 MB, then sends zeros the same way."""
+
     root: Path
 
-    def do_GET(self):  # noqa: N802 (http.server's naming)
+    def do_GET(self):
         kind = self.path.split("/")[1]
         if kind in ("trickle", "endless", "huge"):
             return self.send_hostile(kind)

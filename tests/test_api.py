@@ -1,4 +1,5 @@
 """The Python API as a user calls it, in a temp folder: data, training, evaluation, prediction, report."""
+
 from __future__ import annotations
 
 import subprocess
@@ -62,8 +63,10 @@ def test_the_api_is_documented_and_typed():
 @pytest.mark.slow
 def test_completion_and_help_show_the_api():
     # In a new process: names load lazily, and dir() must list them before any is used (PEP 562 __dir__).
-    code = ("import fmnist, pydoc; names = dir(fmnist); print(all(n in names for n in fmnist.__all__)); "
-            "print('train(config' in pydoc.render_doc(fmnist, renderer=pydoc.plaintext))")
+    code = (
+        "import fmnist, pydoc; names = dir(fmnist); print(all(n in names for n in fmnist.__all__)); "
+        "print('train(config' in pydoc.render_doc(fmnist, renderer=pydoc.plaintext))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["True", "True"]

@@ -2,6 +2,7 @@
 and commands that join it with --address), an interrupted sweep resumed, and a plain `fmnist sweep` that starts
 its own local instance and is cut off by Ctrl-C. Trials train the seed network for one epoch on 1,200 images
 at one thread, so results can be compared bit for bit across schedules."""
+
 from __future__ import annotations
 
 import json
@@ -14,9 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from fmnist import runs, sweeps
+from fmnist import runs
 from fmnist.core import errors, threads
-from fmnist.training import loop
+from fmnist.results import compare
+from fmnist.studies import sweeps
+from fmnist.training import checkpoint
 from tests.helpers import (
     DETERMINISM_RUN,
     assert_same_weights,
@@ -42,13 +45,13 @@ def test_a_tiny_sweep_in_parallel_equals_the_same_trials_in_sequence(tmp_path, r
     for a, b in zip(parallel, sequential):
         assert a["val_accuracy"] == b["val_accuracy"] and Path(a["run_dir"]).name == Path(b["run_dir"]).name
         assert_same_weights(a["run_dir"], b["run_dir"])
-    summary = sweeps.summarise(parallel)
+    summary = compare.summarise(parallel)
     means = {row["configuration"]: row["val_accuracy_mean"] for row in summary["configurations"]}
     assert summary["chosen"] == max(means, key=means.get)  # chosen on validation
     chosen = summary["configurations"][0]
     assert len(summary["test_accuracies"]) == 2 and "test_accuracy_mean" in chosen
     assert all("test_accuracy_mean" not in row for row in summary["configurations"][1:])  # only the chosen is tested
-    paths = sweeps.write_summary(summary, tmp_path / "parallel")
+    paths = compare.write_summary(summary, tmp_path / "parallel")
     assert all(path.is_file() for path in paths)
     assert "(chosen)" in (tmp_path / "parallel" / "summary.md").read_text()
 
@@ -56,9 +59,23 @@ def test_a_tiny_sweep_in_parallel_equals_the_same_trials_in_sequence(tmp_path, r
 @pytest.mark.slow
 def test_reproduce_with_workers_trains_seeds_on_ray_like_a_fresh_cli_run(tmp_path, capsys, ray_cluster, fresh_cli_run):
     require_real_data()
-    code, _, err = run_cli(capsys, "reproduce", "--epochs", DETERMINISM_RUN["epochs"], "--limit",
-                           DETERMINISM_RUN["limit"], "--seeds", 2, "--threads", DETERMINISM_RUN["threads"],
-                           "--quiet", "--workers", 2, "--out", tmp_path / "parallel")
+    code, _, err = run_cli(
+        capsys,
+        "reproduce",
+        "--epochs",
+        DETERMINISM_RUN["epochs"],
+        "--limit",
+        DETERMINISM_RUN["limit"],
+        "--seeds",
+        2,
+        "--threads",
+        DETERMINISM_RUN["threads"],
+        "--quiet",
+        "--workers",
+        2,
+        "--out",
+        tmp_path / "parallel",
+    )
     assert code == 0, err
     summary = json.loads((tmp_path / "parallel" / "summary.json").read_text())
     assert set(summary["seeds"]) == {"0", "1"} and (tmp_path / "parallel" / "seed-1" / runs.REPORT_HTML).is_file()
@@ -74,9 +91,28 @@ def test_reproduce_with_workers_trains_seeds_on_ray_like_a_fresh_cli_run(tmp_pat
 
 def sweep_command(out: Path, *extra, vary: str = "learning_rate=0.001,0.003", fixed: str = "epochs=1") -> list[str]:
     """Two trials (two configurations, one seed)."""
-    return [sys.executable, "-m", "fmnist", "sweep", "--model", "seed-cnn", "--vary", vary,
-            "--set", fixed, "--set", "limit=1200", "--seeds", "1", "--threads", "1", "--quiet",
-            "--out", str(out), *extra]
+    return [
+        sys.executable,
+        "-m",
+        "fmnist",
+        "sweep",
+        "--model",
+        "seed-cnn",
+        "--vary",
+        vary,
+        "--set",
+        fixed,
+        "--set",
+        "limit=1200",
+        "--seeds",
+        "1",
+        "--threads",
+        "1",
+        "--quiet",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 LONG = 16  # epochs of the trial an interrupt must cut off (the other trial trains one)
@@ -91,9 +127,13 @@ def test_an_interrupted_sweep_finishes_only_the_missing_trials(tmp_path, ray_clu
     require_real_data()
     out = tmp_path / "sweep"
     short, long = out / "trial-epochs=1-seed0", out / f"trial-epochs={LONG}-seed0"
-    process = subprocess.Popen(sweep_command(out, "--workers", "1", "--address", ray_cluster, vary=f"epochs=1,{LONG}",
-                                             fixed="dropout=0.5"),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    process = subprocess.Popen(
+        sweep_command(out, "--workers", "1", "--address", ray_cluster, vary=f"epochs=1,{LONG}", fixed="dropout=0.5"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     while process.poll() is None and not (epochs_done(short) == 1 and 2 <= epochs_done(long) < LONG // 2):
         time.sleep(0.05)  # wait for a state: the short trial done, the long one under way
     assert epochs_done(short) == 1 and epochs_done(long) < LONG, process.communicate()
@@ -110,7 +150,7 @@ def test_an_interrupted_sweep_finishes_only_the_missing_trials(tmp_path, ray_clu
     last = err.strip().splitlines()[-1]
     assert process.returncode in (2, 130) and last.startswith("error:"), err
     assert "1 of 2 trials did not finish" in last and "run the same command again" in last
-    cut_at, counted = runs.read_history(long), loop.resume_epoch(long)
+    cut_at, counted = runs.read_history(long), checkpoint.resume_epoch(long)
     assert 2 <= len(cut_at) < LONG, "the long trial must have been cut off mid-training"
     # A kill between an epoch's history and its checkpoint leaves history one epoch ahead: the checkpoint
     # counts (runs.py), so that epoch is trained again, to the same figures with timings of its own.
@@ -123,14 +163,15 @@ def test_an_interrupted_sweep_finishes_only_the_missing_trials(tmp_path, ray_clu
     history = runs.read_history(long)
     assert len(results) == 2 and len(history) == LONG
     assert history[:counted] == cut_at[:counted]  # continued from its checkpoint: the epochs it counts, as they were
-    assert learned(history[:len(cut_at)]) == learned(cut_at)
+    assert learned(history[: len(cut_at)]) == learned(cut_at)
 
 
 @pytest.mark.slow
 def test_a_failed_trial_is_one_line_that_says_why(tmp_path, ray_cluster):
     require_real_data()
-    diverging = sweeps.SweepConfig(model="seed-cnn", space={"learning_rate": [1e30]},
-                                  fixed={**TINY, "optimizer": "sgd"}, seeds=1)
+    diverging = sweeps.SweepConfig(
+        model="seed-cnn", space={"learning_rate": [1e30]}, fixed={**TINY, "optimizer": "sgd"}, seeds=1
+    )
     with pytest.raises(errors.FmnistError) as failed:
         sweeps.run(diverging, tmp_path / "sweep", threads_per_trial=1, workers=1, verbose=0)
     assert not isinstance(failed.value, errors.Interrupted)
@@ -144,9 +185,14 @@ def test_ctrl_c_cuts_a_running_trial_off_and_says_how_to_continue(tmp_path):
     require_real_data()
     out, epochs = tmp_path / "sweep", 5_000  # minutes of epochs: the trial is still running when the command ends
     trial = out / f"trial-epochs={epochs}-seed0"
-    process = subprocess.Popen(sweep_command(out, "--workers", "1", vary=f"epochs={epochs}", fixed="dropout=0.5"),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                               env=without_cluster())
+    process = subprocess.Popen(
+        sweep_command(out, "--workers", "1", vary=f"epochs={epochs}", fixed="dropout=0.5"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env=without_cluster(),
+    )
     while process.poll() is None and epochs_done(trial) < 2:
         time.sleep(0.05)  # wait for a state: the trial under way
     workers = [pid for pid in descendants(process.pid) if "ImplicitFunc" in command_line(pid)]
@@ -156,7 +202,7 @@ def test_ctrl_c_cuts_a_running_trial_off_and_says_how_to_continue(tmp_path):
     assert process.returncode == 130 and last.startswith("error: interrupted: 1 of 1 trials did not finish"), err
     assert "run the same command again" in last
     assert "Tuner.restore" not in err  # Tune's own advice is not how fmnist continues
-    assert workers and 2 <= loop.resume_epoch(trial) < epochs  # cut off, its checkpoint kept for the next run
+    assert workers and 2 <= checkpoint.resume_epoch(trial) < epochs  # cut off, its checkpoint kept for the next run
     deadline = time.monotonic() + 120
     while any(command_line(pid) for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.1)  # wait for a state: Ray stops the trial's process once the command has ended
@@ -165,8 +211,11 @@ def test_ctrl_c_cuts_a_running_trial_off_and_says_how_to_continue(tmp_path):
 
 def running_trials() -> list[int]:
     """Processes of this machine that run a trial now (Ray names a trial's process after its trainable)."""
-    return [int(entry.name) for entry in Path("/proc").iterdir()
-            if entry.name.isdigit() and "ImplicitFunc" in command_line(int(entry.name))]
+    return [
+        int(entry.name)
+        for entry in Path("/proc").iterdir()
+        if entry.name.isdigit() and "ImplicitFunc" in command_line(int(entry.name))
+    ]
 
 
 def learned(history: list[dict]) -> list[dict]:
@@ -177,8 +226,12 @@ def learned(history: list[dict]) -> list[dict]:
 @pytest.mark.slow
 def test_a_two_node_cluster_on_this_machine_runs_trials_on_both(tmp_path, ray_cluster):
     require_real_data()
-    result = subprocess.run(sweep_command(tmp_path / "sweep", "--workers", "2", "--address", ray_cluster),
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        sweep_command(tmp_path / "sweep", "--workers", "2", "--address", ray_cluster),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "sweep" / "summary.json").read_text())
     assert len(summary["nodes"]) == 2 and len(summary["configurations"]) == 2
@@ -186,8 +239,10 @@ def test_a_two_node_cluster_on_this_machine_runs_trials_on_both(tmp_path, ray_cl
 
 @pytest.mark.slow
 def test_without_ray_the_command_says_how_to_get_it(tmp_path):
-    code = ("import sys; sys.modules['ray'] = None; from fmnist import cli; "  # as if Ray were not installed
-            f"sys.exit(cli.main(['sweep', '--vary', 'learning_rate=0.1', '--out', {str(tmp_path)!r}]))")
+    code = (
+        "import sys; sys.modules['ray'] = None; from fmnist import cli; "  # as if Ray were not installed
+        f"sys.exit(cli.main(['sweep', '--vary', 'learning_rate=0.1', '--out', {str(tmp_path)!r}]))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 2 and "pip install 'fmnist[sweep]'" in result.stderr
 
@@ -201,16 +256,21 @@ def test_bad_sweeps_are_one_line(tmp_path, capsys):
     (tmp_path / "broken.toml").write_text("model = \n")
     code, _, err = run_cli(capsys, "sweep", "--file", tmp_path / "broken.toml", "--out", tmp_path)
     assert code == 2 and "not valid TOML" in err
-    code, _, err = run_cli(capsys, "sweep", "--vary", "learning_rate=0.1,0.2", "--set", "validation_fraction=0",
-                           "--out", tmp_path)
+    code, _, err = run_cli(
+        capsys, "sweep", "--vary", "learning_rate=0.1,0.2", "--set", "validation_fraction=0", "--out", tmp_path
+    )
     assert code == 2 and "a sweep chooses on validation" in err
     code, _, err = run_cli(capsys, "sweep", "--vary", "epochs=1,2", "--set", "epochs=3", "--out", tmp_path)
     assert code == 2 and "epochs: both varied and held fixed" in err
     # a zero is a count given, not "the default": each used to run (--threads 0 ended in ZeroDivisionError)
-    for flags, said in ((["--seeds", 0], "seeds must be >= 1, got 0"), (["--samples", 0], "samples must be >= 1, got 0"),
-                        (["--threads", 0], "--threads must be 1 or more, got 0"),
-                        (["--workers", 0], "--workers must be 1 or more, got 0")):
-        code, _, err = run_cli(capsys, "sweep", "--vary", "epochs=1,2", "--search", "random", *flags,
-                               "--out", tmp_path / "zero")
+    for flags, said in (
+        (["--seeds", 0], "seeds must be >= 1, got 0"),
+        (["--samples", 0], "samples must be >= 1, got 0"),
+        (["--threads", 0], "--threads must be 1 or more, got 0"),
+        (["--workers", 0], "--workers must be 1 or more, got 0"),
+    ):
+        code, _, err = run_cli(
+            capsys, "sweep", "--vary", "epochs=1,2", "--search", "random", *flags, "--out", tmp_path / "zero"
+        )
         assert code == 2 and said in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "zero").exists()

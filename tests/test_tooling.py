@@ -1,5 +1,6 @@
 """The tools every contributor runs, as the suite runs them: ruff (lint and format) and mypy, configured in
 pyproject.toml, on the package, its tests and benchmarks (mypy: the package)."""
+
 from __future__ import annotations
 
 import shutil

@@ -4,6 +4,7 @@ source tree, runs the CLI, serves its page (static files included) and imports t
 The venv holds the wheel and exactly the distributions its metadata asks for (with theirs), linked from
 the environment this suite runs in — never the base interpreter's packages, nothing downloaded — so a
 runtime dependency missing from pyproject.toml fails here, and `pip check` proves the metadata consistent."""
+
 from __future__ import annotations
 
 import email.parser
@@ -53,7 +54,10 @@ def runtime_closure(requirements: list[Requirement]) -> dict[str, importlib.meta
         if key in needed:
             continue
         distribution = importlib.metadata.distribution(requirement.name)  # not installed: this test fails
-        assert distribution.version in requirement.specifier or not requirement.specifier, (requirement, distribution.version)
+        assert distribution.version in requirement.specifier or not requirement.specifier, (
+            requirement,
+            distribution.version,
+        )
         needed[key] = distribution
         todo += [Requirement(line) for line in distribution.requires or []]
     return needed
@@ -74,24 +78,46 @@ def link_distributions(distributions, site_packages: Path) -> None:
 def test_the_wheel_installs_and_works_outside_the_source_tree(tmp_path, trained_run, monkeypatch):
     monkeypatch.delenv("PYTHONPATH", raising=False)  # the venv sees only its own site-packages
     # sdist first, then the wheel from the unpacked sdist: what the sdist leaves out, the wheel lacks too.
-    built = subprocess.run([sys.executable, "-m", "build", "--no-isolation", "--outdir", str(tmp_path / "dist"),
-                            str(ROOT)], capture_output=True, text=True, timeout=300)
+    built = subprocess.run(
+        [sys.executable, "-m", "build", "--no-isolation", "--outdir", str(tmp_path / "dist"), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert built.returncode == 0, built.stderr[-3000:]
     wheel = next((tmp_path / "dist").glob("fmnist-*.whl"))
     # A bare venv; the wheel's own requirements linked in from this environment; fmnist from the wheel.
     subprocess.run([sys.executable, "-m", "venv", str(tmp_path / "venv")], check=True)
     python, fmnist_cli = tmp_path / "venv/bin/python", tmp_path / "venv/bin/fmnist"
-    site_packages = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                                        capture_output=True, text=True, check=True).stdout.strip())
+    site_packages = Path(
+        subprocess.run(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    )
     link_distributions(runtime_closure(wheel_requirements(wheel)), site_packages)
-    installed = subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)],
-                               capture_output=True, text=True, cwd=tmp_path)
+    installed = subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert installed.returncode == 0, installed.stderr
     checked = subprocess.run([str(python), "-m", "pip", "check"], capture_output=True, text=True, cwd=tmp_path)
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    where = subprocess.run([str(python), "-c", "import fmnist, pathlib; print(pathlib.Path(fmnist.__file__).parent);"
-                            "print(sorted(fmnist.__all__)); print(fmnist.train.__doc__ is not None)"],
-                           capture_output=True, text=True, cwd=tmp_path)
+    where = subprocess.run(
+        [
+            str(python),
+            "-c",
+            "import fmnist, pathlib; print(pathlib.Path(fmnist.__file__).parent);"
+            "print(sorted(fmnist.__all__)); print(fmnist.train.__doc__ is not None)",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert where.returncode == 0, where.stderr
     package = Path(where.stdout.splitlines()[0])
     assert package.is_relative_to(tmp_path / "venv") and (package / "py.typed").is_file()
@@ -99,8 +125,13 @@ def test_the_wheel_installs_and_works_outside_the_source_tree(tmp_path, trained_
     helped = subprocess.run([str(fmnist_cli), "--help"], capture_output=True, text=True, cwd=tmp_path)
     assert helped.returncode == 0 and "reproduce" in helped.stdout
     port = free_port()
-    server = subprocess.Popen([str(fmnist_cli), "serve", str(trained_run), "--port", str(port)], cwd=tmp_path,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [str(fmnist_cli), "serve", str(trained_run), "--port", str(port)],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         wait_until_up(f"http://127.0.0.1:{port}", server)
         page = httpx.get(f"http://127.0.0.1:{port}/", timeout=30)

@@ -9,6 +9,7 @@ The Python API (fmnist.api; the CLI is a thin layer over it):
 
 Names load on first use, so that `import fmnist` (and the CLI's help) stays quick, without torch.
 """
+
 import typing as _typing
 
 from fmnist.core import threads as _threads
@@ -19,8 +20,26 @@ from fmnist.core.version import __version__
 _threads.configure_waiting()  # OpenMP reads it as it loads
 _threads.configure_reproducibility()  # MKL reads it at its first matrix product
 
-_API = ("CLASS_NAMES", "PUBLISHED", "Predictions", "Recipe", "Run", "Runtime", "TrainConfig", "bench", "data_summary",
-        "import_keras", "layer_table", "load_data", "models", "open_run", "reproduce", "sweep", "sweep_config", "train")
+_API = (
+    "CLASS_NAMES",
+    "PUBLISHED",
+    "Predictions",
+    "Recipe",
+    "Run",
+    "Runtime",
+    "TrainConfig",
+    "bench",
+    "data_summary",
+    "import_keras",
+    "layer_table",
+    "load_data",
+    "models",
+    "open_run",
+    "reproduce",
+    "sweep",
+    "sweep_config",
+    "train",
+)
 __all__ = ["__version__", *_API]
 
 if _typing.TYPE_CHECKING:

@@ -12,6 +12,7 @@
 This module imports no torch itself: each function loads the engine it needs, so that the CLI's help,
 which reads the settings and defaults here, stays instant.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from fmnist import runs
-from fmnist.core import errors, files, progress
+from fmnist.core import errors, files
 from fmnist.data import fashion, seed_report
 from fmnist.nets import INFERENCE_PRECISIONS
 from fmnist.training import configs
@@ -32,10 +33,27 @@ PUBLISHED = seed_report.PUBLISHED  # the original report's figures
 DEFAULT_MODEL = Recipe().model  # the report's
 OUT = {command: f"runs/{command}" for command in ("data", "train", "reproduce", "sweep", "keras")}  # default outputs
 WEIGHTS = {"final": runs.WEIGHTS, "best": runs.BEST_WEIGHTS}
-HEADLINE_SEEDS = 5  # a comparison of models is a headline claim: a mean over five runs, as airbench reports
-__all__ = ["CLASS_NAMES", "INFERENCE_PRECISIONS", "PUBLISHED", "Predictions", "Recipe", "Run", "Runtime", "TrainConfig",
-           "bench", "data_summary", "import_keras", "layer_table", "load_data", "models", "open_run", "reproduce",
-           "sweep", "sweep_config", "train"]
+__all__ = [
+    "CLASS_NAMES",
+    "INFERENCE_PRECISIONS",
+    "PUBLISHED",
+    "Predictions",
+    "Recipe",
+    "Run",
+    "Runtime",
+    "TrainConfig",
+    "bench",
+    "data_summary",
+    "import_keras",
+    "layer_table",
+    "load_data",
+    "models",
+    "open_run",
+    "reproduce",
+    "sweep",
+    "sweep_config",
+    "train",
+]
 
 
 def prepare(threads: int | None = None) -> int:
@@ -68,10 +86,14 @@ def data_summary(data_dir: str | Path | None = None, out: str | Path = OUT["data
     parts = {}
     for part in ("train", "test"):
         images, labels = getattr(dataset, f"{part}_images"), getattr(dataset, f"{part}_labels")
-        parts[part] = {"images_shape": images.shape, "images_dtype": str(images.dtype),
-                       "pixel_range": (int(images.min()), int(images.max())), "labels_shape": labels.shape,
-                       "labels_dtype": str(labels.dtype),
-                       "per_class": np.bincount(labels, minlength=fashion.NUM_CLASSES).tolist()}
+        parts[part] = {
+            "images_shape": images.shape,
+            "images_dtype": str(images.dtype),
+            "pixel_range": (int(images.min()), int(images.max())),
+            "labels_shape": labels.shape,
+            "labels_dtype": str(labels.dtype),
+            "per_class": np.bincount(labels, minlength=fashion.NUM_CLASSES).tolist(),
+        }
     samples = figures.samples(dataset.train_images, dataset.train_labels, files.output_dir(Path(out)) / "samples.png")
     return {"source": dataset.source, "seconds": seconds, "parts": parts, "samples": samples}
 
@@ -85,10 +107,17 @@ def models() -> list[dict]:
     rows = []
     for name, spec in registry.REGISTRY.items():
         network = spec.build(0.0)
-        rows.append({"name": name, "default": name == registry.DEFAULT, "architecture": spec.architecture,
-                     "parameters": architectures.parameters(network),
-                     "mflops": architectures.mflops_per_image(network), "description": spec.description,
-                     "recipe": spec.recipe.describe()})
+        rows.append(
+            {
+                "name": name,
+                "default": name == registry.DEFAULT,
+                "architecture": spec.architecture,
+                "parameters": architectures.parameters(network),
+                "mflops": architectures.mflops_per_image(network),
+                "description": spec.description,
+                "recipe": spec.recipe.describe(),
+            }
+        )
     return rows
 
 
@@ -104,9 +133,10 @@ def layer_table(model: str) -> tuple[list[tuple[str, str, int]], int]:
 @dataclasses.dataclass(frozen=True)
 class Predictions:
     """What Run.predict returns, one row per image."""
+
     probabilities: np.ndarray  # (N, 10) float32, rows sum to 1
-    classes: np.ndarray        # (N,) int64, the most probable class
-    names: list[str]           # (N,) its name
+    classes: np.ndarray  # (N,) int64, the most probable class
+    names: list[str]  # (N,) its name
 
 
 def weights_file(weights: str) -> str:
@@ -143,17 +173,20 @@ class Run:
 
         return inference.load_model(self.path, weights_file(weights), precision=precision)
 
-    def evaluate(self, weights: str = "final", device: str = "auto", data_dir: str | Path | None = None,
-                 precision: str = "fp32") -> dict:
+    def evaluate(
+        self, weights: str = "final", device: str = "auto", data_dir: str | Path | None = None, precision: str = "fp32"
+    ) -> dict:
         """Loss and accuracy on the training split and the test set, the per-class table and confusion
         matrix; also writes metrics.json, predictions.csv and the figures into the run."""
         from fmnist.results import evaluate
 
-        return evaluate.evaluate_run(self.path, weights_file(weights), data_dir=data_dir, device=device,
-                                     precision=precision)
+        return evaluate.evaluate_run(
+            self.path, weights_file(weights), data_dir=data_dir, device=device, precision=precision
+        )
 
-    def predict(self, images: np.ndarray | Sequence[str | Path], weights: str = "final",
-                precision: str = "fp32") -> Predictions:
+    def predict(
+        self, images: np.ndarray | Sequence[str | Path], weights: str = "final", precision: str = "fp32"
+    ) -> Predictions:
         """Classes and probabilities for dataset-style arrays ((N, 28, 28) uint8, light object on dark) or
         for image files, which are preprocessed as the dataset was made (`fmnist predict`)."""
         from fmnist.data import photos
@@ -172,8 +205,9 @@ class Run:
             self.evaluate()
         return report.write_report(self.path)
 
-    def export(self, format: str = "onnx", out: str | Path | None = None, weights: str = "final",
-               verify: bool = True) -> Path:
+    def export(
+        self, format: str = "onnx", out: str | Path | None = None, weights: str = "final", verify: bool = True
+    ) -> Path:
         """An ONNX file (with `verify`, checked with onnxruntime on 1,000 test images: an error if it differs
         from PyTorch by more than to_onnx.TOLERANCE) or a Keras 3 .keras file (seed-cnn only)."""
         out = files.output_file(Path(out), f"model.{format}") if out else None
@@ -198,8 +232,14 @@ class Run:
         images = load_data(data_dir or self.config.data_dir, False).test_images[:1000]
         return to_onnx.verify(self.path, Path(path), images, weights_file(weights))
 
-    def predict_files(self, paths: Sequence[str | Path], top: int = 3, weights: str = "final",
-                      save_preprocessed: str | Path | None = None, precision: str = "fp32") -> list[dict]:
+    def predict_files(
+        self,
+        paths: Sequence[str | Path],
+        top: int = 3,
+        weights: str = "final",
+        save_preprocessed: str | Path | None = None,
+        precision: str = "fp32",
+    ) -> list[dict]:
         """`fmnist predict`: per image file (directories give their images) its top classes, or the error
         that file met (one bad file does not stop the others); with `save_preprocessed`, the 28x28 view."""
         from fmnist.data import photos
@@ -228,8 +268,14 @@ def import_keras(model: str | Path, out: str | Path = OUT["keras"]) -> Run:
     return Run(from_keras.import_keras(Path(model), Path(out)))
 
 
-def train(config: TrainConfig | None = None, out: str | Path = OUT["train"], *, resume: bool = False,
-          show_progress: bool = True, **settings) -> Run:
+def train(
+    config: TrainConfig | None = None,
+    out: str | Path = OUT["train"],
+    *,
+    resume: bool = False,
+    show_progress: bool = True,
+    **settings,
+) -> Run:
     """Train a model into the run directory `out` (a bar per epoch and one line each, in a terminal or a
     notebook) and return the Run. `settings` go to TrainConfig.for_model when no config is given:
 
@@ -245,153 +291,92 @@ def train(config: TrainConfig | None = None, out: str | Path = OUT["train"], *, 
         config = TrainConfig.for_model(settings.pop("model", None), **settings)
     elif settings:
         raise ValueError("give either a TrainConfig or settings, not both")
-    fit_with_progress(config, run_dir, resume, show_progress)
+    from fmnist.training import watch
+
+    watch.fit(config, run_dir, resume, show_progress)
     return Run(run_dir)
 
 
-def fit_with_progress(config: TrainConfig, run_dir: Path, resume: bool | None = False,
-                      show_progress: bool = True) -> list[dict]:
-    """loop.fit with a bar per epoch and one line per epoch; Ctrl-C says how to resume. `resume=None`:
-    whatever the run directory holds (loop.fit_unless_finished)."""
-    from fmnist.core import machine
-    from fmnist.training import loop
+def reproduce(
+    model_names: Iterable[str] = (DEFAULT_MODEL,),
+    seeds: int | None = None,
+    out: str | Path = OUT["reproduce"],
+    first_seed: int = 0,
+    show_progress: bool = True,
+    on_seed: Callable[[str, int, dict, Path], None] | None = None,
+    workers: int | None = None,
+    address: str | None = None,
+    targets: Iterable[float] = (),
+    on_start: Callable[[], object] | None = None,
+    **settings,
+) -> dict:
+    """Per model and seed: train (finished runs are kept, others continued), evaluate, report; a summary over
+    seeds per model (summary.md, summary.json: time to validation accuracies 0.91, 0.93, 0.94 and `targets`),
+    and with several models a comparison (comparison.md, frontier.png). Returns the summaries.
 
-    on_cpu = machine.resolve_device(config.device).type == "cpu"
-    with progress.EpochProgress(config.epochs, config.steps, show_values=on_cpu, enabled=show_progress) as bar:
-        if resume or resume is None:
-            bar.epoch = loop.resume_epoch(run_dir)
-        try:
-            if resume is None:
-                return loop.fit_unless_finished(config, run_dir, on_epoch=bar.on_epoch, on_step=bar.on_step)
-            return loop.fit(config, run_dir, resume=resume, on_epoch=bar.on_epoch, on_step=bar.on_step)
-        except KeyboardInterrupt:
-            if not (run_dir / runs.CONFIG).is_file():
-                raise errors.Interrupted("interrupted before the run started: nothing was written") from None
-            raise errors.Interrupted(f"interrupted: the checkpoint of epoch {loop.resume_epoch(run_dir)} is in "
-                                     f"{run_dir}; continue with: fmnist train --resume {run_dir}") from None
+    `seeds`: default one for one model (the report's reproduction), five for a comparison. Everything is checked
+    first (one InputError), then `on_start()` is called; `on_seed(model, seed, metrics, report_html)` after each
+    seed. With `workers` (or a Ray `address`), each model's seeds train in parallel on Ray (`fmnist[sweep]`),
+    `threads` each."""
+    from fmnist.studies import seeds as study
 
-
-def reproduce(model_names: Iterable[str] = (DEFAULT_MODEL,), seeds: int | None = None,
-              out: str | Path = OUT["reproduce"], first_seed: int = 0, show_progress: bool = True,
-              on_seed: Callable[[str, int, dict, Path], None] | None = None, workers: int | None = None,
-              address: str | None = None, targets: Iterable[float] = (), **settings) -> dict:
-    """Per model and seed: train (finished runs are kept, others continued), evaluate, report; a summary
-    over seeds per model (summary.md, summary.json: time to each validation accuracy in report.TIME_TO and
-    `targets`), and with several models a comparison (comparison.md). Returns the summaries. `seeds`: default
-    one for one model (the report's reproduction), HEADLINE_SEEDS for a comparison. `on_seed(model, seed,
-    metrics, report_html)` is called after each seed. With `workers` (or a Ray `address`), each model's seeds
-    train in parallel on Ray (`fmnist[sweep]`), `threads` each."""
-    from fmnist.results import compare, report
-
-    out, names = Path(out), list(dict.fromkeys(model_names))
-    seeds = default_seeds(names, seeds)
-    check_counts(workers=workers)
-    targets = sorted(set(report.TIME_TO) | set(check_targets(targets)))
-    chosen = reproduce_configs(names, seeds, first_seed, **settings)  # all checked first
-    summaries, curves = {}, {}
-    for name in names:
-        model_out = out / name if len(names) > 1 else out
-        seed_configs = [chosen[name, seed] for seed in range(first_seed, first_seed + seeds)]
-        results, histories = reproduce_model(seed_configs, model_out, show_progress, on_seed, workers, address)
-        summaries[name], curves[name] = report.seed_summary(results, histories, targets), list(histories.values())
-        files.write_json(model_out / "summary.json", summaries[name])
-        files.write_text(model_out / "summary.md", report.summary_markdown(summaries[name]))
-    if len(names) > 1:
-        compare.write_comparison(summaries, curves, out, chosen[names[0], first_seed].device)
-    return summaries
-
-
-def reproduce_model(seed_configs: list[TrainConfig], out: Path, show_progress: bool, on_seed, workers: int | None,
-                    address: str | None) -> tuple[dict, dict]:
-    """One model's seeds trained (on Ray with `workers` or an `address`: each trained, evaluated and reported in
-    its worker), evaluated and reported: (metrics, history) per seed."""
-    from fmnist.results import evaluate
-
-    parallel = bool(workers or address)
-    if parallel:
-        from fmnist import sweeps
-
-        sweeps.train_seeds(seed_configs, out, workers, address)
-    results, histories = {}, {}
-    for config in seed_configs:
-        run = reproduce_seed(config, out / f"seed-{config.seed}", show_progress)
-        if parallel:
-            results[config.seed], html_path = evaluate.load_metrics(run.path), run.path / runs.REPORT_HTML
-        else:
-            results[config.seed] = run.evaluate(device=config.device)
-            html_path, _ = run.report()
-        histories[config.seed] = run.history
-        if on_seed is not None:
-            on_seed(config.model, config.seed, results[config.seed], html_path)
-    return results, histories
-
-
-def default_seeds(model_names: Iterable[str], seeds: int | None) -> int:
-    """`seeds`, or by default one for one model (the report's reproduction), HEADLINE_SEEDS for a comparison."""
-    check_counts(seeds=seeds)
-    return seeds or (1 if len(list(dict.fromkeys(model_names))) == 1 else HEADLINE_SEEDS)
+    checked = study.plan(model_names, seeds, first_seed, targets, workers, address, **settings)
+    if on_start is not None:
+        on_start()
+    return study.reproduce(checked, Path(out), show_progress, on_seed)
 
 
 def check_counts(**counts: int | None) -> None:
-    """Seeds, runs at once, threads per run, where given, are counts: 0 is refused, not taken for the default."""
-    for flag, value in counts.items():
-        if value is not None and value < 1:
-            raise errors.InputError(f"--{flag} must be 1 or more, got {value}")
+    """Seeds, runs at once, threads per run, where given, are counts: 0 is refused (an InputError)."""
+    from fmnist.studies import seeds as study
+
+    study.check_counts(**counts)
 
 
-def check_targets(targets: Iterable[float]) -> list[float]:
-    targets = list(targets)
-    if any(not 0 < target < 1 for target in targets):
-        raise errors.InputError(f"a target is a validation accuracy in (0, 1), got {targets}")
-    return targets
-
-
-def reproduce_configs(model_names: Iterable[str], seeds: int = 1, first_seed: int = 0,
-                      **settings) -> dict[tuple[str, int], TrainConfig]:
-    """Each model's recipe with `settings` on top, per seed, all checked (an InputError names what is wrong)."""
-    try:
-        return {(name, seed): TrainConfig.for_model(name, seed=seed, **settings)
-                for name in dict.fromkeys(model_names) for seed in range(first_seed, first_seed + seeds)}
-    except (TypeError, ValueError) as exc:
-        raise errors.InputError(str(exc)) from None
-
-
-def reproduce_seed(config: TrainConfig, run_dir: Path, show_progress: bool) -> Run:
-    progress.console.rule(f"{config.model}, seed {config.seed}: {run_dir}")
-    if len(runs.read_history(run_dir)) < config.epochs:  # finished: no bar for epochs that are not trained
-        fit_with_progress(config, run_dir, resume=None, show_progress=show_progress)
-    return Run(run_dir)
-
-
-def sweep_config(file: str | Path | None = None, model: str | None = None, vary: list[str] | None = None,
-                 fixed: list[str] | None = None, seeds: int | None = None, search: str | None = None,
-                 samples: int | None = None):
+def sweep_config(
+    file: str | Path | None = None,
+    model: str | None = None,
+    vary: list[str] | None = None,
+    fixed: list[str] | None = None,
+    seeds: int | None = None,
+    search: str | None = None,
+    samples: int | None = None,
+):
     """A sweep's configuration from a sweep file (TOML) and NAME=V1,V2 / NAME=V flags on top of it."""
-    from fmnist import sweeps
+    from fmnist.studies import sweeps
 
     return sweeps.configure(file, model, vary, fixed, seeds, search, samples)
 
 
-def sweep(config, out: str | Path, threads: int = 1, workers: int | None = None, address: str | None = None,
-          verbose: int = 1) -> tuple[dict, list[Path]]:
+def sweep(
+    config, out: str | Path, threads: int = 1, workers: int | None = None, address: str | None = None, verbose: int = 1
+) -> tuple[dict, list[Path]]:
     """Every trial of the sweep on Ray (resuming an interrupted one), then the summary, chosen on validation
     and tested only for the chosen configuration: (summary, the files written: summary.md among them)."""
-    from fmnist import sweeps
+    from fmnist.results import compare
+    from fmnist.studies import sweeps
 
     check_counts(workers=workers, threads=threads)
     results = sweeps.run(config, Path(out), threads, workers, address, verbose)
-    summary = sweeps.summarise(results)
-    return summary, sweeps.write_summary(summary, Path(out))
+    summary = compare.summarise(results)
+    return summary, compare.write_summary(summary, Path(out))
 
 
-def bench(model: str = DEFAULT_MODEL, quick: bool = False, device: str = "auto", threads: int | None = None,
-          batch_size: int | None = None, precision: str = "auto") -> dict:
+def bench(
+    model: str = DEFAULT_MODEL,
+    quick: bool = False,
+    device: str = "auto",
+    threads: int | None = None,
+    batch_size: int | None = None,
+    precision: str = "auto",
+) -> dict:
     """`fmnist bench`: the model's training step against plain eager PyTorch and against its floor (its
     convolutions and matrix products alone), interleaved; one epoch; evaluation images/s (results/bench.py)."""
     from fmnist.results import bench as timing
 
     try:
-        return timing.run(quick=quick, device=device, threads=threads, batch_size=batch_size, precision=precision,
-                          name=model)
+        return timing.run(
+            quick=quick, device=device, threads=threads, batch_size=batch_size, precision=precision, name=model
+        )
     except ValueError as exc:
         raise errors.InputError(str(exc)) from None

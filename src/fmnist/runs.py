@@ -26,6 +26,7 @@ between the two writes; the checkpoint counts).
 
 Torch is imported by the functions that read or write tensors only: reading a run's JSON needs none.
 """
+
 from __future__ import annotations
 
 import json
@@ -52,15 +53,17 @@ REPORT_HTML = "report.html"
 REPORT_MD = "report.md"
 ONNX = "model.onnx"
 MAX_FILE_BYTES = 256 << 20  # weights or checkpoint; the seed's checkpoint (weights and Adam's moments) is ~10 MB
-MAX_JSON_BYTES = 16 << 20   # config, history, metrics: a 1,000-epoch history is ~250 KB
+MAX_JSON_BYTES = 16 << 20  # config, history, metrics: a 1,000-epoch history is ~250 KB
 PREPROCESSING = "grayscale uint8 28x28, light object on dark background, divided by 255; input (N, 28, 28, 1) float32"
 
 
 def read_json(path: Path):
     """A run's JSON file: a regular file of at most MAX_JSON_BYTES, parsed; RunError otherwise."""
     if not Path(path).exists():
-        raise errors.RunError(f"{path} is missing: is {Path(path).parent} a run directory "
-                              f"(made by `fmnist train` or `fmnist import-keras`)?")
+        raise errors.RunError(
+            f"{path} is missing: is {Path(path).parent} a run directory "
+            f"(made by `fmnist train` or `fmnist import-keras`)?"
+        )
     try:
         return json.loads(files.read_regular(Path(path), MAX_JSON_BYTES))
     except errors.InputError as exc:  # not a regular file, unreadable, or too large
@@ -83,8 +86,16 @@ def recorded_model(run_dir: Path) -> str | None:
     return model if isinstance(model, str) else None
 
 
-HISTORY_FIELDS = {"epoch": int, "loss": float, "accuracy": float, "val_loss": float, "val_accuracy": float,
-                  "train_seconds": float, "seconds": float, "steps": int}
+HISTORY_FIELDS = {
+    "epoch": int,
+    "loss": float,
+    "accuracy": float,
+    "val_loss": float,
+    "val_accuracy": float,
+    "train_seconds": float,
+    "seconds": float,
+    "steps": int,
+}
 UNVALIDATED = ("val_loss", "val_accuracy")  # null in a run that held nothing out (validation_fraction 0)
 
 
@@ -95,8 +106,10 @@ def read_history(run_dir: Path) -> list[dict]:
         return []
     history = read_json(path)
     if not isinstance(history, list) or not all(valid_row(row, epoch) for epoch, row in enumerate(history, 1)):
-        raise errors.RunError(f"{path} is damaged: expected a list of rows for epochs 1, 2, ... with "
-                              f"{', '.join(HISTORY_FIELDS)} as numbers")
+        raise errors.RunError(
+            f"{path} is damaged: expected a list of rows for epochs 1, 2, ... with "
+            f"{', '.join(HISTORY_FIELDS)} as numbers"
+        )
     return history
 
 
@@ -117,8 +130,11 @@ def validated(history: list[dict]) -> list[dict]:
 
 def validation_curve(history: list[dict]) -> list[tuple[float, float]]:
     """(elapsed seconds, validation accuracy) of each validated epoch ([] for a final fit on every image)."""
-    return [(seconds, row["val_accuracy"]) for row, seconds in zip(history, elapsed(history))
-            if row["val_accuracy"] is not None]
+    return [
+        (seconds, row["val_accuracy"])
+        for row, seconds in zip(history, elapsed(history))
+        if row["val_accuracy"] is not None
+    ]
 
 
 def time_to_accuracy(history: list[dict], accuracy: float) -> float | None:
@@ -132,8 +148,12 @@ def valid_row(row, epoch: int) -> bool:
         if value is None:  # both validation figures null, never one alone
             return key in UNVALIDATED and all(k in row and row[k] is None for k in UNVALIDATED)
         return not isinstance(value, bool) and isinstance(value, (int, float) if kind is float else kind)
-    return isinstance(row, dict) and row.get("epoch") == epoch and all(
-        fits(key, row.get(key), kind) for key, kind in HISTORY_FIELDS.items())
+
+    return (
+        isinstance(row, dict)
+        and row.get("epoch") == epoch
+        and all(fits(key, row.get(key), kind) for key, kind in HISTORY_FIELDS.items())
+    )
 
 
 def holds_run(run_dir: Path) -> bool:
@@ -157,8 +177,9 @@ def remove_stale_temp_files(run_dir: Path) -> None:
             stale.unlink(missing_ok=True)
 
 
-def check_state(state: dict, reference: dict[str, torch.Tensor], where: str,
-                error: type[errors.FmnistError] = errors.RunError) -> dict:
+def check_state(
+    state: dict, reference: dict[str, torch.Tensor], where: str, error: type[errors.FmnistError] = errors.RunError
+) -> dict:
     """Exactly the tensors of `reference` (a network's state_dict): every name, shape and dtype, and
     finite values. Anything else is refused before it is used."""
     import torch
@@ -168,8 +189,10 @@ def check_state(state: dict, reference: dict[str, torch.Tensor], where: str,
     expected, found = ({name: tuple(t.shape) for name, t in tensors.items()} for tensors in (reference, state))
     if expected != found:
         wrong = sorted(set(expected.items()) ^ set(found.items()))[0][0]
-        raise error(f"{where}: weights do not match the architecture (differs at {wrong}: "
-                    f"expected {expected.get(wrong)}, found {found.get(wrong)})")
+        raise error(
+            f"{where}: weights do not match the architecture (differs at {wrong}: "
+            f"expected {expected.get(wrong)}, found {found.get(wrong)})"
+        )
     for name, tensor in state.items():
         if tensor.dtype != reference[name].dtype:
             raise error(f"{where}: {name} is {tensor.dtype}, expected {reference[name].dtype}")
@@ -182,9 +205,13 @@ def save_weights(path: Path, state: dict[str, torch.Tensor], architecture: str, 
     """Tensors plus readable metadata: the architecture tag `load_model` rebuilds from, classes, preprocessing."""
     import safetensors.torch
 
-    metadata = {"format": "fmnist", "architecture": architecture,
-                "class_names": json.dumps(list(fashion.CLASS_NAMES)), "preprocessing": PREPROCESSING,
-                **{key: str(value) for key, value in extra.items()}}
+    metadata = {
+        "format": "fmnist",
+        "architecture": architecture,
+        "class_names": json.dumps(list(fashion.CLASS_NAMES)),
+        "preprocessing": PREPROCESSING,
+        **{key: str(value) for key, value in extra.items()},
+    }
     tensors = {name: tensor.detach().to("cpu").contiguous() for name, tensor in state.items()}
     return files.write_atomic(path, lambda tmp: safetensors.torch.save_file(tensors, str(tmp), metadata=metadata))
 
@@ -208,8 +235,10 @@ def load_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
 
     path = Path(path)
     if not path.is_file() and path.name == BEST_WEIGHTS and (path.parent / WEIGHTS).is_file():
-        raise errors.RunError(f"{path} is missing: this run has no best epoch (it validated nothing, with "
-                              f"validation_fraction 0, or it was imported); use its final weights ({WEIGHTS})")
+        raise errors.RunError(
+            f"{path} is missing: this run has no best epoch (it validated nothing, with "
+            f"validation_fraction 0, or it was imported); use its final weights ({WEIGHTS})"
+        )
     if not path.is_file():
         raise errors.RunError(f"{path} is missing: is {path.parent} a run directory?")
     check_size(path, path.stat().st_size)

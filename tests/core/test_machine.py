@@ -1,4 +1,5 @@
 """machine.py's process modes, each in a fresh process: they change the process for good."""
+
 from __future__ import annotations
 
 import subprocess
@@ -44,4 +45,3 @@ def test_an_instruction_set_cap_takes_its_flags_away():
     assert ("avx2" in capped) == ("avx2" in flags)
     assert not set(machine.NATIVE_BF16_FLAGS) & machine.cpu_flags({"ONEDNN_MAX_CPU_ISA": "avx512_core"})
     assert machine.cpu_flags({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_AMX"}) == flags  # not a cap below this CPU
-

@@ -1,4 +1,5 @@
 """Threads on a shared machine: the default thread count, OpenMP's waiting, and training beside another."""
+
 from __future__ import annotations
 
 import json
@@ -16,18 +17,26 @@ from fmnist.core import threads
 from tests.helpers import require_real_data
 
 
-@pytest.mark.parametrize("cpus, quota, expected", [(4, None, 4), (4, 2.0, 2), (4, 1.5, 1), (4, 0.3, 1),
-                                                    (2, 8.0, 2), (1, None, 1)])
+@pytest.mark.parametrize(
+    "cpus, quota, expected", [(4, None, 4), (4, 2.0, 2), (4, 1.5, 1), (4, 0.3, 1), (2, 8.0, 2), (1, None, 1)]
+)
 def test_thread_count_from_affinity_and_quota(cpus, quota, expected):
     count, why = threads.available_cpus(affinity=set(range(cpus)), quota=quota)
     assert count == expected
     assert ("quota" in why) == (quota is not None) and f"{cpus}" in why
 
 
-@pytest.mark.parametrize("files, quota", [({"cpu.max": "150000 100000\n"}, 1.5), ({"cpu.max": "max 100000\n"}, None),
-                                          ({"cpu/cpu.cfs_quota_us": "200000", "cpu/cpu.cfs_period_us": "100000"}, 2.0),
-                                          ({"cpu/cpu.cfs_quota_us": "-1", "cpu/cpu.cfs_period_us": "100000"}, None),
-                                          ({"cpu.max": "garbage"}, None), ({}, None)])
+@pytest.mark.parametrize(
+    "files, quota",
+    [
+        ({"cpu.max": "150000 100000\n"}, 1.5),
+        ({"cpu.max": "max 100000\n"}, None),
+        ({"cpu/cpu.cfs_quota_us": "200000", "cpu/cpu.cfs_period_us": "100000"}, 2.0),
+        ({"cpu/cpu.cfs_quota_us": "-1", "cpu/cpu.cfs_period_us": "100000"}, None),
+        ({"cpu.max": "garbage"}, None),
+        ({}, None),
+    ],
+)
 def test_cgroup_quota_v1_and_v2(tmp_path, files, quota):
     for name, text in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
@@ -35,15 +44,23 @@ def test_cgroup_quota_v1_and_v2(tmp_path, files, quota):
     assert threads.cgroup_quota(tmp_path) == quota
 
 
-@pytest.mark.parametrize("others, cpus, used, spin", [(0, 2, 2, threads.SPIN_QUIET), (1, 2, 2, threads.SPIN_SHARED),
-                                                      (1, 4, 2, threads.SPIN_QUIET), (3, 4, 2, threads.SPIN_SHARED),
-                                                      (0, 1, 1, threads.SPIN_QUIET)])
+@pytest.mark.parametrize(
+    "others, cpus, used, spin",
+    [
+        (0, 2, 2, threads.SPIN_QUIET),
+        (1, 2, 2, threads.SPIN_SHARED),
+        (1, 4, 2, threads.SPIN_QUIET),
+        (3, 4, 2, threads.SPIN_SHARED),
+        (0, 1, 1, threads.SPIN_QUIET),
+    ],
+)
 def test_spin_is_short_where_others_threads_want_the_cpus(others, cpus, used, spin):
     assert threads.spin_count(others, cpus, used) == spin
 
 
-@pytest.mark.parametrize("counts, others", [([1, 1, 1], 0), ([3, 2, 4], 2), ([2, 1, 2], 1), ([1, 5, 1], 0),
-                                            ([5, 5, 5, 1, 1], 4)])
+@pytest.mark.parametrize(
+    "counts, others", [([1, 1, 1], 0), ([3, 2, 4], 2), ([2, 1, 2], 1), ([1, 5, 1], 0), ([5, 5, 5, 1, 1], 4)]
+)
 def test_others_running_is_the_median_read_less_this_thread(counts, others):
     texts = iter(f"cpu  1 2 3 4\nctxt 99\nprocs_running {count}\nprocs_blocked 0\n" for count in counts)
     assert threads.others_running(texts.__next__, reads=len(counts)) == others
@@ -85,8 +102,9 @@ def test_import_fmnist_sets_waiting_before_torch_loads():
     clean = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
     result = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, env=clean)
     assert result.stdout.split()[0] in (str(threads.SPIN_QUIET), str(threads.SPIN_SHARED)), result.stderr
-    passive = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True,
-                             env={**clean, "OMP_WAIT_POLICY": "passive"})
+    passive = subprocess.run(
+        [sys.executable, "-c", PROBE], capture_output=True, text=True, env={**clean, "OMP_WAIT_POLICY": "passive"}
+    )
     assert passive.stdout.split()[0] == "None", passive.stderr
 
 
@@ -136,9 +154,28 @@ def test_two_trainings_at_once_give_the_weights_of_one_alone(tmp_path):
     require_real_data()
 
     def start(name):
-        return subprocess.Popen([sys.executable, "-m", "fmnist", "train", "--epochs", "1", "--limit", "3000", "--seed",
-                                 "7", "--threads", "2", "--quiet", "--out", str(tmp_path / name)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "fmnist",
+                "train",
+                "--epochs",
+                "1",
+                "--limit",
+                "3000",
+                "--seed",
+                "7",
+                "--threads",
+                "2",
+                "--quiet",
+                "--out",
+                str(tmp_path / name),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
 
     alone = start("alone")
     assert alone.wait() == 0, alone.stderr.read()

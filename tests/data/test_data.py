@@ -1,4 +1,5 @@
 """The data layer: IDX parsing and its checks, the search order, downloads from a real HTTP server."""
+
 from __future__ import annotations
 
 import gzip
@@ -33,19 +34,26 @@ def damage(path, transform):
     path.write_bytes(gzip.compress(transform(raw)))
 
 
-@pytest.mark.parametrize("key, transform, message", [
-    ("train_images", lambda raw: raw[:-100], "truncated"),
-    ("train_images", lambda raw: b"\x00\x00\x0d\x03" + raw[4:], "bad magic"),
-    ("train_labels", lambda raw: raw + b"\x00", "decompresses to more than the 20 bytes"),
-    ("train_images", lambda raw: raw[:4] + np.array([12, 27, 28], ">u4").tobytes() + raw[16:], "27x28"),
-    ("train_images", lambda raw: b"\x00\x00\x08\x01" + raw[4:], "has 1 dimensions"),
-])
+@pytest.mark.parametrize(
+    "key, transform, message",
+    [
+        ("train_images", lambda raw: raw[:-100], "truncated"),
+        ("train_images", lambda raw: b"\x00\x00\x0d\x03" + raw[4:], "bad magic"),
+        ("train_labels", lambda raw: raw + b"\x00", "decompresses to more than the 20 bytes"),
+        ("train_images", lambda raw: raw[:4] + np.array([12, 27, 28], ">u4").tobytes() + raw[16:], "27x28"),
+        ("train_images", lambda raw: b"\x00\x00\x08\x01" + raw[4:], "has 1 dimensions"),
+    ],
+)
 def test_damaged_file_gives_clear_error(tmp_path, key, transform, message):
     specs = write_tiny_dataset(tmp_path)
     path = tmp_path / specs[key].filename
     damage(path, transform)
-    specs[key] = fashion.IdxFile(specs[key].filename, fashion.hashlib.sha256(gzip.decompress(path.read_bytes())).hexdigest(),
-                              specs[key].count, specs[key].ndim)
+    specs[key] = fashion.IdxFile(
+        specs[key].filename,
+        fashion.hashlib.sha256(gzip.decompress(path.read_bytes())).hexdigest(),
+        specs[key].count,
+        specs[key].ndim,
+    )
     with pytest.raises(errors.DataError, match=message) as info:
         fashion.load(data_dir=tmp_path, files=specs)
     assert str(path) in str(info.value) and "--data-dir" in str(info.value)
@@ -69,29 +77,31 @@ def test_gzip_garbage(tmp_path):
 def rewrite_labels(tmp_path, specs, labels):
     raw = idx_bytes(np.asarray(labels, dtype=np.uint8))
     (tmp_path / specs["train_labels"].filename).write_bytes(gzip.compress(raw))
-    specs["train_labels"] = fashion.IdxFile(specs["train_labels"].filename,
-                                         fashion.hashlib.sha256(raw).hexdigest(), len(labels), 1)
+    specs["train_labels"] = fashion.IdxFile(
+        specs["train_labels"].filename, fashion.hashlib.sha256(raw).hexdigest(), len(labels), 1
+    )
 
 
 def test_count_mismatch(tmp_path):
     specs = write_tiny_dataset(tmp_path)
     rewrite_labels(tmp_path, specs, [1] * 11)
-    with pytest.raises(errors.DataError, match="12 images but .* has 11 labels"):
+    with pytest.raises(errors.DataError, match=r"12 images but .* has 11 labels"):
         fashion.load(data_dir=tmp_path, files=specs)
 
 
 def test_bad_label(tmp_path):
     specs = write_tiny_dataset(tmp_path)
     rewrite_labels(tmp_path, specs, [1] * 11 + [10])
-    with pytest.raises(errors.DataError, match="label 10 outside 0..9"):
+    with pytest.raises(errors.DataError, match=r"label 10 outside 0..9"):
         fashion.load(data_dir=tmp_path, files=specs)
 
 
 @pytest.mark.slow
 def test_cli_prints_one_line_error_not_a_traceback(tmp_path):
     write_tiny_dataset(tmp_path)  # checksums differ from the real files'
-    result = subprocess.run([sys.executable, "-m", "fmnist", "data", "--data-dir", str(tmp_path)],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "fmnist", "data", "--data-dir", str(tmp_path)], capture_output=True, text=True
+    )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert result.stderr.startswith("error:") and "checksum mismatch" in result.stderr
@@ -99,7 +109,7 @@ def test_cli_prints_one_line_error_not_a_traceback(tmp_path):
 
 def test_missing_explicit_dir_does_not_fall_back(tmp_path, monkeypatch):
     monkeypatch.setenv("FMNIST_DATA_DIR", str(tmp_path / "nowhere"))
-    with pytest.raises(errors.DataError, match="missing train-images.*; put the Fashion-MNIST files there"):
+    with pytest.raises(errors.DataError, match=r"missing train-images.*; put the Fashion-MNIST files there"):
         fashion.locate()  # the message says how to fix it
 
 
@@ -163,7 +173,7 @@ def test_real_dataset():
     assert np.bincount(dataset.test_labels).tolist() == [1_000] * 10
     assert dataset.train_labels[:10].tolist() == [9, 0, 0, 3, 0, 2, 7, 2, 5, 5]
     assert dataset.test_labels[:10].tolist() == [9, 2, 1, 1, 6, 1, 4, 6, 5, 7]
-    (train_x, train_y), (val_x, val_y) = fashion.split(dataset.train_images, dataset.train_labels)
+    (train_x, _train_y), (val_x, _val_y) = fashion.split(dataset.train_images, dataset.train_labels)
     assert (len(train_x), len(val_x)) == (48_000, 12_000)
     np.testing.assert_array_equal(val_x, dataset.train_images[48_000:])
 
@@ -179,8 +189,9 @@ def test_split_fraction():
 @pytest.mark.slow
 def test_cli_data_end_to_end(tmp_path):
     require_real_data()
-    result = subprocess.run([sys.executable, "-m", "fmnist", "data", "--out", str(tmp_path)],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "fmnist", "data", "--out", str(tmp_path)], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr
     assert "dataset-fashion-mnist" in result.stdout
     assert "Ankle boot" in result.stdout and "6,000" in result.stdout and "(60000, 28, 28)" in result.stdout
@@ -199,9 +210,14 @@ def test_cli_help_and_version(capsys):
 # ---------------------------------------------------------------------------------------------
 # Hostile mirrors and files: bytes, time and decompressed size bounded by what the files are
 @pytest.mark.slow
-@pytest.mark.parametrize("kind, message", [("trickle", "not finished within 1 s"),
-                                           ("endless", "sent more than the"),
-                                           ("huge", "announces 300,000,000 bytes")])
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("trickle", "not finished within 1 s"),
+        ("endless", "sent more than the"),
+        ("huge", "announces 300,000,000 bytes"),
+    ],
+)
 def test_hostile_mirror_is_given_up(tmp_path, http_mirror, isolated_cache, kind, message):
     url, served = http_mirror
     specs = write_tiny_dataset(served)
@@ -244,8 +260,7 @@ except errors.DataError as exc:
 def test_unreadable_data_directory_is_one_line(tmp_path):
     write_tiny_dataset(tmp_path / "locked")
     (tmp_path / "locked").chmod(0)
-    result = subprocess.run([sys.executable, "-c", AS_NOBODY, str(tmp_path / "locked")], capture_output=True,
-                            text=True)
+    result = subprocess.run([sys.executable, "-c", AS_NOBODY, str(tmp_path / "locked")], capture_output=True, text=True)
     (tmp_path / "locked").chmod(0o700)
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
     assert "cannot be read (Permission denied)" in result.stdout, result.stdout

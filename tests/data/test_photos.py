@@ -1,4 +1,5 @@
 """Predicting on real image files: formats, the paper's preprocessing, and every kind of bad file."""
+
 from __future__ import annotations
 
 import io
@@ -51,8 +52,10 @@ def test_formats_alpha_16_bit_gif_and_dark_images(tmp_path, real_dataset):
     rgba.save(tmp_path / "alpha.png")
     assert np.abs(photos.preprocess(photos.open_image(tmp_path / "alpha.png", "a")).astype(int) - reference).mean() < 3
     # GIF: the first frame counts.
-    frames = [photo.convert("P", palette=PIL.Image.Palette.ADAPTIVE, colors=256),
-              PIL.Image.new("RGB", photo.size, (0, 0, 0)).convert("P")]
+    frames = [
+        photo.convert("P", palette=PIL.Image.Palette.ADAPTIVE, colors=256),
+        PIL.Image.new("RGB", photo.size, (0, 0, 0)).convert("P"),
+    ]
     frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
     assert np.abs(photos.preprocess(photos.open_image(tmp_path / "anim.gif", "g")).astype(int) - reference).mean() < 3
     # Already light-on-dark (like the dataset itself): not negated.
@@ -60,19 +63,29 @@ def test_formats_alpha_16_bit_gif_and_dark_images(tmp_path, real_dataset):
     assert np.abs(photos.preprocess(dark).astype(int) - reference).mean() < 3
 
 
-
 def write_bad_files(directory):
     good = io.BytesIO()
     PIL.Image.new("RGB", (64, 64), (200, 10, 10)).save(good, "PNG")
-    files = {"notes.txt": b"not an image at all", "empty.png": b"", "truncated.png": good.getvalue()[:60],
-             "bomb.png": png_header_only(100_000, 100_000)}
+    files = {
+        "notes.txt": b"not an image at all",
+        "empty.png": b"",
+        "truncated.png": good.getvalue()[:60],
+        "bomb.png": png_header_only(100_000, 100_000),
+    }
     for name, raw in files.items():
         (directory / name).write_bytes(raw)
     return {name: directory / name for name in files}
 
 
-@pytest.mark.parametrize("name, message", [("notes.txt", "not an image format"), ("empty.png", "empty file"),
-                                           ("truncated.png", "damaged or truncated"), ("bomb.png", "limit")])
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("notes.txt", "not an image format"),
+        ("empty.png", "empty file"),
+        ("truncated.png", "damaged or truncated"),
+        ("bomb.png", "limit"),
+    ],
+)
 def test_bad_files_give_clear_errors(tmp_path, name, message):
     path = write_bad_files(tmp_path)[name]
     with pytest.raises(errors.InputError, match=message):
@@ -85,15 +98,25 @@ def test_cli_predicts_good_files_and_reports_bad_ones(tmp_path, trained_run, rea
     good = tmp_path / "coat.png"
     as_product_photo(real_dataset.test_images[1]).save(good)
     seen = tmp_path / "seen"
-    command = [sys.executable, "-m", "fmnist", "predict", str(trained_run), str(bad["notes.txt"]), str(good),
-               str(bad["bomb.png"]), "--save-preprocessed", str(seen)]
+    command = [
+        sys.executable,
+        "-m",
+        "fmnist",
+        "predict",
+        str(trained_run),
+        str(bad["notes.txt"]),
+        str(good),
+        str(bad["bomb.png"]),
+        "--save-preprocessed",
+        str(seen),
+    ]
     result = subprocess.run(command, capture_output=True, text=True)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.count("error:") == 2 and "notes.txt" in result.stderr and "bomb.png" in result.stderr
     assert f"{good}:" in result.stdout and result.stdout.count("%") == 3
     with PIL.Image.open(seen / "coat.28x28.png") as image:
         assert image.size == (28, 28)
-    as_json = subprocess.run(command[:5] + [str(good), "--json"], capture_output=True, text=True)
+    as_json = subprocess.run([*command[:5], str(good), "--json"], capture_output=True, text=True)
     assert as_json.returncode == 0
     top = json.loads(as_json.stdout)[0]["top"]
     assert len(top) == 3 and top[0]["probability"] >= top[1]["probability"] >= top[2]["probability"]
@@ -103,8 +126,11 @@ def test_cli_predicts_good_files_and_reports_bad_ones(tmp_path, trained_run, rea
 # ---------------------------------------------------------------------------------------------
 # Hostile inputs: work bounded by what a 28x28 result needs, regular files only, nothing lost
 
-@pytest.mark.parametrize("mode, size", [("RGBA", (4096, 4096)), ("P", (4096, 4096)), ("I;16", (4096, 4096)),
-                                        ("1", (4096, 4096)), ("L", (16_000_000, 1))])
+
+@pytest.mark.parametrize(
+    "mode, size",
+    [("RGBA", (4096, 4096)), ("P", (4096, 4096)), ("I;16", (4096, 4096)), ("1", (4096, 4096)), ("L", (16_000_000, 1))],
+)
 def test_limit_sized_images_are_shrunk_before_any_full_size_work(mode, size):
     raw = png(PIL.Image.new(mode, size))
     assert len(raw) < 200_000, "tiny files: the cost is in the pixels they declare"
@@ -139,8 +165,19 @@ def test_cli_reads_regular_files_only_and_keeps_every_view(tmp_path, trained_run
         path.parent.mkdir()
         as_product_photo(real_dataset.test_images[index]).save(path)
     seen = tmp_path / "seen"
-    command = [sys.executable, "-m", "fmnist", "predict", str(trained_run), str(fifo), "/dev/zero", *map(str, shoes),
-               "--save-preprocessed", str(seen), "--json"]
+    command = [
+        sys.executable,
+        "-m",
+        "fmnist",
+        "predict",
+        str(trained_run),
+        str(fifo),
+        "/dev/zero",
+        *map(str, shoes),
+        "--save-preprocessed",
+        str(seen),
+        "--json",
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.count("not a regular file") == 2, result.stderr

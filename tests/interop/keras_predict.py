@@ -2,13 +2,14 @@
 
 usage: python keras_predict.py MODEL.keras IMAGES.npy OUT.npy
 """
+
 import os
 import sys
 
 os.environ["KERAS_BACKEND"] = "torch"
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
+import keras
+import numpy as np
 
 if __name__ == "__main__":
     loaded = keras.saving.load_model(sys.argv[1])

@@ -5,28 +5,33 @@ Writes seed.keras, seed.h5 (the report's architecture, random Glorot weights), e
 own predictions on IMAGES), functional.keras / functional.h5 (the same network and weights as a
 Functional model whose layers have other names), and wrong.keras / wrong.h5 (one layer differs).
 """
+
 import os
 import sys
 
 os.environ["KERAS_BACKEND"] = "torch"
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-from keras import layers  # noqa: E402
+import keras
+import numpy as np
+from keras import layers
 
 
 def seed_cnn(second_filters=64, padding="same", dropout=0.5):
-    return keras.Sequential([
-        keras.Input((28, 28, 1)),
-        layers.Conv2D(32, (2, 2), strides=(2, 2), padding="same", activation="relu"),
-        layers.MaxPooling2D((2, 2), strides=(1, 1), padding="same"),
-        layers.Conv2D(second_filters, (2, 2), strides=(2, 2), padding=padding, activation="relu"),
-        layers.MaxPooling2D((2, 2), strides=(1, 1), padding="same"),
-        layers.Flatten(),
-        layers.Dense(256, activation="relu"), layers.Dropout(dropout),
-        layers.Dense(128, activation="relu"), layers.Dropout(dropout),
-        layers.Dense(10, activation="softmax"),
-    ])
+    return keras.Sequential(
+        [
+            keras.Input((28, 28, 1)),
+            layers.Conv2D(32, (2, 2), strides=(2, 2), padding="same", activation="relu"),
+            layers.MaxPooling2D((2, 2), strides=(1, 1), padding="same"),
+            layers.Conv2D(second_filters, (2, 2), strides=(2, 2), padding=padding, activation="relu"),
+            layers.MaxPooling2D((2, 2), strides=(1, 1), padding="same"),
+            layers.Flatten(),
+            layers.Dense(256, activation="relu"),
+            layers.Dropout(dropout),
+            layers.Dense(128, activation="relu"),
+            layers.Dropout(dropout),
+            layers.Dense(10, activation="softmax"),
+        ]
+    )
 
 
 def as_functional(sequential):

@@ -1,5 +1,6 @@
 """Importing real Keras files (written by Keras itself, torch backend) and matching Keras's predictions;
 hostile variants of those files (links, external storage, bombs, other wiring, bad weights) refused."""
+
 from __future__ import annotations
 
 import copy
@@ -30,8 +31,9 @@ def keras_files(tmp_path_factory, real_dataset):
     images = (real_dataset.test_images[:500].astype(np.float32) / 255.0)[..., None]
     np.save(out / "images.npy", images)
     script = Path(__file__).with_name("make_keras_models.py")
-    result = subprocess.run([sys.executable, str(script), str(out), str(out / "images.npy")],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, str(script), str(out), str(out / "images.npy")], capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return out
 
@@ -70,10 +72,11 @@ def test_cli_import_then_evaluate(tmp_path, capsys, keras_files):
 @pytest.mark.slow
 def test_not_a_keras_file(tmp_path):
     (tmp_path / "model.keras").write_bytes(b"PK\x03\x04 not really a zip")
-    with pytest.raises(errors.InputError, match="neither a Keras 3 .keras archive nor an HDF5 .h5 file"):
+    with pytest.raises(errors.InputError, match=r"neither a Keras 3 .keras archive nor an HDF5 .h5 file"):
         from_keras.import_keras(tmp_path / "model.keras", tmp_path / "run")
-    result = subprocess.run([sys.executable, "-m", "fmnist", "import-keras", str(tmp_path / "missing.h5")],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "fmnist", "import-keras", str(tmp_path / "missing.h5")], capture_output=True, text=True
+    )
     assert result.returncode == 2 and "no such file" in result.stderr and "Traceback" not in result.stderr
 
 
@@ -82,8 +85,13 @@ def test_training_steps_match_keras(tmp_path):
     """Three Adam steps from the same weights on the same batches: loss, gradients and Keras's Adam
     (epsilon placement included) give the same weights as real Keras's train_on_batch."""
     script = Path(__file__).with_name("keras_training_steps.py")
-    result = subprocess.run([sys.executable, str(script), str(tmp_path / "steps.npz")], capture_output=True,
-                            text=True, timeout=300, cwd=script.parent)
+    result = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "steps.npz")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=script.parent,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     saved = np.load(tmp_path / "steps.npz")
     network = seedcnn.SeedCNN(dropout=0.0)
@@ -150,6 +158,7 @@ def external_link(secret):
     def edit(handle, path):
         del handle[path]
         handle[path] = h5py.ExternalLink(str(secret / "secret.h5"), "stolen")
+
     return edit
 
 
@@ -158,6 +167,7 @@ def soft_link(secret):
         handle["elsewhere"] = handle[path][()]
         del handle[path]
         handle[path] = h5py.SoftLink("/elsewhere")
+
     return edit
 
 
@@ -165,6 +175,7 @@ def external_storage(secret):
     def edit(handle, path):
         del handle[path]
         handle.create_dataset(path, KERNEL, "<f4", external=[(str(secret / "secret.bin"), 0, 4 * np.prod(KERNEL))])
+
     return edit
 
 
@@ -174,14 +185,20 @@ def virtual_dataset(secret):
         layout = h5py.VirtualLayout(KERNEL, "<f4")
         layout[:] = h5py.VirtualSource(str(secret / "secret.h5"), "stolen", KERNEL)
         handle.create_virtual_dataset(path, layout)
+
     return edit
 
 
 @pytest.mark.parametrize("name", ["seed.h5", "seed.keras"])
-@pytest.mark.parametrize("make, message", [(external_link, "ExternalLink to elsewhere: links are refused"),
-                                           (soft_link, "SoftLink to elsewhere: links are refused"),
-                                           (external_storage, "stored outside the file"),
-                                           (virtual_dataset, "stored outside the file")])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (external_link, "ExternalLink to elsewhere: links are refused"),
+        (soft_link, "SoftLink to elsewhere: links are refused"),
+        (external_storage, "stored outside the file"),
+        (virtual_dataset, "stored outside the file"),
+    ],
+)
 def test_nothing_is_read_from_other_files(tmp_path, keras_files, secret, name, make, message):
     hostile = edited(keras_files / name, tmp_path / f"hostile-{name}", make(secret))
     with pytest.raises(errors.InputError, match=message):
@@ -200,15 +217,21 @@ def with_value(value, dtype="<f4"):
         data[0, 0] = value
         del handle[path]
         handle[path] = data
+
     return edit
 
 
 @pytest.mark.parametrize("name", ["seed.h5", "seed.keras"])
-@pytest.mark.parametrize("edit, message", [(huge_dataset, r"float32 \(1000000000000,\), expected float32 \(3136, 256\)"),
-                                           (with_value(np.nan), "dense1.kernel holds NaN or infinite values"),
-                                           (with_value(np.inf), "dense1.kernel holds NaN or infinite values"),
-                                           (with_value(1, np.int8), "int8 .*expected float32"),
-                                           (with_value(0.5, np.float64), "float64 .*expected float32")])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (huge_dataset, r"float32 \(1000000000000,\), expected float32 \(3136, 256\)"),
+        (with_value(np.nan), "dense1.kernel holds NaN or infinite values"),
+        (with_value(np.inf), "dense1.kernel holds NaN or infinite values"),
+        (with_value(1, np.int8), "int8 .*expected float32"),
+        (with_value(0.5, np.float64), "float64 .*expected float32"),
+    ],
+)
 def test_declared_sizes_types_and_values_are_checked_before_use(tmp_path, keras_files, name, edit, message):
     hostile = edited(keras_files / name, tmp_path / f"bad-{name}", edit)
     with pytest.raises(errors.InputError, match=message):
@@ -216,15 +239,19 @@ def test_declared_sizes_types_and_values_are_checked_before_use(tmp_path, keras_
 
 
 def test_zip_bomb_and_oversized_files_are_refused_before_reading(tmp_path, keras_files):
-    bomb = rezipped(keras_files / "seed.keras", tmp_path / "bomb.keras",
-                    {"model.weights.h5": bytes(from_keras.MAX_WEIGHTS_BYTES + 1)})  # zeros: ~33 MB in ~33 KB
+    bomb = rezipped(
+        keras_files / "seed.keras",
+        tmp_path / "bomb.keras",
+        {"model.weights.h5": bytes(from_keras.MAX_WEIGHTS_BYTES + 1)},
+    )  # zeros: ~33 MB in ~33 KB
     assert bomb.stat().st_size < 1_000_000
-    with pytest.raises(errors.TooLarge, match="model.weights.h5 in the archive is"):
+    with pytest.raises(errors.TooLarge, match=r"model.weights.h5 in the archive is"):
         from_keras.import_keras(bomb, tmp_path / "a")
     config = json.dumps({"padding": " " * from_keras.MAX_CONFIG_BYTES}).encode()
-    with pytest.raises(errors.TooLarge, match="config.json in the archive is"):
-        from_keras.import_keras(rezipped(keras_files / "seed.keras", tmp_path / "c.keras",
-                                           {"config.json": config}), tmp_path / "b")
+    with pytest.raises(errors.TooLarge, match=r"config.json in the archive is"):
+        from_keras.import_keras(
+            rezipped(keras_files / "seed.keras", tmp_path / "c.keras", {"config.json": config}), tmp_path / "b"
+        )
     big = shutil.copy(keras_files / "seed.h5", tmp_path / "big.h5")
     with open(big, "ab") as handle:
         handle.truncate(from_keras.MAX_WEIGHTS_BYTES + 1)
@@ -261,23 +288,33 @@ def test_graph_wiring_is_checked_not_only_the_layer_list(tmp_path, keras_files):
     assert len(from_keras.check_architecture(as_keras2_nodes(config))) == 5
     skip_pool = rewired(config, 3, 1)  # conv2 fed by conv1: the first pooling layer skipped
     for variant in (skip_pool, as_keras2_nodes(skip_pool)):
-        with pytest.raises(errors.InputError, match=r"takes its input from \['conv2d_f'\], expected \['max_pooling2d_f'\]"):
+        with pytest.raises(
+            errors.InputError, match=r"takes its input from \['conv2d_f'\], expected \['max_pooling2d_f'\]"
+        ):
             from_keras.check_architecture(variant)
     early_output = copy.deepcopy(config)
     early_output["config"]["output_layers"] = [config["config"]["layers"][6]["config"]["name"], 0, 0]
     with pytest.raises(errors.InputError, match="outputs"):
         from_keras.check_architecture(early_output)
-    hostile = rezipped(keras_files / "functional.keras", tmp_path / "skip.keras",
-                       {"config.json": json.dumps(skip_pool).encode()})
+    hostile = rezipped(
+        keras_files / "functional.keras", tmp_path / "skip.keras", {"config.json": json.dumps(skip_pool).encode()}
+    )
     with pytest.raises(errors.InputError, match="takes its input from"):
         from_keras.import_keras(hostile, tmp_path / "run")
 
 
-@pytest.mark.parametrize("config", [b"[1, 2]", b'{"class_name": "Sequential", "config": {"layers": 5}}',
-                                    b'{"class_name": "Sequential", "config": {"layers": [1, 2]}}',
-                                    b'{"class_name": "Lambda", "config": {"layers": []}}',
-                                    b"[" * 100_000 + b"]" * 100_000, b"\xff\xfe not JSON"],
-                         ids=["list", "layers-int", "layers-of-ints", "not-a-model", "deep-nesting", "not-json"])
+@pytest.mark.parametrize(
+    "config",
+    [
+        b"[1, 2]",
+        b'{"class_name": "Sequential", "config": {"layers": 5}}',
+        b'{"class_name": "Sequential", "config": {"layers": [1, 2]}}',
+        b'{"class_name": "Lambda", "config": {"layers": []}}',
+        b"[" * 100_000 + b"]" * 100_000,
+        b"\xff\xfe not JSON",
+    ],
+    ids=["list", "layers-int", "layers-of-ints", "not-a-model", "deep-nesting", "not-json"],
+)
 def test_keras_json_of_the_wrong_shape_is_one_clear_error(tmp_path, capsys, keras_files, config):
     hostile = rezipped(keras_files / "seed.keras", tmp_path / "odd.keras", {"config.json": config})
     code, _, err = run_cli(capsys, "import-keras", hostile, "--out", tmp_path / "run")

@@ -1,5 +1,6 @@
 """Models back to Keras: real Keras (torch backend) loads the exported file and predicts what fmnist
 predicts; importing it back gives the same weights; other models are a clear error."""
+
 from __future__ import annotations
 
 import subprocess
@@ -19,13 +20,23 @@ from tests.helpers import run_cli
 
 @pytest.mark.slow
 def test_keras_loads_the_export_and_predicts_what_fmnist_predicts(tmp_path, capsys, trained_run, real_dataset):
-    code, out, err = run_cli(capsys, "export", trained_run, "--format", "keras", "--out", tmp_path / "seed.keras")
+    code, _out, err = run_cli(capsys, "export", trained_run, "--format", "keras", "--out", tmp_path / "seed.keras")
     assert code == 0, err
     images = real_dataset.test_images[:500]
     np.save(tmp_path / "images.npy", (images.astype(np.float32) / 255.0)[..., None])
     script = Path(__file__).with_name("keras_predict.py")
-    result = subprocess.run([sys.executable, str(script), str(tmp_path / "seed.keras"), str(tmp_path / "images.npy"),
-                             str(tmp_path / "keras.npy")], capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            str(tmp_path / "seed.keras"),
+            str(tmp_path / "images.npy"),
+            str(tmp_path / "keras.npy"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     ours = api.open_run(trained_run).predict(images).probabilities
     assert np.abs(np.load(tmp_path / "keras.npy") - ours).max() <= 1e-5

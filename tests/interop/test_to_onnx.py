@@ -1,4 +1,5 @@
 """ONNX export: a valid graph, a dynamic batch, class names in metadata, onnxruntime equal to PyTorch."""
+
 from __future__ import annotations
 
 import json
@@ -34,8 +35,11 @@ def test_onnx_matches_pytorch_on_1000_test_images(tmp_path, trained_run, real_da
 @pytest.mark.slow
 def test_cli_export_verifies(tmp_path, trained_run):
     out = tmp_path / "exported.onnx"
-    result = subprocess.run([sys.executable, "-m", "fmnist", "export", str(trained_run), "--format", "onnx",
-                             "--out", str(out)], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "fmnist", "export", str(trained_run), "--format", "onnx", "--out", str(out)],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
     assert out.is_file() and "max abs difference" in result.stdout
 

@@ -3,6 +3,7 @@
 Written from Keras's documented semantics, independently of fmnist.seedcnn: "same" padding with an
 even window pads bottom/right only, max pooling ignores padded cells, Flatten is (row, col, channel).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -23,7 +24,7 @@ def conv2d_same(x, kernel, bias, stride):
     out = np.zeros((rows, cols, c_out))
     for i in range(rows):
         for j in range(cols):
-            window = x[i * stride:i * stride + kh, j * stride:j * stride + kw, :]
+            window = x[i * stride : i * stride + kh, j * stride : j * stride + kw, :]
             out[i, j] = np.tensordot(window, kernel, axes=3) + bias
     return out
 
@@ -32,8 +33,12 @@ def max_pool_same(x, pool=2, stride=1):
     (top, bottom), (left, right) = same_padding(x.shape[0], pool, stride), same_padding(x.shape[1], pool, stride)
     x = np.pad(x, ((top, bottom), (left, right), (0, 0)), constant_values=-np.inf)
     rows, cols = (x.shape[0] - pool) // stride + 1, (x.shape[1] - pool) // stride + 1
-    return np.array([[x[i * stride:i * stride + pool, j * stride:j * stride + pool].max(axis=(0, 1))
-                      for j in range(cols)] for i in range(rows)])
+    return np.array(
+        [
+            [x[i * stride : i * stride + pool, j * stride : j * stride + pool].max(axis=(0, 1)) for j in range(cols)]
+            for i in range(rows)
+        ]
+    )
 
 
 def relu(x):

@@ -1,4 +1,5 @@
 """The fused CPU kernels against the plain PyTorch forms they replace: bit for bit, forward and backward."""
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -29,8 +30,16 @@ def activations(shape, seed=0):
     return z
 
 
-@pytest.mark.parametrize("shape, patches", [((6, 14, 14, 32), True), ((6, 14, 14, 32), False),
-                                            ((5, 7, 7, 64), False), ((3, 5, 4, 3), False), ((2, 1, 1, 2), False)])
+@pytest.mark.parametrize(
+    "shape, patches",
+    [
+        ((6, 14, 14, 32), True),
+        ((6, 14, 14, 32), False),
+        ((5, 7, 7, 64), False),
+        ((3, 5, 4, 3), False),
+        ((2, 1, 1, 2), False),
+    ],
+)
 def test_bias_relu_pool_is_bit_identical_to_pytorch_forward_and_backward(shape, patches):
     z, bias = activations(shape), torch.randn(shape[-1])
     fused_inputs = [t.clone().requires_grad_() for t in (z, bias)]
@@ -112,25 +121,29 @@ def run_python(program: str) -> str:
 @pytest.mark.slow
 def test_first_use_inside_inference_mode_still_enables_the_kernels():
     """A fresh process whose first forward pass is an evaluation (inference mode) must get the kernels."""
-    program = ("import torch, warnings\n"
-               "warnings.simplefilter('error')\n"
-               "from fmnist.nets import seedcnn\nfrom fmnist.nets.kernels import fused\n"
-               "with torch.inference_mode():\n"
-               "    seedcnn.SeedCNN().eval()(torch.rand(2, 28, 28, 1))\n"
-               "print(fused.available())\n")
+    program = (
+        "import torch, warnings\n"
+        "warnings.simplefilter('error')\n"
+        "from fmnist.nets import seedcnn\nfrom fmnist.nets.kernels import fused\n"
+        "with torch.inference_mode():\n"
+        "    seedcnn.SeedCNN().eval()(torch.rand(2, 28, 28, 1))\n"
+        "print(fused.available())\n"
+    )
     assert run_python(program).strip() == "True"
 
 
 def test_without_numba_the_network_falls_back_to_pytorch_with_a_warning():
     """numba often lags new NumPy releases: fmnist must still import and compute the same outputs."""
-    program = ("import sys, warnings, torch\n"
-               "sys.modules['numba'] = None  # makes `import numba` raise ImportError\n"
-               "from fmnist.nets import seedcnn\nfrom fmnist.nets.kernels import fused\n"
-               "torch.manual_seed(0)\n"
-               "network = seedcnn.SeedCNN().eval()\n"
-               "with warnings.catch_warnings(record=True) as caught:\n"
-               "    warnings.simplefilter('always')\n"
-               "    out = network(torch.rand(3, 28, 28, 1))\n"
-               "warned = any('numba does not import' in str(w.message) for w in caught)\n"
-               "print(fused.available(), out.shape[1], warned)\n")
+    program = (
+        "import sys, warnings, torch\n"
+        "sys.modules['numba'] = None  # makes `import numba` raise ImportError\n"
+        "from fmnist.nets import seedcnn\nfrom fmnist.nets.kernels import fused\n"
+        "torch.manual_seed(0)\n"
+        "network = seedcnn.SeedCNN().eval()\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    out = network(torch.rand(3, 28, 28, 1))\n"
+        "warned = any('numba does not import' in str(w.message) for w in caught)\n"
+        "print(fused.available(), out.shape[1], warned)\n"
+    )
     assert run_python(program).split() == ["False", "10", "True"]

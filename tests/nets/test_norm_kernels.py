@@ -1,5 +1,6 @@
 """The fused BatchNorm blocks (norm_kernels.py) against their plain form, bit for bit, and against PyTorch's
 own BatchNorm2d -> max pool -> ReLU, to bf16's precision; where the networks use them, and where not."""
+
 from __future__ import annotations
 
 import copy
@@ -47,8 +48,15 @@ def forward_backward(x, bn, pool, block) -> dict[str, torch.Tensor]:
     x = x.clone().requires_grad_()
     out = block(x, bn, pool)
     out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).bfloat16())
-    return {"out": out, "dx": x.grad, "bias grad": bn.bias.grad, "weight grad": bn.weight.grad,
-            "running mean": bn.running_mean, "running var": bn.running_var, "batches": bn.num_batches_tracked}
+    return {
+        "out": out,
+        "dx": x.grad,
+        "bias grad": bn.bias.grad,
+        "weight grad": bn.weight.grad,
+        "running mean": bn.running_mean,
+        "running var": bn.running_var,
+        "batches": bn.num_batches_tracked,
+    }
 
 
 def fused(x, bn, pool):
@@ -82,7 +90,7 @@ def test_the_plain_form_is_pytorchs_batch_norm_pool_relu_to_bf16_precision(pool)
     may land one step away, and a gradient that follows a tie may go to another cell."""
     x, bn = activations((16, 16, 28, 28)), batch_norm(16, trains_weight=True)
     ours, theirs = forward_backward(x, copy.deepcopy(bn), pool, plain), forward_backward(x, bn, pool, pytorch)
-    step = ours["out"].float().abs().clamp(min=1) * 2 ** -7  # one bf16 step, at most
+    step = ours["out"].float().abs().clamp(min=1) * 2**-7  # one bf16 step, at most
     assert ((ours["out"].float() - theirs["out"].float()).abs() <= step).all()
     assert (ours["out"] == theirs["out"]).float().mean() > 0.995
     assert torch.equal(ours["batches"], theirs["batches"])
@@ -107,12 +115,12 @@ def test_blocks_run_fused_only_in_bf16_training_on_the_cpu():
     x = activations((2, 4, 6, 6))
     bn, pool = batch_norm(4, trains_weight=False), nn.MaxPool2d(2)
     assert norm_kernels.applicable(x, bn, pool) and norm_kernels.applicable(x, bn, None)
-    assert not norm_kernels.applicable(x.float(), bn, pool)                                  # fp32
-    assert not norm_kernels.applicable(x.contiguous(), bn, pool)                              # NCHW memory
+    assert not norm_kernels.applicable(x.float(), bn, pool)  # fp32
+    assert not norm_kernels.applicable(x.contiguous(), bn, pool)  # NCHW memory
     assert not norm_kernels.applicable(x[:, :, :5, :5].contiguous(memory_format=torch.channels_last), bn, pool)  # odd
-    assert not norm_kernels.applicable(x, bn, nn.MaxPool2d(2, stride=1))                     # another pool
-    assert not norm_kernels.applicable(x, copy.deepcopy(bn).eval(), pool)                    # running statistics
-    assert not norm_kernels.applicable(x, nn.BatchNorm2d(4, momentum=None), pool)            # a cumulative average
+    assert not norm_kernels.applicable(x, bn, nn.MaxPool2d(2, stride=1))  # another pool
+    assert not norm_kernels.applicable(x, copy.deepcopy(bn).eval(), pool)  # running statistics
+    assert not norm_kernels.applicable(x, nn.BatchNorm2d(4, momentum=None), pool)  # a cumulative average
 
 
 def counting_blocks(monkeypatch) -> list:
@@ -132,9 +140,9 @@ def test_cnn94_trains_through_the_fused_blocks_in_bf16_and_evaluates_through_its
     assert calls == [True, False, True, False, False]  # stage 1's block, stage 2's two, stage 3's two
     assert all(p.grad is not None for p in network.parameters() if p.requires_grad)
     calls.clear()
-    network(x)                           # fp32 training
+    network(x)  # fp32 training
     with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
-        network.eval()(x)                # bf16 evaluation: running statistics
+        network.eval()(x)  # bf16 evaluation: running statistics
     assert calls == []
 
 

@@ -1,4 +1,5 @@
 """The network: Keras shapes, padding and flatten semantics, and the speed tricks against plain forms."""
+
 from __future__ import annotations
 
 import math
@@ -27,24 +28,24 @@ def test_parameter_count_and_output_shapes():
 
 @pytest.mark.parametrize("pool", [seedcnn.max_pool_2x2_same, seedcnn.max_pool_2x2_same_reference])
 def test_pool_pads_bottom_and_right_only_and_ignores_padding(pool):
-    x = torch.tensor([[1., 2., 3.], [4., 5., 6.], [7., 8., 9.]]).reshape(1, 3, 3, 1)
-    expected = [[5., 6., 6.], [8., 9., 9.], [8., 9., 9.]]  # windows extend down/right; edges see fewer cells
+    x = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 9.0]]).reshape(1, 3, 3, 1)
+    expected = [[5.0, 6.0, 6.0], [8.0, 9.0, 9.0], [8.0, 9.0, 9.0]]  # windows extend down/right; edges see fewer cells
     assert pool(x).reshape(3, 3).tolist() == expected
     # All negative: a zero in the padding would win if padded cells were not ignored.
-    assert pool(-x).reshape(3, 3).tolist() == [[-1., -2., -3.], [-4., -5., -6.], [-7., -8., -9.]]
+    assert pool(-x).reshape(3, 3).tolist() == [[-1.0, -2.0, -3.0], [-4.0, -5.0, -6.0], [-7.0, -8.0, -9.0]]
 
 
 @pytest.mark.parametrize("conv", [seedcnn.conv2x2_stride2, seedcnn.conv2x2_stride2_reference])
 def test_stride2_conv_windows_do_not_overlap(conv):
-    x = torch.arange(16.).reshape(1, 4, 4, 1)
-    kernel = torch.tensor([1., 10., 100., 1000.]).reshape(2, 2, 1, 1)  # HWIO: rows then columns
+    x = torch.arange(16.0).reshape(1, 4, 4, 1)
+    kernel = torch.tensor([1.0, 10.0, 100.0, 1000.0]).reshape(2, 2, 1, 1)  # HWIO: rows then columns
     out = conv(x, kernel, torch.zeros(1)).reshape(2, 2)
     # Window (0, 0) holds x[0,0]=0, x[0,1]=1, x[1,0]=4, x[1,1]=5 -> 0 + 10 + 400 + 5000.
-    assert out.tolist() == [[5410., 7632.], [14298., 16520.]]
+    assert out.tolist() == [[5410.0, 7632.0], [14298.0, 16520.0]]
 
 
 def test_odd_input_conv_pads_bottom_right():
-    x = torch.arange(9.).reshape(1, 3, 3, 1)
+    x = torch.arange(9.0).reshape(1, 3, 3, 1)
     out = seedcnn.conv2x2_stride2_reference(x, torch.ones(2, 2, 1, 1), torch.zeros(1)).reshape(2, 2)
     assert out.tolist() == [[0 + 1 + 3 + 4, 2 + 5], [6 + 7, 8]]
 
@@ -56,8 +57,10 @@ def test_fast_forms_equal_plain_forms_forward_and_backward():
         x[:, :5] = 0.0  # ties, as in the background of real images
         kernel, bias = torch.randn(kernel_shape), torch.randn(kernel_shape[-1])
         outputs, grads = [], []
-        for conv, pool in ((seedcnn.conv2x2_stride2, seedcnn.max_pool_2x2_same),
-                           (seedcnn.conv2x2_stride2_reference, seedcnn.max_pool_2x2_same_reference)):
+        for conv, pool in (
+            (seedcnn.conv2x2_stride2, seedcnn.max_pool_2x2_same),
+            (seedcnn.conv2x2_stride2_reference, seedcnn.max_pool_2x2_same_reference),
+        ):
             inputs = [t.clone().requires_grad_() for t in (x, kernel, bias)]
             out = pool(torch.relu(conv(*inputs)))
             out.backward(torch.arange(out.numel(), dtype=torch.float32).reshape(out.shape).sin())
@@ -70,8 +73,10 @@ def test_fast_forms_equal_plain_forms_forward_and_backward():
 
 def keras_layout_weights(seed: int = 0):
     rng = np.random.default_rng(seed)
-    return [(rng.normal(0, 0.3, shapes["kernel"]).astype(np.float32),
-             rng.normal(0, 0.1, shapes["bias"]).astype(np.float32)) for _, _, shapes in seedcnn.LAYERS]
+    return [
+        (rng.normal(0, 0.3, shapes["kernel"]).astype(np.float32), rng.normal(0, 0.1, shapes["bias"]).astype(np.float32))
+        for _, _, shapes in seedcnn.LAYERS
+    ]
 
 
 def test_keras_layout_weights_give_keras_outputs():

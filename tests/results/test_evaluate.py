@@ -1,4 +1,5 @@
 """Evaluation, figures, report and the one-command reproduction."""
+
 from __future__ import annotations
 
 import json
@@ -30,11 +31,13 @@ def test_metrics_equal_scikit_learn_including_a_never_predicted_class():
     y_pred[y_pred == 4] = 6  # class 4 (Coat) is never predicted
     metrics = evaluate.classification_metrics(y_true, y_pred)
     precision, recall, f1, support = sklearn.metrics.precision_recall_fscore_support(
-        y_true, y_pred, labels=range(10), zero_division=0)
+        y_true, y_pred, labels=range(10), zero_division=0
+    )
     for label, name in enumerate(fashion.CLASS_NAMES):
         row = metrics["classification_report"][name]
         assert (row["precision"], row["recall"], row["f1-score"], row["support"]) == pytest.approx(
-            (precision[label], recall[label], f1[label], support[label]))
+            (precision[label], recall[label], f1[label], support[label])
+        )
     assert metrics["classification_report"]["Coat"]["precision"] == 0.0
     counted = np.zeros((10, 10), dtype=int)
     np.add.at(counted, (y_true, y_pred), 1)
@@ -76,8 +79,9 @@ def image_is_real(path, min_size=(300, 200)):
 def test_reproduce_end_to_end(tmp_path, capsys):
     require_real_data()
     out = tmp_path / "repro"
-    code, stdout, err = run_cli(capsys, "reproduce", "--epochs", 1, "--limit", 3000, "--threads", 2, "--seeds", 2,
-                                "--quiet", "--out", out)
+    code, stdout, err = run_cli(
+        capsys, "reproduce", "--epochs", 1, "--limit", 3000, "--threads", 2, "--seeds", 2, "--quiet", "--out", out
+    )
     assert code == 0, err
     assert "report.html" in stdout and "mean" in stdout
     image_is_real(out / "samples.png")
@@ -103,8 +107,9 @@ def test_reproduce_end_to_end(tmp_path, capsys):
     assert summary["stats"]["test_accuracy"]["mean"] == pytest.approx(np.mean(accuracies))
     assert summary["stats"]["test_accuracy"]["std"] == pytest.approx(np.std(accuracies, ddof=1))
     # Re-running keeps finished runs: no epoch is trained again.
-    code, stdout, _ = run_cli(capsys, "reproduce", "--epochs", 1, "--limit", 3000, "--seeds", 1, "--quiet",
-                              "--out", out)
+    code, stdout, _ = run_cli(
+        capsys, "reproduce", "--epochs", 1, "--limit", 3000, "--seeds", 1, "--quiet", "--out", out
+    )
     assert code == 0 and "Epoch 1/1" not in stdout
 
 
@@ -120,8 +125,19 @@ def test_evaluate_weights_of_another_architecture_fail_clearly(tmp_path):
 
 
 def test_time_to_accuracy_and_the_seed_summary():
-    rows = [{"epoch": e, "seconds": 10.0, "val_accuracy": a, "loss": 0.5, "accuracy": a, "val_loss": 0.4,
-             "train_seconds": 9.0, "steps": 375} for e, a in ((1, 0.90), (2, 0.915), (3, 0.92))]
+    rows = [
+        {
+            "epoch": e,
+            "seconds": 10.0,
+            "val_accuracy": a,
+            "loss": 0.5,
+            "accuracy": a,
+            "val_loss": 0.4,
+            "train_seconds": 9.0,
+            "steps": 375,
+        }
+        for e, a in ((1, 0.90), (2, 0.915), (3, 0.92))
+    ]
     assert runs.elapsed(rows) == [10.0, 20.0, 30.0]  # rows without "elapsed": summed
     rows[2]["elapsed"] = 35.0  # recorded (a resumed run's own clock) wins
     assert runs.elapsed(rows) == [10.0, 20.0, 35.0]
@@ -135,11 +151,14 @@ def test_time_to_accuracy_and_the_seed_summary():
     assert "validation 0.91 / 0.93 / 0.94 reached after" in table
     final_fit = [{**row, "val_loss": None, "val_accuracy": None} for row in rows]  # validation_fraction 0
     unvalidated = report.summary_markdown(report.seed_summary({0: metrics}, {0: final_fit}))
-    assert "| 0 | 0.9100 | 0.3000 | 0.9500 | 0.1000 | 35 s | not validated / not validated / not validated |" \
+    assert (
+        "| 0 | 0.9100 | 0.3000 | 0.9500 | 0.1000 | 35 s | not validated / not validated / not validated |"
         in unvalidated
+    )
     targeted = report.seed_summary({0: metrics}, {0: rows}, targets=[0.905, 0.91])
-    assert targeted["seeds"][0]["seconds_to_0.905"] == 20.0 and "validation 0.905 / 0.91 reached" in \
-        report.summary_markdown(targeted)
+    assert targeted["seeds"][0][
+        "seconds_to_0.905"
+    ] == 20.0 and "validation 0.905 / 0.91 reached" in report.summary_markdown(targeted)
     # One seed: every spread is undefined, not 0.
     single = report.summary_markdown(report.seed_summary({0: metrics}, {0: rows}))
     assert "| std | – | – | – | – | – | – / – / – |" in single and "| mean | 0.9100 |" in single

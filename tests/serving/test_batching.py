@@ -1,4 +1,5 @@
 """Dynamic batching: images of concurrent callers go through the model together, each caller gets its rows."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -15,13 +16,13 @@ def test_batched_rows_equal_each_image_predicted_alone(trained_run, real_dataset
     # The thread waits (up to a minute) until 50 images are queued: one model call for all fifty jobs.
     batcher = batching.DynamicBatcher(lambda x: inference.checked_probabilities(network, x), max_batch=50, max_delay=60)
     try:
-        futures = [batcher.submit(images[i:i + 1]) for i in range(50)]
+        futures = [batcher.submit(images[i : i + 1]) for i in range(50)]
         rows = [future.result(timeout=120) for future in futures]
     finally:
         batcher.close()
     assert batcher.batch_sizes == {50: 1}
     for i, row in enumerate(rows):
-        alone = inference.checked_probabilities(network, images[i:i + 1])
+        alone = inference.checked_probabilities(network, images[i : i + 1])
         assert row.shape == (1, 10) and np.abs(row - alone).max() <= 1e-6  # kernels differ with the batch size
         assert row.argmax() == alone.argmax()
 

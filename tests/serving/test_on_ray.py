@@ -1,5 +1,6 @@
 """`fmnist serve --replicas 2` on a local Ray instance: both replicas answer through Ray Serve's proxy, and
 a replica killed under load is replaced; what clients see meanwhile is recorded, not hidden."""
+
 from __future__ import annotations
 
 import asyncio
@@ -37,6 +38,7 @@ async def predictions(url: str, body: bytes, count: int, answered: list | None =
     answered = [] if answered is None else answered
     limits = httpx.Limits(max_connections=None)
     async with httpx.AsyncClient(timeout=4 * REQUEST_TIMEOUT_S, limits=limits) as client:
+
         async def one():
             try:
                 reply = await client.post(f"{url}/predict", content=body, headers={"Content-Type": "image/png"})
@@ -45,6 +47,7 @@ async def predictions(url: str, body: bytes, count: int, answered: list | None =
                 status = 0
             answered.append(status)
             return status
+
         return await asyncio.gather(*(one() for _ in range(count)))
 
 
@@ -71,12 +74,31 @@ def test_two_replicas_on_ray_serve_answer_and_survive_a_killed_replica(tmp_path,
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**without_cluster(), "RAY_USAGE_STATS_ENABLED": "0", "RAY_TMPDIR": "/tmp"}
-    server = subprocess.Popen([sys.executable, "-m", "fmnist", "serve", str(trained_run), "--replicas", "2",
-                               "--port", str(port), "--request-timeout", str(REQUEST_TIMEOUT_S)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              env=env, start_new_session=True)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fmnist",
+            "serve",
+            str(trained_run),
+            "--replicas",
+            "2",
+            "--port",
+            str(port),
+            "--request-timeout",
+            str(REQUEST_TIMEOUT_S),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
     try:
-        wait_for(lambda: server.poll() is None and httpx.get(f"{url}/health", timeout=5).status_code == 200,
-                 "the deployment answers")
+        wait_for(
+            lambda: server.poll() is None and httpx.get(f"{url}/health", timeout=5).status_code == 200,
+            "the deployment answers",
+        )
         wait_for(lambda: len(instances(url)) == 2, "both replicas answer")
         buffer = io.BytesIO()
         PIL.Image.fromarray(real_dataset.test_images[0]).save(buffer, "PNG")
@@ -92,13 +114,18 @@ def test_two_replicas_on_ray_serve_answer_and_survive_a_killed_replica(tmp_path,
                 await asyncio.sleep(0.01)  # a state: the load is under way
             os.kill(victim, signal.SIGKILL)
             return len(answered), await flight
+
         before, statuses = asyncio.run(kill_under_load())
         served = statuses.count(200)
-        print(f"killed replica {victim} after {before} answers: {served} of 400 predictions answered 200, "
-              f"others: {sorted(s for s in statuses if s != 200)}")
+        print(
+            f"killed replica {victim} after {before} answers: {served} of 400 predictions answered 200, "
+            f"others: {sorted(s for s in statuses if s != 200)}"
+        )
         assert before < 400 and served > 0 and set(statuses) <= {200, 408, 500, 502, 503}  # each answered by the proxy
         # Ray Serve's controller replaces it: two replicas answer again, and every prediction succeeds.
-        wait_for(lambda: len(replica_pids(server)) == 2 and victim not in replica_pids(server), "the replica is replaced")
+        wait_for(
+            lambda: len(replica_pids(server)) == 2 and victim not in replica_pids(server), "the replica is replaced"
+        )
         wait_for(lambda: len(instances(url)) == 2, "both replicas answer again")
         assert asyncio.run(predictions(url, body, 50)) == [200] * 50
     finally:

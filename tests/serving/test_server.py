@@ -1,4 +1,5 @@
 """The HTTP server: a real uvicorn server on a loopback port, real requests, and the page in Chromium."""
+
 from __future__ import annotations
 
 import asyncio
@@ -27,8 +28,6 @@ from fmnist.serving import limits, server
 from tests.helpers import as_product_photo, confident_correct, free_port, png, png_header_only, running
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
-
-
 
 
 @pytest.fixture(scope="module")
@@ -89,19 +88,35 @@ def test_bad_requests_get_json_errors_and_server_keeps_serving(served, product_p
         assert reply.status_code == status, (status, reply.text)
         assert isinstance(reply.json()["detail"], str) and reply.json()["detail"]
     assert httpx.get(f"{served}/health").status_code == 200
-    assert httpx.post(f"{served}/predict", content=product_photos[0][0], headers={"Content-Type": "image/jpeg"}).status_code == 200
+    assert (
+        httpx.post(
+            f"{served}/predict", content=product_photos[0][0], headers={"Content-Type": "image/jpeg"}
+        ).status_code
+        == 200
+    )
 
 
 def test_a_burst_of_200_concurrent_requests_is_all_answered_as_one_at_a_time(served, product_photos):
     async def burst() -> list:
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=0)  # a connection each
         async with httpx.AsyncClient(limits=limits, timeout=120) as client:
-            return await asyncio.gather(*(client.post(f"{served}/predict", content=product_photos[i % len(product_photos)][0],
-                                                      headers={"Content-Type": "image/jpeg"}) for i in range(200)))
+            return await asyncio.gather(
+                *(
+                    client.post(
+                        f"{served}/predict",
+                        content=product_photos[i % len(product_photos)][0],
+                        headers={"Content-Type": "image/jpeg"},
+                    )
+                    for i in range(200)
+                )
+            )
+
     replies = asyncio.run(burst())
     assert [reply.status_code for reply in replies] == [200] * 200
-    alone = [httpx.post(f"{served}/predict", content=raw, headers={"Content-Type": "image/jpeg"}).json()
-             for raw, _ in product_photos]
+    alone = [
+        httpx.post(f"{served}/predict", content=raw, headers={"Content-Type": "image/jpeg"}).json()
+        for raw, _ in product_photos
+    ]
     for i, reply in enumerate(replies):
         got, expected = reply.json()["predictions"][0], alone[i % len(product_photos)]["predictions"][0]
         assert [t["class"] for t in got["top"]] == [t["class"] for t in expected["top"]]
@@ -143,8 +158,10 @@ def test_a_full_work_queue_answers_503_with_retry_after(trained_run, product_pho
 
 @pytest.mark.slow
 @pytest.mark.browser
-@pytest.mark.skipif(not (shutil.which("chromium") and shutil.which("chromedriver")),
-                    reason="Debian's chromium and chromium-driver are not installed")
+@pytest.mark.skipif(
+    not (shutil.which("chromium") and shutil.which("chromedriver")),
+    reason="Debian's chromium and chromium-driver are not installed",
+)
 def test_page_in_headless_chromium(served, product_photos, tmp_path):
     from selenium import webdriver
     from selenium.webdriver.common.by import By
@@ -152,9 +169,18 @@ def test_page_in_headless_chromium(served, product_photos, tmp_path):
 
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium")
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1000,800"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--window-size=1000,800",
+    ):
         options.add_argument(flag)
     service = webdriver.ChromeService(executable_path=shutil.which("chromedriver"))
     driver = webdriver.Chrome(options=options, service=service)
@@ -178,8 +204,11 @@ def test_page_in_headless_chromium(served, product_photos, tmp_path):
         assert not empty.is_displayed() and driver.find_element(By.ID, "preprocessed").is_displayed()
         driver.find_element(By.ID, "file").send_keys(str(image))
         WebDriverWait(driver, 30).until(  # the upload's results replace the example's
-            lambda d: d.find_elements(By.CSS_SELECTOR, "#results li")
-            and d.find_elements(By.CSS_SELECTOR, "#results li")[0].get_attribute("data-class") == name)
+            lambda d: (
+                d.find_elements(By.CSS_SELECTOR, "#results li")
+                and d.find_elements(By.CSS_SELECTOR, "#results li")[0].get_attribute("data-class") == name
+            )
+        )
         WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#results li"))
         shown = driver.find_elements(By.CSS_SELECTOR, "#results li")
         assert len(shown) == 3 and shown[0].get_attribute("data-class") == name
@@ -193,9 +222,12 @@ def test_page_in_headless_chromium(served, product_photos, tmp_path):
 # Hostile clients: the status is the error's type, requests and connections are bounded
 def test_status_comes_from_the_error_type_not_its_words(served, product_photos):
     damaged = product_photos[0][0][:300]
-    for name, raw, status in (("pixels over the limit.png", damaged, 400), ("not an image format.png", damaged, 400),
-                              ("notes.png", b"plain text, not an image", 415),
-                              ("bomb.png", png_header_only(5000, 5000), 413)):
+    for name, raw, status in (
+        ("pixels over the limit.png", damaged, 400),
+        ("not an image format.png", damaged, 400),
+        ("notes.png", b"plain text, not an image", 415),
+        ("bomb.png", png_header_only(5000, 5000), 413),
+    ):
         reply = httpx.post(f"{served}/predict", files={"file": (name, raw, "image/png")})
         assert reply.status_code == status, (name, reply.text)
     for content_type in ("IMAGE/JPEG", "Image/Jpeg; charset=binary", "application/OCTET-stream"):
@@ -205,11 +237,15 @@ def test_status_comes_from_the_error_type_not_its_words(served, product_photos):
 
 def test_files_per_request_are_capped(served):
     small = png(PIL.Image.new("L", (28, 28), 30))
-    allowed = httpx.post(f"{served}/predict", files=[("file", (f"{i}.png", small, "image/png"))
-                                                      for i in range(limits.MAX_FILES)], timeout=120)
+    allowed = httpx.post(
+        f"{served}/predict",
+        files=[("file", (f"{i}.png", small, "image/png")) for i in range(limits.MAX_FILES)],
+        timeout=120,
+    )
     assert allowed.status_code == 200 and len(allowed.json()["predictions"]) == limits.MAX_FILES
-    refused = httpx.post(f"{served}/predict", files=[("file", (f"{i}.png", small, "image/png"))
-                                                      for i in range(limits.MAX_FILES + 1)])
+    refused = httpx.post(
+        f"{served}/predict", files=[("file", (f"{i}.png", small, "image/png")) for i in range(limits.MAX_FILES + 1)]
+    )
     assert refused.status_code == 400 and "Too many files" in refused.json()["detail"]
 
 
@@ -231,10 +267,14 @@ def test_non_finite_weights_are_refused_at_start(tmp_path, trained_run):
     state = safetensors.torch.load_file(str(run_dir / runs.WEIGHTS))
     state["dense3.bias"][0] = float("nan")
     runs.save_weights(run_dir / runs.WEIGHTS, state, seedcnn.ARCHITECTURE)
-    with pytest.raises(errors.RunError, match="dense3.bias holds NaN"):
+    with pytest.raises(errors.RunError, match=r"dense3.bias holds NaN"):
         server.create_app(run_dir)
-    result = subprocess.run([sys.executable, "-m", "fmnist", "serve", str(run_dir), "--port", str(free_port())],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "fmnist", "serve", str(run_dir), "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2 and "holds NaN" in result.stderr and "Traceback" not in result.stderr
 
 
@@ -247,7 +287,7 @@ def closed_by_server(sock: socket.socket) -> bool:
         return True
     except ConnectionResetError:
         return True
-    except socket.timeout:
+    except TimeoutError:
         return False
 
 
@@ -259,8 +299,9 @@ def test_slow_and_idle_clients_are_dropped(impatient_server, caplog):
         sock.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Le")
     idle = socket.create_connection(address)
     trickle = socket.create_connection(address)
-    trickle.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
-                    b"Content-Length: 1000\r\n\r\n\x89PNG")
+    trickle.sendall(
+        b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\nContent-Length: 1000\r\n\r\n\x89PNG"
+    )
     assert all(closed_by_server(sock) for sock in [*half_headers, idle, trickle])
     for sock in [*half_headers, idle, trickle]:
         sock.close()
@@ -272,8 +313,10 @@ def test_slow_and_idle_clients_are_dropped(impatient_server, caplog):
 def test_client_leaving_mid_body_is_one_log_line(impatient_server, caplog):
     caplog.set_level(logging.INFO)
     sock = socket.create_connection(("127.0.0.1", int(impatient_server.rsplit(":", 1)[1])))
-    sock.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
-                 b"Content-Length: 100000\r\n\r\n" + bytes(5000))
+    sock.sendall(
+        b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
+        b"Content-Length: 100000\r\n\r\n" + bytes(5000)
+    )
     sock.close()
     deadline = time.time() + 60
     while not any("went away" in r.getMessage() for r in caplog.records) and time.time() < deadline:
@@ -283,7 +326,7 @@ def test_client_leaving_mid_body_is_one_log_line(impatient_server, caplog):
 
 
 def rss_kib(pid: int, field: str) -> int:
-    line = next(l for l in Path(f"/proc/{pid}/status").read_text().splitlines() if l.startswith(field + ":"))
+    line = next(row for row in Path(f"/proc/{pid}/status").read_text().splitlines() if row.startswith(field + ":"))
     return int(line.split()[1])
 
 
@@ -291,26 +334,33 @@ def limit_sized_images() -> list[tuple[str, bytes]]:
     """Small files that declare the most pixels the server accepts, in its costliest modes."""
     jpeg = io.BytesIO()
     PIL.Image.new("RGB", (8000, 6000), (200, 30, 30)).save(jpeg, "JPEG")
-    side = int(photos.MAX_PIXELS ** 0.5)
-    return [("rgba.png", png(PIL.Image.new("RGBA", (side, side), (0, 0, 0, 0)))),
-            ("palette.png", png(PIL.Image.new("P", (side, side)))),
-            ("sixteen.png", png(PIL.Image.new("I;16", (side, side), 300))),
-            ("line.png", png(PIL.Image.new("L", (photos.MAX_PIXELS, 1), 255))),
-            ("photo.jpg", jpeg.getvalue())]
+    side = int(photos.MAX_PIXELS**0.5)
+    return [
+        ("rgba.png", png(PIL.Image.new("RGBA", (side, side), (0, 0, 0, 0)))),
+        ("palette.png", png(PIL.Image.new("P", (side, side)))),
+        ("sixteen.png", png(PIL.Image.new("I;16", (side, side), 300))),
+        ("line.png", png(PIL.Image.new("L", (photos.MAX_PIXELS, 1), 255))),
+        ("photo.jpg", jpeg.getvalue()),
+    ]
 
 
 @pytest.mark.slow
 def test_server_memory_is_bounded_for_limit_sized_images(tmp_path, trained_run, product_photos):
     """Peak RSS of a real `fmnist serve` process (Linux /proc: VmHWM, reset through clear_refs)."""
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "fmnist", "serve", str(trained_run), "--port", str(port)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fmnist", "serve", str(trained_run), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 120
         while time.time() < deadline and process.poll() is None:
             try:
-                if httpx.post(f"{url}/predict", content=product_photos[0][0], headers={"Content-Type": "image/jpeg"}).is_success:
+                if httpx.post(
+                    f"{url}/predict", content=product_photos[0][0], headers={"Content-Type": "image/jpeg"}
+                ).is_success:
                     break  # started, and the first prediction (its one-time costs) done
             except httpx.TransportError:
                 time.sleep(0.2)
@@ -334,20 +384,32 @@ def test_a_taken_port_is_one_line_before_the_model_loads(tmp_path):
         taken.listen()
         port = taken.getsockname()[1]
         for replicas in ([], ["--replicas", "2"]):  # one process; Ray Serve's proxy on a local Ray instance
-            result = subprocess.run([sys.executable, "-m", "fmnist", "serve", str(tmp_path / "no-run"),
-                                     "--port", str(port), *replicas], capture_output=True, text=True, timeout=120)
+            result = subprocess.run(
+                [sys.executable, "-m", "fmnist", "serve", str(tmp_path / "no-run"), "--port", str(port), *replicas],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
             # the address is refused first: no run directory (nor Ray) was needed to learn that
             assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
             assert result.stderr.startswith(f"error: cannot listen on 127.0.0.1:{port}: ")
             assert "another --port" in result.stderr
-    result = subprocess.run([sys.executable, "-m", "fmnist", "serve", str(tmp_path), "--port", "65536"],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "fmnist", "serve", str(tmp_path), "--port", "65536"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2 and "a port is a number from 0 to 65535, not '65536'" in result.stderr
 
 
 def test_port_0_serves_on_the_free_port_it_prints(trained_run):
-    process = subprocess.Popen([sys.executable, "-m", "fmnist", "serve", str(trained_run), "--port", "0"],
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fmnist", "serve", str(trained_run), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         line = process.stdout.readline()  # "serving RUN in fp32 on http://127.0.0.1:PORT/ (Ctrl-C stops)"
         url = line.split(" on ", 1)[1].split()[0]
@@ -368,10 +430,15 @@ def test_port_0_serves_on_the_free_port_it_prints(trained_run):
 
 @pytest.mark.slow
 def test_replicas_without_ray_serve_say_how_to_get_it(trained_run):
-    code = ("import sys; sys.modules['ray'] = None; from fmnist import cli; "  # as if Ray were not installed
-            f"sys.exit(cli.main(['serve', {str(trained_run)!r}, '--replicas', '2']))")
+    code = (
+        "import sys; sys.modules['ray'] = None; from fmnist import cli; "  # as if Ray were not installed
+        f"sys.exit(cli.main(['serve', {str(trained_run)!r}, '--replicas', '2']))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 2 and "pip install 'fmnist[serve-ray]'" in result.stderr, result.stderr
-    result = subprocess.run([sys.executable, "-m", "fmnist", "serve", str(trained_run), "--replicas", "0"],
-                            capture_output=True, text=True)
-    assert result.returncode == 2 and "--replicas must be 1 or more" in result.stderr and "Traceback" not in result.stderr
+    result = subprocess.run(
+        [sys.executable, "-m", "fmnist", "serve", str(trained_run), "--replicas", "0"], capture_output=True, text=True
+    )
+    assert (
+        result.returncode == 2 and "--replicas must be 1 or more" in result.stderr and "Traceback" not in result.stderr
+    )

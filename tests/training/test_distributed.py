@@ -1,4 +1,5 @@
 """Data-parallel training with torchrun: 2 CPU processes (gloo on loopback) equal one process."""
+
 from __future__ import annotations
 
 import subprocess
@@ -18,9 +19,25 @@ def test_two_gloo_processes_match_single_process_training(tmp_path):
     require_real_data()
     # No dropout: with it, each process would draw masks for its half only, unlike a single process.
     common = ["--epochs", "1", "--limit", "2000", "--dropout", "0", "--threads", "1", "--seed", "5", "--quiet"]
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                             "--nproc-per-node", "2", "-m", "fmnist", "train",
-                             *common, "--out", str(tmp_path / "ddp")], capture_output=True, text=True, timeout=240)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "fmnist",
+            "train",
+            *common,
+            "--out",
+            str(tmp_path / "ddp"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("Epoch 1/1") == 1, "only rank 0 reports"
     single = loop.fit(configs.TrainConfig(epochs=1, limit=2000, dropout=0.0, threads=1, seed=5), tmp_path / "one")

@@ -1,4 +1,7 @@
 """The recipe's pieces (recipe.py) against their plain forms and their definitions."""
+
+import itertools
+
 import pytest
 import torch
 
@@ -45,8 +48,17 @@ def test_augment_without_augmentation_draws_nothing_and_keeps_images():
     assert torch.equal(generator.get_state(), before)
 
 
-@pytest.mark.parametrize("flip, shift, cutout, given", [(True, 1, 0, False), (True, 2, 0, True), (False, 0, 0, False),
-                                                    (False, 3, 0, False), (True, 1, 8, True), (True, 8, 0, False)])
+@pytest.mark.parametrize(
+    "flip, shift, cutout, given",
+    [
+        (True, 1, 0, False),
+        (True, 2, 0, True),
+        (False, 0, 0, False),
+        (False, 3, 0, False),
+        (True, 1, 8, True),
+        (True, 8, 0, False),
+    ],
+)
 def test_shuffled_augmented_equals_augment_after_the_gather(flip, shift, cutout, given):
     """The one-pass form (on the CPU: numba's gather, flip and shift) gives augment(images[order]) bit for bit
     and leaves the generator where augment leaves it; a subset of the images, as well as a permutation."""
@@ -74,8 +86,9 @@ def test_an_epoch_with_the_whole_recipe_runs_and_sets_each_steps_rate():
     optimizer = recipe.optimizer_for(network, configs.TrainConfig(optimizer="sgd", weight_decay=5e-4))
     x, y = images(32), torch.arange(32) % 10
     config = configs.TrainConfig(batch_size=16, flip=True, shift=2, label_smoothing=0.1)
-    loss, accuracy = loop.train_one_epoch(network, optimizer, x, y, config, torch.Generator().manual_seed(0),
-                                              plan=loop.EpochPlan(rates=[0.05, 0.01]))
+    loss, accuracy = loop.train_one_epoch(
+        network, optimizer, x, y, config, torch.Generator().manual_seed(0), plan=loop.EpochPlan(rates=[0.05, 0.01])
+    )
     assert torch.isfinite(loss) and 0 <= accuracy <= 1
     assert {group["lr"] for group in optimizer.param_groups} == {0.01}  # the last step's
 
@@ -85,7 +98,8 @@ def test_one_cycle_rises_to_its_peak_and_ends_at_zero():
     rates = [configs.learning_rate(step, total, peak, "onecycle", 0.2) for step in range(total)]
     assert rates[19] == pytest.approx(peak) and max(rates) == pytest.approx(peak)
     assert rates[0] == pytest.approx(peak / 20) and rates[-1] == 0.0
-    assert all(a <= b for a, b in zip(rates[:20], rates[1:20])) and all(a >= b for a, b in zip(rates[19:], rates[20:]))
+    assert all(a <= b for a, b in itertools.pairwise(rates[:20]))  # up to the peak
+    assert all(a >= b for a, b in itertools.pairwise(rates[19:]))  # then down
     assert {configs.learning_rate(step, total, peak, "constant", 0.2) for step in range(total)} == {peak}
 
 
@@ -104,12 +118,17 @@ def test_weight_decay_applies_to_weights_only():
     assert len(decayed["params"]) + len(free["params"]) == len(list(network.parameters()))
 
 
-@pytest.mark.parametrize("bad, rule", [({"optimizer": "rmsprop"}, "optimizer must be one of adam, sgd, adamw, muon"),
-                                       ({"schedule": "cosine"}, "schedule must be one of constant, onecycle"),
-                                       ({"weight_decay": 0.1}, "Keras's Adam takes no weight decay"),
-                                       ({"shift": 9}, r"shift and tta_shift must be 0\.\.8 pixels"),
-                                       ({"label_smoothing": 1.0}, r"label smoothing must be in \[0, 1\)"),
-                                       ({"flip": 1}, "flip must be bool, got 1")])
+@pytest.mark.parametrize(
+    "bad, rule",
+    [
+        ({"optimizer": "rmsprop"}, "optimizer must be one of adam, sgd, adamw, muon"),
+        ({"schedule": "cosine"}, "schedule must be one of constant, onecycle"),
+        ({"weight_decay": 0.1}, "Keras's Adam takes no weight decay"),
+        ({"shift": 9}, r"shift and tta_shift must be 0\.\.8 pixels"),
+        ({"label_smoothing": 1.0}, r"label smoothing must be in \[0, 1\)"),
+        ({"flip": 1}, "flip must be bool, got 1"),
+    ],
+)
 def test_a_bad_recipe_is_a_value_error_naming_its_rule(bad, rule):
     with pytest.raises(ValueError, match=rule):
         configs.TrainConfig(**bad)

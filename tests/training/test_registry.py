@@ -1,4 +1,5 @@
 """The model registry: every model through the whole toolchain, recipes as defaults, old runs still load."""
+
 from __future__ import annotations
 
 import contextlib
@@ -20,6 +21,7 @@ from fmnist.data import fashion
 from fmnist.interop import to_onnx
 from fmnist.nets import architectures, inference
 from fmnist.serving import server
+from fmnist.studies import seeds as seeds_study
 from fmnist.training import configs, loop, registry
 from tests.helpers import require_real_data, run_cli, running
 
@@ -34,8 +36,11 @@ def test_every_model_through_the_whole_toolchain(tmp_path, real_dataset, name):
     network = inference.load_model(run_dir)
     assert isinstance(architectures.unwrapped(network), registry.get(name).network)
     assert isinstance(network, inference.FlipAveraged) == configs.TrainConfig.for_model(name).tta  # weights say so
-    loss, accuracy = inference.evaluate(network, inference.to_tensor(real_dataset.test_images[:500], torch.device("cpu")),
-                                    torch.from_numpy(real_dataset.test_labels[:500]))
+    loss, accuracy = inference.evaluate(
+        network,
+        inference.to_tensor(real_dataset.test_images[:500], torch.device("cpu")),
+        torch.from_numpy(real_dataset.test_labels[:500]),
+    )
     assert np.isfinite(loss) and 0 <= accuracy <= 1
     assert len(inference.classify(network, real_dataset.test_images[:3])) == 3
     onnx_path = to_onnx.export_onnx(run_dir)
@@ -64,13 +69,32 @@ def test_the_new_recipe_beats_the_seed_at_an_equal_small_budget(tmp_path):
 def test_reproduce_compares_models_in_one_table(tmp_path, capsys):
     require_real_data()
     out = tmp_path / "compare"
-    code, stdout, err = run_cli(capsys, "reproduce", "--model", "seed-cnn", "--model", "fast-cnn", "--epochs", 1,
-                                "--limit", 1200, "--threads", 2, "--quiet", "--out", out, "--seeds", 1,
-                                "--target", 0.5)
+    code, stdout, err = run_cli(
+        capsys,
+        "reproduce",
+        "--model",
+        "seed-cnn",
+        "--model",
+        "fast-cnn",
+        "--epochs",
+        1,
+        "--limit",
+        1200,
+        "--threads",
+        2,
+        "--quiet",
+        "--out",
+        out,
+        "--seeds",
+        1,
+        "--target",
+        0.5,
+    )
     assert code == 0, err
     table = (out / "comparison.md").read_text().splitlines()
-    assert table[0].startswith("| model | seeds | test accuracy | training time (s) | time to 0.5 validation accuracy"
-                               " (s) | time to 0.91")
+    assert table[0].startswith(
+        "| model | seeds | test accuracy | training time (s) | time to 0.5 validation accuracy (s) | time to 0.91"
+    )
     assert [line.split(" | ")[0] for line in table[2:4]] == ["| seed-cnn", "| fast-cnn"]
     rows = json.loads((out / "comparison.json").read_text())
     for name in ("seed-cnn", "fast-cnn"):
@@ -125,8 +149,11 @@ def test_a_config_is_a_recipe_a_runtime_and_a_seed_and_no_model_sets_the_runtime
 
 
 def test_a_comparison_defaults_to_five_seeds_and_targets_are_accuracies(capsys):
-    assert api.default_seeds(["seed-cnn"], None) == 1 and api.default_seeds(["seed-cnn", "fast-cnn"], None) == 5
-    assert api.default_seeds(["seed-cnn", "fast-cnn"], 2) == 2
+    def seeds_of(names, seeds=None):
+        return len(seeds_study.plan(names, seeds).seed_configs(names[0]))
+
+    assert seeds_of(["seed-cnn"]) == 1 and seeds_of(["seed-cnn", "fast-cnn"]) == 5
+    assert seeds_of(["seed-cnn", "fast-cnn"], 2) == 2
     code, _, err = run_cli(capsys, "reproduce", "--target", "94", "--epochs", 1)
     assert code == 2 and "a target is a validation accuracy in (0, 1)" in err
 
@@ -162,12 +189,17 @@ def test_layer_table_of_the_seed_and_of_any_network():
     seed = architectures.layer_table(registry.SEED.build(0.5))
     assert seed[0] == ("conv1 (Conv2D)", "(None, 14, 14, 32)", 160) and sum(row[2] for row in seed) == 845_674
     other = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 16), torch.nn.ReLU(), torch.nn.Linear(16, 10))
-    assert architectures.layer_table(other) == [("0 (Flatten)", "(None, 784)", 0), ("1 (Linear)", "(None, 16)", 12_560),
-                                         ("2 (ReLU)", "(None, 16)", 0), ("3 (Linear)", "(None, 10)", 170)]
+    assert architectures.layer_table(other) == [
+        ("0 (Flatten)", "(None, 784)", 0),
+        ("1 (Linear)", "(None, 16)", 12_560),
+        ("2 (ReLU)", "(None, 16)", 0),
+        ("3 (Linear)", "(None, 10)", 170),
+    ]
 
 
-@pytest.mark.parametrize("name", [name for name, spec in registry.REGISTRY.items()
-                                  if hasattr(spec.network, "for_inference")])
+@pytest.mark.parametrize(
+    "name", [name for name, spec in registry.REGISTRY.items() if hasattr(spec.network, "for_inference")]
+)
 def test_an_inference_form_is_the_same_function(name):
     """BatchNorm folded into the convolutions (for_inference) against the network as trained, in eval mode."""
     torch.manual_seed(0)
@@ -183,13 +215,17 @@ def test_an_inference_form_is_the_same_function(name):
 
 
 def test_reproduce_checks_every_model_before_anything_runs(tmp_path, capsys):
-    code, out, err = run_cli(capsys, "reproduce", "--model", "seed-cnn", "--model", "resnet", "--epochs", 1,
-                             "--out", tmp_path / "out")
+    code, out, err = run_cli(
+        capsys, "reproduce", "--model", "seed-cnn", "--model", "resnet", "--epochs", 1, "--out", tmp_path / "out"
+    )
     assert code == 2 and err.startswith("error: unknown model 'resnet'") and len(err.strip().splitlines()) == 1
     assert "source:" not in out and not (tmp_path / "out").exists()  # not even the data check ran
-    for flags, said in ((["--seeds", 0], "--seeds must be 1 or more, got 0"),
-                        (["--threads", 0], "threads must be >= 1, got 0"), (["--limit", 1], "limit must be >= 2, got 1"),
-                        (["--workers", 0], "--workers must be 1 or more, got 0")):
+    for flags, said in (
+        (["--seeds", 0], "--seeds must be 1 or more, got 0"),
+        (["--threads", 0], "threads must be >= 1, got 0"),
+        (["--limit", 1], "limit must be >= 2, got 1"),
+        (["--workers", 0], "--workers must be 1 or more, got 0"),
+    ):
         code, out, err = run_cli(capsys, "reproduce", *flags, "--epochs", 1, "--out", tmp_path / "out")
         assert code == 2 and err == f"error: {said}\n" and not (tmp_path / "out").exists(), err  # was: 50 epochs
 

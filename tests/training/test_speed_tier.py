@@ -1,5 +1,6 @@
 """The speed tier's pieces against their plain forms: multi-view TTA, alternating flips, BatchNorm settings,
 identity initialisation, and the precision chosen from the CPU's features."""
+
 import copy
 
 import pytest
@@ -9,7 +10,7 @@ from torch import nn
 from fmnist import runs
 from fmnist.core import errors
 from fmnist.nets import fastcnn, inference
-from fmnist.training import configs, loop, recipe, registry
+from fmnist.training import checkpoint, configs, loop, recipe, registry
 from tests.helpers import require_real_data
 
 
@@ -50,8 +51,15 @@ def test_an_epoch_mirrors_exactly_the_images_its_flips_name():
     flips = recipe.alternating_flips(8, seed=0, epoch=1)
     generator = torch.Generator().manual_seed(5)
     order = torch.randperm(8, generator=torch.Generator().manual_seed(5))  # the loop's draw, first from generator
-    loop.train_one_epoch(network, recipe.optimizer_for(network, config), x, torch.zeros(8, dtype=torch.long), config,
-                             generator, plan=loop.EpochPlan(flips=flips))
+    loop.train_one_epoch(
+        network,
+        recipe.optimizer_for(network, config),
+        x,
+        torch.zeros(8, dtype=torch.long),
+        config,
+        generator,
+        plan=loop.EpochPlan(flips=flips),
+    )
     expected = torch.where(flips[order][:, None, None, None], x[order].flip(2), x[order])
     assert torch.equal(seen[0], expected)
 
@@ -75,8 +83,9 @@ def test_parameter_groups_scale_batchnorm_biases_and_leave_frozen_scales_out():
     norms = [m for m in network.modules() if isinstance(m, nn.BatchNorm2d)]
     groups = {id(p): group for group in optimizer.param_groups for p in group["params"]}
     assert all(id(bn.weight) not in groups and not bn.weight.requires_grad for bn in norms)
-    assert all(groups[id(bn.bias)]["lr"] == pytest.approx(6.4) and groups[id(bn.bias)]["weight_decay"] == 0
-               for bn in norms)
+    assert all(
+        groups[id(bn.bias)]["lr"] == pytest.approx(6.4) and groups[id(bn.bias)]["weight_decay"] == 0 for bn in norms
+    )
     assert groups[id(network.head.weight)]["lr"] == 0.1 and groups[id(network.head.bias)]["lr_scale"] == 1.0
     assert len(groups) == sum(p.requires_grad for p in network.parameters())
 
@@ -87,11 +96,19 @@ def test_a_scheduled_step_sets_each_group_at_its_scale_and_frozen_scales_stay_at
     recipe.freeze_bn_weights(network)
     config = configs.Recipe.for_model("fast-cnn", batch_size=8, bn_bias_lr=64.0, bn_weight=False)
     optimizer = recipe.optimizer_for(network, config)
-    loop.train_one_epoch(network, optimizer, images(8), torch.arange(8), config,
-                             torch.Generator().manual_seed(0), plan=loop.EpochPlan(rates=[0.01]))
+    loop.train_one_epoch(
+        network,
+        optimizer,
+        images(8),
+        torch.arange(8),
+        config,
+        torch.Generator().manual_seed(0),
+        plan=loop.EpochPlan(rates=[0.01]),
+    )
     assert sorted({group["lr"] for group in optimizer.param_groups}) == [0.01, pytest.approx(0.64)]
-    assert all(torch.equal(m.weight, torch.ones_like(m.weight)) for m in network.modules()
-               if isinstance(m, nn.BatchNorm2d))
+    assert all(
+        torch.equal(m.weight, torch.ones_like(m.weight)) for m in network.modules() if isinstance(m, nn.BatchNorm2d)
+    )
 
 
 def test_dirac_initialisation_passes_the_input_through_the_first_filters():
@@ -103,12 +120,15 @@ def test_dirac_initialisation_passes_the_input_through_the_first_filters():
     torch.testing.assert_close(out[:, :16], x, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("flags, model, expected", [
-    ({"avx512_bf16", "avx2"}, "cnn94", "bf16"),    # Zen 4/5
-    ({"amx_bf16", "amx_tile"}, "cnn94", "bf16"),    # Sapphire Rapids
-    ({"avx2", "fma"}, "cnn94", "fp32"),             # Zen 3: bf16 would be emulated
-    ({"avx512_bf16"}, "seed-cnn", "fp32"),          # the seed's fused kernels run fp32: bf16 does not pay
-])
+@pytest.mark.parametrize(
+    "flags, model, expected",
+    [
+        ({"avx512_bf16", "avx2"}, "cnn94", "bf16"),  # Zen 4/5
+        ({"amx_bf16", "amx_tile"}, "cnn94", "bf16"),  # Sapphire Rapids
+        ({"avx2", "fma"}, "cnn94", "fp32"),  # Zen 3: bf16 would be emulated
+        ({"avx512_bf16"}, "seed-cnn", "fp32"),  # the seed's fused kernels run fp32: bf16 does not pay
+    ],
+)
 def test_auto_precision_follows_the_cpu_and_the_model(flags, model, expected):
     assert loop.choose_precision("auto", model, torch.device("cpu"), flags) == expected
 
@@ -132,7 +152,7 @@ def test_lookahead_follows_its_formula():
         if step % 5 and step != 20:  # between averaging steps nothing changes
             assert all(torch.equal(a, b) for a, b in zip(recipe.averaged_tensors(network), fast))
             continue
-        decay = 1.0 if step == 20 else 0.95 ** 5 * (step / 20) ** 3
+        decay = 1.0 if step == 20 else 0.95**5 * (step / 20) ** 3
         slow = [decay * s + (1 - decay) * f for s, f in zip(slow, fast)]
         for expected, tensor in zip(slow, recipe.averaged_tensors(network)):
             torch.testing.assert_close(tensor, expected, rtol=1e-6, atol=1e-6)
@@ -141,20 +161,20 @@ def test_lookahead_follows_its_formula():
 
 def test_a_checkpoint_carries_the_lookahead_weights():
     config = configs.TrainConfig.for_model("fast-cnn", lookahead=True, epochs=2)
-    state = loop.new_state(config, torch.device("cpu"), steps_per_epoch=3)
+    state = checkpoint.new_state(config, torch.device("cpu"), steps_per_epoch=3)
     for slow in state.lookahead.slow:
         slow.add_(1.0)
-    other = loop.new_state(config, torch.device("cpu"), steps_per_epoch=3)
+    other = checkpoint.new_state(config, torch.device("cpu"), steps_per_epoch=3)
     other.restore(state.checkpoint(), "checkpoint.pt")
     assert all(torch.equal(a, b) for a, b in zip(other.lookahead.slow, state.lookahead.slow))
     damaged = {**state.checkpoint(), "lookahead": state.lookahead.slow[:-1]}
-    with pytest.raises(errors.RunError, match="checkpoint.pt is damaged.*Lookahead"):
+    with pytest.raises(errors.RunError, match=r"checkpoint.pt is damaged.*Lookahead"):
         other.restore(damaged, "checkpoint.pt")
 
 
 def test_recipe_settings_set_up_the_network():
     config = configs.TrainConfig.for_model("fast-cnn", bn_momentum=0.4, bn_weight=False, dirac=True)
-    network = loop.new_state(config, torch.device("cpu"), steps_per_epoch=1).network
+    network = checkpoint.new_state(config, torch.device("cpu"), steps_per_epoch=1).network
     norms = [m for m in network.modules() if isinstance(m, nn.BatchNorm2d)]
     assert all(m.momentum == 0.4 and not m.weight.requires_grad for m in norms)
     assert "BatchNorm momentum 0.4" in config.describe() and "identity-initialised convs" in config.describe()
@@ -162,8 +182,8 @@ def test_recipe_settings_set_up_the_network():
 
 def test_whitening_filters_match_an_eigen_decomposition_of_patches_gathered_by_a_loop():
     x = images(6, seed=2)
-    patches = [x[n, r:r + 3, c:c + 3, 0].reshape(9) for n in range(6) for r in range(26) for c in range(26)]
-    stacked = torch.stack(patches).double()                         # (6 * 26 * 26, 9)
+    patches = [x[n, r : r + 3, c : c + 3, 0].reshape(9) for n in range(6) for r in range(26) for c in range(26)]
+    stacked = torch.stack(patches).double()  # (6 * 26 * 26, 9)
     centred = stacked - stacked.mean(0)
     covariance = centred.T @ centred / (len(stacked) - 1)
     torch.testing.assert_close(fastcnn.patch_covariance(x), covariance)
@@ -182,7 +202,7 @@ def test_whitening_filters_match_an_eigen_decomposition_of_patches_gathered_by_a
 def test_a_whitening_stem_is_frozen_and_its_bias_trains_only_in_the_first_epochs():
     config = configs.TrainConfig.for_model("whitened-cnn", whiten_bias_epochs=1, dirac=True)
     x = images(64)
-    state = loop.new_state(config, torch.device("cpu"), steps_per_epoch=1, images=x)
+    state = checkpoint.new_state(config, torch.device("cpu"), steps_per_epoch=1, images=x)
     stem = state.network.whitening
     torch.testing.assert_close(stem.weight, fastcnn.whitening_filters(x))  # dirac left the frozen filters alone
     assert not stem.weight.requires_grad
@@ -207,8 +227,9 @@ def test_cutout_equals_its_plain_form_and_cuts_only_its_square():
     seen, network = [], SpyNetwork([])
     network.seen = seen
     config = configs.Recipe(batch_size=64, cutout=8, optimizer="sgd")
-    loop.train_one_epoch(network, recipe.optimizer_for(network, config), x, labels, config,
-                             torch.Generator().manual_seed(3))
+    loop.train_one_epoch(
+        network, recipe.optimizer_for(network, config), x, labels, config, torch.Generator().manual_seed(3)
+    )
     order = torch.randperm(64, generator=torch.Generator().manual_seed(3))
     cut = (seen[0] == 0) & (x[order] != 0)
     assert torch.equal(seen[0][~cut], x[order][~cut]) and 0 < cut.sum(dim=(1, 2, 3)).max() <= 64
@@ -231,9 +252,10 @@ def test_validating_through_the_tta_only_after_the_last_epoch_watches_the_same_t
     config = configs.TrainConfig.for_model("cnn94", validate_tta="last", **quick)
     last = loop.fit(config, tmp_path / "last", on_epoch=validate_epoch_weights_alone)
     assert (last[0]["val_loss"], last[0]["val_accuracy"]) == plain[0]  # epoch 1: the network alone
-    assert last[0]["val_loss"] != every[0]["val_loss"]                 # ... which is not its 6 views
-    assert [(row["val_loss"], row["val_accuracy"]) for row in last[1:]] == \
-        [(row["val_loss"], row["val_accuracy"]) for row in every[1:]]   # the last epoch: through its TTA
+    assert last[0]["val_loss"] != every[0]["val_loss"]  # ... which is not its 6 views
+    assert [(row["val_loss"], row["val_accuracy"]) for row in last[1:]] == [
+        (row["val_loss"], row["val_accuracy"]) for row in every[1:]
+    ]  # the last epoch: through its TTA
     weights = [runs.load_weights(tmp_path / name / runs.WEIGHTS)[0] for name in ("every", "last")]
     assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
     with pytest.raises(ValueError, match="validate_tta"):
@@ -247,7 +269,7 @@ def test_orthogonalised_keeps_the_singular_vectors_and_evens_out_the_values(shap
     in_its_basis = u.T @ recipe.orthogonalised(matrix) @ vt.T  # diagonal: the same U and V
     values = torch.diagonal(in_its_basis)
     torch.testing.assert_close(in_its_basis, torch.diag(values), rtol=0, atol=1e-6)
-    assert 0.6 < values.min() and values.max() < 1.25  # every direction at about the same size
+    assert values.min() > 0.6 and values.max() < 1.25  # every direction at about the same size
 
 
 def test_muon_steps_the_conv_filters_by_its_formula_and_the_rest_by_sgd():
@@ -287,7 +309,7 @@ def test_pooling_before_the_relu_is_the_same_network_bit_for_bit(name, precision
     network = registry.get(name).build(0.0).train()
     network.features.fused = False  # PyTorch's layers in both (the fused blocks: test_norm_kernels.py)
     kinds = [type(layer) for layer in network.features]
-    assert any(kinds[i:i + 2] == [nn.MaxPool2d, nn.ReLU] for i in range(len(kinds))), kinds  # pools first
+    assert any(kinds[i : i + 2] == [nn.MaxPool2d, nn.ReLU] for i in range(len(kinds))), kinds  # pools first
     plain = copy.deepcopy(network)
     plain.features = nn.Sequential(*fastcnn.pool_first(plain.features, first=False))
     assert not any([type(a), type(b)] == [nn.MaxPool2d, nn.ReLU] for a, b in zip(plain.features, plain.features[1:]))

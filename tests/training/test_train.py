@@ -1,4 +1,5 @@
 """Training: it learns, writes its run directory, is bit-reproducible, resumes exactly, fails clearly."""
+
 from __future__ import annotations
 
 import json
@@ -50,18 +51,33 @@ def test_short_training_learns_writes_run_dir_and_is_reproducible(tmp_path):
     assert not torch.equal(weights(tmp_path / "a")["dense1.kernel"], weights(tmp_path / "c")["dense1.kernel"])
 
 
-EVERY_SETTING = dict(lookahead=True, cutout=6, alternate_flip=True, bn_bias_lr=8.0, dirac=True, bn_weight=False, optimizer="muon",
-                     muon_lr=0.5, bn_momentum=0.4, tta_shift=1)  # every recipe setting that keeps state or draws
+EVERY_SETTING = dict(
+    lookahead=True,
+    cutout=6,
+    alternate_flip=True,
+    bn_bias_lr=8.0,
+    dirac=True,
+    bn_weight=False,
+    optimizer="muon",
+    muon_lr=0.5,
+    bn_momentum=0.4,
+    tta_shift=1,
+)  # every recipe setting that keeps state or draws
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name, settings", [(name, {"whiten_bias_epochs": 2} if name == "whitened-cnn" else {})
-                                            for name in registry.REGISTRY] + [("fast-cnn", EVERY_SETTING)])
+@pytest.mark.parametrize(
+    "name, settings",
+    [(name, {"whiten_bias_epochs": 2} if name == "whitened-cnn" else {}) for name in registry.REGISTRY]
+    + [("fast-cnn", EVERY_SETTING)],
+)
 def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, name, settings):
     """Every model's recipe: its augmentation draws, schedule, averaged weights and optimizer state continue
     exactly."""
     require_real_data()
-    config = configs.TrainConfig.for_model(name, epochs=3, seed=1, limit=1200, threads=2, **settings)  # 8 steps an epoch
+    config = configs.TrainConfig.for_model(
+        name, epochs=3, seed=1, limit=1200, threads=2, **settings
+    )  # 8 steps an epoch
     loop.fit(config, tmp_path / "straight")
 
     def interrupt_after_first_epoch(row):
@@ -81,20 +97,36 @@ def test_ctrl_c_in_the_cli_saves_explains_and_resumes(tmp_path):
     require_real_data()
     run_dir = tmp_path / "run"
     # 10,000 epochs: however busy the machine, the run cannot finish before Ctrl-C arrives.
-    command = [sys.executable, "-m", "fmnist", "train", "--epochs", "10000", "--limit", "3000", "--threads", "2",
-               "--quiet", "--out", str(run_dir)]
+    command = [
+        sys.executable,
+        "-m",
+        "fmnist",
+        "train",
+        "--epochs",
+        "10000",
+        "--limit",
+        "3000",
+        "--threads",
+        "2",
+        "--quiet",
+        "--out",
+        str(run_dir),
+    ]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in process.stdout:  # wait for the first finished epoch, then press Ctrl-C
         if line.startswith("Epoch 1/10000"):
             break
     process.send_signal(signal.SIGINT)
-    out, err = process.communicate(timeout=60)
+    _out, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
     assert "Traceback" not in err and "fmnist train --resume" in err
     done = runs.load_checkpoint(run_dir / runs.CHECKPOINT)["epoch"]
     assert done >= 1
-    result = subprocess.run([sys.executable, "-m", "fmnist", "train", "--resume", str(run_dir), "--epochs",
-                             str(done + 1), "--quiet"], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "fmnist", "train", "--resume", str(run_dir), "--epochs", str(done + 1), "--quiet"],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
     assert f"Epoch {done + 1}/{done + 1}" in result.stdout
     assert len(json.loads((run_dir / runs.HISTORY).read_text())) == done + 1
@@ -131,7 +163,7 @@ def test_keras_adam_matches_keras_update_rule():
         optimizer.step()
         m = 0.9 * m + 0.1 * g
         v = 0.999 * v + 0.001 * g * g
-        w -= 1e-3 * np.sqrt(1 - 0.999 ** t) / (1 - 0.9 ** t) * m / (np.sqrt(v) + 1e-7)
+        w -= 1e-3 * np.sqrt(1 - 0.999**t) / (1 - 0.9**t) * m / (np.sqrt(v) + 1e-7)
     np.testing.assert_allclose(param.detach().numpy(), w, rtol=1e-10)
 
 
@@ -149,8 +181,23 @@ def test_validation_fraction_zero_trains_on_every_image_and_validates_nothing(tm
     (null figures, no best weights), and every command still works on it."""
     require_real_data()
     final = tmp_path / "final"
-    code, out, _ = run_cli(capsys, "train", "--model", "cnn94", "--epochs", 2, "--limit", 600, "--threads", 2,
-                           "--validation-fraction", 0, "--quiet", "--out", final)
+    code, out, _ = run_cli(
+        capsys,
+        "train",
+        "--model",
+        "cnn94",
+        "--epochs",
+        2,
+        "--limit",
+        600,
+        "--threads",
+        2,
+        "--validation-fraction",
+        0,
+        "--quiet",
+        "--out",
+        final,
+    )
     assert code == 0 and "val_accuracy" not in out and "nothing validated" in out
     history = runs.read_history(final)
     steps = math.ceil(600 / configs.TrainConfig.for_model("cnn94").batch_size)  # every image trained on
@@ -176,8 +223,11 @@ def test_validation_fraction_zero_trains_on_every_image_and_validates_nothing(tm
 def test_cuda_on_a_cpu_only_machine_is_a_clear_error(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    result = subprocess.run([sys.executable, "-m", "fmnist", "train", "--device", "cuda", "--out", str(tmp_path)],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "fmnist", "train", "--device", "cuda", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2 and "no usable CUDA GPU" in result.stderr and "Traceback" not in result.stderr
 
 
@@ -193,7 +243,7 @@ def test_missing_foreign_or_damaged_run_dir(tmp_path):
     state = seedcnn.SeedCNN().state_dict()
     state["dense1.kernel"] = torch.zeros(3136, 128)
     runs.save_weights(tmp_path / runs.WEIGHTS, state, seedcnn.ARCHITECTURE)
-    with pytest.raises(errors.RunError, match="differs at dense1.kernel"):
+    with pytest.raises(errors.RunError, match=r"differs at dense1.kernel"):
         inference.load_model(tmp_path)
     (tmp_path / runs.CHECKPOINT).write_bytes(b"not a checkpoint")
     with pytest.raises(errors.RunError, match="damaged"):
@@ -206,6 +256,7 @@ def interrupt_at_step(step):
     def on_step(done, *_):
         if done == step:
             raise KeyboardInterrupt
+
     return on_step
 
 
@@ -224,10 +275,12 @@ def test_ctrl_c_during_epoch_one_resumes_from_the_cli_and_from_reproduce(tmp_pat
     assert_same_weights(tmp_path / "straight", tmp_path / "run")
     # reproduce, re-run over a seed interrupted in its first epoch, continues it
     with pytest.raises(KeyboardInterrupt):
-        loop.fit(configs.TrainConfig(epochs=1, seed=0, **QUICK), tmp_path / "study" / "seed-0",
-                  on_step=interrupt_at_step(2))
-    code, _, err = run_cli(capsys, "reproduce", "--epochs", 1, "--limit", 3000, "--threads", 2, "--quiet",
-                           "--out", tmp_path / "study")
+        loop.fit(
+            configs.TrainConfig(epochs=1, seed=0, **QUICK), tmp_path / "study" / "seed-0", on_step=interrupt_at_step(2)
+        )
+    code, _, err = run_cli(
+        capsys, "reproduce", "--epochs", 1, "--limit", 3000, "--threads", 2, "--quiet", "--out", tmp_path / "study"
+    )
     assert code == 0, err
     assert len(runs.read_history(tmp_path / "study" / "seed-0")) == 1
 
@@ -264,8 +317,11 @@ def test_every_state_a_kill_leaves_is_resumable(tmp_path, state, uninterrupted):
         (run_dir / runs.CHECKPOINT).unlink()
     else:  # killed after epoch 2's history row, before its checkpoint; a write cut short left temp files
         saved = {}
-        loop.fit(config, run_dir, on_epoch=lambda row: saved.setdefault(row["epoch"], runs.load_checkpoint(
-            run_dir / runs.CHECKPOINT)))
+        loop.fit(
+            config,
+            run_dir,
+            on_epoch=lambda row: saved.setdefault(row["epoch"], runs.load_checkpoint(run_dir / runs.CHECKPOINT)),
+        )
         runs.save_checkpoint(run_dir / runs.CHECKPOINT, saved[1])
         if state == "stale temp files":
             (run_dir / ".checkpoint.pt.x1y2.tmp").write_bytes(b"half a checkpoint")
@@ -293,18 +349,22 @@ def damage_checkpoint(change):
     def damage(saved):
         change(saved)
         return saved
+
     return damage
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda s: s.pop("optimizer"), "damaged \\(KeyError"),
-    (lambda s: s.update(model="weights"), "not a set of named tensors"),
-    (lambda s: s["model"].update({"dense1.kernel": torch.zeros(3, 3)}), "differs at dense1.kernel"),
-    (lambda s: s["model"]["conv1.bias"].fill_(float("nan")), "conv1.bias holds NaN"),
-    (lambda s: s.update(shuffle_rng=torch.zeros(3)), "damaged"),
-    (lambda s: s.update(epoch="two"), "damaged \\(epoch 'two'\\)"),
-    (lambda s: s.update(format="other"), "not an fmnist checkpoint"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda s: s.pop("optimizer"), "damaged \\(KeyError"),
+        (lambda s: s.update(model="weights"), "not a set of named tensors"),
+        (lambda s: s["model"].update({"dense1.kernel": torch.zeros(3, 3)}), "differs at dense1.kernel"),
+        (lambda s: s["model"]["conv1.bias"].fill_(float("nan")), "conv1.bias holds NaN"),
+        (lambda s: s.update(shuffle_rng=torch.zeros(3)), "damaged"),
+        (lambda s: s.update(epoch="two"), "damaged \\(epoch 'two'\\)"),
+        (lambda s: s.update(format="other"), "not an fmnist checkpoint"),
+    ],
+)
 @pytest.mark.slow
 def test_damaged_checkpoint_is_one_clear_error(tmp_path, change, message, one_epoch_run):
     run_dir = tmp_path / "run"
@@ -330,8 +390,10 @@ def test_a_finished_run_without_its_checkpoint_is_refused_never_trained_over(tmp
     shutil.copytree(trained_run, run_dir)
     (run_dir / runs.CHECKPOINT).unlink()
     kept = {name: (run_dir / name).read_bytes() for name in (runs.HISTORY, runs.WEIGHTS, runs.BEST_WEIGHTS)}
-    for args in (["train", "--resume", run_dir, "--epochs", 4],
-                 ["reproduce", "--epochs", 4, "--limit", 12_000, "--threads", 2, "--quiet", "--out", tmp_path]):
+    for args in (
+        ["train", "--resume", run_dir, "--epochs", 4],
+        ["reproduce", "--epochs", 4, "--limit", 12_000, "--threads", 2, "--quiet", "--out", tmp_path],
+    ):
         code, _, err = run_cli(capsys, *args)
         assert code == 2 and err.startswith("error:") and "holds 3 finished epochs" in err, err
         assert "restore the checkpoint" in err and len(err.strip().splitlines()) == 1
@@ -339,11 +401,17 @@ def test_a_finished_run_without_its_checkpoint_is_refused_never_trained_over(tmp
         assert not (run_dir / runs.CHECKPOINT).exists()
 
 
-@pytest.mark.parametrize("name, content, command", [
-    (runs.CONFIG, "[]", "train"), (runs.CONFIG, '{"batch_size": "128"}', "train"), (runs.CONFIG, '{"seed": 1.5}', "evaluate"),
-    (runs.HISTORY, '{"epoch": 1}', "train"), (runs.HISTORY, '[{"epoch": 1, "loss": "low"}]', "evaluate"),
-    (runs.CONFIG, "{not json", "evaluate"),
-])
+@pytest.mark.parametrize(
+    "name, content, command",
+    [
+        (runs.CONFIG, "[]", "train"),
+        (runs.CONFIG, '{"batch_size": "128"}', "train"),
+        (runs.CONFIG, '{"seed": 1.5}', "evaluate"),
+        (runs.HISTORY, '{"epoch": 1}', "train"),
+        (runs.HISTORY, '[{"epoch": 1, "loss": "low"}]', "evaluate"),
+        (runs.CONFIG, "{not json", "evaluate"),
+    ],
+)
 @pytest.mark.slow
 def test_damaged_run_files_are_one_line_errors(tmp_path, capsys, trained_run, name, content, command):
     run_dir = tmp_path / "run"
@@ -359,9 +427,12 @@ def test_outputs_of_the_wrong_kind_are_one_line_errors(tmp_path, capsys, trained
     a_file.write_text("x")
     image = tmp_path / "img.png"
     PIL.Image.new("L", (40, 40), 200).save(image)
-    for args in (["train", "--epochs", 1, "--limit", 3000, "--out", a_file], ["data", "--out", a_file],
-                 ["predict", trained_run, image, "--save-preprocessed", a_file],
-                 ["export", trained_run, "--out", tmp_path, "--no-verify"]):
+    for args in (
+        ["train", "--epochs", 1, "--limit", 3000, "--out", a_file],
+        ["data", "--out", a_file],
+        ["predict", trained_run, image, "--save-preprocessed", a_file],
+        ["export", trained_run, "--out", tmp_path, "--no-verify"],
+    ):
         code, _, err = run_cli(capsys, *args)
         assert code == 2 and err.startswith("error:") and ("is a file" in err or "is a directory" in err), (args, err)
 
@@ -383,8 +454,9 @@ sys.exit(cli.main(["train", "--limit", "3000", "--out", sys.argv[2]]))
 @pytest.mark.slow
 @pytest.mark.parametrize("moment", ["kernels", "data"])
 def test_ctrl_c_during_start_up_is_one_line(tmp_path, moment):
-    result = subprocess.run([sys.executable, "-c", STARTUP_INTERRUPT, moment, str(tmp_path / "run")],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-c", STARTUP_INTERRUPT, moment, str(tmp_path / "run")], capture_output=True, text=True
+    )
     assert result.returncode == 130 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.startswith("error: interrupted") and result.stderr.count("\n") == 1, result.stderr
     assert not runs.holds_run(tmp_path / "run")

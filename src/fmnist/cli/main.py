@@ -3,9 +3,11 @@
 Anything a user can get wrong raises an `errors.FmnistError`, printed here as one line (exit code 2), never
 as a traceback. The flags and examples are in flags.py.
 """
+
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -38,12 +40,23 @@ def cmd_data(args) -> int:
     summary = api.data_summary(args.data_dir, args.out)
     console.print(f"source: {summary['source']}  (loaded and verified in {summary['seconds']:.2f} s)")
     parts = summary["parts"]
-    console.print(table("Fashion-MNIST", ("", "images", "dtype", "pixel range", "labels", "dtype"), (
-        (part, p["images_shape"], p["images_dtype"], "{}..{}".format(*p["pixel_range"]), p["labels_shape"],
-         p["labels_dtype"]) for part, p in parts.items()), left=6))
-    console.print(table("images per class", ("label", "class", "train", "test"), (
+    shapes = [
+        (
+            part,
+            p["images_shape"],
+            p["images_dtype"],
+            "{}..{}".format(*p["pixel_range"]),
+            p["labels_shape"],
+            p["labels_dtype"],
+        )
+        for part, p in parts.items()
+    ]
+    console.print(table("Fashion-MNIST", ("", "images", "dtype", "pixel range", "labels", "dtype"), shapes, left=6))
+    counts = [
         (label, name, f"{parts['train']['per_class'][label]:,}", f"{parts['test']['per_class'][label]:,}")
-        for label, name in enumerate(api.CLASS_NAMES)), left=2))
+        for label, name in enumerate(api.CLASS_NAMES)
+    ]
+    console.print(table("images per class", ("label", "class", "train", "test"), counts, left=2))
     console.print(f"wrote {summary['samples']}")
     return 0
 
@@ -53,8 +66,9 @@ def cmd_train(args) -> int:
     if args.resume:
         run_dir = Path(args.resume)
         console.print(f"resuming {run_dir}")
-        run = api.train(out=run_dir, resume=True, show_progress=not args.quiet,
-                        **({"epochs": args.epochs} if args.epochs else {}))
+        run = api.train(
+            out=run_dir, resume=True, show_progress=not args.quiet, **({"epochs": args.epochs} if args.epochs else {})
+        )
     else:
         run_dir, config = Path(args.out), train_config(args)
         print_layers(config.model)
@@ -81,17 +95,19 @@ def train_config(args) -> api.TrainConfig:
 
 def print_layers(model: str) -> None:
     rows, total = api.layer_table(model)
-    console.print(table(f"Model: {model}", ("Layer (type)", "Output Shape", "Param #"),
-                        ((layer, shape, f"{count:,}") for layer, shape, count in rows), left=2))
+    layers = [(layer, shape, f"{count:,}") for layer, shape, count in rows]
+    console.print(table(f"Model: {model}", ("Layer (type)", "Output Shape", "Param #"), layers, left=2))
     console.print(f"Total params: {total:,}")
 
 
 def cmd_models(args) -> int:
     """The registry as a table; measured accuracy and time are in the docs, not here."""
     rows = api.models()
-    console.print(table("models (fmnist train --model NAME)", ("name", "parameters", "MFLOPs/image", "recipe"), (
+    cells = [
         (row["name"] + " (default)" * row["default"], f"{row['parameters']:,}", f"{row['mflops']:.2f}", row["recipe"])
-        for row in rows)))
+        for row in rows
+    ]
+    console.print(table("models (fmnist train --model NAME)", ("name", "parameters", "MFLOPs/image", "recipe"), cells))
     for row in rows:
         console.print(f"{row['name']}: {row['description']} (weights tagged {row['architecture']})")
     return 0
@@ -102,24 +118,32 @@ def cmd_evaluate(args) -> int:
     with console.status("evaluating on the training split and the test set"):
         metrics = run.evaluate(args.weights, args.device, args.data_dir, args.precision)
     print_metrics(metrics)
-    console.print(f"wrote {Path(args.run) / 'metrics.json'}, predictions.csv and figures/; "
-                  f"next: fmnist report {args.run}")
+    console.print(
+        f"wrote {Path(args.run) / 'metrics.json'}, predictions.csv and figures/; next: fmnist report {args.run}"
+    )
     return 0
 
 
 def print_metrics(metrics: dict) -> None:
     test, train = metrics["test"], metrics["train"]
-    console.print(table(f"loss and accuracy, computed in {metrics.get('precision', 'fp32')}",
-                        ("data", "images", "loss", "accuracy"), (
+    overall = [
         (name, f"{m['count']:,}", f"{m['loss']:.4f}", f"{m['accuracy']:.4f}")
-        for name, m in (("training split", train), ("test set", test)))))
-    per_class = test["classification_report"]
-    console.print(table("test set, per class", ("class", "precision", "recall", "f1-score", "support"), (
-        (name, f"{per_class[name]['precision']:.2f}", f"{per_class[name]['recall']:.2f}",
-         f"{per_class[name]['f1-score']:.2f}", f"{int(per_class[name]['support']):,}")
-        for name in (*api.CLASS_NAMES, "macro avg", "weighted avg"))))
-    console.print(f"right: {test['correct']:,}  wrong: {test['wrong']:,}  "
-                  f"(the report: {api.PUBLISHED['correct']:,} / {api.PUBLISHED['wrong']:,})")
+        for name, m in (("training split", train), ("test set", test))
+    ]
+    title = f"loss and accuracy, computed in {metrics.get('precision', 'fp32')}"
+    console.print(table(title, ("data", "images", "loss", "accuracy"), overall))
+    report = test["classification_report"]
+    per_class = [
+        (
+            name,
+            *(f"{report[name][key]:.2f}" for key in ("precision", "recall", "f1-score")),
+            f"{int(report[name]['support']):,}",
+        )
+        for name in (*api.CLASS_NAMES, "macro avg", "weighted avg")
+    ]
+    console.print(table("test set, per class", ("class", "precision", "recall", "f1-score", "support"), per_class))
+    published = f"{api.PUBLISHED['correct']:,} / {api.PUBLISHED['wrong']:,}"
+    console.print(f"right: {test['correct']:,}  wrong: {test['wrong']:,}  (the report: {published})")
 
 
 def cmd_report(args) -> int:
@@ -129,23 +153,31 @@ def cmd_report(args) -> int:
 
 
 def cmd_reproduce(args) -> int:
-    """The whole experiment (api.reproduce), printing each seed's metrics, the summaries, the comparison."""
+    """The whole experiment (api.reproduce): the data summary once every setting is checked, each seed's metrics,
+    the summaries, the comparison."""
     out, names = Path(args.out), list(dict.fromkeys(args.model or [api.DEFAULT_MODEL]))
     settings = flags.settings_of(args)
-    seeds = api.default_seeds(names, args.seeds)
-    api.reproduce_configs(names, seeds, args.seed, **settings)  # every model's settings, before hours of training
-    api.check_targets(args.target or [])
-    api.check_counts(workers=args.workers)
-    cmd_data(argparse.Namespace(data_dir=args.data_dir, out=out))
+    if args.workers or args.address:
+        settings["threads"] = settings["threads"] or 1  # per parallel seed
 
     def on_seed(name, seed, metrics, html_path):
         print_metrics(metrics)
         console.print(f"report: {html_path}")
 
-    if args.workers or args.address:
-        settings["threads"] = settings["threads"] or 1  # per parallel seed
-    api.reproduce(names, seeds, out, first_seed=args.seed, show_progress=not args.quiet, targets=args.target or [],
-                  on_seed=on_seed, workers=args.workers, address=args.address, **settings)
+    data = argparse.Namespace(data_dir=args.data_dir, out=out)  # `fmnist data`'s summary, once all is checked
+    api.reproduce(
+        names,
+        args.seeds,
+        out,
+        first_seed=args.seed,
+        show_progress=not args.quiet,
+        on_seed=on_seed,
+        workers=args.workers,
+        address=args.address,
+        targets=args.target or [],
+        on_start=lambda: cmd_data(data),
+        **settings,
+    )
     for name in names:
         summary = (out / name if len(names) > 1 else out) / "summary.md"
         console.print(summary.read_text())
@@ -161,8 +193,10 @@ def cmd_sweep(args) -> int:
     config = api.sweep_config(args.file, args.model, args.vary, args.set, args.seeds, args.search, args.samples)
     api.check_counts(workers=args.workers, threads=args.threads)
     count = len(config.configurations()) * config.seeds
-    console.print(f"sweep of {config.model}: {len(config.configurations())} configurations x {config.seeds} seeds "
-                  f"= {count} trials, {args.threads} threads each, into {args.out}")
+    console.print(
+        f"sweep of {config.model}: {len(config.configurations())} configurations x {config.seeds} seeds "
+        f"= {count} trials, {args.threads} threads each, into {args.out}"
+    )
     _, paths = api.sweep(config, args.out, args.threads, args.workers, args.address, 0 if args.quiet else 1)
     console.print(next(path for path in paths if path.suffix == ".md").read_text())
     console.print(f"wrote {', '.join(str(path) for path in paths)}")
@@ -176,27 +210,44 @@ def cmd_bench(args) -> int:
         print(json.dumps(result, indent=2))
         return 0
     m = result["machine"]
-    console.print(f"machine: {m['device_name']} ({m['device']}, {m['threads']} threads), torch {m['torch']}; "
-                  f"{result['model']} in {result['precision']}")
+    console.print(
+        f"machine: {m['device_name']} ({m['device']}, {m['threads']} threads), torch {m['torch']}; "
+        f"{result['model']} in {result['precision']}"
+    )
     baseline = result["step_seconds"]["plain eager PyTorch"]
-    console.print(table(f"training step, batch {result['batch_size']} (median of interleaved rounds)",
-                        ("implementation", "ms/step", "samples/s", "speed-up"), (
-        (name, f"{1000 * seconds:.2f}", f"{result['batch_size'] / seconds:,.0f}", f"{baseline / seconds:.2f}x")
-        for name, seconds in result["step_seconds"].items())))
-    console.print(f"the step's convolutions and matrix products alone (the floor under any step here): "
-                  f"{1000 * result['floor_seconds']:.2f} ms; fmnist's step is "
-                  f"{result['step_seconds']['fmnist'] / result['floor_seconds']:.2f}x its floor")
-    console.print(f"one epoch of {result['epoch_images']:,} images: {result['epoch_seconds']:.2f} s "
-                  f"+ validation {result['validation_seconds']:.2f} s")
-    console.print("evaluation: " + ", ".join(f"{rate:,.0f} images/s in {precision}" for precision, rate
-                                            in result["eval_images_per_second"].items()))
+    console.print(
+        table(
+            f"training step, batch {result['batch_size']} (median of interleaved rounds)",
+            ("implementation", "ms/step", "samples/s", "speed-up"),
+            (
+                (name, f"{1000 * seconds:.2f}", f"{result['batch_size'] / seconds:,.0f}", f"{baseline / seconds:.2f}x")
+                for name, seconds in result["step_seconds"].items()
+            ),
+        )
+    )
+    console.print(
+        f"the step's convolutions and matrix products alone (the floor under any step here): "
+        f"{1000 * result['floor_seconds']:.2f} ms; fmnist's step is "
+        f"{result['step_seconds']['fmnist'] / result['floor_seconds']:.2f}x its floor"
+    )
+    console.print(
+        f"one epoch of {result['epoch_images']:,} images: {result['epoch_seconds']:.2f} s "
+        f"+ validation {result['validation_seconds']:.2f} s"
+    )
+    console.print(
+        "evaluation: "
+        + ", ".join(
+            f"{rate:,.0f} images/s in {precision}" for precision, rate in result["eval_images_per_second"].items()
+        )
+    )
     return 0
 
 
 def cmd_predict(args) -> int:
     """Top classes per file; a bad file is reported in one line and the others are still predicted."""
-    results = api.open_run(args.run).predict_files(args.images, args.top, args.weights, args.save_preprocessed,
-                                                   args.precision)
+    results = api.open_run(args.run).predict_files(
+        args.images, args.top, args.weights, args.save_preprocessed, args.precision
+    )
     for result in results:
         if "error" in result:
             report_error(result["error"], 1)
@@ -237,8 +288,14 @@ def cmd_serve(args) -> int:
     sock = server.listening_socket(args.host, args.port)  # a taken port fails here, before the model loads
     port = sock.getsockname()[1]  # --port 0: the free port the system chose
     console.print(f"serving {args.run} in {args.precision} on http://{args.host}:{port}/ (Ctrl-C stops)")
-    server.serve(Path(args.run), sock, max_bytes=args.max_bytes, allowed_hosts=args.allowed_host,
-                 precision=args.precision, request_timeout=args.request_timeout)
+    server.serve(
+        Path(args.run),
+        sock,
+        max_bytes=args.max_bytes,
+        allowed_hosts=args.allowed_host,
+        precision=args.precision,
+        request_timeout=args.request_timeout,
+    )
     return 0
 
 
@@ -250,25 +307,44 @@ def serve_on_ray(args) -> int:
     from fmnist.serving import on_ray
 
     replicas = 1 if args.replicas is None else args.replicas
-    on_ray.deploy(Path(args.run), replicas, host=args.host, port=args.port, address=args.address,
-                  max_bytes=args.max_bytes, allowed_hosts=args.allowed_host, precision=args.precision,
-                  request_timeout=args.request_timeout)
-    console.print(f"serving {args.run} on http://{args.host}:{args.port}/ with {replicas} Ray Serve "
-                  f"replica{'s' * (replicas > 1)} (Ctrl-C stops)")
+    on_ray.deploy(
+        Path(args.run),
+        replicas,
+        host=args.host,
+        port=args.port,
+        address=args.address,
+        max_bytes=args.max_bytes,
+        allowed_hosts=args.allowed_host,
+        precision=args.precision,
+        request_timeout=args.request_timeout,
+    )
+    console.print(
+        f"serving {args.run} on http://{args.host}:{args.port}/ with {replicas} Ray Serve "
+        f"replica{'s' * (replicas > 1)} (Ctrl-C stops)"
+    )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         stop.wait()
-    except KeyboardInterrupt:
-        pass
     on_ray.shutdown()
     return 0
 
 
 # ---------------------------------------------------------------------------------------------
-HANDLERS = {"data": cmd_data, "train": cmd_train, "models": cmd_models, "evaluate": cmd_evaluate, "report": cmd_report,
-            "reproduce": cmd_reproduce, "sweep": cmd_sweep, "bench": cmd_bench, "predict": cmd_predict,
-            "export": cmd_export, "import_keras": cmd_import_keras, "serve": cmd_serve}
+HANDLERS = {
+    "data": cmd_data,
+    "train": cmd_train,
+    "models": cmd_models,
+    "evaluate": cmd_evaluate,
+    "report": cmd_report,
+    "reproduce": cmd_reproduce,
+    "sweep": cmd_sweep,
+    "bench": cmd_bench,
+    "predict": cmd_predict,
+    "export": cmd_export,
+    "import_keras": cmd_import_keras,
+    "serve": cmd_serve,
+}
 WITHOUT_TORCH = ("data",)  # commands that compute nothing with torch: no machine set-up
 
 

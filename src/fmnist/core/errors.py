@@ -7,11 +7,13 @@ Nothing downstream looks at an error's wording.
 
 class FmnistError(Exception):
     """Base of every user-facing error: its message says what is wrong and how to fix it."""
+
     http_status = 500
 
 
 class Interrupted(FmnistError):
     """Ctrl-C: the message says what was kept and how to continue."""
+
     exit_code = 130
 
 
@@ -33,20 +35,24 @@ class OutputError(FmnistError):
 
 class InputError(FmnistError):
     """An image or model file given by the user cannot be used (damaged, empty, wrong contents)."""
+
     http_status = 400
 
 
 class UnsupportedInput(InputError):
     """Not a format fmnist reads (e.g. not an image at all)."""
+
     http_status = 415
 
 
 class TooLarge(InputError):
     """Over a size limit: bytes, pixels, files per request, declared array sizes."""
+
     http_status = 413
 
 
 class Busy(FmnistError):
     """The server's work queue is full: nothing was done; try again after `retry_after` seconds."""
+
     http_status = 503
     retry_after = 1

@@ -6,6 +6,7 @@
 - `write_atomic` (and `write_json`, `write_text`): written to a temp file beside the target (`.NAME.*.tmp`),
   then renamed onto it: a crash never leaves half a file.
 """
+
 from __future__ import annotations
 
 import json

@@ -1,5 +1,6 @@
 """The machine a run trains on: its description (recorded in config.json) and the floating-point and
 library modes training sets on it (threads.py has the thread counts)."""
+
 from __future__ import annotations
 
 import ctypes
@@ -26,9 +27,16 @@ NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo: Intel's AMX ti
 
 # oneDNN's instruction-set caps (ONEDNN_MAX_CPU_ISA) that leave out the AVX-512 flags, or bf16's: a cap makes
 # the libraries compute as on an older CPU (.ci/emulate-cpu), and fmnist's choices follow it.
-ISA_CAPS = {"SSE41": ("avx", "avx2", "avx512", "amx"), "AVX": ("avx2", "avx512", "amx"), "AVX2": ("avx512", "amx"),
-            "AVX2_VNNI": ("avx512", "amx"), "AVX2_VNNI_2": ("avx512", "amx"), "AVX512_CORE": ("avx512_bf16", "amx"),
-            "AVX512_CORE_VNNI": ("avx512_bf16", "amx"), "AVX512_CORE_BF16": ("amx",)}
+ISA_CAPS = {
+    "SSE41": ("avx", "avx2", "avx512", "amx"),
+    "AVX": ("avx2", "avx512", "amx"),
+    "AVX2": ("avx512", "amx"),
+    "AVX2_VNNI": ("avx512", "amx"),
+    "AVX2_VNNI_2": ("avx512", "amx"),
+    "AVX512_CORE": ("avx512_bf16", "amx"),
+    "AVX512_CORE_VNNI": ("avx512_bf16", "amx"),
+    "AVX512_CORE_BF16": ("amx",),
+}
 
 
 def cpu_flags(environ=os.environ) -> set[str]:
@@ -53,12 +61,22 @@ def computes_bf16(device: torch.device, flags: set[str] | None = None) -> bool:
 def describe_machine(device: torch.device) -> dict:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     available, why = cpu_threads.available_cpus()
-    return {"fmnist": version.__version__, "torch": torch.__version__, "python": platform.python_version(),
-            "device": str(device), "device_name": name, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-            "available_cpus": available, "cpu_limit": why,
-            "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-            "mkl_cbwr": cpu_threads.mkl_cnr_branch(), "malloc_keeps_freed": FREED_MEMORY_KEPT,
-            "native_bf16": computes_bf16(device)}
+    return {
+        "fmnist": version.__version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": str(device),
+        "device_name": name,
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "available_cpus": available,
+        "cpu_limit": why,
+        "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "mkl_cbwr": cpu_threads.mkl_cnr_branch(),
+        "malloc_keeps_freed": FREED_MEMORY_KEPT,
+        "native_bf16": computes_bf16(device),
+    }
 
 
 FREED_MEMORY_KEPT = False  # whether `set_cpu_modes` had malloc keep freed memory (config.json records it)
@@ -118,7 +136,7 @@ def set_up(threads: int | None = None) -> int:
 
 
 def resolve_device(name: str) -> torch.device:
-    """"auto": a CUDA GPU where there is one, else the CPU; an error where CUDA is asked for and absent."""
+    """ "auto": a CUDA GPU where there is one, else the CPU; an error where CUDA is asked for and absent."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -129,6 +147,9 @@ def resolve_device(name: str) -> torch.device:
 def check_reproducible_mode() -> None:
     """Warn where MKL runs outside its reproducible mode because torch computed before `import fmnist`."""
     if os.environ.get("MKL_CBWR") == cpu_threads.MKL_BRANCH and cpu_threads.mkl_cnr_branch() == "OFF":
-        warnings.warn("fmnist: torch ran matrix products before fmnist was imported, so MKL's reproducible mode "
-                      "is off in this process and its weights may differ from another process's by rounding; "
-                      "import fmnist before torch (or set MKL_CBWR=AUTO before starting Python)", stacklevel=3)
+        warnings.warn(
+            "fmnist: torch ran matrix products before fmnist was imported, so MKL's reproducible mode "
+            "is off in this process and its weights may differ from another process's by rounding; "
+            "import fmnist before torch (or set MKL_CBWR=AUTO before starting Python)",
+            stacklevel=3,
+        )

@@ -27,6 +27,7 @@ And one for "same seed, same weights" in any process (README, "Reproducibility")
   count and turns its dynamic threading off: a Ray worker starts with OMP_NUM_THREADS=1 and would
   otherwise keep MKL's defaults, unlike the CLI.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -124,8 +125,9 @@ def available_cpus(affinity: set[int] | None = None, quota: float | None = -1.0)
     quota = cgroup_quota() if quota == -1.0 else quota
     if quota is not None and quota < len(affinity):
         return max(1, math.floor(quota)), f"cgroup CPU quota of {quota:g} CPUs ({len(affinity)} in the affinity mask)"
-    return len(affinity), f"{len(affinity)} CPUs in the affinity mask" + ("" if quota is None else
-                                                                          f", cgroup quota {quota:g}")
+    return len(affinity), f"{len(affinity)} CPUs in the affinity mask" + (
+        "" if quota is None else f", cgroup quota {quota:g}"
+    )
 
 
 def use(threads: int | None = None) -> int:

@@ -12,6 +12,7 @@ file and its decompression stop at the known size, and a download also at DOWNLO
 Checksums are SHA-256 of the *decompressed* IDX bytes: Debian's .gz files differ byte-wise from
 upstream's (the gzip header's file name is stripped) but decompress to the same bytes.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -33,10 +34,7 @@ from fmnist.core import errors, files
 
 # ---------------------------------------------------------------------------------------------
 # Dataset facts
-CLASS_NAMES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-)
+CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 NUM_CLASSES = len(CLASS_NAMES)
 IMAGE_SIZE = 28
 MAX_SHIFT = 8  # pixels an augmentation may move an image: beyond a third of it, too little of the item stays
@@ -45,10 +43,11 @@ MAX_SHIFT = 8  # pixels an augmentation may move an image: beyond a third of it,
 @dataclasses.dataclass(frozen=True)
 class IdxFile:
     """One of the four files: its name on the mirrors, what it holds, and its checksum."""
-    filename: str   # as served, gzip-compressed
-    sha256: str     # of the decompressed IDX bytes
-    count: int      # number of images or labels
-    ndim: int       # 3 for images (N, 28, 28), 1 for labels (N,)
+
+    filename: str  # as served, gzip-compressed
+    sha256: str  # of the decompressed IDX bytes
+    count: int  # number of images or labels
+    ndim: int  # 3 for images (N, 28, 28), 1 for labels (N,)
 
     @property
     def size(self) -> int:
@@ -62,14 +61,18 @@ class IdxFile:
 
 
 FILES = {
-    "train_images": IdxFile("train-images-idx3-ubyte.gz",
-                            "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888", 60_000, 3),
-    "train_labels": IdxFile("train-labels-idx1-ubyte.gz",
-                            "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9", 60_000, 1),
-    "test_images": IdxFile("t10k-images-idx3-ubyte.gz",
-                           "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b", 10_000, 3),
-    "test_labels": IdxFile("t10k-labels-idx1-ubyte.gz",
-                           "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34", 10_000, 1),
+    "train_images": IdxFile(
+        "train-images-idx3-ubyte.gz", "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888", 60_000, 3
+    ),
+    "train_labels": IdxFile(
+        "train-labels-idx1-ubyte.gz", "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9", 60_000, 1
+    ),
+    "test_images": IdxFile(
+        "t10k-images-idx3-ubyte.gz", "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b", 10_000, 3
+    ),
+    "test_labels": IdxFile(
+        "t10k-labels-idx1-ubyte.gz", "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34", 10_000, 1
+    ),
 }
 
 MIRRORS = (
@@ -78,8 +81,8 @@ MIRRORS = (
     "https://github.com/zalandoresearch/fashion-mnist/raw/master/data/fashion/",
 )
 SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
-DOWNLOAD_TIMEOUT_S = 30     # for each network read
-DOWNLOAD_DEADLINE_S = 600   # for a whole file: a mirror trickling bytes must not hold a download forever
+DOWNLOAD_TIMEOUT_S = 30  # for each network read
+DOWNLOAD_DEADLINE_S = 600  # for a whole file: a mirror trickling bytes must not hold a download forever
 IDX_UBYTE = 0x08  # IDX type code of unsigned bytes: the only type Fashion-MNIST uses
 
 
@@ -87,9 +90,9 @@ IDX_UBYTE = 0x08  # IDX type code of unsigned bytes: the only type Fashion-MNIST
 class Dataset:
     train_images: np.ndarray  # (60000, 28, 28) uint8
     train_labels: np.ndarray  # (60000,) int64
-    test_images: np.ndarray   # (10000, 28, 28) uint8
-    test_labels: np.ndarray   # (10000,) int64
-    source: str               # human-readable: which of the four places the files came from
+    test_images: np.ndarray  # (10000, 28, 28) uint8
+    test_labels: np.ndarray  # (10000,) int64
+    source: str  # human-readable: which of the four places the files came from
     directory: Path
 
 
@@ -146,8 +149,10 @@ def read_idx(path: Path, spec: IdxFile | None = None) -> np.ndarray:
     if spec is not None:
         digest = hashlib.sha256(data).hexdigest()
         if digest != spec.sha256:
-            raise errors.DataError(f"{path}: checksum mismatch (SHA-256 {digest[:12]}…, "
-                                   f"expected {spec.sha256[:12]}…): not the Fashion-MNIST file")
+            raise errors.DataError(
+                f"{path}: checksum mismatch (SHA-256 {digest[:12]}…, "
+                f"expected {spec.sha256[:12]}…): not the Fashion-MNIST file"
+            )
     return parse_idx(data, path, spec)
 
 
@@ -170,8 +175,9 @@ def find_in(directory: Path, spec: IdxFile) -> Path | None:
             if (directory / name).is_file():
                 return directory / name
         except OSError as exc:  # e.g. a directory this user may not enter
-            raise errors.DataError(f"{directory}: cannot be read ({exc.strerror}); fix its permissions "
-                                   f"or pass another --data-dir") from None
+            raise errors.DataError(
+                f"{directory}: cannot be read ({exc.strerror}); fix its permissions or pass another --data-dir"
+            ) from None
     return None
 
 
@@ -181,14 +187,21 @@ def candidate_dirs(data_dir: Path | str | None) -> list[tuple[Path, str, str]]:
     if explicit:
         return [(Path(explicit), f"directory {explicit}", "replace it, or pass another --data-dir")]
     return [
-        (SYSTEM_DIR, f"Debian package dataset-fashion-mnist ({SYSTEM_DIR})",
-         "reinstall it (apt-get install --reinstall dataset-fashion-mnist) or pass --data-dir"),
+        (
+            SYSTEM_DIR,
+            f"Debian package dataset-fashion-mnist ({SYSTEM_DIR})",
+            "reinstall it (apt-get install --reinstall dataset-fashion-mnist) or pass --data-dir",
+        ),
         (cache_dir(), f"cache {cache_dir()}", "delete it to download it again, or pass --data-dir"),
     ]
 
 
-def locate(data_dir: Path | str | None = None, files: dict[str, IdxFile] = FILES,
-           mirrors: tuple[str, ...] | None = None, progress: bool = True) -> tuple[dict[str, Path], str, str]:
+def locate(
+    data_dir: Path | str | None = None,
+    files: dict[str, IdxFile] = FILES,
+    mirrors: tuple[str, ...] | None = None,
+    progress: bool = True,
+) -> tuple[dict[str, Path], str, str]:
     """Paths of the four files, a description of where they are, and the fix hint for bad files."""
     candidates = candidate_dirs(data_dir)
     for directory, description, fix in candidates:
@@ -197,19 +210,28 @@ def locate(data_dir: Path | str | None = None, files: dict[str, IdxFile] = FILES
             return {key: path for key, path in there.items() if path is not None}, description, fix
     if data_dir or os.environ.get("FMNIST_DATA_DIR"):
         missing = [spec.filename for key, spec in files.items() if not find_in(candidates[0][0], spec)]
-        raise errors.DataError(f"{candidates[0][0]}: missing {', '.join(missing)}; put the Fashion-MNIST files there "
-                               f"(gzipped or not), or give no --data-dir (nor FMNIST_DATA_DIR) to use the Debian "
-                               f"package or download them")
+        raise errors.DataError(
+            f"{candidates[0][0]}: missing {', '.join(missing)}; put the Fashion-MNIST files there "
+            f"(gzipped or not), or give no --data-dir (nor FMNIST_DATA_DIR) to use the Debian "
+            f"package or download them"
+        )
     directory, description, fix = candidates[-1]
-    found = {key: find_in(directory, spec) or download(spec, directory, mirrors or configured_mirrors(), progress)
-             for key, spec in files.items()}
+    found = {
+        key: find_in(directory, spec) or download(spec, directory, mirrors or configured_mirrors(), progress)
+        for key, spec in files.items()
+    }
     return found, f"{description} (downloaded)", fix
 
 
 # ---------------------------------------------------------------------------------------------
 # Downloading
-def download(spec: IdxFile, directory: Path, mirrors: tuple[str, ...], progress: bool = True,
-             deadline_s: float = DOWNLOAD_DEADLINE_S) -> Path:
+def download(
+    spec: IdxFile,
+    directory: Path,
+    mirrors: tuple[str, ...],
+    progress: bool = True,
+    deadline_s: float = DOWNLOAD_DEADLINE_S,
+) -> Path:
     """Fetch `spec` from the first mirror that serves the right bytes; never leave a bad file."""
     files.output_dir(directory)
     failures = []
@@ -219,12 +241,15 @@ def download(spec: IdxFile, directory: Path, mirrors: tuple[str, ...], progress:
             return fetch_verified(url, spec, directory, progress, deadline_s)
         except (OSError, http.client.HTTPException, errors.DataError) as exc:
             failures.append(f"{url}: {exc}")
-    raise errors.DataError(f"could not download {spec.filename} from any mirror ({'; '.join(failures)}); "
-                           f"install the Debian package dataset-fashion-mnist or pass --data-dir")
+    raise errors.DataError(
+        f"could not download {spec.filename} from any mirror ({'; '.join(failures)}); "
+        f"install the Debian package dataset-fashion-mnist or pass --data-dir"
+    )
 
 
-def fetch_verified(url: str, spec: IdxFile, directory: Path, progress: bool,
-                   deadline_s: float = DOWNLOAD_DEADLINE_S) -> Path:
+def fetch_verified(
+    url: str, spec: IdxFile, directory: Path, progress: bool, deadline_s: float = DOWNLOAD_DEADLINE_S
+) -> Path:
     """Stream `url` into a temp file, check it, and only then give it its real name."""
     fd, tmp_name = tempfile.mkstemp(prefix=spec.filename + ".", suffix=".part", dir=directory)
     tmp = Path(tmp_name)
@@ -232,8 +257,9 @@ def fetch_verified(url: str, spec: IdxFile, directory: Path, progress: bool,
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
             declared = int(response.headers.get("Content-Length") or 0)
             if declared > spec.max_file_bytes:
-                raise errors.DataError(f"the mirror announces {declared:,} bytes, more than the file can be "
-                                       f"({spec.max_file_bytes:,})")
+                raise errors.DataError(
+                    f"the mirror announces {declared:,} bytes, more than the file can be ({spec.max_file_bytes:,})"
+                )
             copy_with_progress(response, out, declared, spec, progress, deadline_s)
         read_idx(tmp, spec)  # raises on a bad gzip, bad checksum or a bad IDX layout
         final = directory / spec.filename
@@ -248,8 +274,12 @@ def copy_with_progress(response, out, total: int, spec: IdxFile, progress: bool,
     import rich.progress  # imported here: only downloads need it
 
     stop = time.monotonic() + deadline_s
-    columns = (rich.progress.TextColumn("{task.description}"), rich.progress.BarColumn(),
-               rich.progress.DownloadColumn(), rich.progress.TransferSpeedColumn())
+    columns = (
+        rich.progress.TextColumn("{task.description}"),
+        rich.progress.BarColumn(),
+        rich.progress.DownloadColumn(),
+        rich.progress.TransferSpeedColumn(),
+    )
     with rich.progress.Progress(*columns, disable=not progress, transient=True) as bar:
         task = bar.add_task(f"downloading {spec.filename}", total=total or None)
         # read1: what has arrived, at most one socket read, so a trickle still reaches the deadline check
@@ -267,8 +297,12 @@ def copy_with_progress(response, out, total: int, spec: IdxFile, progress: bool,
 
 # ---------------------------------------------------------------------------------------------
 # Loading and splitting
-def load(data_dir: Path | str | None = None, files: dict[str, IdxFile] = FILES,
-         mirrors: tuple[str, ...] | None = None, progress: bool = True) -> Dataset:
+def load(
+    data_dir: Path | str | None = None,
+    files: dict[str, IdxFile] = FILES,
+    mirrors: tuple[str, ...] | None = None,
+    progress: bool = True,
+) -> Dataset:
     """The whole dataset as numpy arrays, every file checked."""
     paths, source, fix = locate(data_dir, files, mirrors, progress)
     arrays = {}
@@ -280,27 +314,35 @@ def load(data_dir: Path | str | None = None, files: dict[str, IdxFile] = FILES,
     for part in ("train", "test"):
         images, labels = arrays[f"{part}_images"], arrays[f"{part}_labels"]
         if len(images) != len(labels):
-            raise errors.DataError(f"{paths[part + '_images']}: {len(images):,} images but "
-                                   f"{paths[part + '_labels']} has {len(labels):,} labels; {fix}")
+            raise errors.DataError(
+                f"{paths[part + '_images']}: {len(images):,} images but "
+                f"{paths[part + '_labels']} has {len(labels):,} labels; {fix}"
+            )
         if labels.size and labels.max() >= NUM_CLASSES:
             raise errors.DataError(f"{paths[part + '_labels']}: label {labels.max()} outside 0..9; {fix}")
-    return Dataset(arrays["train_images"], arrays["train_labels"].astype(np.int64),
-                   arrays["test_images"], arrays["test_labels"].astype(np.int64),
-                   source, paths["train_images"].parent)
+    return Dataset(
+        arrays["train_images"],
+        arrays["train_labels"].astype(np.int64),
+        arrays["test_images"],
+        arrays["test_labels"].astype(np.int64),
+        source,
+        paths["train_images"].parent,
+    )
 
 
 def check_validation_fraction(validation_fraction: float) -> None:
     """The one rule: some images are trained on. 0 holds none out, as Keras's validation_split=0: a final
     fit on every training image, once the recipe has been chosen on validation (no epoch is validated)."""
     if not 0.0 <= validation_fraction < 1.0:
-        raise ValueError(f"validation fraction must be in [0, 1) (0: train on every image, validate none), "
-                         f"got {validation_fraction}")
+        raise ValueError(
+            f"validation fraction must be in [0, 1) (0: train on every image, validate none), got {validation_fraction}"
+        )
 
 
 def split_index(num_samples: int, validation_fraction: float = 0.2) -> int:
     """Where Keras's `validation_split` cuts: the last `fraction` of the arrays, unshuffled."""
     check_validation_fraction(validation_fraction)
-    return int(math.ceil(num_samples * (1.0 - validation_fraction)))
+    return math.ceil(num_samples * (1.0 - validation_fraction))
 
 
 def split(images: np.ndarray, labels: np.ndarray, validation_fraction: float = 0.2):

@@ -5,6 +5,7 @@ pixels' colour, resize the longest edge to 28 by subsampling, sharpen (Gaussian,
 pad the short edge to 28 with the object centred, negate, convert to 8-bit grayscale. Negation here
 happens only when the background (the 28x28 border) is light, so an already-dark image is left alone.
 """
+
 from __future__ import annotations
 
 import io
@@ -21,9 +22,9 @@ from fmnist.data import fashion
 
 # Limits: a 28x28 classifier needs few pixels, so work is bounded by what the result can use.
 MAX_FILE_BYTES = 64 * 1024 * 1024  # an image file on disk (the server limits its request bodies itself)
-MAX_PIXELS = 4096 * 4096           # decoded pixels (at most 4 bytes each: 64 MB); JPEGs decode reduced first
-WORKING_SIZE = 1024                # longest edge kept for trimming; everything after decoding runs on this
-TRIM_TOLERANCE = 0.05              # "close to the corner colour": within 5 % of the largest RGB distance
+MAX_PIXELS = 4096 * 4096  # decoded pixels (at most 4 bytes each: 64 MB); JPEGs decode reduced first
+WORKING_SIZE = 1024  # longest edge kept for trimming; everything after decoding runs on this
+TRIM_TOLERANCE = 0.05  # "close to the corner colour": within 5 % of the largest RGB distance
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 
@@ -40,14 +41,15 @@ def open_image(source: Path | bytes, name: str, max_pixels: int = MAX_PIXELS) ->
             width, height = image.size
             if width * height > max_pixels or width < 1 or height < 1:
                 raise errors.TooLarge(f"{name}: {width}x{height} pixels is more than the limit of {max_pixels:,}")
-            image.seek(0)   # the first frame of a GIF or WebP animation
-            image.load()    # decode now: a truncated file fails here, not later
+            image.seek(0)  # the first frame of a GIF or WebP animation
+            image.load()  # decode now: a truncated file fails here, not later
             return shrink(image)
     except errors.InputError:
         raise
     except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning):
-        raise errors.TooLarge(f"{name}: too many pixels, over the limit of {max_pixels:,} "
-                              f"(a decompression bomb?)") from None
+        raise errors.TooLarge(
+            f"{name}: too many pixels, over the limit of {max_pixels:,} (a decompression bomb?)"
+        ) from None
     except PIL.UnidentifiedImageError:
         raise errors.UnsupportedInput(f"{name}: not an image format Pillow can read") from None
     except (OSError, SyntaxError, ValueError) as exc:
@@ -112,8 +114,9 @@ def as_pixels(images) -> np.ndarray:
     """(N, 28, 28) uint8 from dataset-style arrays or from image files."""
     if isinstance(images, np.ndarray):
         if images.shape[-2:] != (fashion.IMAGE_SIZE, fashion.IMAGE_SIZE) or images.dtype != np.uint8:
-            raise errors.InputError(f"images must be (N, 28, 28) uint8 arrays as load_data gives, got "
-                                    f"{images.shape} {images.dtype}")
+            raise errors.InputError(
+                f"images must be (N, 28, 28) uint8 arrays as load_data gives, got {images.shape} {images.dtype}"
+            )
         return images.reshape(-1, fashion.IMAGE_SIZE, fashion.IMAGE_SIZE)
     paths = [Path(p) for p in ([images] if isinstance(images, (str, Path)) else images)]
     return np.stack([preprocess(open_image(path, str(path))) for path in paths])

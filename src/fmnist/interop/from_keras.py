@@ -11,6 +11,7 @@ Nothing from the file is executed, nothing outside it is read, and nothing is re
   206,000 empty entries 16 MiB can hold).
 Keras's layouts (HWIO kernels, dense (in, out)) are fmnist's own, so the arrays are copied 1:1.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,17 +30,35 @@ from fmnist.data import fashion, seed_report
 from fmnist.nets import seedcnn
 from fmnist.training import configs
 
-MAX_CONFIG_BYTES = 1 << 20    # the report's model configuration is about 7 KB of JSON
+MAX_CONFIG_BYTES = 1 << 20  # the report's model configuration is about 7 KB of JSON
 MAX_WEIGHTS_BYTES = 32 << 20  # its weights are 3.4 MB; a trained model's file adds Adam's state (x3)
 MAX_ARCHIVE_BYTES = 16 << 20  # a .keras holds config, metadata and those weights, compressed
-BUILTIN_FILTERS = {h5py.h5z.FILTER_DEFLATE, h5py.h5z.FILTER_SHUFFLE, h5py.h5z.FILTER_FLETCHER32,
-                   h5py.h5z.FILTER_SZIP, h5py.h5z.FILTER_NBIT, h5py.h5z.FILTER_SCALEOFFSET, h5py.h5z.FILTER_LZF}
+BUILTIN_FILTERS = {
+    h5py.h5z.FILTER_DEFLATE,
+    h5py.h5z.FILTER_SHUFFLE,
+    h5py.h5z.FILTER_FLETCHER32,
+    h5py.h5z.FILTER_SZIP,
+    h5py.h5z.FILTER_NBIT,
+    h5py.h5z.FILTER_SCALEOFFSET,
+    h5py.h5z.FILTER_LZF,
+}
 
 
 def conv(filters: int) -> tuple[str, dict]:
-    return ("Conv2D", {"filters": filters, "kernel_size": [2, 2], "strides": [2, 2], "padding": "same",
-                       "activation": "relu", "dilation_rate": [1, 1], "groups": 1, "use_bias": True,
-                       "data_format": "channels_last"})
+    return (
+        "Conv2D",
+        {
+            "filters": filters,
+            "kernel_size": [2, 2],
+            "strides": [2, 2],
+            "padding": "same",
+            "activation": "relu",
+            "dilation_rate": [1, 1],
+            "groups": 1,
+            "use_bias": True,
+            "data_format": "channels_last",
+        },
+    )
 
 
 def dense(units: int, activation: str) -> tuple[str, dict]:
@@ -49,10 +68,18 @@ def dense(units: int, activation: str) -> tuple[str, dict]:
 POOL = ("MaxPooling2D", {"pool_size": [2, 2], "strides": [1, 1], "padding": "same", "data_format": "channels_last"})
 DROPOUT = ("Dropout", {"rate": seed_report.DROPOUT})
 # The report's layers after the Input, as (Keras class, the config values that define the network).
-EXPECTED: tuple[tuple[str, dict], ...] = (conv(seed_report.CONV_FILTERS[0]), POOL, conv(seed_report.CONV_FILTERS[1]), POOL,
-            ("Flatten", {"data_format": "channels_last"}),
-            dense(seed_report.DENSE_UNITS[0], "relu"), DROPOUT, dense(seed_report.DENSE_UNITS[1], "relu"), DROPOUT,
-            dense(fashion.NUM_CLASSES, "softmax"))
+EXPECTED: tuple[tuple[str, dict], ...] = (
+    conv(seed_report.CONV_FILTERS[0]),
+    POOL,
+    conv(seed_report.CONV_FILTERS[1]),
+    POOL,
+    ("Flatten", {"data_format": "channels_last"}),
+    dense(seed_report.DENSE_UNITS[0], "relu"),
+    DROPOUT,
+    dense(seed_report.DENSE_UNITS[1], "relu"),
+    DROPOUT,
+    dense(fashion.NUM_CLASSES, "softmax"),
+)
 KERAS_DEFAULTS = {"dilation_rate": [1, 1], "groups": 1, "use_bias": True, "data_format": "channels_last"}
 WEIGHTED = tuple(name for name, _, _ in seedcnn.LAYERS)  # fmnist's names of the layers with weights, in order
 SHAPES = {f"{layer}.{part}": shape for layer, _, parts in seedcnn.LAYERS for part, shape in parts.items()}
@@ -71,12 +98,17 @@ def model_layers(config) -> list[dict]:
     """The layer list of a Keras model configuration, its JSON shape checked."""
     inner = config.get("config") if isinstance(config, dict) else None
     layers = inner.get("layers") if isinstance(inner, dict) else None
-    if not isinstance(layers, list) or not all(isinstance(layer, dict) and isinstance(layer.get("config"), dict)
-                                               for layer in layers):
-        raise errors.InputError("the model configuration is not a Keras model's "
-                                "(expected {class_name, config: {layers: [{class_name, config}, ...]}})")
+    if not isinstance(layers, list) or not all(
+        isinstance(layer, dict) and isinstance(layer.get("config"), dict) for layer in layers
+    ):
+        raise errors.InputError(
+            "the model configuration is not a Keras model's "
+            "(expected {class_name, config: {layers: [{class_name, config}, ...]}})"
+        )
     if config.get("class_name") not in ("Sequential", "Functional", "Model"):
-        raise errors.InputError(f"the model is a {config.get('class_name')!r}, expected a Sequential or Functional model")
+        raise errors.InputError(
+            f"the model is a {config.get('class_name')!r}, expected a Sequential or Functional model"
+        )
     return layers
 
 
@@ -85,8 +117,10 @@ def check_architecture(config: dict) -> list[str]:
     everything = model_layers(config)
     layers = [layer for layer in everything if layer.get("class_name") != "InputLayer"]
     if len(layers) != len(EXPECTED):
-        raise errors.InputError(f"the model has {len(layers)} layers, the report's network has {len(EXPECTED)} "
-                                f"({', '.join(cls for cls, _ in EXPECTED)})")
+        raise errors.InputError(
+            f"the model has {len(layers)} layers, the report's network has {len(EXPECTED)} "
+            f"({', '.join(cls for cls, _ in EXPECTED)})"
+        )
     names = []
     for index, (layer, (expected_class, expected_config)) in enumerate(zip(layers, EXPECTED), start=1):
         config_ = layer["config"]
@@ -96,8 +130,9 @@ def check_architecture(config: dict) -> list[str]:
         for key, expected in expected_config.items():
             found = normalise(key, config_.get(key, KERAS_DEFAULTS.get(key)))
             if found != expected:
-                raise errors.InputError(f"layer {index} ({name}, {expected_class}): {key} is {found}, "
-                                        f"expected {expected}")
+                raise errors.InputError(
+                    f"layer {index} ({name}, {expected_class}): {key} is {found}, expected {expected}"
+                )
         if expected_class in ("Conv2D", "Dense"):
             names.append(name)
     if config["class_name"] != "Sequential":  # a Sequential's list is its graph; a Functional's is not
@@ -128,12 +163,16 @@ def check_wiring(config: dict, layers: list[dict]) -> None:
         nodes = layer.get("inbound_nodes")
         found = sources(nodes) if isinstance(nodes, list) and len(nodes) == 1 else None
         if found != [previous]:
-            raise errors.InputError(f"layer {layer['config'].get('name')} takes its input from {found}, expected "
-                                    f"[{previous!r}]: the report's network is a plain chain of its layers")
+            raise errors.InputError(
+                f"layer {layer['config'].get('name')} takes its input from {found}, expected "
+                f"[{previous!r}]: the report's network is a plain chain of its layers"
+            )
     inputs, outputs = sources(config["config"].get("input_layers")), sources(config["config"].get("output_layers"))
     if inputs != names[:1] or outputs != names[-1:]:
-        raise errors.InputError(f"the model's inputs {inputs} and outputs {outputs} are not "
-                                f"{names[:1]} and {names[-1:]}: the report's network is a plain chain")
+        raise errors.InputError(
+            f"the model's inputs {inputs} and outputs {outputs} are not "
+            f"{names[:1]} and {names[-1:]}: the report's network is a plain chain"
+        )
 
 
 def parse_config(raw: bytes | str, where: str) -> dict:
@@ -198,8 +237,10 @@ def legacy_paths(handle: h5py.File, names: list[str]) -> list[str]:
 
 
 def read_state(handle: h5py.File, paths: list[str], where: str) -> dict[str, torch.Tensor]:
-    state = {name: torch.from_numpy(stored_array(handle, path, SHAPES[name]).astype(np.float32))
-             for name, path in zip(SHAPES, paths)}  # SHAPES are in seedcnn.LAYERS order: kernel, bias per layer
+    state = {
+        name: torch.from_numpy(stored_array(handle, path, SHAPES[name]).astype(np.float32))
+        for name, path in zip(SHAPES, paths)
+    }  # SHAPES are in seedcnn.LAYERS order: kernel, bias per layer
     return runs.check_state(state, seedcnn.SeedCNN().state_dict(), where, errors.InputError)
 
 

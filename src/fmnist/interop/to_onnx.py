@@ -2,6 +2,7 @@
 
 The exported graph is checked with onnx's checker and run with onnxruntime against PyTorch.
 """
+
 from __future__ import annotations
 
 import json
@@ -51,13 +52,24 @@ def export_onnx(run_dir: Path, path: Path | None = None, weights: str = runs.WEI
     def write(tmp: Path) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-            torch.onnx.export(network, (example,), str(tmp), input_names=[INPUT], output_names=[OUTPUT],
-                              dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}}, opset_version=OPSET,
-                              dynamo=False)
+            torch.onnx.export(
+                network,
+                (example,),
+                str(tmp),
+                input_names=[INPUT],
+                output_names=[OUTPUT],
+                dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
+                opset_version=OPSET,
+                dynamo=False,
+            )
         exported = onnx.load(str(tmp))
-        for key, value in (("class_names", json.dumps(list(fashion.CLASS_NAMES))), ("model", name),
-                           ("architecture", architecture),
-                           ("preprocessing", runs.PREPROCESSING), ("source_run", str(run_dir.resolve()))):
+        for key, value in (
+            ("class_names", json.dumps(list(fashion.CLASS_NAMES))),
+            ("model", name),
+            ("architecture", architecture),
+            ("preprocessing", runs.PREPROCESSING),
+            ("source_run", str(run_dir.resolve())),
+        ):
             exported.metadata_props.add(key=key, value=value)
         onnx.checker.check_model(exported, full_check=True)
         onnx.save(exported, str(tmp))

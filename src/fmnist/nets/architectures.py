@@ -10,6 +10,7 @@ An architecture is
             (bench's floor; else timed layer by layer).
 Which recipe trains which network, under which name, is the registry's (training/registry.py).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,12 +32,15 @@ class Architecture:
     products: Callable[[int], list[tuple[int, int, int]]] | None = None
 
 
-ARCHITECTURES = {a.tag: a for a in (
-    Architecture(seedcnn.ARCHITECTURE, seedcnn.SeedCNN, seedcnn.PlainCNN, seedcnn.summary, seedcnn.products),
-    Architecture(fastcnn.ARCHITECTURE, fastcnn.FastCNN, fastcnn.PlainFastCNN),
-    Architecture(fastcnn.WHITENED_ARCHITECTURE, fastcnn.WhitenedCNN, fastcnn.PlainWhitenedCNN),
-    Architecture(resnet.ARCHITECTURE, resnet.ResCNN, resnet.PlainResCNN),
-)}
+ARCHITECTURES = {
+    a.tag: a
+    for a in (
+        Architecture(seedcnn.ARCHITECTURE, seedcnn.SeedCNN, seedcnn.PlainCNN, seedcnn.summary, seedcnn.products),
+        Architecture(fastcnn.ARCHITECTURE, fastcnn.FastCNN, fastcnn.PlainFastCNN),
+        Architecture(fastcnn.WHITENED_ARCHITECTURE, fastcnn.WhitenedCNN, fastcnn.PlainWhitenedCNN),
+        Architecture(resnet.ARCHITECTURE, resnet.ResCNN, resnet.PlainResCNN),
+    )
+}
 
 
 def get(tag: str | None) -> Architecture | None:
@@ -68,11 +72,18 @@ def layer_table(network: nn.Module) -> list[tuple[str, str, int]]:
 
     def record(name):
         return lambda module, inputs, output: rows.append(
-            (f"{name} ({type(module).__name__})", str((None, *output.shape[1:])),  # Keras-style: batch None
-             sum(p.numel() for p in module.parameters(recurse=False))))
+            (
+                f"{name} ({type(module).__name__})",
+                str((None, *output.shape[1:])),  # Keras-style: batch None
+                sum(p.numel() for p in module.parameters(recurse=False)),
+            )
+        )
 
-    hooks = [module.register_forward_hook(record(name)) for name, module in network.named_modules()
-             if not list(module.children())]
+    hooks = [
+        module.register_forward_hook(record(name))
+        for name, module in network.named_modules()
+        if not list(module.children())
+    ]
     with torch.no_grad():
         network.eval()(torch.zeros(1, fashion.IMAGE_SIZE, fashion.IMAGE_SIZE, 1))  # one blank image traces shapes
     for hook in hooks:

@@ -15,6 +15,7 @@ is. Tensors are channels-last throughout: the NHWC input is a free view of it, a
 In bf16 training on a CPU each BatchNorm -> [pool ->] ReLU runs as one fused block (`Features`,
 `norm_kernels`): cnn94's step 1.22-1.29x faster, the same function.
 """
+
 from __future__ import annotations
 
 import copy
@@ -42,8 +43,11 @@ def pool_first(layers, first: bool = True) -> list[nn.Module]:
 
 
 def conv_bn_relu(in_channels: int, out_channels: int) -> list[nn.Module]:
-    return [nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),  # BatchNorm holds the bias
-            nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
+    return [
+        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),  # BatchNorm holds the bias
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    ]
 
 
 class Features(nn.Sequential):
@@ -61,8 +65,12 @@ class Features(nn.Sequential):
             following = layers[index + 1] if index + 1 < len(layers) else None
             pool = following if isinstance(following, nn.MaxPool2d) else None
             relu = index + (2 if pool is not None else 1)  # where the block's ReLU must be
-            if (self.fused and relu < len(layers) and isinstance(layers[relu], nn.ReLU)
-                    and norm_kernels.applicable(x, layers[index], pool)):
+            if (
+                self.fused
+                and relu < len(layers)
+                and isinstance(layers[relu], nn.ReLU)
+                and norm_kernels.applicable(x, layers[index], pool)
+            ):
                 x, index = norm_kernels.norm_relu(x, layers[index], pool is not None), relu + 1
             else:
                 x, index = layers[index](x), index + 1
@@ -81,8 +89,8 @@ class FlatHeadCNN(nn.Module):
         self.to(memory_format=torch.channels_last)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.features(x.permute(0, 3, 1, 2))   # NHWC -> NCHW view with channels-last memory: no copy
-        x = x.permute(0, 2, 3, 1).flatten(1)       # (N, side*side*C) in (row, column, channel) order: no copy
+        x = self.features(x.permute(0, 3, 1, 2))  # NHWC -> NCHW view with channels-last memory: no copy
+        x = x.permute(0, 2, 3, 1).flatten(1)  # (N, side*side*C) in (row, column, channel) order: no copy
         return self.head(self.dropout(x))
 
 
@@ -96,8 +104,13 @@ class FastCNN(FlatHeadCNN):
             for width in widths:
                 layers += conv_bn_relu(channels, width)
                 channels = width
-        super().__init__(nn.Sequential(*pool_first(layers)), channels, fashion.IMAGE_SIZE // 2 ** (len(stages) - 1),
-                         dropout, fused_norm)
+        super().__init__(
+            nn.Sequential(*pool_first(layers)),
+            channels,
+            fashion.IMAGE_SIZE // 2 ** (len(stages) - 1),
+            dropout,
+            fused_norm,
+        )
 
     def for_inference(self) -> FastCNN:
         """A copy computing the same function in eval mode with each BatchNorm folded into the convolution
@@ -115,7 +128,7 @@ class FastCNN(FlatHeadCNN):
 # ---------------------------------------------------------------------------------------------
 # cnn94's network: fast-cnn with a frozen patch-whitening stem in place of its first learned convolution
 WHITENED_ARCHITECTURE = "cnn94-v1"
-PATCH = 3                 # the whitening filters' size: 3x3 patches, 9 directions, each with both signs
+PATCH = 3  # the whitening filters' size: 3x3 patches, 9 directions, each with both signs
 WHITENING_EPSILON = 5e-4  # added to each eigenvalue: directions of almost no variance are not blown up
 WHITENING_IMAGES = 5_000  # training images whose patches estimate the covariance
 
@@ -123,7 +136,7 @@ WHITENING_IMAGES = 5_000  # training images whose patches estimate the covarianc
 def patch_covariance(images: torch.Tensor, patch: int = PATCH) -> torch.Tensor:
     """(p², p²) covariance of every p x p patch of NHWC one-channel images (no padding)."""
     patches = nn.functional.unfold(images.permute(0, 3, 1, 2).double(), patch)  # (N, p², positions)
-    patches = patches.transpose(1, 2).reshape(-1, patch * patch)               # (N * positions, p²)
+    patches = patches.transpose(1, 2).reshape(-1, patch * patch)  # (N * positions, p²)
     return torch.cov(patches.T)
 
 
@@ -131,7 +144,7 @@ def whitening_filters(images: torch.Tensor, patch: int = PATCH) -> torch.Tensor:
     """(2p², 1, p, p) conv filters: each eigenvector of the patch covariance scaled by 1/sqrt(its
     eigenvalue + ε), then the same negated, so that a ReLU after them keeps both signs."""
     eigenvalues, eigenvectors = torch.linalg.eigh(patch_covariance(images, patch))  # ascending; columns
-    scaled = (eigenvectors / torch.sqrt(eigenvalues + WHITENING_EPSILON)).T      # (p², p²): one filter a row
+    scaled = (eigenvectors / torch.sqrt(eigenvalues + WHITENING_EPSILON)).T  # (p², p²): one filter a row
     filters = scaled.reshape(-1, 1, patch, patch).float()
     return torch.cat([filters, -filters])
 
@@ -146,10 +159,11 @@ class WhitenedCNN(FastCNN):
         width = 2 * PATCH * PATCH
         whiten = nn.Conv2d(1, width, PATCH, padding=PATCH // 2, bias=True)
         whiten.weight.requires_grad_(False)
-        later = list(self.features)[4:]                       # from stage 2's first conv on (after the pool)
+        later = list(self.features)[4:]  # from stage 2's first conv on (after the pool)
         later[0] = nn.Conv2d(width, later[0].out_channels, 3, padding=1, bias=False)
-        self.features = Features(whiten, *pool_first([nn.ReLU(inplace=True), nn.MaxPool2d(2)]), *later,
-                                 fused=fused_norm)
+        self.features = Features(
+            whiten, *pool_first([nn.ReLU(inplace=True), nn.MaxPool2d(2)]), *later, fused=fused_norm
+        )
         self.to(memory_format=torch.channels_last)
 
     @property
@@ -166,6 +180,7 @@ class WhitenedCNN(FastCNN):
 class PlainFastCNN(nn.Module):
     """fast-cnn written the plain way: NCHW-contiguous tensors, ReLU then pool, nn.Flatten in PyTorch's
     (C, H, W) order."""
+
     network: type[FastCNN] = FastCNN
 
     def __init__(self):
@@ -180,4 +195,5 @@ class PlainFastCNN(nn.Module):
 
 class PlainWhitenedCNN(PlainFastCNN):
     """cnn94's network written the plain way."""
+
     network = WhitenedCNN

@@ -7,6 +7,7 @@ training it (evaluation, prediction, serving, export, the training loop's valida
 - `load_model`: a network rebuilt from a run's weights (their architecture tag) in that form.
 - tensors in the report's preprocessing, batched probabilities, evaluation, and the top classes.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -35,8 +36,8 @@ def evaluate(network, images, labels, batch_size: int = EVAL_BATCH_SIZE):
     network.eval()
     loss_sum, correct = torch.zeros((), device=images.device), torch.zeros((), device=images.device)
     for start in range(0, len(images), batch_size):
-        logits = network(images[start:start + batch_size]).float()  # under bf16 autocast: the loss in fp32
-        y = labels[start:start + batch_size]
+        logits = network(images[start : start + batch_size]).float()  # under bf16 autocast: the loss in fp32
+        y = labels[start : start + batch_size]
         loss_sum += F.cross_entropy(logits, y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
     return loss_sum.item() / len(images), correct.item() / len(images)  # host sync: once per call
@@ -47,8 +48,7 @@ def predict_probabilities(network, images, batch_size: int = EVAL_BATCH_SIZE) ->
     network.eval()
     if len(images) == 0:  # no images, no rows (torch.cat has nothing to join)
         return torch.empty(0, fashion.NUM_CLASSES, device=images.device)
-    return torch.cat([F.softmax(network(images[i:i + batch_size]), dim=1)
-                      for i in range(0, len(images), batch_size)])
+    return torch.cat([F.softmax(network(images[i : i + batch_size]), dim=1) for i in range(0, len(images), batch_size)])
 
 
 def probabilities(network, images: np.ndarray, device: torch.device | None = None) -> np.ndarray:
@@ -57,16 +57,19 @@ def probabilities(network, images: np.ndarray, device: torch.device | None = Non
     return predict_probabilities(network, to_tensor(images, device)).cpu().numpy()
 
 
-def load_model(run_dir: Path, weights: str = runs.WEIGHTS, dropout: float = seedcnn.DROPOUT,
-               precision: str = "fp32") -> torch.nn.Module:
+def load_model(
+    run_dir: Path, weights: str = runs.WEIGHTS, dropout: float = seedcnn.DROPOUT, precision: str = "fp32"
+) -> torch.nn.Module:
     """The network a run recorded (its weights' architecture tag), in eval mode, computing in `precision`
     (INFERENCE_PRECISIONS); clear errors for foreign, mismatched or damaged weights."""
     where = Path(run_dir) / weights
     tensors, metadata = runs.load_weights(where)
     architecture = architectures.get(metadata.get("architecture"))
     if architecture is None:
-        raise errors.RunError(f"{where}: architecture {metadata.get('architecture')!r}, "
-                              f"this version of fmnist reads {', '.join(architectures.ARCHITECTURES)}")
+        raise errors.RunError(
+            f"{where}: architecture {metadata.get('architecture')!r}, "
+            f"this version of fmnist reads {', '.join(architectures.ARCHITECTURES)}"
+        )
     network = architecture.network(dropout=dropout)
     network.load_state_dict(runs.check_state(tensors, network.state_dict(), str(where)))
     return evaluation_form(network, *runs.tta_of(metadata, str(where)), precision=precision)
@@ -173,9 +176,9 @@ class FlipAveraged(Wrapper):
         count = 2 * len(self.offsets)
         chunk = max(1, TTA_ROWS // count)
         if x.shape[0] > chunk:
-            return torch.cat([self(x[i:i + chunk]) for i in range(0, x.shape[0], chunk)])
-        logits = self.network(self.views(x))                      # (V*N, 10), view-major
-        return logits.reshape(count, x.shape[0], -1).mean(0)      # (V, N, 10) -> (N, 10)
+            return torch.cat([self(x[i : i + chunk]) for i in range(0, x.shape[0], chunk)])
+        logits = self.network(self.views(x))  # (V*N, 10), view-major
+        return logits.reshape(count, x.shape[0], -1).mean(0)  # (V, N, 10) -> (N, 10)
 
 
 # bf16 inference: `--precision bf16` on evaluate, predict and serve
@@ -193,13 +196,14 @@ class Bf16Inference(Wrapper):
 def shift_image(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
     """NHWC images moved dy rows down and dx columns right, zeros filling in (a pad and a crop: ONNX-able)."""
     s = max(abs(dy), abs(dx))
-    padded = F.pad(x, (0, 0, s, s, s, s))                     # (N, H+2s, W+2s, C)
+    padded = F.pad(x, (0, 0, s, s, s, s))  # (N, H+2s, W+2s, C)
     h, w = x.shape[1:3]
-    return padded[:, s - dy:s - dy + h, s - dx:s - dx + w]
+    return padded[:, s - dy : s - dy + h, s - dx : s - dx + w]
 
 
 def flip_averaged_reference(network: nn.Module, x: torch.Tensor, shift: int = 0) -> torch.Tensor:
     """The plain form: one pass per view, averaged; a moved image written pixel by pixel with a loop."""
+
     def moved(d):
         out = torch.zeros_like(x)
         for row in range(x.shape[1]):
@@ -207,6 +211,7 @@ def flip_averaged_reference(network: nn.Module, x: torch.Tensor, shift: int = 0)
                 if 0 <= row - d < x.shape[1] and 0 <= col - d < x.shape[2]:
                     out[:, row, col] = x[:, row - d, col - d]
         return out
+
     images = [x] + ([moved(-shift), moved(shift)] if shift else [])
     views = [view for image in images for view in (image, image.flip(2))]
     return sum(network(view) for view in views) / len(views)

@@ -10,6 +10,7 @@ ReLU: fastcnn.pool_first). What runs at 28x28 is narrow (the stem): a 3x3 conv c
 and the learning happens at 14x14 and 7x7.
 Tensors are channels-last throughout, as in fast-cnn; BatchNorm folds into the convs for inference.
 """
+
 from __future__ import annotations
 
 import copy
@@ -22,7 +23,7 @@ from fmnist.data import fashion
 from fmnist.nets.fastcnn import FlatHeadCNN, pool_first
 
 ARCHITECTURE = "res95-v1"  # recorded in weights, checkpoints and ONNX files; bump if the layout changes
-WIDTHS = (32, 64, 128)     # C0 (stem, 28x28), C1 (14x14), C2 (7x7)
+WIDTHS = (32, 64, 128)  # C0 (stem, 28x28), C1 (14x14), C2 (7x7)
 
 
 def conv_bn(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -45,10 +46,22 @@ class ResCNN(FlatHeadCNN):
 
     def __init__(self, dropout: float = 0.0, widths: tuple[int, int, int] = WIDTHS):
         c0, c1, c2 = widths
-        features = nn.Sequential(*pool_first([
-            conv_bn(1, c0), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-            conv_bn(c0, c1), nn.ReLU(inplace=True), Residual(c1), nn.MaxPool2d(2),
-            conv_bn(c1, c2), nn.ReLU(inplace=True), Residual(c2)]))
+        features = nn.Sequential(
+            *pool_first(
+                [
+                    conv_bn(1, c0),
+                    nn.ReLU(inplace=True),
+                    nn.MaxPool2d(2),
+                    conv_bn(c0, c1),
+                    nn.ReLU(inplace=True),
+                    Residual(c1),
+                    nn.MaxPool2d(2),
+                    conv_bn(c1, c2),
+                    nn.ReLU(inplace=True),
+                    Residual(c2),
+                ]
+            )
+        )
         super().__init__(features, c2, fashion.IMAGE_SIZE // 4, dropout)
 
     def for_inference(self) -> ResCNN:

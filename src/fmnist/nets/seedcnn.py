@@ -14,6 +14,7 @@ Speed tricks, each a small function checked against its plain version in the tes
 - on the CPU, each convolution block's bias + ReLU + pooling is one fused float32 pass forward and
   one backward (`fused.py`, numba), bit-identical to the forms above, which serve CUDA and ONNX.
 """
+
 from __future__ import annotations
 
 import math
@@ -31,10 +32,18 @@ FLAT = (fashion.IMAGE_SIZE // KERNEL ** len(CONV_FILTERS)) ** 2 * CONV_FILTERS[-
 _CHANNELS, _UNITS = (1, *CONV_FILTERS), (FLAT, *DENSE_UNITS, fashion.NUM_CLASSES)
 # (name, keras class, parameter shapes) in Keras's order; the import and the summary read this.
 LAYERS = (  # conv1, conv2, dense1..dense3: every shape from the constants above
-    *((f"conv{i + 1}", "Conv2D", {"kernel": (KERNEL, KERNEL, _CHANNELS[i], _CHANNELS[i + 1]),
-                                  "bias": (_CHANNELS[i + 1],)}) for i in range(len(CONV_FILTERS))),
-    *((f"dense{i + 1}", "Dense", {"kernel": (_UNITS[i], _UNITS[i + 1]), "bias": (_UNITS[i + 1],)})
-      for i in range(len(_UNITS) - 1)),
+    *(
+        (
+            f"conv{i + 1}",
+            "Conv2D",
+            {"kernel": (KERNEL, KERNEL, _CHANNELS[i], _CHANNELS[i + 1]), "bias": (_CHANNELS[i + 1],)},
+        )
+        for i in range(len(CONV_FILTERS))
+    ),
+    *(
+        (f"dense{i + 1}", "Dense", {"kernel": (_UNITS[i], _UNITS[i + 1]), "bias": (_UNITS[i + 1],)})
+        for i in range(len(_UNITS) - 1)
+    ),
 )
 
 
@@ -43,11 +52,11 @@ LAYERS = (  # conv1, conv2, dense1..dense3: every shape from the constants above
 def conv2x2_stride2(x: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """Keras Conv2D(2x2, strides 2, padding same) on an even-sized NHWC input, as one matmul."""
     n, h, w, c = x.shape
-    patches = x.reshape(n, h // 2, 2, w // 2, 2, c)       # (N, H/2, kh, W/2, kw, C)
-    patches = patches.permute(0, 1, 3, 2, 4, 5)          # (N, H/2, W/2, kh, kw, C)
+    patches = x.reshape(n, h // 2, 2, w // 2, 2, c)  # (N, H/2, kh, W/2, kw, C)
+    patches = patches.permute(0, 1, 3, 2, 4, 5)  # (N, H/2, W/2, kh, kw, C)
     patches = patches.reshape(n * (h // 2) * (w // 2), 4 * c)  # rows: windows, cols: (kh, kw, C)
     out = torch.addmm(bias, patches, kernel.reshape(4 * c, -1))  # HWIO kernel reshaped (4C, C_out)
-    return out.reshape(n, h // 2, w // 2, -1)           # (N, H/2, W/2, C_out)
+    return out.reshape(n, h // 2, w // 2, -1)  # (N, H/2, W/2, C_out)
 
 
 def conv2x2_stride2_reference(x: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -140,12 +149,12 @@ class SeedCNN(nn.Module):
     def features_fused(self, x: torch.Tensor) -> torch.Tensor:
         """The same features with the CPU kernels: two matmuls and two fused passes."""
         n, size = x.shape[0], x.shape[1] // 2
-        windows = fused.space_to_depth(x)                          # (N*14*14, 4): conv1's 2x2 windows
+        windows = fused.space_to_depth(x)  # (N*14*14, 4): conv1's 2x2 windows
         z = windows @ self.conv1.kernel.reshape(windows.shape[1], -1)  # (N*14*14, 32), bias not yet added
         windows = fused.bias_relu_pool(z.view(n, size, size, -1), self.conv1.bias, patches=True)  # (N*7*7, 128)
         z = windows @ self.conv2.kernel.reshape(windows.shape[1], -1)  # (N*7*7, 64)
         x = fused.bias_relu_pool(z.view(n, size // 2, size // 2, -1), self.conv2.bias)  # (N, 7, 7, 64)
-        return x.reshape(n, -1)                                      # (N, 3136), Keras's Flatten order
+        return x.reshape(n, -1)  # (N, 3136), Keras's Flatten order
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x)
@@ -160,17 +169,22 @@ def count_parameters(model: nn.Module) -> int:
 
 def summary(network: SeedCNN) -> list[tuple[str, str, int]]:
     """(layer, output shape, params) rows like Keras's model.summary(), traced with one blank image."""
+
     def conv(layer):
         return lambda x: F.relu(network.conv(x, layer.kernel, layer.bias))
 
-    stages = (("conv1 (Conv2D)", conv(network.conv1), network.conv1), ("pool1 (MaxPooling2D)", network.pool, None),
-              ("conv2 (Conv2D)", conv(network.conv2), network.conv2), ("pool2 (MaxPooling2D)", network.pool, None),
-              ("flatten (Flatten)", lambda x: x.reshape(1, -1), None),
-              ("dense1 (Dense)", lambda x: x @ network.dense1.kernel, network.dense1),
-              ("dropout1 (Dropout)", lambda x: x, None),
-              ("dense2 (Dense)", lambda x: x @ network.dense2.kernel, network.dense2),
-              ("dropout2 (Dropout)", lambda x: x, None),
-              ("dense3 (Dense, softmax)", lambda x: x @ network.dense3.kernel, network.dense3))
+    stages = (
+        ("conv1 (Conv2D)", conv(network.conv1), network.conv1),
+        ("pool1 (MaxPooling2D)", network.pool, None),
+        ("conv2 (Conv2D)", conv(network.conv2), network.conv2),
+        ("pool2 (MaxPooling2D)", network.pool, None),
+        ("flatten (Flatten)", lambda x: x.reshape(1, -1), None),
+        ("dense1 (Dense)", lambda x: x @ network.dense1.kernel, network.dense1),
+        ("dropout1 (Dropout)", lambda x: x, None),
+        ("dense2 (Dense)", lambda x: x @ network.dense2.kernel, network.dense2),
+        ("dropout2 (Dropout)", lambda x: x, None),
+        ("dense3 (Dense, softmax)", lambda x: x @ network.dense3.kernel, network.dense3),
+    )
     x, rows = torch.zeros(1, fashion.IMAGE_SIZE, fashion.IMAGE_SIZE, 1), []
     with torch.no_grad():
         for label, stage, layer in stages:

@@ -2,10 +2,11 @@
 
 The baseline is what a straightforward port of the same network looks like (each architecture's `plain`,
 beside its network): NCHW tensors, nn.Conv2d, nn.Linear, F.max_pool2d, the same optimizer. Both see the
-same random batch; their timings are interleaved round by round and the median round is reported, so that a noisy, shared
-machine affects both alike. The floor, the step's convolutions and matrix products alone, is timed in
+same random batch; their timings are interleaved round by round and the median round is reported, so that
+a noisy, shared machine affects both alike. The floor, the step's convolutions and matrix products alone, is timed in
 the same rounds.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,7 +20,7 @@ from torch import nn
 from fmnist.core import machine
 from fmnist.data import fashion
 from fmnist.nets import architectures, inference
-from fmnist.training import configs, loop, recipe, registry
+from fmnist.training import checkpoint, configs, loop, recipe, registry
 
 
 def step_function(network, optimizer, x, y, precision: str = "fp32", label_smoothing: float = 0.0):
@@ -54,8 +55,9 @@ def time_steps(step, steps: int, device: torch.device) -> float:
 FLOOR = "floor"  # compare_steps' key for the floor's step
 
 
-def compare_steps(name: str, batch_size: int, steps: int, rounds: int, device: torch.device,
-                  precision: str = "fp32") -> dict[str, float]:
+def compare_steps(
+    name: str, batch_size: int, steps: int, rounds: int, device: torch.device, precision: str = "fp32"
+) -> dict[str, float]:
     """Median seconds per training step of fmnist, its variants, the plain baseline and (FLOOR) the step's
     convolutions and matrix products alone, all interleaved: a host's slow spell slows each alike, so the
     ratios hold where the absolute times drift."""
@@ -64,13 +66,20 @@ def compare_steps(name: str, batch_size: int, steps: int, rounds: int, device: t
     x = torch.rand(batch_size, fashion.IMAGE_SIZE, fashion.IMAGE_SIZE, 1, device=device)
     y = torch.randint(0, fashion.NUM_CLASSES, (batch_size,), device=device)
     plain = architectures.ARCHITECTURES[registry.get(name).architecture].plain().to(device).train()
-    optimizer = torch.optim.Adam(plain.parameters(), eps=recipe.EPSILON) if config.optimizer == "adam" else \
-        recipe.optimizer_for(plain, config)  # the same optimizer, written the usual way
-    steps_by_name = {"fmnist": recipe_step(name, x, y, precision),
-                     **{label: recipe_step(name, x, y, precision, **kwargs)
-                        for label, kwargs in registry.get(name).variants.items()}}
-    steps_by_name["plain eager PyTorch"] = step_function(plain, optimizer, x.permute(0, 3, 1, 2).contiguous(), y,
-                                                         precision, config.label_smoothing)  # the same precision
+    optimizer = (
+        torch.optim.Adam(plain.parameters(), eps=recipe.EPSILON)
+        if config.optimizer == "adam"
+        else recipe.optimizer_for(plain, config)
+    )  # the same optimizer, written the usual way
+    steps_by_name = {
+        "fmnist": recipe_step(name, x, y, precision),
+        **{
+            label: recipe_step(name, x, y, precision, **kwargs) for label, kwargs in registry.get(name).variants.items()
+        },
+    }
+    steps_by_name["plain eager PyTorch"] = step_function(
+        plain, optimizer, x.permute(0, 3, 1, 2).contiguous(), y, precision, config.label_smoothing
+    )  # the same precision
     steps_by_name[FLOOR] = floor_step(name, batch_size, device, precision)
     for step in steps_by_name.values():
         time_steps(step, 3, device)  # warm-up: allocator, kernels, thread pool
@@ -87,12 +96,16 @@ def floor_step(name: str, batch_size: int, device: torch.device, precision: str 
     architecture = architectures.ARCHITECTURES[registry.get(name).architecture]
     autocast = functools.partial(torch.autocast, device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     with autocast():
-        products = (matmul_step(architecture.products(batch_size), device) if architecture.products is not None
-                    else layer_step(architecture.network(dropout=0.0).to(device), batch_size, device))
+        products = (
+            matmul_step(architecture.products(batch_size), device)
+            if architecture.products is not None
+            else layer_step(architecture.network(dropout=0.0).to(device), batch_size, device)
+        )
 
     def step():
         with autocast():
             products()
+
     return step
 
 
@@ -100,8 +113,11 @@ def layer_step(network: nn.Module, batch_size: int, device: torch.device):
     """Each nn.Conv2d and nn.Linear of the network, forward and backward on inputs of its real shape
     and memory format, nothing between them (in the caller's autocast, if any)."""
     inputs = []
-    hooks = [layer.register_forward_hook(lambda layer, args, out: inputs.append((layer, args[0].detach())))
-             for layer in network.modules() if isinstance(layer, (nn.Conv2d, nn.Linear))]
+    hooks = [
+        layer.register_forward_hook(lambda layer, args, out: inputs.append((layer, args[0].detach())))
+        for layer in network.modules()
+        if isinstance(layer, (nn.Conv2d, nn.Linear))
+    ]
     network.train()(torch.rand(batch_size, fashion.IMAGE_SIZE, fashion.IMAGE_SIZE, 1, device=device))
     for hook in hooks:
         hook.remove()
@@ -116,39 +132,55 @@ def layer_step(network: nn.Module, batch_size: int, device: torch.device):
             out = layer(x)
             if wrt:  # the gradients returned, not added into .grad: a training step assigns its own
                 torch.autograd.grad(out, wrt, grad)
+
     return step
 
 
 def matmul_step(products: list[tuple[int, int, int]], device: torch.device):
     """A network's matrix products alone, (rows, in) @ (in, out) each, forward and backward, float32. No
     implementation that uses PyTorch's matmul can take less: the floor under the step."""
-    operands = [(torch.rand(rows, fan_in, device=device), torch.rand(fan_in, fan_out, device=device),
-                 torch.rand(rows, fan_out, device=device)) for rows, fan_in, fan_out in products]
+    operands = [
+        (
+            torch.rand(rows, fan_in, device=device),
+            torch.rand(fan_in, fan_out, device=device),
+            torch.rand(rows, fan_out, device=device),
+        )
+        for rows, fan_in, fan_out in products
+    ]
 
     def step():
         for index, (x, w, grad) in enumerate(operands):
-            x @ w            # forward
-            x.t() @ grad     # kernel gradient
-            if index:        # input gradient (the first layer's input is the image: none needed)
+            x @ w  # forward
+            x.t() @ grad  # kernel gradient
+            if index:  # input gradient (the first layer's input is the image: none needed)
                 grad @ w.t()
+
     return step
 
 
-def time_epoch(name: str, num_train: int, num_val: int, batch_size: int, device: torch.device,
-               precision: str = "fp32") -> tuple[float, float]:
+def time_epoch(
+    name: str, num_train: int, num_val: int, batch_size: int, device: torch.device, precision: str = "fp32"
+) -> tuple[float, float]:
     """(seconds for one training epoch, seconds for its validation) on random data of the real sizes,
     with the model's whole recipe (augmentation, schedule, TTA)."""
     torch.manual_seed(0)
     config = configs.TrainConfig.for_model(name, batch_size=batch_size)
     images = torch.rand(num_train + num_val, fashion.IMAGE_SIZE, fashion.IMAGE_SIZE, 1, device=device)
     labels = torch.randint(0, fashion.NUM_CLASSES, (num_train + num_val,), device=device)
-    state = loop.new_state(config, device, config.steps_per_epoch(num_train), images[:num_train])  # as training
+    state = checkpoint.new_state(config, device, config.steps_per_epoch(num_train), images[:num_train])  # as training
     network = state.network
     synchronize(device)
     start = time.perf_counter()
-    loss, _ = loop.train_one_epoch(network, state.optimizer, images[:num_train], labels[:num_train], config,
-                                       state.generator, precision=precision,
-                                       plan=loop.plan_epoch(config, 0, images[:num_train], state.lookahead))
+    loss, _ = loop.train_one_epoch(
+        network,
+        state.optimizer,
+        images[:num_train],
+        labels[:num_train],
+        config,
+        state.generator,
+        precision=precision,
+        plan=loop.plan_epoch(config, 0, images[:num_train], state.lookahead),
+    )
     loss.item()  # waits for the device
     middle = time.perf_counter()
     loop.validate(network, dataclasses.replace(config, precision=precision), images[num_train:], labels[num_train:])
@@ -162,7 +194,7 @@ def evaluation_throughput(name: str, num_images: int, device: torch.device, prec
     network = inference.evaluation_form(registry.get(name).build(0.0), config.tta, config.tta_shift, precision)
     network = network.to(device).eval()
     images = torch.rand(num_images, fashion.IMAGE_SIZE, fashion.IMAGE_SIZE, 1, device=device)
-    inference.predict_probabilities(network, images[:inference.EVAL_BATCH_SIZE])  # warm-up
+    inference.predict_probabilities(network, images[: inference.EVAL_BATCH_SIZE])  # warm-up
     synchronize(device)
     start = time.perf_counter()
     inference.predict_probabilities(network, images)
@@ -172,8 +204,10 @@ def evaluation_throughput(name: str, num_images: int, device: torch.device, prec
 
 def evaluation_throughputs(name: str, num_images: int, device: torch.device) -> dict[str, float]:
     """evaluation_throughput in each of inference.INFERENCE_PRECISIONS: {"fp32": images/s, "bf16": images/s}."""
-    return {precision: evaluation_throughput(name, num_images, device, precision)
-            for precision in inference.INFERENCE_PRECISIONS}
+    return {
+        precision: evaluation_throughput(name, num_images, device, precision)
+        for precision in inference.INFERENCE_PRECISIONS
+    }
 
 
 def epoch_sizes(quick: bool) -> tuple[int, int, int]:
@@ -185,8 +219,14 @@ def epoch_sizes(quick: bool) -> tuple[int, int, int]:
     return train, total - train, fashion.FILES["test_images"].count
 
 
-def run(quick: bool = False, device: str = "auto", threads: int | None = None, batch_size: int | None = None,
-        precision: str = "auto", name: str = registry.DEFAULT) -> dict:
+def run(
+    quick: bool = False,
+    device: str = "auto",
+    threads: int | None = None,
+    batch_size: int | None = None,
+    precision: str = "auto",
+    name: str = registry.DEFAULT,
+) -> dict:
     """Everything `fmnist bench` prints, as a dict. The batch size and precision default to what training
     uses: the model's recipe, and the precision `--precision auto` chooses on this machine."""
     for what, value in (("threads", threads), ("batch size", batch_size)):
@@ -201,9 +241,17 @@ def run(quick: bool = False, device: str = "auto", threads: int | None = None, b
     per_step = compare_steps(name, batch_size, steps, rounds, target, precision)
     floor = per_step.pop(FLOOR)
     epoch_seconds, val_seconds = time_epoch(name, num_train, num_val, batch_size, target, precision)
-    return {"machine": machine.describe_machine(target), "model": name, "batch_size": batch_size, "quick": quick,
-            "precision": precision, "step_seconds": per_step,
-            "speedup": per_step["plain eager PyTorch"] / per_step["fmnist"],
-            "floor_seconds": floor,
-            "epoch_seconds": epoch_seconds, "validation_seconds": val_seconds, "epoch_images": num_train,
-            "eval_images_per_second": evaluation_throughputs(name, num_eval, target)}
+    return {
+        "machine": machine.describe_machine(target),
+        "model": name,
+        "batch_size": batch_size,
+        "quick": quick,
+        "precision": precision,
+        "step_seconds": per_step,
+        "speedup": per_step["plain eager PyTorch"] / per_step["fmnist"],
+        "floor_seconds": floor,
+        "epoch_seconds": epoch_seconds,
+        "validation_seconds": val_seconds,
+        "epoch_images": num_train,
+        "eval_images_per_second": evaluation_throughputs(name, num_eval, target),
+    }

@@ -2,6 +2,7 @@
 
 Every function takes plain arrays and a path, writes one PNG atomically and returns the path.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -29,8 +30,14 @@ def save(figure, path: Path) -> Path:
         plt.close(figure)
 
 
-def image_grid(images: np.ndarray, captions: list[str], path: Path, colors: list[str] | None = None,
-               columns: int = 5, title: str | None = None) -> Path:
+def image_grid(
+    images: np.ndarray,
+    captions: list[str],
+    path: Path,
+    colors: list[str] | None = None,
+    columns: int = 5,
+    title: str | None = None,
+) -> Path:
     """Images in a grid with a caption under each (the report's 5x5 view of the data), drawn as one mosaic in
     one axes: a subplot per image costs ~10x the time (measured: 0.7 s against 0.07 s a grid)."""
     rows, side = max(1, -(-len(images) // columns)), images.shape[1]
@@ -38,14 +45,21 @@ def image_grid(images: np.ndarray, captions: list[str], path: Path, colors: list
     mosaic = np.zeros((rows * (side + gap), columns * (side + 4)))  # (rows of tiles and captions, columns)
     for index, image in enumerate(images):
         top, left = (index // columns) * (side + gap), (index % columns) * (side + 4) + 2
-        mosaic[top:top + side, left:left + side] = image
+        mosaic[top : top + side, left : left + side] = image
     figure, axis = plt.subplots(figsize=(2 * columns, (2.2 + 0.25 * (gap > side // 2)) * rows))
     axis.imshow(mosaic, cmap="binary", interpolation="nearest", vmin=0, vmax=max(1, float(images.max(initial=1))))
     axis.set_axis_off()
     for index, caption in enumerate(captions):
         top, left = (index // columns) * (side + gap), (index % columns) * (side + 4) + 2
-        axis.text(left + side / 2, top + side + 1, caption, ha="center", va="top", fontsize=9,
-                  color=colors[index] if colors else "black")
+        axis.text(
+            left + side / 2,
+            top + side + 1,
+            caption,
+            ha="center",
+            va="top",
+            fontsize=9,
+            color=colors[index] if colors else "black",
+        )
     if title:
         figure.suptitle(title)
     figure.tight_layout()
@@ -57,11 +71,14 @@ def samples(images: np.ndarray, labels: np.ndarray, path: Path, count: int = 25)
     return image_grid(images[:count], [fashion.CLASS_NAMES[int(k)] for k in labels[:count]], path)
 
 
-def predictions(images: np.ndarray, labels: np.ndarray, predicted: np.ndarray, probabilities: np.ndarray,
-                path: Path, title: str) -> Path:
+def predictions(
+    images: np.ndarray, labels: np.ndarray, predicted: np.ndarray, probabilities: np.ndarray, path: Path, title: str
+) -> Path:
     """Images captioned 'predicted (p) / true', wrong ones in red."""
-    captions = [f"{fashion.CLASS_NAMES[p]} {probabilities[i, p]:.0%}\ntrue: {fashion.CLASS_NAMES[t]}"
-                for i, (p, t) in enumerate(zip(predicted, labels))]
+    captions = [
+        f"{fashion.CLASS_NAMES[p]} {probabilities[i, p]:.0%}\ntrue: {fashion.CLASS_NAMES[t]}"
+        for i, (p, t) in enumerate(zip(predicted, labels))
+    ]
     colors = [RIGHT_COLOR if p == t else WRONG_COLOR for p, t in zip(predicted, labels)]
     return image_grid(images, captions, path, colors, title=title)
 
@@ -72,8 +89,9 @@ def learning_curves(history: list[dict], path: Path) -> Path:
     epochs, validated = [row["epoch"] for row in history], runs.validated(history)
     held_out = "validation" if validated else "training"  # a final fit on every image validates nothing
     figure, (loss_axis, accuracy_axis, time_axis) = plt.subplots(1, 3, figsize=(17, 4.5))
-    time_axis.plot(runs.elapsed(history), [row["val_accuracy" if validated else "accuracy"] for row in history],
-                   marker=".")
+    time_axis.plot(
+        runs.elapsed(history), [row["val_accuracy" if validated else "accuracy"] for row in history], marker="."
+    )
     time_axis.set_xlabel("seconds of training and validation")
     time_axis.set_ylabel(f"{held_out} accuracy")
     time_axis.grid(alpha=0.3)
@@ -81,8 +99,9 @@ def learning_curves(history: list[dict], path: Path) -> Path:
         axis.plot(epochs, [row[key] for row in history], label=f"training {label}")
         if validated:
             best = min(validated, key=lambda row: row["val_loss"])["epoch"]
-            axis.plot([r["epoch"] for r in validated], [r["val_" + key] for r in validated],
-                      label=f"validation {label}")
+            axis.plot(
+                [r["epoch"] for r in validated], [r["val_" + key] for r in validated], label=f"validation {label}"
+            )
             axis.axvline(best, color="gray", linestyle="--", label=f"lowest validation loss (epoch {best})")
         axis.set_xlabel("epoch")
         axis.set_ylabel(label)
@@ -104,8 +123,15 @@ def confusion_matrix(matrix: np.ndarray, path: Path) -> Path:
     axis.set_ylabel("true class")
     threshold = matrix.max() / 2
     for (row, column), count in np.ndenumerate(matrix):
-        axis.text(column, row, str(count), ha="center", va="center", fontsize=8,
-                  color="white" if count > threshold else "black")
+        axis.text(
+            column,
+            row,
+            str(count),
+            ha="center",
+            va="center",
+            fontsize=8,
+            color="white" if count > threshold else "black",
+        )
     axis.set_title("Confusion matrix (test set)")
     figure.tight_layout()
     return save(figure, path)
@@ -127,8 +153,9 @@ def sweep(configurations: list[dict], path: Path) -> Path:
     return save(figure, path)
 
 
-def frontier(curves: dict[str, list[list[dict]]], finals: dict[str, tuple[float, float, float]],
-             reference: float, path: Path) -> Path:
+def frontier(
+    curves: dict[str, list[list[dict]]], finals: dict[str, tuple[float, float, float]], reference: float, path: Path
+) -> Path:
     """The accuracy-time frontier: each model's validation accuracy against elapsed seconds (one thin
     line per seed), its final test accuracy (mean ± sd over seeds, at its mean training time) as a point
     with error bars, and the report's test accuracy as a horizontal line."""
@@ -138,11 +165,23 @@ def frontier(curves: dict[str, list[list[dict]]], finals: dict[str, tuple[float,
         for seed, history in enumerate(histories):
             points = runs.validation_curve(history)  # none in a final fit on every image
             if points:
-                axis.plot(*zip(*points), color=color, alpha=0.35, linewidth=1,
-                          label=f"{name}: validation, per seed" if seed == 0 else None)
+                axis.plot(
+                    *zip(*points),
+                    color=color,
+                    alpha=0.35,
+                    linewidth=1,
+                    label=f"{name}: validation, per seed" if seed == 0 else None,
+                )
         seconds, mean, sd = finals[name]
-        axis.errorbar([seconds], [mean], yerr=[0 if np.isnan(sd) else sd], color=color, marker="o", capsize=4,
-                      label=f"{name}: test {mean:.4f}" + ("" if np.isnan(sd) else f" ± {sd:.4f}"))
+        axis.errorbar(
+            [seconds],
+            [mean],
+            yerr=[0 if np.isnan(sd) else sd],
+            color=color,
+            marker="o",
+            capsize=4,
+            label=f"{name}: test {mean:.4f}" + ("" if np.isnan(sd) else f" ± {sd:.4f}"),
+        )
     axis.axhline(reference, color="gray", linestyle="--", label=f"the report: test {reference:.4f}")
     axis.set_xscale("log")
     axis.set_xlabel("seconds of training (validation included), log scale")

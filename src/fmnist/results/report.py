@@ -3,6 +3,7 @@
 The content is built once as a list of blocks (heading, paragraph, table, image) and rendered twice,
 so the two versions cannot drift apart.
 """
+
 from __future__ import annotations
 
 import base64
@@ -40,21 +41,27 @@ def image(name, alt):
 def generalisation_note(metrics: dict, history: list[dict]) -> str:
     """An honest reading of the gap between training and held-out figures."""
     train_m, test_m = metrics["train"], metrics["test"]
-    text = (f"Training loss {train_m['loss']:.4f} against test loss {test_m['loss']:.4f} "
-            f"({test_m['loss'] / max(train_m['loss'], 1e-12):.1f}x); training accuracy {train_m['accuracy']:.4f} "
-            f"against test accuracy {test_m['accuracy']:.4f} "
-            f"(a gap of {100 * (train_m['accuracy'] - test_m['accuracy']):.1f} points). ")
+    text = (
+        f"Training loss {train_m['loss']:.4f} against test loss {test_m['loss']:.4f} "
+        f"({test_m['loss'] / max(train_m['loss'], 1e-12):.1f}x); training accuracy {train_m['accuracy']:.4f} "
+        f"against test accuracy {test_m['accuracy']:.4f} "
+        f"(a gap of {100 * (train_m['accuracy'] - test_m['accuracy']):.1f} points). "
+    )
     history = runs.validated(history)  # a final fit on every image validates nothing
     if history:
         best = min(history, key=lambda row: row["val_loss"])
         last = history[-1]
-        text += (f"Validation loss was lowest at epoch {best['epoch']} ({best['val_loss']:.4f}) and ended at "
-                 f"{last['val_loss']:.4f} after epoch {last['epoch']}. ")
+        text += (
+            f"Validation loss was lowest at epoch {best['epoch']} ({best['val_loss']:.4f}) and ended at "
+            f"{last['val_loss']:.4f} after epoch {last['epoch']}. "
+        )
         if last["val_loss"] > 1.1 * best["val_loss"]:
-            text += ("The network overfits after that epoch: it keeps fitting its training data while its "
-                     "held-out loss rises. The original report concluded that the model does not overfit; "
-                     "these figures (like its own: training loss 0.04, test loss 0.42) say otherwise. "
-                     "Early stopping near the lowest validation loss (best.safetensors) would give a lower test loss.")
+            text += (
+                "The network overfits after that epoch: it keeps fitting its training data while its "
+                "held-out loss rises. The original report concluded that the model does not overfit; "
+                "these figures (like its own: training loss 0.04, test loss 0.42) say otherwise. "
+                "Early stopping near the lowest validation loss (best.safetensors) would give a lower test loss."
+            )
         else:
             text += "Validation loss did not rise notably after its minimum: no clear sign of overfitting in this run."
     return text
@@ -62,12 +69,18 @@ def generalisation_note(metrics: dict, history: list[dict]) -> str:
 
 def comparison_table(metrics: dict) -> tuple:
     test_m, train_m = metrics["test"], metrics["train"]
-    rows = [(name, f"{ours:.4f}", f"{seed_report.PUBLISHED[key]:.4f}", f"{seed_report.TF_RERUN[key]:.4f}")
-            for name, key, ours in (("test loss", "test_loss", test_m["loss"]),
-                                    ("test accuracy", "test_accuracy", test_m["accuracy"]),
-                                    ("training loss", "train_loss", train_m["loss"]),
-                                    ("training accuracy", "train_accuracy", train_m["accuracy"]))]
-    rows.append(("correct / wrong (test)", f"{test_m['correct']:,} / {test_m['wrong']:,}", seed_report.PUBLISHED_COUNTS, ""))
+    rows = [
+        (name, f"{ours:.4f}", f"{seed_report.PUBLISHED[key]:.4f}", f"{seed_report.TF_RERUN[key]:.4f}")
+        for name, key, ours in (
+            ("test loss", "test_loss", test_m["loss"]),
+            ("test accuracy", "test_accuracy", test_m["accuracy"]),
+            ("training loss", "train_loss", train_m["loss"]),
+            ("training accuracy", "train_accuracy", train_m["accuracy"]),
+        )
+    ]
+    rows.append(
+        ("correct / wrong (test)", f"{test_m['correct']:,} / {test_m['wrong']:,}", seed_report.PUBLISHED_COUNTS, "")
+    )
     return table(("figure", "this run", "original report", "TF-Keras rerun (2 cores)"), rows)
 
 
@@ -77,15 +90,35 @@ def per_class_table(metrics: dict) -> tuple:
     for label, name in enumerate(fashion.CLASS_NAMES):
         r = report[name]
         published_precision, published_correct = seed_report.PUBLISHED_PER_CLASS[name]
-        rows.append((name, f"{r['precision']:.2f}", f"{r['recall']:.2f}", f"{r['f1-score']:.2f}",
-                     f"{int(r['support']):,}", f"{matrix[label][label]:,}", f"{published_precision:.2f}",
-                     f"{published_correct:,}"))
+        rows.append(
+            (
+                name,
+                f"{r['precision']:.2f}",
+                f"{r['recall']:.2f}",
+                f"{r['f1-score']:.2f}",
+                f"{int(r['support']):,}",
+                f"{matrix[label][label]:,}",
+                f"{published_precision:.2f}",
+                f"{published_correct:,}",
+            )
+        )
     for average in ("macro avg", "weighted avg"):
         r = report[average]
-        rows.append((average, f"{r['precision']:.2f}", f"{r['recall']:.2f}", f"{r['f1-score']:.2f}",
-                     f"{int(r['support']):,}", "", "", ""))
-    return table(("class", "precision", "recall", "F1", "support", "correct", "report: precision",
-                  "report: correct"), rows)
+        rows.append(
+            (
+                average,
+                f"{r['precision']:.2f}",
+                f"{r['recall']:.2f}",
+                f"{r['f1-score']:.2f}",
+                f"{int(r['support']):,}",
+                "",
+                "",
+                "",
+            )
+        )
+    return table(
+        ("class", "precision", "recall", "F1", "support", "correct", "report: precision", "report: correct"), rows
+    )
 
 
 def training_blocks(config: dict, history: list[dict], recipe: str) -> list:
@@ -94,52 +127,82 @@ def training_blocks(config: dict, history: list[dict], recipe: str) -> list:
     machine = config.get("machine", {})
     total = sum(row["train_seconds"] for row in history)
     steps = sum(row["steps"] for row in history)
-    rows = [("model", config.get("model", registry.DEFAULT)), ("epochs", len(history)),
-            ("steps per epoch", history[-1]["steps"]), ("recipe", recipe),
-            ("loss", "categorical cross-entropy"), ("validation fraction", config["validation_fraction"]),
-            ("seed", config["seed"]), ("device", f"{machine.get('device')} ({machine.get('device_name')}), "
-                                                 f"{machine.get('threads')} threads"),
-            ("versions", f"fmnist {machine.get('fmnist')}, torch {machine.get('torch')}"),
-            ("training time", f"{total:.1f} s ({1000 * total / steps:.1f} ms/step); "
-                              f"with validation {sum(row['seconds'] for row in history):.1f} s")]
-    return [table(("setting", "value"), [(k, str(v)) for k, v in rows]),
-            image("learning_curves.png", "learning curves")]
+    rows = [
+        ("model", config.get("model", registry.DEFAULT)),
+        ("epochs", len(history)),
+        ("steps per epoch", history[-1]["steps"]),
+        ("recipe", recipe),
+        ("loss", "categorical cross-entropy"),
+        ("validation fraction", config["validation_fraction"]),
+        ("seed", config["seed"]),
+        ("device", f"{machine.get('device')} ({machine.get('device_name')}), {machine.get('threads')} threads"),
+        ("versions", f"fmnist {machine.get('fmnist')}, torch {machine.get('torch')}"),
+        (
+            "training time",
+            f"{total:.1f} s ({1000 * total / steps:.1f} ms/step); "
+            f"with validation {sum(row['seconds'] for row in history):.1f} s",
+        ),
+    ]
+    return [
+        table(("setting", "value"), [(k, str(v)) for k, v in rows]),
+        image("learning_curves.png", "learning curves"),
+    ]
+
+
+def architecture_table(network) -> tuple:
+    rows = [(name, shape, f"{count:,}") for name, shape, count in architectures.layer_table(network)]
+    return table(
+        ("layer (type)", "output shape", "params"), [*rows, ("total", "", f"{architectures.parameters(network):,}")]
+    )
+
+
+def results_table(train_m: dict, test_m: dict) -> tuple:
+    rows = [
+        (name, f"{m['count']:,}", f"{m['loss']:.4f}", f"{m['accuracy']:.4f}")
+        for name, m in (("training split", train_m), ("test set", test_m))
+    ]
+    return table(("data", "images", "loss", "accuracy"), rows)
 
 
 def build(run_dir: Path) -> list:
     """The report's blocks, from a run directory that `fmnist evaluate` has been through."""
     run_dir = Path(run_dir)
-    metrics = evaluate.load_metrics(run_dir)
-    config = runs.read_config(run_dir)
-    history = runs.read_history(run_dir)
+    metrics, config, history = evaluate.load_metrics(run_dir), runs.read_config(run_dir), runs.read_history(run_dir)
     test_m, train_m = metrics["test"], metrics["train"]
     network = registry.get(config.get("model", registry.DEFAULT)).build(0.0)  # runs before the registry: the seed
     return [
-        p(f"Run <code>{html.escape(str(run_dir))}</code>, weights {metrics['weights']}, computed in "
-          f"{html.escape(str(metrics.get('precision', 'fp32')))}, written {datetime.datetime.now():%Y-%m-%d %H:%M}."),
-        p(f"<b>Test accuracy {test_m['accuracy']:.4f}</b> ({test_m['correct']:,} right, {test_m['wrong']:,} wrong "
-          f"of {test_m['count']:,}); the original report: {seed_report.PUBLISHED['test_accuracy']:.4f} ({seed_report.PUBLISHED_COUNTS})."),
+        p(
+            f"Run <code>{html.escape(str(run_dir))}</code>, weights {metrics['weights']}, computed in "
+            f"{html.escape(str(metrics.get('precision', 'fp32')))}, written {datetime.datetime.now():%Y-%m-%d %H:%M}."
+        ),
+        p(
+            f"<b>Test accuracy {test_m['accuracy']:.4f}</b> ({test_m['correct']:,} right, {test_m['wrong']:,} wrong "
+            f"of {test_m['count']:,}); the original report: {seed_report.PUBLISHED['test_accuracy']:.4f} "
+            f"({seed_report.PUBLISHED_COUNTS})."
+        ),
         h("Data"),
-        p(f"Fashion-MNIST from {html.escape(metrics['data_source'])}: 60,000 training and 10,000 test images, "
-          f"28x28 grayscale, 10 classes. The last {config['validation_fraction']:.0%} of the training images is held "
-          f"out for validation, unshuffled, as Keras's validation_split does; training uses the other "
-          f"{train_m['count']:,}. Pixels are scaled to [0, 1]."),
+        p(
+            f"Fashion-MNIST from {html.escape(metrics['data_source'])}: 60,000 training and 10,000 test images, "
+            f"28x28 grayscale, 10 classes. The last {config['validation_fraction']:.0%} of the training images is held "
+            f"out for validation, unshuffled, as Keras's validation_split does; training uses the other "
+            f"{train_m['count']:,}. Pixels are scaled to [0, 1]."
+        ),
         image("samples.png", "first 25 training images"),
         h("Architecture"),
-        table(("layer (type)", "output shape", "params"),
-              [(name, shape, f"{count:,}") for name, shape, count in architectures.layer_table(network)]
-              + [("total", "", f"{architectures.parameters(network):,}")]),
-        h("Training"), *training_blocks(config, history, configs.load_config(run_dir).describe()),
+        architecture_table(network),
+        h("Training"),
+        *training_blocks(config, history, configs.load_config(run_dir).describe()),
         h("Results"),
-        table(("data", "images", "loss", "accuracy"),
-              [("training split", f"{train_m['count']:,}", f"{train_m['loss']:.4f}", f"{train_m['accuracy']:.4f}"),
-               ("test set", f"{test_m['count']:,}", f"{test_m['loss']:.4f}", f"{test_m['accuracy']:.4f}")]),
-        h("Against the original report"), comparison_table(metrics),
-        h("Per class (test set)"), per_class_table(metrics),
+        results_table(train_m, test_m),
+        h("Against the original report"),
+        comparison_table(metrics),
+        h("Per class (test set)"),
+        per_class_table(metrics),
         image("confusion_matrix.png", "confusion matrix"),
         image("predictions.png", "first 25 test predictions"),
         image("mistakes.png", "most confident mistakes"),
-        h("Generalisation"), p(generalisation_note(metrics, history)),
+        h("Generalisation"),
+        p(generalisation_note(metrics, history)),
     ]
 
 
@@ -154,13 +217,16 @@ def to_html(blocks: list, figures_dir: Path) -> str:
             parts.append(f"<p>{block[1]}</p>")
         elif kind == "table":
             head = "".join(f"<th>{html.escape(c)}</th>" for c in block[1])
-            body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>"
-                           for row in block[2])
+            body = "".join(
+                "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in block[2]
+            )
             parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
         elif kind == "img" and (figures_dir / block[1]).exists():
             encoded = base64.b64encode((figures_dir / block[1]).read_bytes()).decode()
-            parts.append(f'<figure><img src="data:image/png;base64,{encoded}" alt="{html.escape(block[2])}">'
-                         f"<figcaption>{html.escape(block[2])}</figcaption></figure>")
+            parts.append(
+                f'<figure><img src="data:image/png;base64,{encoded}" alt="{html.escape(block[2])}">'
+                f"<figcaption>{html.escape(block[2])}</figcaption></figure>"
+            )
     return HTML_PAGE.format(body="\n".join(parts))
 
 
@@ -184,8 +250,10 @@ def write_report(run_dir: Path) -> tuple[Path, Path]:
     run_dir = Path(run_dir)
     blocks = build(run_dir)
     figures_dir = run_dir / runs.FIGURES
-    return (files.write_text(run_dir / runs.REPORT_HTML, to_html(blocks, figures_dir)),
-            files.write_text(run_dir / runs.REPORT_MD, to_markdown(blocks, figures_dir)))
+    return (
+        files.write_text(run_dir / runs.REPORT_HTML, to_html(blocks, figures_dir)),
+        files.write_text(run_dir / runs.REPORT_MD, to_markdown(blocks, figures_dir)),
+    )
 
 
 HTML_PAGE = """<!doctype html>
@@ -213,8 +281,12 @@ def seed_summary(results: dict[int, dict], histories: dict[int, list[dict]], tar
     """Per-seed test/train figures, seconds, time to each target; mean, standard deviation, min and max over seeds."""
     import numpy as np
 
-    keys = {"test_accuracy": ("test", "accuracy"), "test_loss": ("test", "loss"),
-            "train_accuracy": ("train", "accuracy"), "train_loss": ("train", "loss")}
+    keys = {
+        "test_accuracy": ("test", "accuracy"),
+        "test_loss": ("test", "loss"),
+        "train_accuracy": ("train", "accuracy"),
+        "train_loss": ("train", "loss"),
+    }
     per_seed = {seed: {key: m[part][field] for key, (part, field) in keys.items()} for seed, m in results.items()}
     for seed, history in histories.items():
         per_seed[seed]["seconds"] = runs.elapsed(history)[-1] if history else None
@@ -223,11 +295,20 @@ def seed_summary(results: dict[int, dict], histories: dict[int, list[dict]], tar
     for key in per_seed[next(iter(per_seed))]:
         values = np.array([row[key] for row in per_seed.values()], dtype=float)  # None (never reached): NaN
         # One seed has no spread: its standard deviation is undefined (NaN, printed "–"), not 0.
-        stats[key] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else math.nan,
-                      "min": float(values.min()), "max": float(values.max())}
+        stats[key] = {
+            "mean": float(values.mean()),
+            "std": float(values.std(ddof=1)) if len(values) > 1 else math.nan,
+            "min": float(values.min()),
+            "max": float(values.max()),
+        }
     validated = any(runs.validated(history) for history in histories.values())  # a final fit validates nothing
-    return {"seeds": per_seed, "stats": stats, "published": seed_report.PUBLISHED, "targets": list(targets),
-            "validated": validated}
+    return {
+        "seeds": per_seed,
+        "stats": stats,
+        "published": seed_report.PUBLISHED,
+        "targets": list(targets),
+        "validated": validated,
+    }
 
 
 def never_reached(summary: dict) -> str:
@@ -251,52 +332,27 @@ def summary_markdown(summary: dict) -> str:
 
     def cells(row: dict, never: str = never_text) -> str:
         times = " / ".join(seconds(row.get(f"seconds_to_{a}"), never) for a in targets)
-        return (f"{figure(row['test_accuracy'])} | {figure(row['test_loss'])} | {figure(row['train_accuracy'])} | "
-                f"{figure(row['train_loss'])} | {seconds(row.get('seconds'), never if never == UNDEFINED else '')} | "
-                f"{times} |")
+        return (
+            f"{figure(row['test_accuracy'])} | {figure(row['test_loss'])} | {figure(row['train_accuracy'])} | "
+            f"{figure(row['train_loss'])} | {seconds(row.get('seconds'), never if never == UNDEFINED else '')} | "
+            f"{times} |"
+        )
 
-    lines = ["| seed | test accuracy | test loss | training accuracy | training loss | training time | "
-             f"validation {' / '.join(map(str, targets))} reached after |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| seed | test accuracy | test loss | training accuracy | training loss | training time | "
+        f"validation {' / '.join(map(str, targets))} reached after |",
+        "|---|---|---|---|---|---|---|",
+    ]
     lines += [f"| {seed} | {cells(row)}" for seed, row in summary["seeds"].items()]
     for stat in ("mean", "std", "min", "max"):
         row = {key: values[stat] for key, values in summary["stats"].items()}
         lines.append(f"| {stat} | {cells(row, UNDEFINED if stat == 'std' else never_text)}")
-    lines.append(f"| original report (1 run) | {seed_report.PUBLISHED['test_accuracy']:.4f} | {seed_report.PUBLISHED['test_loss']:.4f} | "
-                 f"{seed_report.PUBLISHED['train_accuracy']:.4f} | {seed_report.PUBLISHED['train_loss']:.4f} | | |")
+    lines.append(
+        "| original report (1 run) | "
+        + " | ".join(
+            f"{seed_report.PUBLISHED[key]:.4f}"
+            for key in ("test_accuracy", "test_loss", "train_accuracy", "train_loss")
+        )
+        + " | | |"
+    )
     return "\n".join(lines) + "\n"
-
-
-def comparison_markdown(rows: dict[str, dict]) -> str:
-    """One row per model: test accuracy mean ± sd over seeds, training time, time to TIME_TO, size, speed."""
-    def mean_sd(stats: dict, scale: float = 1.0, digits: int = 4, never: str = "never") -> str:
-        if math.isnan(stats["mean"]):
-            return never
-        spread = "" if math.isnan(stats["std"]) else f" ± {stats['std'] * scale:.{digits}f}"
-        return f"{stats['mean'] * scale:.{digits}f}{spread}"
-
-    targets = next(iter(rows.values()))["summary"].get("targets", TIME_TO)
-    lines = ["| model | seeds | test accuracy | training time (s) | "
-             + " | ".join(f"time to {a} validation accuracy (s)" for a in targets)
-             + " | parameters | MFLOPs/image | inference images/s (fp32 / bf16) |", "|---" * (7 + len(targets)) + "|"]
-    for name, row in rows.items():
-        stats = row["summary"]["stats"]
-        times = " | ".join(mean_sd(stats[f"seconds_to_{a}"], digits=0, never=never_reached(row["summary"]))
-                           for a in targets)
-        rates = " / ".join(f"{rate:,.0f}" for rate in row["images_per_second"].values())  # fp32 / bf16
-        lines.append(f"| {name} | {len(row['summary']['seeds'])} | {mean_sd(stats['test_accuracy'])} | "
-                     f"{mean_sd(stats['seconds'], digits=0)} | {times} | {row['parameters']:,} | "
-                     f"{row['mflops']:.1f} | {rates} |")
-    return "\n".join(lines) + f"\n\n![accuracy against training time]({FRONTIER})\n"
-
-
-FRONTIER = "frontier.png"  # beside comparison.md
-
-
-def comparison_html(rows: dict[str, dict], out: Path) -> str:
-    """The comparison table and the frontier figure as one page (comparison.html)."""
-    lines = comparison_markdown(rows).split("\n\n")[0].splitlines()
-    cells = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
-    blocks = [h("Models compared, mean ± sd over seeds"), table(cells[0], cells[2:]),
-              image(FRONTIER, "Accuracy against training time: validation curves per seed, final test accuracy "
-                              f"(mean ± sd), the report's {seed_report.PUBLISHED['test_accuracy']:.4f} as a line")]
-    return to_html(blocks, Path(out))

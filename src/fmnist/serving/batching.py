@@ -10,6 +10,7 @@ bounded by the caller (serve.py admits work before submitting it).
 Rows of a batch equal the same images predicted alone to about 1e-6, not bit for bit: the matrix
 products' kernels change with the batch size (tests/test_serve.py measures it).
 """
+
 from __future__ import annotations
 
 import collections
@@ -21,8 +22,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-MAX_BATCH = 128      # images per model call: a quarter of evaluation's cache-sized batch (not tuned)
-MAX_DELAY_S = 0.0    # no added wait: under load, batches form while the model runs the previous one
+MAX_BATCH = 128  # images per model call: a quarter of evaluation's cache-sized batch (not tuned)
+MAX_DELAY_S = 0.0  # no added wait: under load, batches form while the model runs the previous one
 
 
 @dataclasses.dataclass
@@ -34,8 +35,9 @@ class Job:
 class DynamicBatcher:
     """One model thread fed by a queue of jobs; `predict` maps (N, 28, 28) uint8 to (N, classes) float32."""
 
-    def __init__(self, predict: Callable[[np.ndarray], np.ndarray], max_batch: int = MAX_BATCH,
-                 max_delay: float = MAX_DELAY_S):
+    def __init__(
+        self, predict: Callable[[np.ndarray], np.ndarray], max_batch: int = MAX_BATCH, max_delay: float = MAX_DELAY_S
+    ):
         if max_batch < 1 or max_delay < 0:
             raise ValueError("max_batch must be >= 1 and max_delay >= 0")
         self.predict, self.max_batch, self.max_delay = predict, max_batch, max_delay
@@ -43,7 +45,9 @@ class DynamicBatcher:
         self.queued = 0  # images in self.jobs
         self.changed = threading.Condition()
         self.closed = False
-        self.batch_sizes: collections.Counter[int] = collections.Counter()  # images per model call (at most max_batch keys)
+        self.batch_sizes: collections.Counter[int] = (
+            collections.Counter()
+        )  # images per model call (at most max_batch keys)
         self.thread = threading.Thread(target=self.run, name="fmnist-batcher", daemon=True)
         self.thread.start()
 
@@ -90,7 +94,7 @@ class DynamicBatcher:
                 continue
             start = 0
             for job in batch:
-                job.future.set_result(probabilities[start:start + len(job.images)])
+                job.future.set_result(probabilities[start : start + len(job.images)])
                 start += len(job.images)
 
     def close(self) -> None:

@@ -8,6 +8,7 @@ A replica that dies is restarted by Ray Serve's controller; what a client sees m
 tests/serving/test_on_ray.py: 500 for what the dead replica held, or 408 from the proxy after the request
 timeout (limits.REQUEST_TIMEOUT_S, `--request-timeout`).
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -29,8 +30,11 @@ HEALTH_CHECK_S = 2  # how often Ray Serve's controller asks each replica (its de
 
 def run_files(run_dir: Path) -> dict[str, bytes]:
     """The files a replica needs, each bounded as the run's own readers bound it (metrics are optional)."""
-    return {name: files.read_regular(Path(run_dir) / name, limit) for name, limit in RUN_FILES.items()
-            if name != runs.METRICS or (Path(run_dir) / name).is_file()}
+    return {
+        name: files.read_regular(Path(run_dir) / name, limit)
+        for name, limit in RUN_FILES.items()
+        if name != runs.METRICS or (Path(run_dir) / name).is_file()
+    }
 
 
 def build_app(contents: dict[str, bytes], **options):
@@ -52,10 +56,18 @@ def require_ray_serve():
         raise errors.FmnistError("fmnist serve --replicas needs Ray Serve: pip install 'fmnist[serve-ray]'") from None
 
 
-def deploy(run_dir: Path, replicas: int, host: str = "127.0.0.1", port: int = 8000, address: str | None = None,
-           cpus_per_replica: float = 1.0, max_bytes: int = limits.MAX_BYTES,
-           allowed_hosts: list[str] | None = None, precision: str = "fp32",
-           request_timeout: float = limits.REQUEST_TIMEOUT_S) -> None:
+def deploy(
+    run_dir: Path,
+    replicas: int,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    address: str | None = None,
+    cpus_per_replica: float = 1.0,
+    max_bytes: int = limits.MAX_BYTES,
+    allowed_hosts: list[str] | None = None,
+    precision: str = "fp32",
+    request_timeout: float = limits.REQUEST_TIMEOUT_S,
+) -> None:
     """Start (or join) Ray, start Serve's proxy on host:port and deploy `replicas` replicas of the app."""
     if replicas < 1:
         raise errors.InputError(f"--replicas must be 1 or more, got {replicas}")
@@ -66,18 +78,29 @@ def deploy(run_dir: Path, replicas: int, host: str = "127.0.0.1", port: int = 80
     from ray import serve as ray_serve
 
     contents = run_files(run_dir)
-    inference.load_model(Path(run_dir), precision=precision)  # the run's weights checked here first: one clear error, not N replicas failing
+    inference.load_model(
+        Path(run_dir), precision=precision
+    )  # the run's weights checked here first: one clear error, not N replicas failing
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, configure_logging=False, log_to_driver=False)
     ray_serve.start(http_options={"host": host, "port": port, "request_timeout_s": request_timeout})
-    options = {"max_bytes": max_bytes, "allowed_hosts": allowed_hosts or server.default_allowed_hosts(host),
-               "label": str(run_dir), "precision": precision}
+    options = {
+        "max_bytes": max_bytes,
+        "allowed_hosts": allowed_hosts or server.default_allowed_hosts(host),
+        "label": str(run_dir),
+        "precision": precision,
+    }
 
     def builder():  # a plain function: Ray Serve calls it on each replica (a partial it would take for the app)
         return build_app(contents, **options)
-    deployment = ray_serve.deployment(ray_serve.ingress(builder)(), name=APP_NAME, num_replicas=replicas,
-                                      ray_actor_options={"num_cpus": cpus_per_replica},
-                                      health_check_period_s=HEALTH_CHECK_S)
+
+    deployment = ray_serve.deployment(
+        ray_serve.ingress(builder)(),
+        name=APP_NAME,
+        num_replicas=replicas,
+        ray_actor_options={"num_cpus": cpus_per_replica},
+        health_check_period_s=HEALTH_CHECK_S,
+    )
     ray_serve.run(deployment.bind(), name=APP_NAME, route_prefix="/")
 
 

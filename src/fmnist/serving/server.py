@@ -4,21 +4,16 @@ Bad input gets a JSON error whose status is the error's type (errors.py): 413 fo
 that is too large, 415 for something that is not an image, 400 for a damaged image or a bad form,
 503 with Retry-After when the work queue is full.
 
-Admission is on work, not on sockets: connections are cheap, predictions are not (the limits: limits.py).
-- a connection: the whole request must arrive within `request_timeout` seconds of the connection
-  (or of the previous response): slow, idle and half-open clients are dropped (one log line each);
-  up to MAX_CONNECTIONS are held at once (bounded by the file descriptors, raised to the hard limit;
-  ~5 KB of memory each, measured with benchmarks/serve_load.py);
-- a request: MAX_BYTES of body, MAX_FILES images, each decoded to at most photos.MAX_PIXELS and
-  shrunk at once (photos.WORKING_SIZE), at most `decode_slots` images decoding at a time (the cores,
-  at most MAX_DECODES); all bodies in memory together at most BODY_BUDGET bytes;
-- the work: at most WORK_QUEUE images admitted (decoding or waiting for the model); past that, 503
-  with Retry-After. Admitted images go through the model in batches (batching.py).
+Admission is on work, not on sockets: connections are cheap, predictions are not. What a connection, a
+request and the admitted work may hold is limits.py's; admitted images go through the model in batches
+(batching.py).
 """
+
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import functools
 import importlib.resources
 import io
@@ -46,7 +41,7 @@ from fmnist.data import fashion, photos
 from fmnist.nets import inference
 from fmnist.serving import batching, limits
 
-EXAMPLES = 10            # test-set images offered on the page: the first of each class
+EXAMPLES = 10  # test-set images offered on the page: the first of each class
 LOOPBACK_NAMES = ["127.0.0.1", "localhost"]
 PREVIEW_SCALE = 1  # the 28x28 view as the model sees it; the page scales it up sharp (CSS: pixelated)
 log = logging.getLogger("uvicorn.error")  # uvicorn's server log: shown at `fmnist serve`'s log level
@@ -75,8 +70,9 @@ class WorkQueue:
 
     def admit(self, count: int) -> None:
         if self.images + count > self.max_images:
-            raise errors.Busy(f"the work queue is full ({self.images:,} of {self.max_images:,} images): "
-                              f"try again shortly")
+            raise errors.Busy(
+                f"the work queue is full ({self.images:,} of {self.max_images:,} images): try again shortly"
+            )
         self.images += count
 
     def release(self, images: int, count_bytes: int) -> None:
@@ -106,14 +102,19 @@ async def read_body(request: fastapi.Request, max_bytes: int, charge=lambda coun
     return body
 
 
-async def uploaded_images(request: fastapi.Request, max_bytes: int, charge=lambda count: None) -> list[tuple[str, bytes]]:
+async def uploaded_images(
+    request: fastapi.Request, max_bytes: int, charge=lambda count: None
+) -> list[tuple[str, bytes]]:
     """(name, bytes) of every image in a multipart form, or the raw body as one image."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()  # case-insensitive
     body = await read_body(request, max_bytes, charge)
     if content_type == "multipart/form-data":
         form = await request.form(max_files=limits.MAX_FILES, max_fields=limits.MAX_FILES)  # more: 400 from Starlette
-        files = [(upload.filename or key, await upload.read()) for key, upload in form.multi_items()
-                 if isinstance(upload, starlette.datastructures.UploadFile)]
+        files = [
+            (upload.filename or key, await upload.read())
+            for key, upload in form.multi_items()
+            if isinstance(upload, starlette.datastructures.UploadFile)
+        ]
         if not files:
             raise fastapi.HTTPException(400, "the form holds no file: send images as file fields")
         return files
@@ -137,8 +138,14 @@ def example_images(data_dir: str | None) -> list[dict]:
     except errors.FmnistError:
         return []
     firsts = [int(np.flatnonzero(dataset.test_labels == label)[0]) for label in range(fashion.NUM_CLASSES)]
-    return [{"class": fashion.CLASS_NAMES[dataset.test_labels[i]], "index": i,
-             "image": png_data_url(dataset.test_images[i])} for i in firsts[:EXAMPLES]]
+    return [
+        {
+            "class": fashion.CLASS_NAMES[dataset.test_labels[i]],
+            "index": i,
+            "image": png_data_url(dataset.test_images[i]),
+        }
+        for i in firsts[:EXAMPLES]
+    ]
 
 
 class Predictor:
@@ -178,6 +185,7 @@ class Predictor:
             nonlocal held
             self.work.charge_bytes(count)
             held += count
+
         try:
             files = await uploaded_images(request, self.max_bytes, charge)
             self.work.admit(len(files))
@@ -191,21 +199,36 @@ class Predictor:
         finally:
             self.work.release(admitted, held)
         # A Response as it is: FastAPI's encoder need not walk the plain dicts again (no measurable gain alone).
-        return fastapi.responses.JSONResponse({"predictions": [
-            {"name": name, "top": top, "preprocessed": preview}
-            for (name, _), top, (_, preview) in zip(files, inference.top_rows(rows), images)]})
+        return fastapi.responses.JSONResponse(
+            {
+                "predictions": [
+                    {"name": name, "top": top, "preprocessed": preview}
+                    for (name, _), top, (_, preview) in zip(files, inference.top_rows(rows), images)
+                ]
+            }
+        )
 
 
-def create_app(run_dir: Path, max_bytes: int = limits.MAX_BYTES, max_pixels: int = photos.MAX_PIXELS,
-               allowed_hosts: list[str] | None = None, work_queue: int = limits.WORK_QUEUE,
-               label: str | None = None, precision: str = "fp32") -> fastapi.FastAPI:
+def create_app(
+    run_dir: Path,
+    max_bytes: int = limits.MAX_BYTES,
+    max_pixels: int = photos.MAX_PIXELS,
+    allowed_hosts: list[str] | None = None,
+    work_queue: int = limits.WORK_QUEUE,
+    label: str | None = None,
+    precision: str = "fp32",
+) -> fastapi.FastAPI:
     """The app; `allowed_hosts` (Host header names) guards against DNS rebinding when given; `label` names
     the run in /health (default: run_dir); the model computes in `precision` (nets.INFERENCE_PRECISIONS)."""
     run_dir = Path(run_dir)
     predictor = Predictor(inference.load_model(run_dir, precision=precision), max_bytes, max_pixels, work_queue)
-    about = {"run": label or str(run_dir), "classes": list(fashion.CLASS_NAMES), **describe_run(run_dir),
-             "precision": precision,
-             "instance": uuid.uuid4().hex[:12]}  # instance: which server (or Ray Serve replica) answered
+    about = {
+        "run": label or str(run_dir),
+        "classes": list(fashion.CLASS_NAMES),
+        **describe_run(run_dir),
+        "precision": precision,
+        "instance": uuid.uuid4().hex[:12],
+    }  # instance: which server (or Ray Serve replica) answered
     # No /docs or /redoc: their pages load scripts from a CDN. /openapi.json stays.
     app = fastapi.FastAPI(title="fmnist", description="Fashion-MNIST classifier", docs_url=None, redoc_url=None)
     add_protections(app, allowed_hosts)
@@ -216,8 +239,11 @@ def create_app(run_dir: Path, max_bytes: int = limits.MAX_BYTES, max_pixels: int
 
     @app.get("/health")
     def health():
-        return {"status": "ok", **about, "work_queue": {"images": predictor.work.images,
-                                                        "limit": predictor.work.max_images}}
+        return {
+            "status": "ok",
+            **about,
+            "work_queue": {"images": predictor.work.images, "limit": predictor.work.max_images},
+        }
 
     @app.get("/examples")
     async def examples_route():
@@ -254,6 +280,7 @@ class NoSniff:
             if message["type"] == "http.response.start":
                 message["headers"] = [*message.get("headers", []), (b"x-content-type-options", b"nosniff")]
             await send(message)
+
         await self.app(scope, receive, send_with_header)
 
 
@@ -265,6 +292,7 @@ class DeadlineProtocol(HttpToolsProtocol):
     arms a timer; if the client is still sending when it fires, the connection is closed. (httptools,
     not h11: measured ~12 % more single-image requests per second, the parser being C.)
     """
+
     request_timeout: float = limits.REQUEST_TIMEOUT_S
     deadline: asyncio.TimerHandle | None = None
 
@@ -300,10 +328,8 @@ def connection_limit() -> int:
     """limits.MAX_CONNECTIONS, or fewer where file descriptors run short (the soft limit is raised to the hard one)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY or soft < hard:
-        try:
+        with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 1 << 20, hard))
-        except (ValueError, OSError):
-            pass
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     return max(16, min(limits.MAX_CONNECTIONS, soft - 256))  # 256 left for the model's files, logs and threads
 
@@ -313,8 +339,16 @@ def server_config(app, host: str, port: int, request_timeout: float = limits.REQ
     import uvicorn
 
     protocol = type("Deadline", (DeadlineProtocol,), {"request_timeout": request_timeout})
-    return uvicorn.Config(app, host=host, port=port, http=protocol, limit_concurrency=connection_limit(),
-                          backlog=4096, timeout_keep_alive=5, **kwargs)
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        http=protocol,
+        limit_concurrency=connection_limit(),
+        backlog=4096,
+        timeout_keep_alive=5,
+        **kwargs,
+    )
 
 
 def default_allowed_hosts(host: str) -> list[str] | None:
@@ -328,6 +362,7 @@ def default_allowed_hosts(host: str) -> list[str] | None:
 def listening_socket(host: str, port: int) -> socket.socket:
     """The server's socket, bound here (before the model loads) so that a taken port or a foreign address is
     one error saying what to change, not uvicorn's log line and exit status 3."""
+
     def refused(exc: Exception, fix: str) -> errors.AddressError:
         return errors.AddressError(f"cannot listen on {host}:{port}: {getattr(exc, 'strerror', None) or exc}; {fix}")
 
@@ -345,13 +380,20 @@ def listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(run_dir: Path, sock: socket.socket, max_bytes: int = limits.MAX_BYTES, allowed_hosts: list[str] | None = None,
-          precision: str = "fp32", request_timeout: float = limits.REQUEST_TIMEOUT_S) -> None:
+def serve(
+    run_dir: Path,
+    sock: socket.socket,
+    max_bytes: int = limits.MAX_BYTES,
+    allowed_hosts: list[str] | None = None,
+    precision: str = "fp32",
+    request_timeout: float = limits.REQUEST_TIMEOUT_S,
+) -> None:
     """Serve a run on a socket from `listening_socket` until Ctrl-C."""
     import uvicorn
 
     host, port = sock.getsockname()[:2]
-    app = create_app(run_dir, max_bytes, allowed_hosts=allowed_hosts or default_allowed_hosts(host),
-                     precision=precision)
+    app = create_app(
+        run_dir, max_bytes, allowed_hosts=allowed_hosts or default_allowed_hosts(host), precision=precision
+    )
     config = server_config(app, host, port, request_timeout, log_level="info", access_log=False)
     uvicorn.Server(config).run(sockets=[sock])

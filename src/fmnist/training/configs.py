@@ -11,6 +11,7 @@ every field reads as `config.epochs` and every run written before this split sti
 training flags are generated from these fields (cli/flags.py), and so are the docs' tables: a field's help,
 unit and choices are written here only. This module imports no torch (`fmnist --help` stays instant).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,7 +27,10 @@ from fmnist.nets import INFERENCE_PRECISIONS
 
 OPTIMIZERS = ("adam", "sgd", "adamw", "muon")
 SCHEDULES = ("constant", "onecycle")
-PRECISIONS = ("auto", *INFERENCE_PRECISIONS)  # bf16: autocast, weights and optimizer stay float32; auto: loop.choose_precision
+PRECISIONS = (
+    "auto",
+    *INFERENCE_PRECISIONS,
+)  # bf16: autocast, weights and optimizer stay float32; auto: loop.choose_precision
 DEVICES = ("auto", "cpu", "cuda")  # or cuda:N
 VALIDATE_TTA = ("every", "last")
 BN_MOMENTUM = 0.1  # PyTorch's BatchNorm default: what a recipe's bn_momentum leaves as it is
@@ -57,18 +61,29 @@ def check_choice(name: str, value, choices: tuple) -> None:
 @dataclasses.dataclass(frozen=True)
 class Recipe:
     """What is learned: the network and its training. The defaults are the report's (the seed model's)."""
+
     model: str = setting("seed-cnn", "the network to train (see `fmnist models`)")
     epochs: int = setting(50, "epochs")
     batch_size: int = setting(128, "batch size", "images")
     learning_rate: float = setting(1e-3, "learning rate (the peak, with a one-cycle schedule)")
-    validation_fraction: float = setting(0.2, "last fraction of the training images held out, as Keras's "
-                                              "validation_split; 0: a final fit on all 60,000, nothing validated")
+    validation_fraction: float = setting(
+        0.2,
+        "last fraction of the training images held out, as Keras's "
+        "validation_split; 0: a final fit on all 60,000, nothing validated",
+    )
     dropout: float = setting(seed_report.DROPOUT, "dropout rate")
-    optimizer: str = setting("adam", "adam (Keras's, the report's), sgd (Nesterov momentum), adamw, or muon "
-                                     "(orthogonalised updates for the conv filters, sgd for the rest)", choices=OPTIMIZERS)
+    optimizer: str = setting(
+        "adam",
+        "adam (Keras's, the report's), sgd (Nesterov momentum), adamw, or muon "
+        "(orthogonalised updates for the conv filters, sgd for the rest)",
+        choices=OPTIMIZERS,
+    )
     weight_decay: float = setting(0.0, "weight decay, on weights, not biases or BatchNorm")
-    schedule: str = setting("constant", "constant, or onecycle: linear warm-up to --learning-rate, then linear "
-                                        "decay to 0", choices=SCHEDULES)
+    schedule: str = setting(
+        "constant",
+        "constant, or onecycle: linear warm-up to --learning-rate, then linear decay to 0",
+        choices=SCHEDULES,
+    )
     warmup: float = setting(0.0, "one-cycle: the fraction of all steps spent warming up")
     label_smoothing: float = setting(0.0, "label smoothing, e.g. 0.1")
     flip: bool = setting(False, "mirror a random half of the training images each epoch")
@@ -81,8 +96,9 @@ class Recipe:
     muon_lr: float = setting(1.0, "--optimizer muon: the conv filters learn at this multiple of the learning rate")
     bn_weight: bool = setting(True, "train BatchNorm scales (--no-bn-weight: frozen at 1)")
     dirac: bool = setting(False, "initialise each conv's first in-channels filters as the identity")
-    bn_momentum: float = setting(BN_MOMENTUM, "BatchNorm's running statistics: each batch's weight (PyTorch's "
-                                              "default 0.1)")
+    bn_momentum: float = setting(
+        BN_MOMENTUM, "BatchNorm's running statistics: each batch's weight (PyTorch's default 0.1)"
+    )
     lookahead: bool = setting(False, "average the weights along the way (airbench's Lookahead, every 5 steps)")
     whiten_bias_epochs: int = setting(3, "a whitening stem's bias trains this many epochs, then stays", "epochs")
 
@@ -115,8 +131,9 @@ class Recipe:
         if not (0 <= self.weight_decay < 1 and 0 <= self.warmup < 1 and 0 <= self.label_smoothing < 1):
             raise ValueError("weight decay, warm-up and label smoothing must be in [0, 1)")
         if not (0 <= self.shift <= fashion.MAX_SHIFT and 0 <= self.tta_shift <= fashion.MAX_SHIFT):
-            raise ValueError(f"shift and tta_shift must be 0..{fashion.MAX_SHIFT} pixels, got {self.shift}, "
-                             f"{self.tta_shift}")
+            raise ValueError(
+                f"shift and tta_shift must be 0..{fashion.MAX_SHIFT} pixels, got {self.shift}, {self.tta_shift}"
+            )
         if not 0 <= self.cutout <= fashion.IMAGE_SIZE // 2:
             raise ValueError(f"cutout must be 0..{fashion.IMAGE_SIZE // 2} pixels, got {self.cutout}")
         if self.whiten_bias_epochs < 0:
@@ -124,13 +141,18 @@ class Recipe:
         if not 0 < self.muon_lr <= 1000:
             raise ValueError(f"muon_lr must be in (0, 1000], got {self.muon_lr}")
         if not 0 < self.bn_bias_lr <= 1000 or not 0 < self.bn_momentum <= 1:
-            raise ValueError(f"bn_bias_lr must be in (0, 1000] and bn_momentum in (0, 1], "
-                             f"got {self.bn_bias_lr}, {self.bn_momentum}")
+            raise ValueError(
+                f"bn_bias_lr must be in (0, 1000] and bn_momentum in (0, 1], got {self.bn_bias_lr}, {self.bn_momentum}"
+            )
 
     def describe(self) -> str:
         """The main settings, in one line (`fmnist models`, the report)."""
-        optimizer = {"adam": "Adam (Keras)", "sgd": "SGD Nesterov", "adamw": "AdamW",
-                     "muon": f"Muon (conv filters, {self.muon_lr:g}x the rate) + SGD Nesterov"}[self.optimizer]
+        optimizer = {
+            "adam": "Adam (Keras)",
+            "sgd": "SGD Nesterov",
+            "adamw": "AdamW",
+            "muon": f"Muon (conv filters, {self.muon_lr:g}x the rate) + SGD Nesterov",
+        }[self.optimizer]
         parts = [f"{self.epochs} epochs", f"batch {self.batch_size}", f"{optimizer} lr {self.learning_rate:g}"]
         parts += [f"weight decay {self.weight_decay:g}"] if self.weight_decay else []
         parts += [f"one-cycle ({self.warmup:.0%} warm-up)"] if self.schedule == "onecycle" else []
@@ -171,26 +193,38 @@ def learning_rate(step: int, total_steps: int, peak: float, schedule: str, warmu
         return peak
     warm = max(1, round(warmup * total_steps))
     if step < warm:
-        return peak * (step + 1) / warm                                  # reaches the peak at step warm-1
+        return peak * (step + 1) / warm  # reaches the peak at step warm-1
     return peak * max(0.0, (total_steps - 1 - step) / max(1, total_steps - warm))  # 0 at the last step
 
 
 @dataclasses.dataclass(frozen=True)
 class Runtime:
     """Where and with what a run is computed. None of it is part of any model's recipe."""
-    threads: int | None = setting(None, "CPU threads", none="the CPUs this process may use, by affinity and "
-                                                            "cgroup quota")
+
+    threads: int | None = setting(
+        None, "CPU threads", none="the CPUs this process may use, by affinity and cgroup quota"
+    )
     device: str = setting("auto", "cpu, cuda (or cuda:N) or auto")
-    limit: int | None = setting(None, "use only the first N training images, for quick runs", "images",
-                                none="all 60,000")
-    data_dir: str | None = setting(None, "directory with the four IDX files",
-                                   none="$FMNIST_DATA_DIR, the Debian package, the cache, else download")
-    precision: str = setting("auto", "bf16 autocast, fp32, or auto: bf16 for models measured to hold their "
-                                     "accuracy in it, where the CPU (AMX, AVX512-BF16) or GPU computes it natively "
-                                     "(config.json records the choice)", choices=PRECISIONS)
-    validate_tta: str = setting("every", "validate through the model's test-time augmentation every epoch, or only "
-                                         "after the last (the network alone before it: cnn94's 6 views cost a third "
-                                         "of its epoch; the weights are the same)", choices=VALIDATE_TTA)
+    limit: int | None = setting(
+        None, "use only the first N training images, for quick runs", "images", none="all 60,000"
+    )
+    data_dir: str | None = setting(
+        None, "directory with the four IDX files", none="$FMNIST_DATA_DIR, the Debian package, the cache, else download"
+    )
+    precision: str = setting(
+        "auto",
+        "bf16 autocast, fp32, or auto: bf16 for models measured to hold their "
+        "accuracy in it, where the CPU (AMX, AVX512-BF16) or GPU computes it natively "
+        "(config.json records the choice)",
+        choices=PRECISIONS,
+    )
+    validate_tta: str = setting(
+        "every",
+        "validate through the model's test-time augmentation every epoch, or only "
+        "after the last (the network alone before it: cnn94's 6 views cost a third "
+        "of its epoch; the weights are the same)",
+        choices=VALIDATE_TTA,
+    )
 
     def __post_init__(self):
         check_types(self)
@@ -219,6 +253,7 @@ def recipe_fields(recipe: Recipe) -> dict:
 class TrainConfig(Recipe, Runtime):
     """A run's settings: its recipe, its runtime and its seed, as one flat frozen record (config.json).
     `TrainConfig(epochs=2, threads=1)` and `TrainConfig.for_model("fast-cnn", limit=6000)` both work."""
+
     seed: int = setting(0, "random seed")
 
     def __post_init__(self):

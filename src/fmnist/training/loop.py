@@ -2,9 +2,11 @@
 of 128); other models' recipes add the pieces in recipe.py (optimizers, schedule, augmentation, TTA).
 
 `fit` is the driver: given a TrainConfig (configs.py: the recipe, the runtime, the seed), it prepares
-data and state, runs `train_one_epoch` and `evaluate` per epoch, keeps the run directory (runs.py) current after every epoch, and hands each epoch's figures to an
-`on_epoch` callback, so that printing stays with the caller (the CLI).
+data and state, runs `train_one_epoch` and `validate` per epoch, keeps the run directory (runs.py) current
+after every epoch, and hands each epoch's figures to an `on_epoch` callback, so that printing stays with
+the caller (the CLI).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -18,20 +20,18 @@ import torch
 import torch.nn.functional as F
 
 from fmnist import runs
-from fmnist.core import errors, files, machine
+from fmnist.core import errors, machine
 from fmnist.data import fashion
-from fmnist.nets import architectures, inference, seedcnn
-from fmnist.nets.kernels import norm_kernels
-from fmnist.training import configs, recipe, registry
+from fmnist.nets import inference
+from fmnist.training import checkpoint, configs, recipe, registry
 from fmnist.training.configs import Recipe, TrainConfig
-
-CHECKPOINT_FORMAT = "fmnist-checkpoint-v1"
 
 
 # ---------------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class Shard:
     """This process's part of every global batch under torchrun (rank r of world_size processes)."""
+
     rank: int = 0
     world_size: int = 1
 
@@ -47,14 +47,16 @@ class Shard:
 @dataclasses.dataclass(frozen=True)
 class EpochPlan:
     """What the recipe decides for one epoch, computed once before it (nothing per step that can be per epoch)."""
-    rates: Sequence[float] | None = None      # each step's learning rate (None: the optimizer's, unchanged)
-    flips: torch.Tensor | None = None         # which images to mirror, by index (None: a random half, if flipping)
+
+    rates: Sequence[float] | None = None  # each step's learning rate (None: the optimizer's, unchanged)
+    flips: torch.Tensor | None = None  # which images to mirror, by index (None: a random half, if flipping)
     lookahead: recipe.Lookahead | None = None  # weight averaging after each step
-    first_step: int = 0                       # global steps before this epoch (Lookahead's clock)
+    first_step: int = 0  # global steps before this epoch (Lookahead's clock)
 
 
-def train_step(network, optimizer, x: torch.Tensor, y: torch.Tensor, precision: str = "fp32",
-               label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+def train_step(
+    network, optimizer, x: torch.Tensor, y: torch.Tensor, precision: str = "fp32", label_smoothing: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One training step on the batch (x, y): the forward pass (under bf16 autocast for "bf16"), the loss in
     float32, backward, the optimizer's step. Returns the (detached) loss and logits. The loop's step and
     `fmnist bench`'s."""
@@ -68,8 +70,19 @@ def train_step(network, optimizer, x: torch.Tensor, y: torch.Tensor, precision: 
     return loss.detach(), logits.detach()
 
 
-def train_one_epoch(network, optimizer, images, labels, config: Recipe, generator: torch.Generator, *,
-                    precision: str = "fp32", plan: EpochPlan = EpochPlan(), on_step=None, shard: Shard = Shard()):
+def train_one_epoch(
+    network,
+    optimizer,
+    images,
+    labels,
+    config: Recipe,
+    generator: torch.Generator,
+    *,
+    precision: str = "fp32",
+    plan: EpochPlan = EpochPlan(),
+    on_step=None,
+    shard: Shard = Shard(),
+):
     """One pass over the training part, reshuffled and augmented as the recipe says (batch size, flips,
     shifts, label smoothing) and `plan` details, computed in `precision`; returns (mean loss, accuracy)
     as device tensors."""
@@ -103,131 +116,21 @@ def train_one_epoch(network, optimizer, images, labels, config: Recipe, generato
     return loss_sum / len(images), correct / len(images)
 
 
-# ---------------------------------------------------------------------------------------------
-@dataclasses.dataclass
-class TrainingState:
-    """Everything a checkpoint restores."""
-    network: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    generator: torch.Generator  # the shuffling RNG (dropout uses torch's global RNG)
-    epoch: int = 0
-    history: list = dataclasses.field(default_factory=list)
-    lookahead: recipe.Lookahead | None = None  # its slow weights, where the recipe averages
-
-    def checkpoint(self) -> dict:
-        extra = {"lookahead": self.lookahead.slow} if self.lookahead is not None else {}
-        return {"model": self.network.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "shuffle_rng": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
-                "epoch": self.epoch, "format": CHECKPOINT_FORMAT,
-                "architecture": architectures.tag_of(self.network), **extra}
-
-    def restore(self, saved: dict, where: str) -> None:
-        """Everything from a checkpoint, or one RunError naming what is damaged (nothing from it is trusted)."""
-        if not isinstance(saved, dict) or saved.get("format") != CHECKPOINT_FORMAT:
-            raise errors.RunError(f"{where} is not an fmnist checkpoint")
-        ours = architectures.tag_of(self.network)
-        if saved.get("architecture", seedcnn.ARCHITECTURE) != ours:  # older checkpoints: the seed's
-            raise errors.RunError(f"{where} holds a {saved.get('architecture')!r} network, the run's config a {ours!r}")
-        try:
-            self.network.load_state_dict(runs.check_state(saved["model"], self.network.state_dict(), where))
-            self.optimizer.load_state_dict(saved["optimizer"])
-            self.generator.set_state(saved["shuffle_rng"])
-            torch.set_rng_state(saved["torch_rng"])
-            if self.lookahead is not None:
-                self.lookahead.restore(saved["lookahead"])
-        except errors.RunError:
-            raise
-        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
-            raise errors.RunError(f"{where} is damaged ({type(exc).__name__}: {exc}); "
-                                  f"restore it, or start a new run in another directory") from None
-        self.epoch = checkpoint_epoch(saved, where)
-
-
-def checkpoint_epoch(saved, where: str) -> int:
-    """The epochs a loaded checkpoint has finished, checked (a damaged one is a RunError)."""
-    epoch = saved.get("epoch") if isinstance(saved, dict) else None
-    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-        raise errors.RunError(f"{where} is damaged (epoch {epoch!r})")
-    return epoch
-
-
 def prepare_data(config: TrainConfig, device: torch.device):
     """((train_x, train_y), (val_x, val_y)) on the device: data resident where it is used."""
     dataset = fashion.load(data_dir=config.data_dir, progress=True)
     images, labels = dataset.train_images, dataset.train_labels
     if config.limit:
-        images, labels = images[:config.limit], labels[:config.limit]
+        images, labels = images[: config.limit], labels[: config.limit]
     (train_x, train_y), (val_x, val_y) = fashion.split(images, labels, config.validation_fraction)
-    return ((inference.to_tensor(train_x, device), torch.from_numpy(train_y).to(device)),
-            (inference.to_tensor(val_x, device), torch.from_numpy(val_y).to(device)))
-
-
-def new_state(config: TrainConfig, device: torch.device, steps_per_epoch: int,
-              images: torch.Tensor | None = None) -> TrainingState:
-    """The state before epoch 1: the network initialised (a whitening stem from the training `images`),
-    the optimizer, the shuffling generator."""
-    torch.manual_seed(config.seed)  # initial weights and dropout masks
-    network = registry.get(config.model).build(config.dropout).to(device)
-    if hasattr(network, "init_whitening") and images is not None:
-        network.init_whitening(images)
-    recipe.set_up_network(network, config.dirac, config.bn_weight, config.bn_momentum)
-    generator = torch.Generator().manual_seed(config.seed + 1)
-    lookahead = recipe.Lookahead(network, config.epochs * steps_per_epoch) if config.lookahead else None
-    return TrainingState(network, recipe.optimizer_for(network, config), generator, lookahead=lookahead)
-
-
-def save_epoch(run_dir: Path, state: TrainingState, best_val_loss: float, config: Recipe) -> float:
-    """Write the epoch's weights, history and checkpoint (best weights when validation improved)."""
-    row, architecture = state.history[-1], architectures.tag_of(state.network)
-    extra = runs.tta_metadata(config.tta, config.tta_shift)
-    runs.save_weights(run_dir / runs.WEIGHTS, state.network.state_dict(), architecture, epoch=state.epoch, **extra)
-    if row["val_loss"] is not None and row["val_loss"] < best_val_loss:  # nothing held out: no best weights
-        best_val_loss = row["val_loss"]
-        runs.save_weights(run_dir / runs.BEST_WEIGHTS, state.network.state_dict(), architecture,
-                          epoch=state.epoch, val_loss=best_val_loss, **extra)
-    files.write_json(run_dir / runs.HISTORY, state.history)
-    runs.save_checkpoint(run_dir / runs.CHECKPOINT, state.checkpoint())  # last: it marks the epoch done
-    return best_val_loss
-
-
-def resume_epoch(run_dir: Path) -> int:
-    """Epochs a run has finished, by its checkpoint; 0 where none was written yet."""
-    path = Path(run_dir) / runs.CHECKPOINT
-    return checkpoint_epoch(runs.load_checkpoint(path), str(path)) if path.is_file() else 0
-
-
-def norm_kernels_run(config: TrainConfig, device: torch.device) -> bool | None:
-    """Whether the fused bf16 BatchNorm blocks (norm_kernels) can run for this run: where it trains in bf16
-    on the CPU, else None. Where they cannot, PyTorch's layers run, whose rounding differs."""
-    return norm_kernels.available() if config.precision == "bf16" and device.type == "cpu" else None
-
-
-def start_or_resume(config: TrainConfig, run_dir: Path, resume: bool, device: torch.device, train_images,
-                    write: bool = True) -> TrainingState:
-    """A new state (written as epoch 0 at once), or the checkpoint's; a run killed before its first
-    checkpoint resumes from epoch 0, which its seed makes the same state."""
-    state = new_state(config, device, config.steps_per_epoch(len(train_images)), train_images)
-    checkpoint = run_dir / runs.CHECKPOINT
-    if resume and checkpoint.is_file():
-        state.restore(runs.load_checkpoint(checkpoint), str(checkpoint))
-        state.history = runs.read_history(run_dir)[:state.epoch]  # history may be one epoch ahead: the checkpoint counts
-        if len(state.history) < state.epoch:
-            raise errors.RunError(f"{run_dir / runs.HISTORY} holds {len(state.history)} epochs but the checkpoint "
-                                  f"is at epoch {state.epoch}: restore history.json, or start a new run")
-    elif resume and runs.read_history(run_dir):  # finished epochs and no checkpoint: never train over them
-        raise errors.RunError(f"{checkpoint} is missing but {run_dir / runs.HISTORY} holds "
-                              f"{len(runs.read_history(run_dir))} finished epochs: restore the checkpoint to "
-                              f"continue, or start a new run in another directory")
-    elif write:
-        if not resume:
-            files.write_json(run_dir / runs.CONFIG, {**dataclasses.asdict(config), "machine": {
-                **machine.describe_machine(device), "norm_kernels": norm_kernels_run(config, device)}})
-        runs.save_checkpoint(checkpoint, state.checkpoint())  # epoch 0: resumable at once
-    return state
+    return (
+        (inference.to_tensor(train_x, device), torch.from_numpy(train_y).to(device)),
+        (inference.to_tensor(val_x, device), torch.from_numpy(val_y).to(device)),
+    )
 
 
 def choose_precision(precision: str, model: str, device: torch.device, cpu_flags: set[str] | None = None) -> str:
-    """"auto" is bf16 where the model is measured to keep its accuracy in bf16 (its registry entry says so)
+    """ "auto" is bf16 where the model is measured to keep its accuracy in bf16 (its registry entry says so)
     and the device computes bf16 natively (AMX, AVX512-BF16, a CUDA GPU with bf16), else fp32; an explicit
     fp32 or bf16 is kept. `cpu_flags`: injected feature flags (tests); default this machine's."""
     if precision != "auto":
@@ -285,30 +188,60 @@ def validate(network, config: TrainConfig, images, labels, tta: bool = True) -> 
         return inference.evaluate(form, images, labels)
 
 
-def run_epoch(state: TrainingState, network, train_data: tuple[torch.Tensor, torch.Tensor],
-              val_data: tuple[torch.Tensor, torch.Tensor], config: TrainConfig, shard: Shard, on_step=None) -> dict:
+def run_epoch(
+    state: checkpoint.TrainingState,
+    network,
+    train_data: tuple[torch.Tensor, torch.Tensor],
+    val_data: tuple[torch.Tensor, torch.Tensor],
+    config: TrainConfig,
+    shard: Shard,
+    on_step=None,
+) -> dict:
     """Train one epoch, validate, and return its history row."""
     start = time.perf_counter()
     steps = config.steps_per_epoch(len(train_data[0]))
     plan = plan_epoch(config, state.epoch, train_data[0], state.lookahead)
     recipe.train_whitening_bias(state.network, state.epoch < config.whiten_bias_epochs)
-    loss, accuracy = train_one_epoch(network, state.optimizer, *train_data, config, state.generator,
-                                     precision=config.precision, plan=plan, on_step=on_step, shard=shard)
+    loss, accuracy = train_one_epoch(
+        network,
+        state.optimizer,
+        *train_data,
+        config,
+        state.generator,
+        precision=config.precision,
+        plan=plan,
+        on_step=on_step,
+        shard=shard,
+    )
     loss, accuracy = loss.item(), accuracy.item()  # host sync: once per epoch
     if not math.isfinite(loss):
-        raise errors.FmnistError(f"training loss became {loss} in epoch {state.epoch + 1}; the run stops. "
-                                 f"The checkpoint of epoch {state.epoch} is kept; try a lower --learning-rate")
+        raise errors.FmnistError(
+            f"training loss became {loss} in epoch {state.epoch + 1}; the run stops. "
+            f"The checkpoint of epoch {state.epoch} is kept; try a lower --learning-rate"
+        )
     train_seconds = time.perf_counter() - start
     last = state.epoch + 1 == config.epochs
     val_loss, val_accuracy = validate(state.network, config, *val_data, tta=last or config.validate_tta == "every")
     state.epoch += 1
-    return {"epoch": state.epoch, "loss": loss, "accuracy": accuracy, "val_loss": val_loss,
-            "val_accuracy": val_accuracy, "train_seconds": train_seconds, "seconds": time.perf_counter() - start,
-            "steps": steps}
+    return {
+        "epoch": state.epoch,
+        "loss": loss,
+        "accuracy": accuracy,
+        "val_loss": val_loss,
+        "val_accuracy": val_accuracy,
+        "train_seconds": train_seconds,
+        "seconds": time.perf_counter() - start,
+        "steps": steps,
+    }
 
 
-def fit(config: TrainConfig, run_dir: Path, resume: bool = False,
-        on_epoch: Callable[[dict], None] | None = None, on_step=None) -> list[dict]:
+def fit(
+    config: TrainConfig,
+    run_dir: Path,
+    resume: bool = False,
+    on_epoch: Callable[[dict], None] | None = None,
+    on_step=None,
+) -> list[dict]:
     """Train (or continue) a run; returns its history. Interrupt-safe: see runs.CHECKPOINT.
 
     Under torchrun every process trains its shard of each global batch; only rank 0 writes or reports.
@@ -325,7 +258,7 @@ def fit(config: TrainConfig, run_dir: Path, resume: bool = False,
     if shard.is_main:
         runs.remove_stale_temp_files(run_dir)
     train_data, val_data = prepare_data(config, device)
-    state = start_or_resume(config, run_dir, resume, device, train_data[0], write=shard.is_main)
+    state = checkpoint.start_or_resume(config, run_dir, resume, device, train_data[0], write=shard.is_main)
     network = state.network
     if shard.world_size > 1:
         network = distributed(network, device)
@@ -336,7 +269,7 @@ def fit(config: TrainConfig, run_dir: Path, resume: bool = False,
         row["elapsed"] = (runs.elapsed(state.history)[-1] if state.history else 0.0) + row["seconds"]
         state.history.append(row)
         if shard.is_main:
-            best = save_epoch(run_dir, state, best, config)
+            best = checkpoint.save_epoch(run_dir, state, best, config)
             if on_epoch is not None:
                 on_epoch(state.history[-1])
     return state.history

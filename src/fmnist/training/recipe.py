@@ -10,6 +10,7 @@ The schedule (constant, or one-cycle: a function of the global step, nothing to 
 recipe's own (configs.Recipe.epoch_rates).
 Images are NHWC (N, 28, 28, 1) as everywhere in fmnist: width, the flipped axis, is dim 2.
 """
+
 from __future__ import annotations
 
 import math
@@ -29,8 +30,14 @@ BETA_1, BETA_2, EPSILON, ADAM_LEARNING_RATE = 0.9, 0.999, 1e-7, 1e-3  # Keras's 
 
 # ---------------------------------------------------------------------------------------------
 # Augmentation
-def augment(images: torch.Tensor, generator: torch.Generator, flip: bool, shift: int,
-            mirrored: torch.Tensor | None = None, cutout: int = 0) -> torch.Tensor:
+def augment(
+    images: torch.Tensor,
+    generator: torch.Generator,
+    flip: bool,
+    shift: int,
+    mirrored: torch.Tensor | None = None,
+    cutout: int = 0,
+) -> torch.Tensor:
     """Each image mirrored with probability 1/2 (if `flip`; or exactly where `mirrored` says), moved by
     up to `shift` pixels in each direction (uniform, zeros fill in), and with a `cutout`-pixel square
     zeroed, as new images. Nothing is drawn for what is not asked for."""
@@ -42,8 +49,14 @@ def augment(images: torch.Tensor, generator: torch.Generator, flip: bool, shift:
     return cut_out(images, corners, cutout)
 
 
-def draw_augmentation(shape: tuple[int, int], generator: torch.Generator, flip: bool, shift: int,
-                      mirrored: torch.Tensor | None, cutout: int) -> tuple:
+def draw_augmentation(
+    shape: tuple[int, int],
+    generator: torch.Generator,
+    flip: bool,
+    shift: int,
+    mirrored: torch.Tensor | None,
+    cutout: int,
+) -> tuple:
     """For `shape` = (N images, side): (mirrored (N,) or None, offsets (N, 2): (dy, dx) + shift, or None, cutout
     corners (N, 2) or None), drawn in this order from `generator`: an epoch's augmentation, however applied."""
     n, side = shape
@@ -60,8 +73,15 @@ def cut_out(images: torch.Tensor, corners: torch.Tensor | None, cutout: int) -> 
     return images * ~cutout_masks(corners.to(images.device), cutout, images.shape[1])[..., None]
 
 
-def shuffled_augmented(images: torch.Tensor, order: torch.Tensor, generator: torch.Generator, flip: bool,
-                       shift: int, mirrored: torch.Tensor | None = None, cutout: int = 0) -> torch.Tensor:
+def shuffled_augmented(
+    images: torch.Tensor,
+    order: torch.Tensor,
+    generator: torch.Generator,
+    flip: bool,
+    shift: int,
+    mirrored: torch.Tensor | None = None,
+    cutout: int = 0,
+) -> torch.Tensor:
     """augment(images[order], ...): the same values and draws. On the CPU the gather, flip and shift are one
     pass (`fused.gather_flip_shift`) instead of the plain form's five over the whole training set, which
     each epoch makes before its first step (README, "The epoch around the steps")."""
@@ -78,7 +98,7 @@ def cutout_masks(corners: torch.Tensor, size: int, side: int) -> torch.Tensor:
     """(N, side, side) bools: True inside each image's size x size square whose top-left corner is
     corners[i] (row, column; it may lie off the image, so that edges are cut as often as the middle)."""
     positions = torch.arange(side, device=corners.device)
-    rows = (positions >= corners[:, :1]) & (positions < corners[:, :1] + size)   # (N, side)
+    rows = (positions >= corners[:, :1]) & (positions < corners[:, :1] + size)  # (N, side)
     columns = (positions >= corners[:, 1:]) & (positions < corners[:, 1:] + size)
     return rows[:, :, None] & columns[:, None, :]
 
@@ -96,16 +116,16 @@ def cutout_reference(images: torch.Tensor, corners: torch.Tensor, size: int) -> 
 def translate(images: torch.Tensor, offsets: torch.Tensor, shift: int) -> torch.Tensor:
     """Image i moved by offsets[i] - shift pixels (rows, columns), zero-filled: one slice copy per
     distinct offset ((2*shift+1)^2 of them, each over all its images) instead of one per image."""
-    n, h, w, _ = images.shape
-    padded = F.pad(images, (0, 0, shift, shift, shift, shift))   # (N, H+2s, W+2s, C)
+    _n, h, w, _ = images.shape
+    padded = F.pad(images, (0, 0, shift, shift, shift, shift))  # (N, H+2s, W+2s, C)
     side = 2 * shift + 1
-    codes = offsets[:, 0] * side + offsets[:, 1]                  # (N,): which offset each image drew
+    codes = offsets[:, 0] * side + offsets[:, 1]  # (N,): which offset each image drew
     out = torch.empty_like(images)
     for code in range(side * side):
         chosen = (codes == code).nonzero().squeeze(1)
         dy, dx = divmod(code, side)
         # a window of the padded image starting at (2s - dy', ...) moves the content by dy' = dy - s
-        out[chosen] = padded[chosen, 2 * shift - dy:2 * shift - dy + h, 2 * shift - dx:2 * shift - dx + w]
+        out[chosen] = padded[chosen, 2 * shift - dy : 2 * shift - dy + h, 2 * shift - dx : 2 * shift - dx + w]
     return out
 
 
@@ -114,8 +134,8 @@ def translate_reference(images: torch.Tensor, offsets: torch.Tensor, shift: int)
     out = torch.zeros_like(images)
     h, w = images.shape[1:3]
     for i, (dy, dx) in enumerate((offsets - shift).tolist()):
-        source = images[i, max(0, -dy):h - max(0, dy), max(0, -dx):w - max(0, dx)]
-        out[i, max(0, dy):max(0, dy) + source.shape[0], max(0, dx):max(0, dx) + source.shape[1]] = source
+        source = images[i, max(0, -dy) : h - max(0, dy), max(0, -dx) : w - max(0, dx)]
+        out[i, max(0, dy) : max(0, dy) + source.shape[0], max(0, dx) : max(0, dx) + source.shape[1]] = source
     return out
 
 
@@ -152,7 +172,7 @@ def dirac_init(network: nn.Module) -> None:
     with torch.no_grad():
         for conv in network.modules():
             if isinstance(conv, nn.Conv2d) and conv.out_channels >= conv.in_channels and conv.weight.requires_grad:
-                nn.init.dirac_(conv.weight[:conv.in_channels])
+                nn.init.dirac_(conv.weight[: conv.in_channels])
 
 
 def freeze_bn_weights(network: nn.Module) -> None:
@@ -187,27 +207,42 @@ def parameter_groups(network: nn.Module, weight_decay: float, bn_bias_lr: float 
     """Weight decay on weights (matrices, kernels) only: decaying BatchNorm's scale or a bias only hurts.
     BatchNorm biases in a group of their own at `bn_bias_lr` times the rate ("lr_scale": the loop sets each
     group's rate as the schedule's times its scale). Frozen parameters (requires_grad off) are left out."""
-    batchnorm_biases = {id(layer.bias) for layer in network.modules()
-                        if isinstance(layer, nn.modules.batchnorm._BatchNorm) and layer.bias is not None}
+    batchnorm_biases = {
+        id(layer.bias)
+        for layer in network.modules()
+        if isinstance(layer, nn.modules.batchnorm._BatchNorm) and layer.bias is not None
+    }
     trained = [p for p in network.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in trained if p.ndim > 1], "weight_decay": weight_decay, "lr_scale": 1.0},
-              {"params": [p for p in trained if p.ndim <= 1 and id(p) not in batchnorm_biases],
-               "weight_decay": 0.0, "lr_scale": 1.0}]
+    groups = [
+        {"params": [p for p in trained if p.ndim > 1], "weight_decay": weight_decay, "lr_scale": 1.0},
+        {
+            "params": [p for p in trained if p.ndim <= 1 and id(p) not in batchnorm_biases],
+            "weight_decay": 0.0,
+            "lr_scale": 1.0,
+        },
+    ]
     if bn_bias_lr == 1.0:  # as before this setting existed: one group for every one-dimensional parameter
         groups[1]["params"] = [p for p in trained if p.ndim <= 1]
         return groups
-    return groups + [{"params": [p for p in trained if id(p) in batchnorm_biases], "weight_decay": 0.0,
-                      "lr_scale": bn_bias_lr}]
+    biases = [p for p in trained if id(p) in batchnorm_biases]
+    return [*groups, {"params": biases, "weight_decay": 0.0, "lr_scale": bn_bias_lr}]
 
 
 def optimizer_for(network: nn.Module, recipe: configs.Recipe) -> torch.optim.Optimizer:
     """The recipe's optimizer over the network's parameters."""
-    return make_optimizer(network, recipe.optimizer, recipe.learning_rate, recipe.weight_decay, recipe.bn_bias_lr,
-                          recipe.muon_lr)
+    return make_optimizer(
+        network, recipe.optimizer, recipe.learning_rate, recipe.weight_decay, recipe.bn_bias_lr, recipe.muon_lr
+    )
 
 
-def make_optimizer(network: nn.Module, name: str, learning_rate: float, weight_decay: float,
-                   bn_bias_lr: float = 1.0, muon_lr: float = 1.0) -> torch.optim.Optimizer:
+def make_optimizer(
+    network: nn.Module,
+    name: str,
+    learning_rate: float,
+    weight_decay: float,
+    bn_bias_lr: float = 1.0,
+    muon_lr: float = 1.0,
+) -> torch.optim.Optimizer:
     """Adam is the seed's (Keras's, one group, as the report); the others group the parameters (Muon: the
     conv filters in a group of their own at `muon_lr` times the rate, without weight decay)."""
     if name == "adam":
@@ -233,7 +268,7 @@ def orthogonalised(matrix: torch.Tensor, steps: int = 5) -> torch.Tensor:
     Newton-Schulz iteration: x ← a·x + (b·xxᵀ + c·(xxᵀ)²)·x, from x scaled to norm 1, on the wide side."""
     a, b, c = NEWTON_SCHULZ
     tall = matrix.shape[0] > matrix.shape[1]
-    x = matrix.T if tall else matrix                   # (rows <= columns): the Gram matrix is the small one
+    x = matrix.T if tall else matrix  # (rows <= columns): the Gram matrix is the small one
     x = x / (x.norm() + 1e-7)
     for _ in range(steps):
         gram = x @ x.T
@@ -270,7 +305,8 @@ class Lookahead:
     running statistics) moves toward the network's, slow = d·slow + (1-d)·fast, and the network takes the
     slow weights; d rises as (step/total)³ to `peak`, and the last step hands the slow weights over
     whole (d = 1). The network's weights are then an average of its recent trajectory."""
-    EVERY, PEAK = 5, 0.95 ** 5
+
+    EVERY, PEAK = 5, 0.95**5
 
     def __init__(self, network: nn.Module, total_steps: int):
         self.total_steps = total_steps
@@ -283,8 +319,11 @@ class Lookahead:
         return self.PEAK * (step / self.total_steps) ** 3 if step % self.EVERY == 0 else None
 
     def restore(self, saved: list) -> None:
-        if not isinstance(saved, list) or len(saved) != len(self.slow) or \
-                any(not isinstance(t, torch.Tensor) or t.shape != s.shape for t, s in zip(saved, self.slow)):
+        if (
+            not isinstance(saved, list)
+            or len(saved) != len(self.slow)
+            or any(not isinstance(t, torch.Tensor) or t.shape != s.shape for t, s in zip(saved, self.slow))
+        ):
             raise ValueError("its Lookahead weights do not match the network")
         for slow, tensor in zip(self.slow, saved):
             slow.copy_(tensor)

@@ -11,6 +11,7 @@ A model is
 Models may share a network (fast-cnn and cnn94 do) and differ in their recipes. The seed CNN (the report's
 network and training) is the default model. How each recipe was chosen: docs, "Models and recipes".
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -43,31 +44,77 @@ class ModelSpec:
         return self.network(dropout=dropout, **variant)
 
 
-SEED = ModelSpec(Recipe().model, seedcnn.ARCHITECTURE,
-                 "the report's CNN: 2 conv (2x2, stride 2) + same-padded pooling, 3 dense, dropout", Recipe(),
-                 variants={"fmnist, PyTorch ops only": {"implementation": "torch"}})
-FAST = ModelSpec("fast-cnn", fastcnn.ARCHITECTURE,
-                 "a small BatchNorm CNN (five 3x3 convs, 16/32/64 channels at 28/14/7 px, flatten), for accuracy "
-                 "per CPU-second",
-                 Recipe(model="fast-cnn", epochs=18, batch_size=128, learning_rate=0.1, dropout=0.0, optimizer="sgd",
-                        weight_decay=5e-4, schedule="onecycle", warmup=0.2, label_smoothing=0.1, flip=True, shift=1,
-                        tta=True))
-CNN94 = ModelSpec("cnn94", fastcnn.ARCHITECTURE,
-                  "the speed tier: fast-cnn's network, the recipe that reaches 94 % soonest on a CPU (chosen on "
-                  "validation)",
-                  dataclasses.replace(FAST.recipe, model="cnn94", epochs=24, tta_shift=1, alternate_flip=True,
-                                      bn_weight=False, bn_momentum=0.4, batch_size=256, learning_rate=0.15), bf16=True,
-                  variants={"fmnist, PyTorch's BatchNorm layers": {"fused_norm": False}})
-WHITENED = ModelSpec("whitened-cnn", fastcnn.WHITENED_ARCHITECTURE,
-                     "fast-cnn behind a frozen patch-whitening stem (tried for the speed tier: no better on "
-                     "validation, slower per epoch on a CPU)",
-                     dataclasses.replace(FAST.recipe, model="whitened-cnn"), bf16=True)
-RES95 = ModelSpec("res95", resnet.ARCHITECTURE,
-                  "the accuracy tier: a small residual network (32 channels at 28x28, 64 at 14x14, 128 at 7x7, a "
-                  "residual block of two convs at each), for the best accuracy a CPU reaches in minutes",
-                  dataclasses.replace(CNN94.recipe, model="res95", epochs=36, shift=2, cutout=8, bn_weight=True,
-                                      bn_momentum=0.1, batch_size=FAST.recipe.batch_size,
-                                      learning_rate=FAST.recipe.learning_rate), bf16=True)
+SEED = ModelSpec(
+    Recipe().model,
+    seedcnn.ARCHITECTURE,
+    "the report's CNN: 2 conv (2x2, stride 2) + same-padded pooling, 3 dense, dropout",
+    Recipe(),
+    variants={"fmnist, PyTorch ops only": {"implementation": "torch"}},
+)
+FAST = ModelSpec(
+    "fast-cnn",
+    fastcnn.ARCHITECTURE,
+    "a small BatchNorm CNN (five 3x3 convs, 16/32/64 channels at 28/14/7 px, flatten), for accuracy per CPU-second",
+    Recipe(
+        model="fast-cnn",
+        epochs=18,
+        batch_size=128,
+        learning_rate=0.1,
+        dropout=0.0,
+        optimizer="sgd",
+        weight_decay=5e-4,
+        schedule="onecycle",
+        warmup=0.2,
+        label_smoothing=0.1,
+        flip=True,
+        shift=1,
+        tta=True,
+    ),
+)
+CNN94 = ModelSpec(
+    "cnn94",
+    fastcnn.ARCHITECTURE,
+    "the speed tier: fast-cnn's network, the recipe that reaches 94 % soonest on a CPU (chosen on validation)",
+    dataclasses.replace(
+        FAST.recipe,
+        model="cnn94",
+        epochs=24,
+        tta_shift=1,
+        alternate_flip=True,
+        bn_weight=False,
+        bn_momentum=0.4,
+        batch_size=256,
+        learning_rate=0.15,
+    ),
+    bf16=True,
+    variants={"fmnist, PyTorch's BatchNorm layers": {"fused_norm": False}},
+)
+WHITENED = ModelSpec(
+    "whitened-cnn",
+    fastcnn.WHITENED_ARCHITECTURE,
+    "fast-cnn behind a frozen patch-whitening stem (tried for the speed tier: no better on "
+    "validation, slower per epoch on a CPU)",
+    dataclasses.replace(FAST.recipe, model="whitened-cnn"),
+    bf16=True,
+)
+RES95 = ModelSpec(
+    "res95",
+    resnet.ARCHITECTURE,
+    "the accuracy tier: a small residual network (32 channels at 28x28, 64 at 14x14, 128 at 7x7, a "
+    "residual block of two convs at each), for the best accuracy a CPU reaches in minutes",
+    dataclasses.replace(
+        CNN94.recipe,
+        model="res95",
+        epochs=36,
+        shift=2,
+        cutout=8,
+        bn_weight=True,
+        bn_momentum=0.1,
+        batch_size=FAST.recipe.batch_size,
+        learning_rate=FAST.recipe.learning_rate,
+    ),
+    bf16=True,
+)
 REGISTRY = {spec.name: spec for spec in (SEED, FAST, CNN94, RES95, WHITENED)}
 DEFAULT = SEED.name
 

@@ -20,6 +20,7 @@ that order, as in PyTorch and TensorFlow. `bias_relu_pool` handles float32 CPU t
 autocast the model runs the blocks in float32); the model uses the PyTorch forms elsewhere (CUDA,
 ONNX tracing).
 """
+
 from __future__ import annotations
 
 import functools
@@ -183,16 +184,21 @@ def available() -> bool:
     call may come from inside inference mode (evaluation), so gradients are switched on here.
     """
     if UNAVAILABLE:
-        warnings.warn(f"fmnist: the fused CPU kernels are unavailable ({UNAVAILABLE}); using PyTorch's forms",
-                      stacklevel=2)
+        warnings.warn(
+            f"fmnist: the fused CPU kernels are unavailable ({UNAVAILABLE}); using PyTorch's forms", stacklevel=2
+        )
         return False
     try:
         with torch.inference_mode(False), torch.enable_grad():
             z = torch.zeros(1, 2, 2, 1, requires_grad=True)
             bias_relu_pool(z, torch.zeros(1), patches=True).sum().backward()
             space_to_depth(z.detach())
-            gather_flip_shift(z.detach(), torch.zeros(1, dtype=torch.long), torch.ones(1, dtype=torch.bool),
-                              torch.ones(1, 2, dtype=torch.long))
+            gather_flip_shift(
+                z.detach(),
+                torch.zeros(1, dtype=torch.long),
+                torch.ones(1, dtype=torch.bool),
+                torch.ones(1, 2, dtype=torch.long),
+            )
         return True
     except Exception as exc:  # numba's errors have no common base; any failure means "use PyTorch"
         warnings.warn(f"fmnist: the fused CPU kernels are unavailable ({exc}); using PyTorch's forms", stacklevel=2)
@@ -202,8 +208,14 @@ def available() -> bool:
 def applicable(x: torch.Tensor) -> bool:
     """Whether the fused kernels can take this input: float32 on the CPU, needing no gradient of its
     own (the first block's windows have no backward), outside ONNX/JIT tracing."""
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and not x.requires_grad
-            and not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export() and available())
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and not x.requires_grad
+        and not torch.jit.is_tracing()
+        and not torch.onnx.is_in_onnx_export()
+        and available()
+    )
 
 
 def bias_relu_pool(z: torch.Tensor, bias: torch.Tensor, patches: bool = False) -> torch.Tensor:
@@ -219,12 +231,12 @@ def bias_relu_pool(z: torch.Tensor, bias: torch.Tensor, patches: bool = False) -
 
 def gathers(images: torch.Tensor) -> bool:
     """Whether `gather_flip_shift` can take these images: float32 NHWC on the CPU, the kernels working here."""
-    return (images.device.type == "cpu" and images.dtype == torch.float32 and images.dim() == 4
-            and available())
+    return images.device.type == "cpu" and images.dtype == torch.float32 and images.dim() == 4 and available()
 
 
-def gather_flip_shift(images: torch.Tensor, order: torch.Tensor, mirrored: torch.Tensor,
-                      moves: torch.Tensor) -> torch.Tensor:
+def gather_flip_shift(
+    images: torch.Tensor, order: torch.Tensor, mirrored: torch.Tensor, moves: torch.Tensor
+) -> torch.Tensor:
     """(len(order), H, W, C): images[order], each mirrored where `mirrored` says, then moved by `moves`
     (N, 2) = (dy, dx) pixels with zeros filling in (recipe.augment's flip and translate), in one pass."""
     out = torch.empty(len(order), *images.shape[1:])

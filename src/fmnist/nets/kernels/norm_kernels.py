@@ -23,6 +23,7 @@ precision), so the output can differ by one bf16 step where a value sits on a ro
 pool compares the rounded bf16 values and the first maximum wins, as PyTorch's max_pool2d on BatchNorm's
 bf16 output does. The result is independent of the thread count (norm_passes.py says how).
 """
+
 from __future__ import annotations
 
 import functools
@@ -43,8 +44,10 @@ def _bits(t: torch.Tensor) -> np.ndarray:
 
 def _parameters(bn: nn.BatchNorm2d) -> tuple[np.ndarray, np.ndarray]:
     c = bn.num_features
-    return (bn.weight.detach().numpy() if bn.weight is not None else np.ones(c, np.float32),
-            bn.bias.detach().numpy() if bn.bias is not None else np.zeros(c, np.float32))
+    return (
+        bn.weight.detach().numpy() if bn.weight is not None else np.ones(c, np.float32),
+        bn.bias.detach().numpy() if bn.bias is not None else np.zeros(c, np.float32),
+    )
 
 
 def _statistics_args(bn: nn.BatchNorm2d) -> tuple:
@@ -69,7 +72,7 @@ class NormReLU(torch.autograd.Function):
         side = (h // 2, w // 2) if pool else (h, w)
         out = torch.empty(n, c, *side, dtype=torch.bfloat16, memory_format=torch.channels_last)
         winner = np.empty((n, *side, c), np.uint16) if pool else NO_WINNERS  # x at each window's winner
-        code = np.empty((n, *side, c), np.int8) if pool else NO_CODES       # its cell: 1 byte, not int64 indices
+        code = np.empty((n, *side, c), np.int8) if pool else NO_CODES  # its cell: 1 byte, not int64 indices
         factors = np.empty((4, c), np.float32)
         fused.use_torch_threads()
         norm_passes.forward(_bits(x), *_parameters(bn), *_statistics_args(bn), pool, _bits(out), winner, code, factors)
@@ -84,8 +87,9 @@ class NormReLU(torch.autograd.Function):
         dx = torch.empty_like(x, memory_format=torch.channels_last)
         parameter_grads = torch.empty(2, x.shape[1])
         fused.use_torch_threads()
-        norm_passes.backward(_bits(x), _bits(out), code, winner, _bits(grad), factors, pool, _bits(dx),
-                             parameter_grads.numpy())
+        norm_passes.backward(
+            _bits(x), _bits(out), code, winner, _bits(grad), factors, pool, _bits(dx), parameter_grads.numpy()
+        )
         return dx, *_parameter_grads(ctx, parameter_grads), None, None
 
 
@@ -114,7 +118,7 @@ class Reference(torch.autograd.Function):
         wide = x.float()
         factors = np.empty((4, c), np.float32)
         normalise(_ordered_sums(wide, wide * wide), n * h * w, *_parameters(bn), *_statistics_args(bn), factors)
-        mean, invstd, alpha, beta = torch.from_numpy(factors).view(4, 1, c, 1, 1)
+        _mean, _invstd, alpha, beta = torch.from_numpy(factors).view(4, 1, c, 1, 1)
         normed = (wide * alpha + beta).bfloat16()
         normed, indices = nn.functional.max_pool2d_with_indices(normed, 2) if pool else (normed, None)
         out = normed.relu()
@@ -126,7 +130,7 @@ class Reference(torch.autograd.Function):
     def backward(ctx, grad):
         x, out, indices = ctx.saved_tensors
         c, wide = x.shape[1], x.float()
-        mean, invstd, alpha, beta = torch.from_numpy(ctx.factors).view(4, 1, c, 1, 1)
+        mean, invstd, alpha, _beta = torch.from_numpy(ctx.factors).view(4, 1, c, 1, 1)
         g = torch.where(out > 0, grad.float(), 0.0)  # on the pooled grid, for a pool
         at = wide if indices is None else wide.flatten(2).gather(2, indices.flatten(2)).view_as(indices)  # winners
         sums = _ordered_sums(g, g * ((at - mean) * invstd))
@@ -147,14 +151,29 @@ def applicable(x: torch.Tensor, bn: nn.Module, pool: nn.Module | None) -> bool:
     """Whether the fused block can replace `bn`, `pool` (a 2x2 stride-2 max pool, or None) and a ReLU on x: a
     BatchNorm2d in training with batch statistics and an exponential running average, bf16 channels-last x
     on the CPU (of even height and width for the pool), outside ONNX/JIT tracing, the kernels working here."""
-    pooled = pool is None or (isinstance(pool, nn.MaxPool2d) and not pool.ceil_mode
-                              and _pair(pool.kernel_size) == _pair(pool.stride) == (2, 2)
-                              and _pair(pool.padding) == (0, 0) and _pair(pool.dilation) == (1, 1)
-                              and x.shape[-1] % 2 == 0 and x.shape[-2] % 2 == 0)
-    return (isinstance(bn, nn.BatchNorm2d) and bn.training and bn.track_running_stats and bn.momentum is not None
-            and pooled and x.dtype == torch.bfloat16 and x.device.type == "cpu" and x.dim() == 4
-            and x.is_contiguous(memory_format=torch.channels_last)
-            and not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export() and available())
+    pooled = pool is None or (
+        isinstance(pool, nn.MaxPool2d)
+        and not pool.ceil_mode
+        and _pair(pool.kernel_size) == _pair(pool.stride) == (2, 2)
+        and _pair(pool.padding) == (0, 0)
+        and _pair(pool.dilation) == (1, 1)
+        and x.shape[-1] % 2 == 0
+        and x.shape[-2] % 2 == 0
+    )
+    return (
+        isinstance(bn, nn.BatchNorm2d)
+        and bn.training
+        and bn.track_running_stats
+        and bn.momentum is not None
+        and pooled
+        and x.dtype == torch.bfloat16
+        and x.device.type == "cpu"
+        and x.dim() == 4
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and not torch.jit.is_tracing()
+        and not torch.onnx.is_in_onnx_export()
+        and available()
+    )
 
 
 @functools.cache
@@ -162,8 +181,10 @@ def available() -> bool:
     """Whether these kernels compile and run here (else PyTorch's layers run): once on a tiny block, gradients
     on (the first call may come from inside inference mode)."""
     if fused.UNAVAILABLE:
-        warnings.warn(f"fmnist: the fused BatchNorm kernels are unavailable ({fused.UNAVAILABLE}); using "
-                      f"PyTorch's layers", stacklevel=2)
+        warnings.warn(
+            f"fmnist: the fused BatchNorm kernels are unavailable ({fused.UNAVAILABLE}); using PyTorch's layers",
+            stacklevel=2,
+        )
         return False
     try:
         with torch.inference_mode(False), torch.enable_grad():
@@ -172,8 +193,9 @@ def available() -> bool:
                 norm_relu(x, nn.BatchNorm2d(1), pool).sum().backward()
         return True
     except Exception as exc:  # numba's errors have no common base; any failure means "use PyTorch"
-        warnings.warn(f"fmnist: the fused BatchNorm kernels are unavailable ({exc}); using PyTorch's layers",
-                      stacklevel=2)
+        warnings.warn(
+            f"fmnist: the fused BatchNorm kernels are unavailable ({exc}); using PyTorch's layers", stacklevel=2
+        )
         return False
 
 

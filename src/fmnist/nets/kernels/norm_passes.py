@@ -8,6 +8,7 @@ across the images in image order (`image_order_sums`): the same bits at any thre
 per-channel arithmetic between the passes (`normalise`, `gradient_factors`) is shared with the blocks'
 plain form, so both compute it alike.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -21,13 +22,12 @@ if fused.numba:
 
     @intrinsic
     def _float_from_bits(typingctx, bits):  # the same 32 bits read as a float32: no conversion, no memory
-        return types.float32(types.uint32), lambda context, builder, sig, args: builder.bitcast(args[0],
-                                                                                              ir.FloatType())
+        return types.float32(types.uint32), lambda context, builder, sig, args: builder.bitcast(args[0], ir.FloatType())
 
     @intrinsic
     def _bits_from_float(typingctx, value):
-        return types.uint32(types.float32), lambda context, builder, sig, args: builder.bitcast(args[0],
-                                                                                              ir.IntType(32))
+        return types.uint32(types.float32), lambda context, builder, sig, args: builder.bitcast(args[0], ir.IntType(32))
+
 
 ZERO = np.float32(0.0)
 DEAD = np.int8(4)  # a window whose maximum is <= 0: the ReLU passes no gradient to any of its cells
@@ -186,14 +186,16 @@ def _pooled_grad_input(x, code, grad, factors, k1, k0, dx):
                     g = _load(grad[b, i, j, k]) * alpha[k]
                     cell = code[b, i, j, k]
                     top, bottom, left, right = 2 * i, 2 * i + 1, 2 * j, 2 * j + 1
-                    dx[b, top, left, k] = _store(_load(x[b, top, left, k]) * k1[k] + k0[k]
-                                                 + (g if cell == 0 else ZERO))
-                    dx[b, top, right, k] = _store(_load(x[b, top, right, k]) * k1[k] + k0[k]
-                                                  + (g if cell == 1 else ZERO))
-                    dx[b, bottom, left, k] = _store(_load(x[b, bottom, left, k]) * k1[k] + k0[k]
-                                                    + (g if cell == 2 else ZERO))
-                    dx[b, bottom, right, k] = _store(_load(x[b, bottom, right, k]) * k1[k] + k0[k]
-                                                     + (g if cell == 3 else ZERO))
+                    dx[b, top, left, k] = _store(_load(x[b, top, left, k]) * k1[k] + k0[k] + (g if cell == 0 else ZERO))
+                    dx[b, top, right, k] = _store(
+                        _load(x[b, top, right, k]) * k1[k] + k0[k] + (g if cell == 1 else ZERO)
+                    )
+                    dx[b, bottom, left, k] = _store(
+                        _load(x[b, bottom, left, k]) * k1[k] + k0[k] + (g if cell == 2 else ZERO)
+                    )
+                    dx[b, bottom, right, k] = _store(
+                        _load(x[b, bottom, right, k]) * k1[k] + k0[k] + (g if cell == 3 else ZERO)
+                    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -239,8 +241,7 @@ def forward(x, weight, bias, eps, momentum, running_mean, running_var, pool, out
     n, h, w, c = x.shape
     partial = np.empty((n, 2, c))
     _statistics(x, partial)
-    normalise(image_order_sums(partial), n * h * w, weight, bias, eps, momentum, running_mean, running_var,
-              factors)
+    normalise(image_order_sums(partial), n * h * w, weight, bias, eps, momentum, running_mean, running_var, factors)
     if pool:
         _norm_pool_relu(x, factors, out, winner, code)
     else:

@@ -12,6 +12,7 @@ configuration, chooses on validation accuracy, and only then evaluates the chose
       tune/                               Ray Tune's experiment state (what resuming reads)
       summary.json, summary.md, summary.html, summary.png
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -27,6 +28,7 @@ from pathlib import Path
 
 from fmnist import runs
 from fmnist.core import errors, files, threads
+from fmnist.results import compare
 from fmnist.training import configs, loop, registry
 
 SEARCHES = ("grid", "random")
@@ -38,6 +40,7 @@ MAX_TRIALS = 10_000  # a sweep file's space is enumerated only below this
 @dataclasses.dataclass(frozen=True)
 class SweepConfig:
     """What to try: settings -> values (the space), settings held fixed, seeds, and how to search."""
+
     model: str = registry.DEFAULT
     space: dict = dataclasses.field(default_factory=dict)
     fixed: dict = dataclasses.field(default_factory=dict)
@@ -57,8 +60,10 @@ class SweepConfig:
                 raise ValueError(f"{name}: give a non-empty list of values")
         for name in [*self.space, *self.fixed]:
             if name in FIXED_BY_TRIAL or name not in FIELDS:
-                raise ValueError(f"{name!r} is not a recipe setting a sweep can vary "
-                                 f"(settings: {', '.join(sorted(set(FIELDS) - set(FIXED_BY_TRIAL)))})")
+                raise ValueError(
+                    f"{name!r} is not a recipe setting a sweep can vary "
+                    f"(settings: {', '.join(sorted(set(FIELDS) - set(FIXED_BY_TRIAL)))})"
+                )
         both = sorted(set(self.space) & set(self.fixed))
         if both:
             raise ValueError(f"{', '.join(both)}: both varied and held fixed; give each setting once")
@@ -69,8 +74,10 @@ class SweepConfig:
             for value in values:
                 configs.TrainConfig.for_model(self.model, **self.fixed, **{name: value})
         if 0 in [self.fixed.get("validation_fraction"), *self.space.get("validation_fraction", [])]:
-            raise ValueError("validation_fraction 0 holds nothing out, and a sweep chooses on validation: "
-                             "give a fraction above 0 (the final fit on every image comes after the sweep)")
+            raise ValueError(
+                "validation_fraction 0 holds nothing out, and a sweep chooses on validation: "
+                "give a fraction above 0 (the final fit on every image comes after the sweep)"
+            )
 
     def configurations(self) -> list[dict]:
         """The settings each configuration varies, in a fixed order (the same on every run of the sweep)."""
@@ -81,9 +88,15 @@ class SweepConfig:
         return random.Random(0).sample(grid, self.samples)
 
 
-def configure(file: str | Path | None = None, model: str | None = None, vary: list[str] | None = None,
-              fixed: list[str] | None = None, seeds: int | None = None, search: str | None = None,
-              samples: int | None = None) -> SweepConfig:
+def configure(
+    file: str | Path | None = None,
+    model: str | None = None,
+    vary: list[str] | None = None,
+    fixed: list[str] | None = None,
+    seeds: int | None = None,
+    search: str | None = None,
+    samples: int | None = None,
+) -> SweepConfig:
     """A sweep's configuration from a sweep file (TOML) and NAME=V1,V2 / NAME=V flags on top of it."""
     loaded = load_file(Path(file)) if file else {}
     try:
@@ -91,8 +104,10 @@ def configure(file: str | Path | None = None, model: str | None = None, vary: li
             model=model or loaded.get("model", configs.Recipe().model),
             space={**loaded.get("space", {}), **parse_assignments(vary, several=True)},
             fixed={**loaded.get("fixed", {}), **parse_assignments(fixed, several=False)},
-            seeds=loaded.get("seeds", 1) if seeds is None else seeds, search=search or loaded.get("search", "grid"),
-            samples=loaded.get("samples", 8) if samples is None else samples)
+            seeds=loaded.get("seeds", 1) if seeds is None else seeds,
+            search=search or loaded.get("search", "grid"),
+            samples=loaded.get("samples", 8) if samples is None else samples,
+        )
     except (TypeError, ValueError) as exc:
         raise errors.InputError(f"sweep: {exc}") from None
 
@@ -101,8 +116,9 @@ def parse_value(name: str, text: str):
     """A flag's text as the TrainConfig field's type (int, float, bool or str)."""
     if name not in FIELDS:
         raise ValueError(f"{name!r} is not a training setting")
-    kinds = typing.get_args(typing.get_type_hints(configs.TrainConfig)[name]) or \
-        (typing.get_type_hints(configs.TrainConfig)[name],)
+    kinds = typing.get_args(typing.get_type_hints(configs.TrainConfig)[name]) or (
+        typing.get_type_hints(configs.TrainConfig)[name],
+    )
     if bool in kinds:
         if text.lower() not in ("true", "false", "1", "0"):
             raise ValueError(f"{name} takes true or false, got {text!r}")
@@ -134,7 +150,6 @@ MAX_FILE_BYTES = 64 << 10  # a sweep file is a few lines
 
 def load_file(path: Path) -> dict:
     """A sweep file (TOML): model, seeds, search, samples, [space] name = [values], [fixed] name = value."""
-    from fmnist.core import files
 
     text = files.read_regular(Path(path), MAX_FILE_BYTES).decode("utf-8", errors="replace")
     try:
@@ -151,19 +166,19 @@ def load_file(path: Path) -> dict:
 # Trials
 def trial_name(configuration: dict, seed: int) -> str:
     """A directory name that says what the trial is: trial-learning_rate=0.05,shift=1-seed0."""
-    parts = ",".join(f"{k}={v}" for k, v in sorted(configuration.items())) or "recipe"
-    return "trial-" + re.sub(r"[^A-Za-z0-9_.=,+-]", "_", parts) + f"-seed{seed}"
+    return f"trial-{compare.configuration_label(configuration)}-seed{seed}"
 
 
 @dataclasses.dataclass(frozen=True)
 class Trial:
     """One run of a sweep (or one of reproduce's seeds): the model's recipe with `settings` on top."""
+
     model: str
-    settings: dict            # recipe settings over the model's recipe: the fixed ones and the configuration
-    configuration: dict       # the settings this trial varies (they name it and group it with its other seeds)
+    settings: dict  # recipe settings over the model's recipe: the fixed ones and the configuration
+    configuration: dict  # the settings this trial varies (they name it and group it with its other seeds)
     seed: int
     threads: int
-    run_dir: str              # absolute: the trial's whole state (runs.py)
+    run_dir: str  # absolute: the trial's whole state (runs.py)
     evaluate_and_report: bool = False  # reproduce's seeds are all tested: in the worker, so in parallel too
 
     def train_config(self) -> configs.TrainConfig:
@@ -171,9 +186,18 @@ class Trial:
 
 
 def trials(sweep: SweepConfig, out: Path, threads_per_trial: int) -> list[Trial]:
-    return [Trial(sweep.model, {**sweep.fixed, **configuration}, configuration, seed, threads_per_trial,
-                  str((out / trial_name(configuration, seed)).resolve()))
-            for configuration in sweep.configurations() for seed in range(sweep.seeds)]
+    return [
+        Trial(
+            sweep.model,
+            {**sweep.fixed, **configuration},
+            configuration,
+            seed,
+            threads_per_trial,
+            str((out / trial_name(configuration, seed)).resolve()),
+        )
+        for configuration in sweep.configurations()
+        for seed in range(sweep.seeds)
+    ]
 
 
 def run_trial(trial: Trial, on_epoch=None) -> dict:
@@ -190,8 +214,12 @@ def run_trial(trial: Trial, on_epoch=None) -> dict:
 
         evaluate.evaluate_run(run_dir)
         report.write_report(run_dir)
-    return {"val_accuracy": history[-1]["val_accuracy"], "val_loss": history[-1]["val_loss"],
-            "seconds": runs.elapsed(history)[-1], "node": node_id()}
+    return {
+        "val_accuracy": history[-1]["val_accuracy"],
+        "val_loss": history[-1]["val_loss"],
+        "seconds": runs.elapsed(history)[-1],
+        "node": node_id(),
+    }
 
 
 def node_id() -> str:
@@ -218,8 +246,14 @@ def require_ray():
         raise errors.FmnistError("fmnist sweep needs Ray: pip install 'fmnist[sweep]'") from None
 
 
-def run(sweep: SweepConfig, out: Path, threads_per_trial: int = 1, workers: int | None = None,
-        address: str | None = None, verbose: int = 1) -> list[dict]:
+def run(
+    sweep: SweepConfig,
+    out: Path,
+    threads_per_trial: int = 1,
+    workers: int | None = None,
+    address: str | None = None,
+    verbose: int = 1,
+) -> list[dict]:
     """Every trial of the sweep (resuming an interrupted one in OUT/tune); one result per trial, in trial order."""
     out = Path(out).resolve()
     return run_trials(trials(sweep, out, threads_per_trial), out, threads_per_trial, workers, address, verbose)
@@ -229,14 +263,29 @@ def train_seeds(seed_configs: list[configs.TrainConfig], out: Path, workers: int
     """Seeds of one model (reproduce --workers) as trials, each trained, evaluated and reported in its worker:
     run directories out/seed-N, Tune's state in out/tune."""
     per_trial = seed_configs[0].threads or 1
-    todo = [Trial(c.model, {k: v for k, v in dataclasses.asdict(c).items() if k not in FIXED_BY_TRIAL}, {}, c.seed,
-                  per_trial, str((out / f"seed-{c.seed}").resolve()), evaluate_and_report=True)
-            for c in seed_configs]
+    todo = [
+        Trial(
+            c.model,
+            {k: v for k, v in dataclasses.asdict(c).items() if k not in FIXED_BY_TRIAL},
+            {},
+            c.seed,
+            per_trial,
+            str((out / f"seed-{c.seed}").resolve()),
+            evaluate_and_report=True,
+        )
+        for c in seed_configs
+    ]
     run_trials(todo, out.resolve(), per_trial, workers, address)
 
 
-def run_trials(todo: list[Trial], out: Path, threads_per_trial: int = 1, workers: int | None = None,
-               address: str | None = None, verbose: int = 1) -> list[dict]:
+def run_trials(
+    todo: list[Trial],
+    out: Path,
+    threads_per_trial: int = 1,
+    workers: int | None = None,
+    address: str | None = None,
+    verbose: int = 1,
+) -> list[dict]:
     """Trials on Ray Tune, one result per trial (its fields and its figures); Tune's state in OUT/tune."""
     require_ray()
     import ray
@@ -246,17 +295,25 @@ def run_trials(todo: list[Trial], out: Path, threads_per_trial: int = 1, workers
     workers = workers or default_workers(threads_per_trial)
     if not ray.is_initialized():
         # A local instance sized to what this process may use; a cluster brings its own resources.
-        ray.init(address=address, num_cpus=None if address else workers * threads_per_trial,
-                 include_dashboard=False, log_to_driver=verbose > 1, configure_logging=False)
+        ray.init(
+            address=address,
+            num_cpus=None if address else workers * threads_per_trial,
+            include_dashboard=False,
+            log_to_driver=verbose > 1,
+            configure_logging=False,
+        )
     trainable = tune.with_resources(run_trial_for_tune, {"cpu": threads_per_trial})
     path = out / "tune"
     if tune.Tuner.can_restore(str(path)):  # an interrupted sweep: finished trials are kept
         tuner = tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=True)
     else:
-        tuner = tune.Tuner(trainable, param_space={"trial": tune.grid_search(todo)},
-                           # reuse_actors: a worker process trains trial after trial (torch loads once)
-                           tune_config=tune.TuneConfig(max_concurrent_trials=workers, reuse_actors=True),
-                           run_config=tune.RunConfig(name="tune", storage_path=str(out), verbose=verbose))
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"trial": tune.grid_search(todo)},
+            # reuse_actors: a worker process trains trial after trial (torch loads once)
+            tune_config=tune.TuneConfig(max_concurrent_trials=workers, reuse_actors=True),
+            run_config=tune.RunConfig(name="tune", storage_path=str(out), verbose=verbose),
+        )
     with without_tunes_restore_hint():
         grid = tuner.fit()
     return collect(grid, todo)
@@ -284,21 +341,31 @@ def without_tunes_restore_hint():
 def collect(grid, todo: list[Trial]) -> list[dict]:
     """One result per trial (its fields and its figures), in trial order; a one-line error saying how to
     continue where any trial did not finish (Ctrl-C or a failed trial: Tune returns, it does not raise)."""
-    finished = {result.config["trial"].run_dir: result.metrics for result in grid
-                if result.config and (result.metrics or {}).get(FINISHED)}  # a cut-off trial: an epoch's report
+    finished = {
+        result.config["trial"].run_dir: result.metrics
+        for result in grid
+        if result.config and (result.metrics or {}).get(FINISHED)
+    }  # a cut-off trial: an epoch's report
     missing = [trial.run_dir for trial in todo if trial.run_dir not in finished]
     if missing:
         failures = [str(result.error).strip().splitlines()[-1:] for result in grid if result.error is not None]
         said = f"{len(missing)} of {len(todo)} trials did not finish (first: {missing[0]})"
         if failures:  # its exception's last line, without the exception's type: the message says it all
             cause = re.sub(r"^[\w.]+: ", "", (failures[0] or ["?"])[0]).rstrip(".")
-            raise errors.FmnistError(f"{said}; a trial failed: {cause}. Fix that, then run the same command again "
-                                     f"(finished trials are kept)")
-        raise errors.Interrupted(f"interrupted: {said}; run the same command again to continue: finished trials "
-                                 f"are kept, cut-off ones continue from their last checkpoint")
-    return [{**dataclasses.asdict(t), **{k: finished[t.run_dir][k] for k in ("val_accuracy", "val_loss",
-                                                                            "seconds", "node")}}
-            for t in todo]
+            raise errors.FmnistError(
+                f"{said}; a trial failed: {cause}. Fix that, then run the same command again (finished trials are kept)"
+            )
+        raise errors.Interrupted(
+            f"interrupted: {said}; run the same command again to continue: finished trials "
+            f"are kept, cut-off ones continue from their last checkpoint"
+        )
+    return [
+        {
+            **dataclasses.asdict(t),
+            **{k: finished[t.run_dir][k] for k in ("val_accuracy", "val_loss", "seconds", "node")},
+        }
+        for t in todo
+    ]
 
 
 FINISHED = "finished"  # in a trial's last result only: the epochs' reports carry no figures
@@ -310,77 +377,9 @@ def run_trial_for_tune(config: dict) -> dict:
     before its worker was killed; now a stop waits for the epoch under way at most."""
     from ray import tune
 
-    return {**run_trial(config["trial"], on_epoch=lambda row: tune.report({"epoch": row["epoch"]})),
-            FINISHED: True}
+    return {**run_trial(config["trial"], on_epoch=lambda row: tune.report({"epoch": row["epoch"]})), FINISHED: True}
 
 
 def run_sequentially(sweep: SweepConfig, out: Path, threads_per_trial: int = 1) -> list[dict]:
     """The same trials one after another in this process, without Ray (the reference a sweep must equal)."""
     return [{**dataclasses.asdict(t), **run_trial(t)} for t in trials(sweep, Path(out).resolve(), threads_per_trial)]
-
-
-# ---------------------------------------------------------------------------------------------
-# The summary: chosen on validation, then tested
-def summarise(results: list[dict], data_dir: str | None = None) -> dict:
-    """Per configuration: validation accuracy mean ± sd over seeds. The best mean is chosen, and only the
-    chosen configuration's runs are evaluated on the test set."""
-    import numpy as np
-
-    from fmnist.results import evaluate
-
-    groups: dict[str, list[dict]] = {}
-    for result in results:
-        groups.setdefault(trial_name(result["configuration"], 0)[len("trial-"):-len("-seed0")], []).append(result)
-    rows = []
-    for name, members in groups.items():
-        accuracies = np.array([m["val_accuracy"] for m in members])
-        rows.append({"configuration": name, "settings": members[0]["configuration"], "seeds": len(members),
-                     "val_accuracy_mean": float(accuracies.mean()),
-                     "val_accuracy_std": float(accuracies.std(ddof=1)) if len(members) > 1 else math.nan,
-                     "seconds_mean": float(np.mean([m["seconds"] for m in members])),
-                     "run_dirs": [m["run_dir"] for m in members]})
-    rows.sort(key=lambda row: -row["val_accuracy_mean"])
-    chosen = rows[0]
-    tests = [evaluate.evaluate_run(Path(d), data_dir=data_dir)["test"]["accuracy"] for d in chosen["run_dirs"]]
-    chosen["test_accuracy_mean"] = float(np.mean(tests))
-    chosen["test_accuracy_std"] = float(np.std(tests, ddof=1)) if len(tests) > 1 else math.nan
-    return {"configurations": rows, "chosen": chosen["configuration"], "test_accuracies": tests,
-            "nodes": sorted({r["node"] for r in results})}
-
-
-HEADERS = ("configuration", "seeds", "validation accuracy", "seconds per run", "test accuracy")
-NOTE = "Chosen on validation accuracy; only the chosen configuration was evaluated on the test set."
-
-
-def summary_rows(summary: dict) -> list[tuple[str, str, str, str, str]]:
-    def spread(mean: float, sd: float) -> str:
-        return f"{mean:.4f}" + ("" if math.isnan(sd) else f" ± {sd:.4f}")
-
-    rows = []
-    for row in summary["configurations"]:
-        chosen = row["configuration"] == summary["chosen"]
-        rows.append((row["configuration"] + (" (chosen)" if chosen else ""), str(row["seeds"]),
-                     spread(row["val_accuracy_mean"], row["val_accuracy_std"]), f"{row['seconds_mean']:.0f}",
-                     spread(row["test_accuracy_mean"], row["test_accuracy_std"]) if chosen else ""))
-    return rows
-
-
-def summary_markdown(summary: dict) -> str:
-    lines = ["| " + " | ".join(HEADERS) + " |", "|---" * len(HEADERS) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in summary_rows(summary)]
-    return "\n".join(lines) + f"\n\n{NOTE}\n"
-
-
-def write_summary(summary: dict, out: Path) -> list[Path]:
-    """summary.json, summary.md, summary.html (the table) and summary.png (validation accuracy per configuration)."""
-    import html
-
-    from fmnist.results import figures
-
-    out = Path(out)
-    cells = ["<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in HEADERS) + "</tr>"]
-    cells += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in summary_rows(summary)]
-    page = (f"<!doctype html><meta charset='utf-8'><title>fmnist sweep</title><h1>fmnist sweep</h1>"
-            f"<table border=1 cellpadding=4>{''.join(cells)}</table><p>{NOTE}</p><img src='summary.png'>")
-    return [files.write_json(out / "summary.json", summary), files.write_text(out / "summary.md", summary_markdown(summary)),
-            files.write_text(out / "summary.html", page), figures.sweep(summary["configurations"], out / "summary.png")]

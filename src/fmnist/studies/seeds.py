@@ -1,0 +1,112 @@
+"""Seeds of one or more models, as the report's experiment runs them (`fmnist reproduce`): each seed trained
+(watched; finished runs kept, cut-off ones continued), evaluated and reported, in this process or as trials on
+Ray; a summary over seeds per model (summary.md, summary.json) and, with several models, a comparison."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from fmnist import runs
+from fmnist.core import errors, files, progress
+from fmnist.results import compare, evaluate, report
+from fmnist.training import watch
+from fmnist.training.configs import TrainConfig
+
+HEADLINE_SEEDS = 5  # a comparison of models is a headline claim: a mean over five runs, as airbench reports
+OnSeed = Callable[[str, int, dict, Path], None]  # (model, seed, metrics, report.html) after each seed
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """A study checked before anything runs: every model's settings per seed, the validation accuracies whose
+    time to reach the summary states, and where the seeds train (Ray workers or this process)."""
+
+    models: list[str]
+    configs: dict[tuple[str, int], TrainConfig]
+    targets: list[float]
+    workers: int | None = None
+    address: str | None = None
+
+    def seed_configs(self, model: str) -> list[TrainConfig]:
+        return [config for (name, _), config in self.configs.items() if name == model]
+
+
+def plan(
+    model_names: Iterable[str],
+    seeds: int | None = None,
+    first_seed: int = 0,
+    targets: Iterable[float] = (),
+    workers: int | None = None,
+    address: str | None = None,
+    **settings,
+) -> Plan:
+    """`seeds` default to one for one model (the report's reproduction), HEADLINE_SEEDS for a comparison; a
+    wrong setting, count or target is one InputError, before hours of training."""
+    names = list(dict.fromkeys(model_names))
+    check_counts(seeds=seeds, workers=workers)
+    seeds = seeds or (1 if len(names) == 1 else HEADLINE_SEEDS)
+    if any(not 0 < target < 1 for target in targets):
+        raise errors.InputError(f"a target is a validation accuracy in (0, 1), got {list(targets)}")
+    try:
+        chosen = {
+            (name, seed): TrainConfig.for_model(name, seed=seed, **settings)
+            for name in names
+            for seed in range(first_seed, first_seed + seeds)
+        }
+    except (TypeError, ValueError) as exc:
+        raise errors.InputError(str(exc)) from None
+    return Plan(names, chosen, sorted(set(report.TIME_TO) | set(targets)), workers, address)
+
+
+def check_counts(**counts: int | None) -> None:
+    """Seeds, runs at once, threads per run, where given, are counts: 0 is refused, not taken for the default."""
+    for flag, value in counts.items():
+        if value is not None and value < 1:
+            raise errors.InputError(f"--{flag} must be 1 or more, got {value}")
+
+
+def reproduce(study: Plan, out: Path, show_progress: bool = True, on_seed: OnSeed | None = None) -> dict:
+    """Every model's seeds trained, evaluated and reported; a summary over seeds per model (time to each of the
+    plan's validation accuracies) and with several models a comparison (comparison.md). Returns the summaries."""
+    summaries, curves = {}, {}
+    for name in study.models:
+        model_out = out / name if len(study.models) > 1 else out
+        results, histories = reproduce_model(study, name, model_out, show_progress, on_seed)
+        summaries[name] = report.seed_summary(results, histories, study.targets)
+        curves[name] = list(histories.values())
+        files.write_json(model_out / "summary.json", summaries[name])
+        files.write_text(model_out / "summary.md", report.summary_markdown(summaries[name]))
+    if len(study.models) > 1:
+        compare.write_comparison(summaries, curves, out, next(iter(study.configs.values())).device)
+    return summaries
+
+
+def reproduce_model(study: Plan, name: str, out: Path, show_progress: bool, on_seed: OnSeed | None):
+    """One model's seeds (on Ray with workers or an address: each trained, evaluated and reported in its worker),
+    evaluated and reported: (metrics, history) per seed."""
+    parallel = bool(study.workers or study.address)
+    if parallel:
+        from fmnist.studies import sweeps
+
+        sweeps.train_seeds(study.seed_configs(name), out, study.workers, study.address)
+    results, histories = {}, {}
+    for config in study.seed_configs(name):
+        run_dir = train_seed(config, out / f"seed-{config.seed}", show_progress)
+        if parallel:
+            results[config.seed], html_path = evaluate.load_metrics(run_dir), run_dir / runs.REPORT_HTML
+        else:
+            results[config.seed] = evaluate.evaluate_run(run_dir, device=config.device)
+            html_path, _ = report.write_report(run_dir)
+        histories[config.seed] = runs.read_history(run_dir)
+        if on_seed is not None:
+            on_seed(config.model, config.seed, results[config.seed], html_path)
+    return results, histories
+
+
+def train_seed(config: TrainConfig, run_dir: Path, show_progress: bool) -> Path:
+    progress.console.rule(f"{config.model}, seed {config.seed}: {run_dir}")
+    if len(runs.read_history(run_dir)) < config.epochs:  # finished: no bar for epochs that are not trained
+        watch.fit(config, run_dir, resume=None, show_progress=show_progress)
+    return run_dir
