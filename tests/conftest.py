@@ -3,10 +3,12 @@ download cache, the real dataset, and runs trained once per session."""
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -109,14 +111,27 @@ def ray_cluster():
         "--node-ip-address=127.0.0.1",
         f"--temp-dir={temp}",
     ]
-    second = [ray_cli, "start", f"--address=127.0.0.1:{port}", "--num-cpus=1", "--node-ip-address=127.0.0.1"]
+    second = [
+        ray_cli,
+        "start",
+        f"--address=127.0.0.1:{port}",
+        "--num-cpus=1",
+        "--node-ip-address=127.0.0.1",
+        f"--temp-dir={temp}",
+    ]
+    groups = []  # each `ray start` in a session of its own: its daemons and workers stay in its process group
     try:
         for command in (head, second):
-            started = subprocess.run(command, capture_output=True, text=True, timeout=180)
-            assert started.returncode == 0, started.stderr[-3000:]
+            started = subprocess.Popen(
+                command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+            )
+            groups.append(started.pid)
+            assert started.wait(timeout=180) == 0, started.communicate()[1][-3000:]
         ray.init(address=f"127.0.0.1:{port}", log_to_driver=False, configure_logging=False)
         yield f"127.0.0.1:{port}"
     finally:
         ray.shutdown()
-        subprocess.run([ray_cli, "stop", "--force"], capture_output=True, timeout=180)
+        for group in groups:  # this cluster only (`ray stop` would end every Ray process here, other tests' too)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signal.SIGKILL)
         shutil.rmtree(temp, ignore_errors=True)

@@ -30,12 +30,14 @@ from tests.helpers import (
     without_cluster,
 )
 
-pytestmark = pytest.mark.xdist_group("ray")  # one worker runs every Ray test (see pyproject: --dist loadgroup)
+# The tests on the session's cluster run in one pytest worker (pyproject: --dist loadgroup): one cluster.
+CLUSTER = pytest.mark.xdist_group("ray-cluster")
 TINY = {"epochs": 1, "limit": 1200}
 SPACE = {"learning_rate": [0.001, 0.003]}
 
 
 @pytest.mark.slow
+@CLUSTER
 def test_a_tiny_sweep_in_parallel_equals_the_same_trials_in_sequence(tmp_path, ray_cluster):
     require_real_data()
     config = sweeps.SweepConfig(model="seed-cnn", space=SPACE, fixed=TINY, seeds=2)
@@ -57,6 +59,7 @@ def test_a_tiny_sweep_in_parallel_equals_the_same_trials_in_sequence(tmp_path, r
 
 
 @pytest.mark.slow
+@CLUSTER
 def test_reproduce_with_workers_trains_seeds_on_ray_like_a_fresh_cli_run(tmp_path, capsys, ray_cluster, fresh_cli_run):
     require_real_data()
     code, _, err = run_cli(
@@ -123,6 +126,7 @@ def epochs_done(run_dir: Path) -> int:
 
 
 @pytest.mark.slow
+@CLUSTER
 def test_an_interrupted_sweep_finishes_only_the_missing_trials(tmp_path, ray_cluster):
     require_real_data()
     out = tmp_path / "sweep"
@@ -167,6 +171,7 @@ def test_an_interrupted_sweep_finishes_only_the_missing_trials(tmp_path, ray_clu
 
 
 @pytest.mark.slow
+@CLUSTER
 def test_a_failed_trial_is_one_line_that_says_why(tmp_path, ray_cluster):
     require_real_data()
     diverging = sweeps.SweepConfig(
@@ -224,6 +229,7 @@ def learned(history: list[dict]) -> list[dict]:
 
 
 @pytest.mark.slow
+@CLUSTER
 def test_a_two_node_cluster_on_this_machine_runs_trials_on_both(tmp_path, ray_cluster):
     require_real_data()
     result = subprocess.run(

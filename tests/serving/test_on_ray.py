@@ -16,7 +16,6 @@ import pytest
 from tests.helpers import command_line, descendants, free_port, require_real_data, without_cluster
 
 pytest.importorskip("ray.serve")
-pytestmark = pytest.mark.xdist_group("ray")  # one worker runs every Ray test (see pyproject: --dist loadgroup)
 
 
 REQUEST_TIMEOUT_S = 10  # requests stuck in the killed replica end with the proxy's 408 after this
