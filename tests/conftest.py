@@ -4,6 +4,7 @@ download cache, the real dataset, and runs trained once per session."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import http.server
 import os
 import secrets
@@ -92,11 +93,26 @@ def pytest_unconfigure(config):
     shutil.rmtree(RAY_AUTH.parent, ignore_errors=True)
 
 
+@dataclasses.dataclass(frozen=True)
+class RayCluster:
+    address: str
+    groups: tuple[int, ...]  # the process groups of its `ray start` commands: its daemons and workers
+
+    def processes(self) -> list[int]:
+        """This cluster's processes now (no other test's Ray)."""
+        found = []
+        for entry in Path("/proc").iterdir():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                if entry.name.isdigit() and os.getpgid(int(entry.name)) in self.groups:
+                    found.append(int(entry.name))
+        return found
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
     """One Ray cluster of two nodes on this machine (1 CPU each), shared by the Ray tests (starting one costs
     seconds), with token authentication as on a real cluster (pytest_configure); this process is a driver
-    connected to it, and a command started by a test joins it with `--address`. Yields the address."""
+    connected to it, and a command started by a test joins it with `--address`. Yields a RayCluster."""
     ray = pytest.importorskip("ray")
     ray_cli = shutil.which("ray", path=str(Path(sys.executable).parent)) or shutil.which("ray")
     port = 6390 + os.getpid() % 500
@@ -128,7 +144,7 @@ def ray_cluster():
             groups.append(started.pid)
             assert started.wait(timeout=180) == 0, started.communicate()[1][-3000:]
         ray.init(address=f"127.0.0.1:{port}", log_to_driver=False, configure_logging=False)
-        yield f"127.0.0.1:{port}"
+        yield RayCluster(f"127.0.0.1:{port}", tuple(groups))
     finally:
         ray.shutdown()
         for group in groups:  # this cluster only (`ray stop` would end every Ray process here, other tests' too)

@@ -38,11 +38,12 @@ SPACE = {"learning_rate": [0.001, 0.003]}
 
 @pytest.mark.slow
 @CLUSTER
-def test_a_tiny_sweep_in_parallel_equals_the_same_trials_in_sequence(tmp_path, ray_cluster):
+def test_a_tiny_sweep_on_two_nodes_equals_the_same_trials_in_sequence(tmp_path, ray_cluster):
     require_real_data()
     config = sweeps.SweepConfig(model="seed-cnn", space=SPACE, fixed=TINY, seeds=2)
     parallel = sweeps.run(config, tmp_path / "parallel", threads_per_trial=1, workers=2, verbose=0)
     assert len(parallel) == 4 and len(list((tmp_path / "parallel").glob("trial-*"))) == 4
+    assert len({result["node"] for result in parallel}) == 2  # two at a time on a cluster of two 1-CPU nodes
     sequential = sweeps.run_sequentially(config, tmp_path / "sequential", threads_per_trial=1)
     for a, b in zip(parallel, sequential):
         assert a["val_accuracy"] == b["val_accuracy"] and Path(a["run_dir"]).name == Path(b["run_dir"]).name
@@ -132,7 +133,9 @@ def test_an_interrupted_sweep_finishes_only_the_missing_trials(tmp_path, ray_clu
     out = tmp_path / "sweep"
     short, long = out / "trial-epochs=1-seed0", out / f"trial-epochs={LONG}-seed0"
     process = subprocess.Popen(
-        sweep_command(out, "--workers", "1", "--address", ray_cluster, vary=f"epochs=1,{LONG}", fixed="dropout=0.5"),
+        sweep_command(
+            out, "--workers", "1", "--address", ray_cluster.address, vary=f"epochs=1,{LONG}", fixed="dropout=0.5"
+        ),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -143,7 +146,7 @@ def test_an_interrupted_sweep_finishes_only_the_missing_trials(tmp_path, ray_clu
     assert epochs_done(short) == 1 and epochs_done(long) < LONG, process.communicate()
     # A lost worker: the long trial's process dies, then the command is interrupted. On the cluster, trials run
     # in its workers, not below the command: the one trial running anywhere here is this sweep's.
-    workers = running_trials()
+    workers = running_trials(ray_cluster)
     assert workers, "no trial process found"
     for pid in workers:
         os.kill(pid, signal.SIGKILL)
@@ -160,12 +163,19 @@ def test_an_interrupted_sweep_finishes_only_the_missing_trials(tmp_path, ray_clu
     # counts (runs.py), so that epoch is trained again, to the same figures with timings of its own.
     assert counted in (len(cut_at), len(cut_at) - 1)
     finished_at = (short / runs.HISTORY).stat().st_mtime_ns
-    # The same sweep again (here in this process): Tune restores the experiment the command left in OUT/tune.
-    config = sweeps.SweepConfig(model="seed-cnn", space={"epochs": [1, LONG]}, fixed={"limit": 1200}, seeds=1)
-    results = sweeps.run(config, out, threads_per_trial=1, workers=1, verbose=0)
+    # The same command again: Tune restores the experiment the command left in OUT/tune, and this time it ends.
+    again = subprocess.run(
+        sweep_command(
+            out, "--workers", "1", "--address", ray_cluster.address, vary=f"epochs=1,{LONG}", fixed="dropout=0.5"
+        ),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
     assert (short / runs.HISTORY).stat().st_mtime_ns == finished_at  # not trained again
-    history = runs.read_history(long)
-    assert len(results) == 2 and len(history) == LONG
+    history, summary = runs.read_history(long), json.loads((out / "summary.json").read_text())
+    assert len(summary["configurations"]) == 2 and len(history) == LONG
     assert history[:counted] == cut_at[:counted]  # continued from its checkpoint: the epochs it counts, as they were
     assert learned(history[: len(cut_at)]) == learned(cut_at)
 
@@ -214,33 +224,14 @@ def test_ctrl_c_cuts_a_running_trial_off_and_says_how_to_continue(tmp_path):
     assert not any(command_line(pid) for pid in workers), "the trial kept training after the command ended"
 
 
-def running_trials() -> list[int]:
-    """Processes of this machine that run a trial now (Ray names a trial's process after its trainable)."""
-    return [
-        int(entry.name)
-        for entry in Path("/proc").iterdir()
-        if entry.name.isdigit() and "ImplicitFunc" in command_line(int(entry.name))
-    ]
+def running_trials(cluster) -> list[int]:
+    """The cluster's processes that run a trial now (Ray names a trial's process after its trainable)."""
+    return [pid for pid in cluster.processes() if "ImplicitFunc" in command_line(pid)]
 
 
 def learned(history: list[dict]) -> list[dict]:
     """A history's figures without its timings."""
     return [{key: row[key] for key in ("epoch", "loss", "accuracy", "val_loss", "val_accuracy")} for row in history]
-
-
-@pytest.mark.slow
-@CLUSTER
-def test_a_two_node_cluster_on_this_machine_runs_trials_on_both(tmp_path, ray_cluster):
-    require_real_data()
-    result = subprocess.run(
-        sweep_command(tmp_path / "sweep", "--workers", "2", "--address", ray_cluster),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    summary = json.loads((tmp_path / "sweep" / "summary.json").read_text())
-    assert len(summary["nodes"]) == 2 and len(summary["configurations"]) == 2
 
 
 @pytest.mark.slow

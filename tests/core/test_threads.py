@@ -154,24 +154,9 @@ def test_two_trainings_at_once_give_the_weights_of_one_alone(tmp_path):
     require_real_data()
 
     def start(name):
+        command = ["train", "--epochs", "1", "--limit", "3000", "--seed", "7", "--threads", "2", "--quiet"]
         return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "fmnist",
-                "train",
-                "--epochs",
-                "1",
-                "--limit",
-                "3000",
-                "--seed",
-                "7",
-                "--threads",
-                "2",
-                "--quiet",
-                "--out",
-                str(tmp_path / name),
-            ],
+            [sys.executable, "-m", "fmnist", *command, "--out", str(tmp_path / name)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
