@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from fmnist.data import fashion
-from tests.helpers import DETERMINISM_RUN, MirrorHandler, fresh_environment, require_real_data
+from tests.helpers import DETERMINISM_RUN, MirrorHandler, fresh_environment, once, require_real_data
 
 
 @pytest.fixture
@@ -52,9 +52,10 @@ def trained_run(tmp_path_factory):
     require_real_data()
     from fmnist.training import configs, loop
 
-    run_dir = tmp_path_factory.mktemp("trained") / "run"
-    loop.fit(configs.TrainConfig(epochs=3, limit=12_000, threads=2, seed=0), run_dir)
-    return run_dir
+    def train(path: Path) -> None:
+        loop.fit(configs.TrainConfig(epochs=3, limit=12_000, threads=2, seed=0), path / "run")
+
+    return once(tmp_path_factory, "trained", train) / "run"
 
 
 @pytest.fixture(scope="session")
@@ -67,16 +68,14 @@ def real_dataset():
 def fresh_cli_run(tmp_path_factory):
     """DETERMINISM_RUN trained by `fmnist train` in a new process (the reference every other process must equal)."""
     require_real_data()
-    out = tmp_path_factory.mktemp("fresh") / "run"
     flags = [f"--{name}={value}" for name, value in DETERMINISM_RUN.items()]
-    result = subprocess.run(
-        [sys.executable, "-m", "fmnist", "train", *flags, "--quiet", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        env=fresh_environment(),
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return out
+
+    def train(path: Path) -> None:
+        command = [sys.executable, "-m", "fmnist", "train", *flags, "--quiet", "--out", str(path / "run")]
+        result = subprocess.run(command, capture_output=True, text=True, env=fresh_environment())
+        assert result.returncode == 0, result.stderr[-3000:]
+
+    return once(tmp_path_factory, "fresh", train) / "run"
 
 
 RAY_AUTH = Path(tempfile.mkdtemp(prefix="fmnist-ray-auth-")) / "token"
@@ -84,7 +83,13 @@ RAY_AUTH = Path(tempfile.mkdtemp(prefix="fmnist-ray-auth-")) / "token"
 
 def pytest_configure(config):
     """The session cluster's token authentication (ray_cluster), set before anything imports Ray: Ray reads it
-    as it loads."""
+    as it loads. With pytest workers (-n), the CPU kernels are compiled once here, before they start, instead
+    of by each of them at once."""
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        compile_kernels = (
+            "from fmnist.nets.kernels import fused, norm_kernels; fused.available(); norm_kernels.available()"
+        )
+        subprocess.run([sys.executable, "-c", compile_kernels], capture_output=True, timeout=600)
     RAY_AUTH.write_text(secrets.token_hex(32))
     os.environ.update({"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(RAY_AUTH)})
 
@@ -96,14 +101,14 @@ def pytest_unconfigure(config):
 @dataclasses.dataclass(frozen=True)
 class RayCluster:
     address: str
-    groups: tuple[int, ...]  # the process groups of its `ray start` commands: its daemons and workers
+    sessions: tuple[int, ...]  # the sessions of its `ray start` commands: its daemons and workers stay in them
 
     def processes(self) -> list[int]:
         """This cluster's processes now (no other test's Ray)."""
         found = []
         for entry in Path("/proc").iterdir():
             with contextlib.suppress(OSError, ValueError, IndexError):
-                if entry.name.isdigit() and os.getpgid(int(entry.name)) in self.groups:
+                if entry.name.isdigit() and os.getsid(int(entry.name)) in self.sessions:
                     found.append(int(entry.name))
         return found
 
@@ -135,19 +140,19 @@ def ray_cluster():
         "--node-ip-address=127.0.0.1",
         f"--temp-dir={temp}",
     ]
-    groups = []  # each `ray start` in a session of its own: its daemons and workers stay in its process group
+    sessions = []  # each `ray start` in a session of its own: its daemons and workers stay in it
     try:
         for command in (head, second):
             started = subprocess.Popen(
                 command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
             )
-            groups.append(started.pid)
+            sessions.append(started.pid)
             assert started.wait(timeout=180) == 0, started.communicate()[1][-3000:]
         ray.init(address=f"127.0.0.1:{port}", log_to_driver=False, configure_logging=False)
-        yield RayCluster(f"127.0.0.1:{port}", tuple(groups))
+        yield RayCluster(f"127.0.0.1:{port}", tuple(sessions))
     finally:
         ray.shutdown()
-        for group in groups:  # this cluster only (`ray stop` would end every Ray process here, other tests' too)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(group, signal.SIGKILL)
+        for pid in RayCluster("", tuple(sessions)).processes():  # this cluster only: `ray stop` would end
+            with contextlib.suppress(ProcessLookupError):  # every Ray process here, other tests' too
+                os.kill(pid, signal.SIGKILL)
         shutil.rmtree(temp, ignore_errors=True)

@@ -9,6 +9,7 @@ import hashlib
 import http.server
 import io
 import os
+import shutil
 import socket
 import struct
 import threading
@@ -249,3 +250,20 @@ def assert_same_weights(run_a, run_b) -> None:
     assert a.keys() == b.keys()
     different = {k: (a[k] - b[k]).abs().max().item() for k in a if not torch.equal(a[k], b[k])}
     assert not different, f"weights differ (largest difference per tensor): {different}"
+
+
+def once(tmp_path_factory, name: str, make) -> Path:
+    """A directory made by `make(path)` once for the whole session, however many pytest workers share it
+    (-n: the first to ask makes it, the others wait for it), then only read."""
+    import filelock
+
+    root = tmp_path_factory.getbasetemp()
+    shared = root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root  # every worker's common parent
+    done = shared / name
+    with filelock.FileLock(str(shared / f"{name}.lock")):
+        if not done.is_dir():
+            making = shared / f"{name}.making"
+            shutil.rmtree(making, ignore_errors=True)
+            make(making)
+            making.rename(done)
+    return done

@@ -1,4 +1,4 @@
-"""The run directory: the unit of persistence. Its whole layout is documented here, and only here.
+"""The run directory, the unit of persistence: its whole layout is documented here, and only here.
 
     RUN/
       config.json            the resolved training configuration, plus machine and versions

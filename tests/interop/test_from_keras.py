@@ -22,20 +22,23 @@ from fmnist.core import errors
 from fmnist.interop import from_keras
 from fmnist.nets import inference, seedcnn
 from fmnist.training import recipe
-from tests.helpers import run_cli
+from tests.helpers import once, run_cli
 
 
 @pytest.fixture(scope="module")
 def keras_files(tmp_path_factory, real_dataset):
-    out = tmp_path_factory.mktemp("keras")
-    images = (real_dataset.test_images[:500].astype(np.float32) / 255.0)[..., None]
-    np.save(out / "images.npy", images)
-    script = Path(__file__).with_name("make_keras_models.py")
-    result = subprocess.run(
-        [sys.executable, str(script), str(out), str(out / "images.npy")], capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return out
+    """Keras files written by real Keras (once for the session: a Keras start costs seconds)."""
+
+    def make(out: Path) -> None:
+        out.mkdir(parents=True)
+        images = (real_dataset.test_images[:500].astype(np.float32) / 255.0)[..., None]
+        np.save(out / "images.npy", images)
+        script = Path(__file__).with_name("make_keras_models.py")
+        command = [sys.executable, str(script), str(out), str(out / "images.npy")]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+
+    return once(tmp_path_factory, "keras", make)
 
 
 @pytest.mark.slow

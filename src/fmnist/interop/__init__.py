@@ -1,0 +1,1 @@
+"""Interoperability: ONNX out (checked with onnxruntime), Keras out, and Keras in (checked, nothing run)."""

@@ -96,8 +96,16 @@ def commit() -> str | None:
     return head.stdout.strip() + ("+" if dirty.stdout.strip() else "")
 
 
-def record(subject: str, title: str, figures: dict, columns: list[str] | None = None, rows: list | None = None,
-           command: str | None = None, rounds: dict | None = None, notes: list[str] | None = None) -> dict:
+def record(
+    subject: str,
+    title: str,
+    figures: dict,
+    columns: list[str] | None = None,
+    rows: list | None = None,
+    command: str | None = None,
+    rounds: dict | None = None,
+    notes: list[str] | None = None,
+) -> dict:
     """A record of figures just measured on this machine. `subject`: the results page it belongs to; `columns`
     and `rows`: the table it shows, if any; `rounds`: the samples behind medians and ratios."""
     return {"schema": SCHEMA, "subject": subject, "title": title,
@@ -126,7 +134,9 @@ def check(value, where: str = "record") -> dict:
             raise ValueError(f"{where}: {key} must be a {kind.__name__}")
     if value["schema"] != SCHEMA:
         raise ValueError(f"{where}: schema {value['schema']!r}, expected {SCHEMA}")
-    if value.get("rows") is not None and len(value.get("columns") or []) != len(value["rows"][0] if value["rows"] else []):
+    if value.get("rows") is not None and len(value.get("columns") or []) != len(
+        value["rows"][0] if value["rows"] else []
+    ):
         raise ValueError(f"{where}: rows and columns differ in length")
     return value
 
@@ -143,8 +153,13 @@ def time_calls(call: Callable[[], object], calls: int, synchronize: Callable[[],
     return (time.perf_counter() - start) / calls
 
 
-def interleaved(variants: dict[str, Callable[[], object]], rounds: int, calls: int = 1, warmup: int = 1,
-                synchronize: Callable[[], None] = lambda: None) -> dict[str, list[float]]:
+def interleaved(
+    variants: dict[str, Callable[[], object]],
+    rounds: int,
+    calls: int = 1,
+    warmup: int = 1,
+    synchronize: Callable[[], None] = lambda: None,
+) -> dict[str, list[float]]:
     """Seconds per call of each variant, `rounds` times, the variants one after another within each round: a
     host's slow spell slows each alike, so the ratios hold where absolute times drift."""
     for variant in variants.values():
