@@ -23,30 +23,61 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 DOCS, RESULTS = ROOT / "docs", ROOT / "results"
 BLOCK = re.compile(r"(<!-- generated:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /generated -->)", re.S)
-KINDS = {"sapphire-rapids": "Intel Sapphire Rapids (AVX-512, AVX512-BF16, AMX)",
-         "zen5": "AMD Zen 5 (AVX-512, AVX512-BF16)", "zen4": "AMD Zen 4 (AVX-512, AVX512-BF16)",
-         "zen3": "AMD Zen 3 (AVX2 only)", "unknown": "machine not recorded"}  # fmt: skip
+KINDS = {
+    "sapphire-rapids": "Intel Sapphire Rapids (AVX-512, AVX512-BF16, AMX)",
+    "zen5": "AMD Zen 5 (AVX-512, AVX512-BF16)",
+    "zen4": "AMD Zen 4 (AVX-512, AVX512-BF16)",
+    "zen3": "AMD Zen 3 (AVX2 only)",
+    "unknown": "machine not recorded",
+}
 SUBJECTS = {  # page: (title, what it is about, how to reproduce)
-    "report": ("Reproducing the report", "The report's network and training, seed by seed, against the "
-               "original report's figures.", "fmnist reproduce --seeds 3"),
-    "speed-tier": ("The speed tier", "fast-cnn and cnn94: accuracy per CPU-second, and every trick's "
-                   "ablation, the rows that did not help included.", "fmnist reproduce --model cnn94 --seeds 5"),
-    "accuracy-tier": ("The accuracy tier and the frontier", "res95, and accuracy against training time "
-                      "across the tiers.", "fmnist reproduce --model seed-cnn --model cnn94 --model res95"),
-    "speed": ("Speed", "fmnist against the report's TensorFlow-Keras program and against the same networks "
-              "written plainly in eager PyTorch; steps against their floors; kernels; inference.",
-              "fmnist bench --model cnn94; python benchmarks/compare_keras.py"),
-    "shared-machine": ("Speed on a shared machine", "Training beside other programs: OpenMP's waiting, "
-                       "threads, contention.", "python benchmarks/contention.py"),
-    "serving": ("Serving under load", "fmnist serve's throughput and latency at each concurrency, and what "
-                "clients see when a replica dies.", "python benchmarks/serve_load.py RUN"),
-    "sweeps": ("Sweeps and parallel seeds", "Many runs on Ray: what parallel seeds buy on two cores, and "
-               "how fast a sweep stops.", "fmnist reproduce --seeds 8 --workers 2 --threads 1"),
-    "reliability": ("Hostile input", "What a limit-sized hostile image, file or request costs.",
-                    "python benchmarks/hostile_images.py"),
-    "determinism": ("Determinism and the suite", "Same seed, same weights; faithfulness to Keras; the suite "
-                    "on other CPUs.", "python -m pytest -q"),
-}  # fmt: skip
+    "report": (
+        "Reproducing the report",
+        "The report's network and training, seed by seed, against the original report's figures.",
+        "fmnist reproduce --seeds 3",
+    ),
+    "speed-tier": (
+        "The speed tier",
+        "fast-cnn and cnn94: accuracy per CPU-second, and every trick's ablation, the rows that did not help included.",
+        "fmnist reproduce --model cnn94 --seeds 5",
+    ),
+    "accuracy-tier": (
+        "The accuracy tier and the frontier",
+        "res95, and accuracy against training time across the tiers.",
+        "fmnist reproduce --model seed-cnn --model cnn94 --model res95",
+    ),
+    "speed": (
+        "Speed",
+        "fmnist against the report's TensorFlow-Keras program and against the same networks "
+        "written plainly in eager PyTorch; steps against their floors; kernels; inference.",
+        "fmnist bench --model cnn94; python benchmarks/compare_keras.py",
+    ),
+    "shared-machine": (
+        "Speed on a shared machine",
+        "Training beside other programs: OpenMP's waiting, threads, contention.",
+        "python benchmarks/contention.py",
+    ),
+    "serving": (
+        "Serving under load",
+        "fmnist serve's throughput and latency at each concurrency, and what clients see when a replica dies.",
+        "python benchmarks/serve_load.py RUN",
+    ),
+    "sweeps": (
+        "Sweeps and parallel seeds",
+        "Many runs on Ray: what parallel seeds buy on two cores, and how fast a sweep stops.",
+        "fmnist reproduce --seeds 8 --workers 2 --threads 1",
+    ),
+    "reliability": (
+        "Hostile input",
+        "What a limit-sized hostile image, file or request costs.",
+        "python benchmarks/hostile_images.py",
+    ),
+    "determinism": (
+        "Determinism and the suite",
+        "Same seed, same weights; faithfulness to Keras; the suite on other CPUs.",
+        "python -m pytest -q",
+    ),
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -63,11 +94,19 @@ def load_records(root: Path = RESULTS) -> list[tuple[Path, dict]]:
 
 def machine_line(record: dict) -> str:
     machine = record["machine"]
-    what = machine.get("description") or f"{machine.get('cpu')}, {machine.get('cores')} cores, {machine.get('memory_gib')} GiB"
+    what = (
+        machine.get("description")
+        or f"{machine.get('cpu')}, {machine.get('cores')} cores, {machine.get('memory_gib')} GiB"
+    )
     flags = ", ".join(machine.get("flags") or []) or "no flags recorded"
     torch = machine.get("torch") or (machine.get("libraries") or {}).get("torch")
-    parts = [what, f"flags: {flags}", f"torch {torch}" if torch else None, record.get("date"),
-             f"commit {record['commit']}" if record.get("commit") else None]  # fmt: skip
+    parts = [
+        what,
+        f"flags: {flags}",
+        f"torch {torch}" if torch else None,
+        record.get("date"),
+        f"commit {record['commit']}" if record.get("commit") else None,
+    ]
     return " · ".join(part for part in parts if part)
 
 
@@ -101,8 +140,9 @@ def results_pages(found: list[tuple[Path, dict]]) -> dict[Path, str]:
             these = [(path, record) for path, record in mine if path.parent.name == kind]
             if these:
                 lines += [f"## {description}", ""]
-                for path, record in sorted(these, key=lambda item: (item[1].get("date") or "", item[0].name),
-                                           reverse=True):  # fmt: skip
+                for path, record in sorted(
+                    these, key=lambda item: (item[1].get("date") or "", item[0].name), reverse=True
+                ):
                     lines += render_record(path, record)
         if not mine:
             lines += ["No record yet.", ""]
@@ -112,11 +152,19 @@ def results_pages(found: list[tuple[Path, dict]]) -> dict[Path, str]:
 
 
 def results_index(found: list[tuple[Path, dict]]) -> str:
-    lines = ["# Results", "", "Every figure fmnist publishes, each from a record: a JSON file under `results/<machine kind>/`",
-             "naming the command, the commit, the date and the machine. Accuracies are means ± sd over seeds of final",
-             "weights; times are measured beside the report's own program (T: its 50 epochs in TensorFlow-Keras on",
-             "the same machine, in the same sitting). Timings are ratios measured in one run on one machine.", "",
-             headline_table(found, link_prefix=""), "", "| page | records |", "|---|---|"]  # fmt: skip
+    lines = [
+        "# Results",
+        "",
+        "Every figure fmnist publishes, each from a record: a JSON file under `results/<machine kind>/`",
+        "naming the command, the commit, the date and the machine. Accuracies are means ± sd over seeds of final",
+        "weights; times are measured beside the report's own program (T: its 50 epochs in TensorFlow-Keras on",
+        "the same machine, in the same sitting). Timings are ratios measured in one run on one machine.",
+        "",
+        headline_table(found, link_prefix=""),
+        "",
+        "| page | records |",
+        "|---|---|",
+    ]
     for subject, (title, _, _) in SUBJECTS.items():
         count = sum(record["subject"] == subject for _, record in found)
         lines.append(f"| [{title}]({subject}.md) | {count} |")
@@ -127,7 +175,9 @@ def headline_table(found: list[tuple[Path, dict]], link_prefix: str) -> str:
     """Model · test accuracy · training time and fraction of T · machine · record: one row per headline record."""
     rows = [(path, record) for path, record in found if record.get("headline")]
     order = ["seed-cnn", "fast-cnn", "cnn94", "res95"]
-    rows.sort(key=lambda item: (order.index(item[1]["headline"]["model"]) if item[1]["headline"]["model"] in order else 9))
+    rows.sort(
+        key=lambda item: order.index(item[1]["headline"]["model"]) if item[1]["headline"]["model"] in order else 9
+    )
     lines = ["| model | test accuracy (seeds) | training time | machine | record |", "|---|---|---|---|---|"]
     for path, record in rows:
         head = record["headline"]
@@ -145,8 +195,16 @@ def cli_page() -> str:
     from fmnist.cli import flags, main
 
     parser = flags.build_parser(main.HANDLERS)
-    lines = ["# CLI reference", "", "Generated from the parser itself (`fmnist COMMAND --help` prints the same).", "",
-             "```text", parser.format_help().rstrip(), "```", ""]  # fmt: skip
+    lines = [
+        "# CLI reference",
+        "",
+        "Generated from the parser itself (`fmnist COMMAND --help` prints the same).",
+        "",
+        "```text",
+        parser.format_help().rstrip(),
+        "```",
+        "",
+    ]
     commands = next(action for action in parser._actions if action.choices and isinstance(action.choices, dict))
     for name, sub in commands.choices.items():
         lines += [f"## fmnist {name}", "", "```text", sub.format_help().rstrip(), "```", ""]
@@ -159,7 +217,9 @@ def block_models() -> str:
     lines = ["| model | parameters | MFLOPs/image | recipe | network |", "|---|---|---|---|---|"]
     for row in api.models():
         name = f"**{row['name']}** (default)" if row["default"] else f"**{row['name']}**"
-        lines.append(f"| {name} | {row['parameters']:,} | {row['mflops']:.2f} | {row['recipe']} | {row['description']} |")
+        lines.append(
+            f"| {name} | {row['parameters']:,} | {row['mflops']:.2f} | {row['recipe']} | {row['description']} |"
+        )
     return "\n".join(lines)
 
 
@@ -182,7 +242,12 @@ def block_run_directory() -> str:
     doc = runs.__doc__ or ""
     layout = doc[doc.index("RUN/") : doc.index("\n\n", doc.index("RUN/"))]
     rest = doc[doc.index("\n\n", doc.index("RUN/")) :].strip()
-    return "```text\n" + "\n".join(line[4:] for line in ("    " + layout).splitlines()) + "\n```\n\n" + " ".join(rest.split())
+    return (
+        "```text\n"
+        + "\n".join(line[4:] for line in ("    " + layout).splitlines())
+        + "\n```\n\n"
+        + " ".join(rest.split())
+    )
 
 
 def block_limits() -> str:
@@ -191,20 +256,24 @@ def block_limits() -> str:
     from fmnist.interop import from_keras
     from fmnist.serving import limits
 
-    rows = [("image file on disk", f"{photos.MAX_FILE_BYTES:,} bytes"), ("decoded image", f"{photos.MAX_PIXELS:,} pixels"),
-            ("working copy of an image", f"{photos.WORKING_SIZE} px on its longest edge"),
-            ("request body", f"{limits.MAX_BYTES:,} bytes (`--max-bytes`)"), ("images a request", f"{limits.MAX_FILES}"),
-            ("request bodies in memory, all together", f"{limits.BODY_BUDGET:,} bytes"),
-            ("images admitted at once (decoding or queued)", f"{limits.WORK_QUEUE:,}"),
-            ("images decoding at once", f"the cores, at most {limits.MAX_DECODES}"),
-            ("a request's deadline", f"{limits.REQUEST_TIMEOUT_S} s (`--request-timeout`)"),
-            ("connections held at once", f"{limits.MAX_CONNECTIONS:,} (file descriptors permitting)"),
-            ("a run's weights or checkpoint", f"{runs.MAX_FILE_BYTES:,} bytes (on disk, or unpacked)"),
-            ("a run's JSON file", f"{runs.MAX_JSON_BYTES:,} bytes"),
-            ("a Keras model's architecture (JSON)", f"{from_keras.MAX_CONFIG_BYTES:,} bytes"),
-            ("a Keras weights file", f"{from_keras.MAX_WEIGHTS_BYTES:,} bytes"),
-            ("a .keras archive", f"{from_keras.MAX_ARCHIVE_BYTES:,} bytes (by its declared sizes)"),
-            ("a dataset download", f"its known size, within {fashion.DOWNLOAD_DEADLINE_S} s")]  # fmt: skip
+    rows = [
+        ("image file on disk", f"{photos.MAX_FILE_BYTES:,} bytes"),
+        ("decoded image", f"{photos.MAX_PIXELS:,} pixels"),
+        ("working copy of an image", f"{photos.WORKING_SIZE} px on its longest edge"),
+        ("request body", f"{limits.MAX_BYTES:,} bytes (`--max-bytes`)"),
+        ("images a request", f"{limits.MAX_FILES}"),
+        ("request bodies in memory, all together", f"{limits.BODY_BUDGET:,} bytes"),
+        ("images admitted at once (decoding or queued)", f"{limits.WORK_QUEUE:,}"),
+        ("images decoding at once", f"the cores, at most {limits.MAX_DECODES}"),
+        ("a request's deadline", f"{limits.REQUEST_TIMEOUT_S} s (`--request-timeout`)"),
+        ("connections held at once", f"{limits.MAX_CONNECTIONS:,} (file descriptors permitting)"),
+        ("a run's weights or checkpoint", f"{runs.MAX_FILE_BYTES:,} bytes (on disk, or unpacked)"),
+        ("a run's JSON file", f"{runs.MAX_JSON_BYTES:,} bytes"),
+        ("a Keras model's architecture (JSON)", f"{from_keras.MAX_CONFIG_BYTES:,} bytes"),
+        ("a Keras weights file", f"{from_keras.MAX_WEIGHTS_BYTES:,} bytes"),
+        ("a .keras archive", f"{from_keras.MAX_ARCHIVE_BYTES:,} bytes (by its declared sizes)"),
+        ("a dataset download", f"its known size, within {fashion.DOWNLOAD_DEADLINE_S} s"),
+    ]
     return "\n".join(["| what | at most |", "|---|---|", *(f"| {what} | {bound} |" for what, bound in rows)])
 
 
@@ -222,16 +291,29 @@ def block_published() -> str:
 
     p = seed_report.PUBLISHED
     lines = ["| figure | the report | its program rerun with TF-Keras (2 cores) |", "|---|---|---|"]
-    for key, label in (("test_loss", "test loss"), ("test_accuracy", "test accuracy"),
-                       ("train_loss", "training loss (48,000 images)"), ("train_accuracy", "training accuracy")):  # fmt: skip
+    for key, label in (
+        ("test_loss", "test loss"),
+        ("test_accuracy", "test accuracy"),
+        ("train_loss", "training loss (48,000 images)"),
+        ("train_accuracy", "training accuracy"),
+    ):
         lines.append(f"| {label} | {p[key]} | {seed_report.TF_RERUN[key]} |")
     lines += ["", "| class | precision | correct |", "|---|---|---|"]
-    lines += [f"| {name} | {precision:.2f} | {correct} |" for name, (precision, correct) in seed_report.PUBLISHED_PER_CLASS.items()]
+    lines += [
+        f"| {name} | {precision:.2f} | {correct} |"
+        for name, (precision, correct) in seed_report.PUBLISHED_PER_CLASS.items()
+    ]
     return "\n".join(lines)
 
 
-BLOCKS = {"models": block_models, "layers": block_layers, "run-directory": block_run_directory,
-          "limits": block_limits, "seed-network": block_seed_network, "published": block_published}  # fmt: skip
+BLOCKS = {
+    "models": block_models,
+    "layers": block_layers,
+    "run-directory": block_run_directory,
+    "limits": block_limits,
+    "seed-network": block_seed_network,
+    "published": block_published,
+}
 
 
 def with_blocks(text: str, values: dict[str, str]) -> str:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from fmnist.core import threads
 from fmnist.data import fashion
 from tests.helpers import DETERMINISM_RUN, MirrorHandler, fresh_environment, once, require_real_data
 
@@ -86,6 +87,9 @@ def pytest_configure(config):
     as it loads. With pytest workers (-n), the CPU kernels are compiled once here, before they start, instead
     of by each of them at once."""
     if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        # Two workers share the cores: OpenMP's threads should wait as on a shared machine (a user's own
+        # setting wins, as it does for fmnist), not spin through each other's time slices (core/threads.py).
+        os.environ.setdefault("GOMP_SPINCOUNT", str(threads.SPIN_SHARED))
         compile_kernels = (
             "from fmnist.nets.kernels import fused, norm_kernels; fused.available(); norm_kernels.available()"
         )

@@ -29,9 +29,14 @@ SCHEMA = "fmnist-record/1"
 FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")  # what decides the speed tier's path
 LIBRARIES = ("torch", "numpy", "numba", "onnxruntime", "ray")
 # (vendor, family, models) -> the kind a machine's records are filed under (results/<kind>/)
-KINDS = (("AuthenticAMD", 25, range(0, 16), "zen3"), ("AuthenticAMD", 25, range(16, 128), "zen4"),
-         ("AuthenticAMD", 26, range(0, 256), "zen5"), ("GenuineIntel", 6, (143, 207), "sapphire-rapids"),
-         ("GenuineIntel", 6, (85,), "skylake-sp"), ("GenuineIntel", 6, (106, 108), "ice-lake-sp"))  # fmt: skip
+KINDS = (
+    ("AuthenticAMD", 25, range(0, 16), "zen3"),
+    ("AuthenticAMD", 25, range(16, 128), "zen4"),
+    ("AuthenticAMD", 26, range(0, 256), "zen5"),
+    ("GenuineIntel", 6, (143, 207), "sapphire-rapids"),
+    ("GenuineIntel", 6, (85,), "skylake-sp"),
+    ("GenuineIntel", 6, (106, 108), "ice-lake-sp"),
+)
 
 
 def cpuinfo(path: Path = Path("/proc/cpuinfo")) -> dict[str, str]:
@@ -59,12 +64,20 @@ def machine(environ=os.environ) -> dict:
     info = cpuinfo()
     family, model = (int(info[key]) if info.get(key, "").isdigit() else None for key in ("cpu family", "model"))
     memory = next((int(line.split()[1]) for line in _read("/proc/meminfo") if line.startswith("MemTotal:")), 0)
-    return {"cpu": host.cpu_name(), "vendor": info.get("vendor_id", ""), "family": family, "model": model,
-            "kind": kind_of(info.get("vendor_id", ""), family, model),
-            "flags": sorted(set(FLAGS) & host.cpu_flags(environ)), "cores": os.cpu_count(),
-            "memory_gib": round(memory / 2**20, 1), "isa_cap": environ.get("ONEDNN_MAX_CPU_ISA"),
-            "python": platform.python_version(), "fmnist": version.__version__,
-            "libraries": {name: _version(name) for name in LIBRARIES}}  # fmt: skip
+    return {
+        "cpu": host.cpu_name(),
+        "vendor": info.get("vendor_id", ""),
+        "family": family,
+        "model": model,
+        "kind": kind_of(info.get("vendor_id", ""), family, model),
+        "flags": sorted(set(FLAGS) & host.cpu_flags(environ)),
+        "cores": os.cpu_count(),
+        "memory_gib": round(memory / 2**20, 1),
+        "isa_cap": environ.get("ONEDNN_MAX_CPU_ISA"),
+        "python": platform.python_version(),
+        "fmnist": version.__version__,
+        "libraries": {name: _version(name) for name in LIBRARIES},
+    }
 
 
 def _read(path: str) -> list[str]:
@@ -85,10 +98,15 @@ def commit() -> str | None:
     """fmnist's git commit where it runs from a checkout (short hash, "+" when the tree has changes), else None."""
     root = Path(__file__).resolve().parents[3]
     try:
-        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=7", "HEAD"], capture_output=True,
-                              text=True, timeout=10)  # fmt: skip
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10)  # fmt: skip
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short=7", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     if head.returncode != 0:
@@ -108,11 +126,21 @@ def record(
 ) -> dict:
     """A record of figures just measured on this machine. `subject`: the results page it belongs to; `columns`
     and `rows`: the table it shows, if any; `rounds`: the samples behind medians and ratios."""
-    return {"schema": SCHEMA, "subject": subject, "title": title,
-            "command": command or " ".join(["fmnist" if Path(sys.argv[0]).name == "__main__.py" else
-                                            Path(sys.argv[0]).name, *sys.argv[1:]]),
-            "commit": commit(), "date": datetime.date.today().isoformat(), "machine": machine(),
-            "figures": figures, "columns": columns, "rows": rows, "rounds": rounds, "notes": notes or []}  # fmt: skip
+    return {
+        "schema": SCHEMA,
+        "subject": subject,
+        "title": title,
+        "command": command
+        or " ".join(["fmnist" if Path(sys.argv[0]).name == "__main__.py" else Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "commit": commit(),
+        "date": datetime.date.today().isoformat(),
+        "machine": machine(),
+        "figures": figures,
+        "columns": columns,
+        "rows": rows,
+        "rounds": rounds,
+        "notes": notes or [],
+    }
 
 
 def write(path: str | Path, value: dict) -> Path:
@@ -125,13 +153,14 @@ def write(path: str | Path, value: dict) -> Path:
 
 def check(value, where: str = "record") -> dict:
     """A record as read back: the fields the pages need, of the right kinds (ValueError naming what is wrong)."""
-    needed = {"schema": str, "subject": str, "title": str, "command": str, "date": str, "machine": dict,
-              "figures": dict}  # fmt: skip
+    needed = {"schema": str, "subject": str, "title": str, "command": str, "machine": dict, "figures": dict}
     if not isinstance(value, dict):
         raise ValueError(f"{where}: not a JSON object")
     for key, kind in needed.items():
         if not isinstance(value.get(key), kind):
             raise ValueError(f"{where}: {key} must be a {kind.__name__}")
+    if not isinstance(value.get("date"), str | None):  # a transcribed figure may not state its day
+        raise ValueError(f"{where}: date must be a string or null")
     if value["schema"] != SCHEMA:
         raise ValueError(f"{where}: schema {value['schema']!r}, expected {SCHEMA}")
     if value.get("rows") is not None and len(value.get("columns") or []) != len(
