@@ -94,19 +94,15 @@ def load_records(root: Path = RESULTS) -> list[tuple[Path, dict]]:
 
 def machine_line(record: dict) -> str:
     machine = record["machine"]
-    what = (
-        machine.get("description")
-        or f"{machine.get('cpu')}, {machine.get('cores')} cores, {machine.get('memory_gib')} GiB"
+    what = machine.get("description") or (
+        f"{machine.get('cpu')}, {machine.get('cores')} cores, {machine.get('memory_gib')} GiB"
     )
     flags = ", ".join(machine.get("flags") or []) or "no flags recorded"
     torch = machine.get("torch") or (machine.get("libraries") or {}).get("torch")
-    parts = [
-        what,
-        f"flags: {flags}",
-        f"torch {torch}" if torch else None,
-        record.get("date"),
-        f"commit {record['commit']}" if record.get("commit") else None,
-    ]
+    commit = f"commit {record['commit']}" if record.get("commit") else None
+    if not commit and record.get("published_at"):
+        commit = f"commit not recorded, published at {record['published_at']}"
+    parts = [what, f"flags: {flags}", f"torch {torch}" if torch else None, record.get("date"), commit]
     return " · ".join(part for part in parts if part)
 
 
@@ -140,9 +136,8 @@ def results_pages(found: list[tuple[Path, dict]]) -> dict[Path, str]:
             these = [(path, record) for path, record in mine if path.parent.name == kind]
             if these:
                 lines += [f"## {description}", ""]
-                for path, record in sorted(
-                    these, key=lambda item: (item[1].get("date") or "", item[0].name), reverse=True
-                ):
+                newest = sorted(these, key=lambda item: (item[1].get("date") or "", item[0].name), reverse=True)
+                for path, record in sorted(newest, key=lambda item: not item[1].get("headline")):  # headlines first
                     lines += render_record(path, record)
         if not mine:
             lines += ["No record yet.", ""]
@@ -192,9 +187,10 @@ def headline_table(found: list[tuple[Path, dict]], link_prefix: str) -> str:
 # ---------------------------------------------------------------------------------------------
 # Blocks and pages from the code
 def cli_page() -> str:
-    from fmnist.cli import flags, main
+    from fmnist.cli import flags
+    from fmnist.cli.main import HANDLERS
 
-    parser = flags.build_parser(main.HANDLERS)
+    parser = flags.build_parser(HANDLERS)
     lines = [
         "# CLI reference",
         "",

@@ -70,9 +70,10 @@ def prepare(threads: int | None = None) -> int:
 def load_data(data_dir: str | Path | None = None, show_progress: bool = True) -> fashion.Dataset:
     """Fashion-MNIST as uint8 arrays: train_images (60000, 28, 28), train_labels, test_images, test_labels.
 
-    >>> dataset = fmnist.load_data()
-    >>> fmnist.CLASS_NAMES[dataset.train_labels[0]]
-    'Ankle boot'
+    Examples:
+        >>> dataset = fmnist.load_data()
+        >>> fmnist.CLASS_NAMES[dataset.train_labels[0]]
+        'Ankle boot'
     """
     return fashion.load(data_dir=data_dir, progress=show_progress)
 
@@ -255,8 +256,9 @@ class Run:
 def open_run(path: str | Path) -> Run:
     """A run directory written by train, reproduce or import-keras.
 
-    >>> run = fmnist.open_run("runs/reproduce/seed-0")
-    >>> run.history[-1]["val_accuracy"]
+    Examples:
+        >>> run = fmnist.open_run("runs/reproduce/seed-0")
+        >>> run.history[-1]["val_accuracy"]
     """
     return Run(path)
 
@@ -277,10 +279,11 @@ def train(
     **settings,
 ) -> Run:
     """Train a model into the run directory `out` (a bar per epoch and one line each, in a terminal or a
-    notebook) and return the Run. `settings` go to TrainConfig.for_model when no config is given:
+    notebook) and return the Run. `settings` go to TrainConfig.for_model when no config is given.
 
-    >>> run = fmnist.train(model="fast-cnn", epochs=2, limit=6000, out="runs/quick")
-    >>> run = fmnist.train(out="runs/quick", resume=True, epochs=4)   # continue, to 4 epochs
+    Examples:
+        >>> run = fmnist.train(model="fast-cnn", epochs=2, limit=6000, out="runs/quick")
+        >>> run = fmnist.train(out="runs/quick", resume=True, epochs=4)  # continue, to 4 epochs
 
     Ctrl-C keeps the last finished epoch's checkpoint; resume=True continues from it.
     """

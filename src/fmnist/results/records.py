@@ -163,10 +163,8 @@ def check(value, where: str = "record") -> dict:
         raise ValueError(f"{where}: date must be a string or null")
     if value["schema"] != SCHEMA:
         raise ValueError(f"{where}: schema {value['schema']!r}, expected {SCHEMA}")
-    if value.get("rows") is not None and len(value.get("columns") or []) != len(
-        value["rows"][0] if value["rows"] else []
-    ):
-        raise ValueError(f"{where}: rows and columns differ in length")
+    if any(len(row) != len(value.get("columns") or []) for row in value.get("rows") or []):
+        raise ValueError(f"{where}: a row and the columns differ in length")
     return value
 
 
