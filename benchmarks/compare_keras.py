@@ -7,7 +7,8 @@ TensorFlow is not a dependency of fmnist: install it in a virtual environment of
 
 Each round runs one training epoch of the report's network on 48,000 random images at batch 128,
 first in TensorFlow-Keras (`model.fit`, as the report did), then in fmnist (`loop.train_one_epoch`),
-each in a fresh process after a warm-up epoch on a few batches. The medians and their ratio are printed.
+each in a fresh process after a warm-up epoch on a few batches. The medians and their ratio go to the record.
+The Keras network below is the report's, written out: the TensorFlow environment has no fmnist.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import statistics
 import subprocess
 import sys
 import time
+
+from fmnist.results import records
 
 IMAGES = 48_000
 BATCH_SIZE = 128
@@ -84,6 +87,10 @@ def fmnist_epoch_seconds(images: int, threads: int, precision: str) -> float:
 
 
 def worker_seconds(python: str, worker: str, args) -> float:
+    """One epoch in a fresh process (its own imports, allocator and thread pool); fmnist's in this one in the
+    quick form (a check that it runs)."""
+    if args.quick and worker == "fmnist":
+        return fmnist_epoch_seconds(args.images, args.threads, args.precision)
     command = [
         python,
         __file__,
@@ -100,12 +107,10 @@ def worker_seconds(python: str, worker: str, args) -> float:
     return json.loads(result.stdout.strip().splitlines()[-1])["seconds"]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tf-python", help="a Python with tensorflow installed (default: none)")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default: 3)")
-    parser.add_argument("--images", type=int, default=IMAGES, help=f"images per epoch (default: {IMAGES})")
-    parser.add_argument("--threads", type=int, default=2, help="fmnist's CPU threads (default: 2)")
+def main(argv: list[str] | None = None) -> dict:
+    parser = records.benchmark_parser(__doc__, rounds=3)
+    parser.add_argument("--tf-python", help="a Python with tensorflow installed (without it: fmnist's side only)")
+    parser.add_argument("--images", type=int, default=IMAGES, help="images per epoch (default: %(default)s)")
     parser.add_argument(
         "--precision",
         choices=("fp32", "bf16"),
@@ -113,26 +118,44 @@ def main() -> None:
         help="fmnist's precision; TensorFlow-Keras runs float32 as the report did (default: fp32)",
     )
     parser.add_argument("--worker", choices=("tensorflow", "fmnist"), help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    args.threads = args.threads or 2
     if args.worker == "tensorflow":
         print(json.dumps({"seconds": keras_epoch_seconds(args.images)}))
-        return
+        return {}
     if args.worker == "fmnist":
         print(json.dumps({"seconds": fmnist_epoch_seconds(args.images, args.threads, args.precision)}))
-        return
-    if not args.tf_python:
-        parser.error("--tf-python is required: the Python of an environment with tensorflow")
-    seconds = {"TensorFlow-Keras": [], "fmnist": []}
+        return {}
+    if args.quick:
+        args.images, args.rounds = 2 * WARMUP_IMAGES, 1
+    pythons = {"TensorFlow-Keras": (args.tf_python, "tensorflow"), "fmnist": (sys.executable, "fmnist")}
+    seconds: dict[str, list[float]] = {name: [] for name, (python, _) in pythons.items() if python}
     for round_number in range(1, args.rounds + 1):
-        seconds["TensorFlow-Keras"].append(worker_seconds(args.tf_python, "tensorflow", args))
-        seconds["fmnist"].append(worker_seconds(sys.executable, "fmnist", args))
+        for name in seconds:
+            seconds[name].append(worker_seconds(*pythons[name], args))
         print(f"round {round_number}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in seconds.items()), flush=True)
     steps = -(-args.images // BATCH_SIZE)
     medians = {name: statistics.median(values) for name, values in seconds.items()}
-    print(f"\none training epoch, {args.images:,} images, batch {BATCH_SIZE} ({steps} steps), median of {args.rounds}:")
-    for name, value in medians.items():
-        print(f"  {name:18s} {value:6.2f} s  {1000 * value / steps:6.2f} ms/step")
-    print(f"  fmnist speed-up: {medians['TensorFlow-Keras'] / medians['fmnist']:.2f}x")
+    rows = [[name, f"{value:.2f}", f"{1000 * value / steps:.2f}"] for name, value in medians.items()]
+    figures: dict = {"seconds": medians, "images": args.images, "steps": steps}
+    if len(medians) == 2:
+        figures["speedup"] = medians["TensorFlow-Keras"] / medians["fmnist"]
+        rows.append(["fmnist speed-up", f"{figures['speedup']:.2f}x", ""])
+    for row in rows:
+        print(" | ".join(row))
+    return records.publish(
+        "compare_keras",
+        args,
+        records.record(
+            "speed",
+            f"One training epoch of the report's network, {args.images:,} images at batch {BATCH_SIZE}: "
+            f"TensorFlow-Keras against fmnist ({args.precision}), median of {args.rounds}",
+            figures,
+            ["framework", "s per epoch", "ms per step"],
+            rows,
+            rounds=seconds,
+        ),
+    )
 
 
 if __name__ == "__main__":

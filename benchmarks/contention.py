@@ -1,6 +1,6 @@
 """Speed on a shared machine: fmnist's training step and evaluation, quiet and under contention, as ratios.
 
-usage: python benchmarks/contention.py [--model NAME] [--threads N] [--variant "NAME=VALUE ..." ...] [--serve RUN]
+    python benchmarks/contention.py [--model NAME] [--threads N] [--variant "NAME=VALUE ..." ...] [--serve RUN]
 
 Scenarios, each in fresh processes (OpenMP reads its settings when it loads): quiet; beside one busy
 process (a Python busy loop); two fmnist processes at once. Reported: the median ms per training step
@@ -17,16 +17,18 @@ import argparse
 import concurrent.futures
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
+from fmnist.results import records
 from fmnist.training import loop
 
 
-def worker(threads: int, model: str) -> None:
+def worker(threads: int, model: str, quick: bool) -> dict:
     """One measurement in this process: median ms/step over chunks of steps, then evaluation images/s, in
     the precision training would choose here."""
     import torch
@@ -45,17 +47,22 @@ def worker(threads: int, model: str) -> None:
     batch = configs.Recipe.for_model(model).batch_size
     x, y = torch.rand(batch, fashion.IMAGE_SIZE, fashion.IMAGE_SIZE, 1), torch.randint(0, fashion.NUM_CLASSES, (batch,))
     step = bench.recipe_step(model, x, y, precision)
-    bench.time_steps(step, 10, cpu)  # warm-up: kernels, allocator, thread pool
-    step_ms = statistics.median(1000 * bench.time_steps(step, 15, cpu) for _ in range(12))
-    images = statistics.median(bench.evaluation_throughput(model, 5000, cpu) for _ in range(3))
-    print(json.dumps({"step_ms": step_ms, "eval_images_per_s": images}), flush=True)
+    steps, chunks, images, times = (2, 2, 500, 1) if quick else (15, 12, 5000, 3)
+    bench.time_steps(step, steps, cpu)  # warm-up: kernels, allocator, thread pool
+    step_ms = statistics.median(1000 * bench.time_steps(step, steps, cpu) for _ in range(chunks))
+    images = statistics.median(bench.evaluation_throughput(model, images, cpu) for _ in range(times))
+    return {"step_ms": step_ms, "eval_images_per_s": images}
 
 
-def measure(env: dict, threads: int, model: str, together: int = 1, busy: bool = False) -> list[dict]:
-    """Run `together` workers at once (beside a busy loop if `busy`); their results."""
-    command = [sys.executable, __file__, "--worker", "--threads", str(threads), "--model", model]
+def measure(env: dict, args, together: int = 1, busy: bool = False) -> list[dict]:
+    """Run `together` workers at once (beside a busy loop if `busy`); their results. The quick form measures in
+    this process (a fresh one per measurement is what the real figures need: OpenMP reads its settings once)."""
+    command = [sys.executable, __file__, "--worker", "--threads", str(args.threads), "--model", args.model]
+    command += ["--quick"] if args.quick else []
     spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
     try:
+        if args.quick and not env and together == 1:
+            return [worker(args.threads, args.model, quick=True)]
         workers = [
             subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env={**os.environ, **env})
             for _ in range(together)
@@ -64,28 +71,47 @@ def measure(env: dict, threads: int, model: str, together: int = 1, busy: bool =
     finally:
         if spinner:
             spinner.kill()
+            spinner.wait()
 
 
-def scenarios(variants: dict[str, dict], threads: int, rounds: int, model: str) -> None:
-    results = {(name, scene): [] for name in variants for scene in ("quiet", "busy", "two")}
-    for _ in range(rounds):  # interleaved: drift on the machine affects every variant alike
+SCENES = {"quiet": "quiet", "busy": "beside a busy process", "two": "two at once (slower one)"}
+
+
+def scenarios(variants: dict[str, dict], args) -> tuple[list[list], dict]:
+    """Every scenario of every variant, interleaved round by round: drift on the machine affects all alike."""
+    results: dict = {(name, scene): [] for name in variants for scene in SCENES}
+    for _ in range(args.rounds):
         for name, env in variants.items():
-            results[name, "quiet"] += measure(env, threads, model)
-            results[name, "busy"] += measure(env, threads, model, busy=True)
-            results[name, "two"] += measure(env, threads, model, together=2)
-    print("| setting | scenario | ms/step | x quiet | eval images/s | x quiet |\n|---|---|---|---|---|---|")
+            results[name, "quiet"] += measure(env, args)
+            results[name, "busy"] += measure(env, args, busy=True)
+            if not args.quick:  # (the quick form: two processes are the same code as one)
+                results[name, "two"] += measure(env, args, together=2)
+    rows, figures = [], {}
     for name in variants:
         quiet = {key: statistics.median(r[key] for r in results[name, "quiet"]) for key in results[name, "quiet"][0]}
-        for scene in ("quiet", "busy", "two"):
+        for scene, label in SCENES.items():
+            if not results[name, scene]:
+                continue
             step = statistics.median(r["step_ms"] for r in results[name, scene])
-            worst = max(r["step_ms"] for r in results[name, scene]) if scene == "two" else step
+            shown = max(r["step_ms"] for r in results[name, scene]) if scene == "two" else step
             images = statistics.median(r["eval_images_per_s"] for r in results[name, scene])
-            label = {"quiet": "quiet", "busy": "beside a busy process", "two": "two at once (slower one)"}[scene]
-            shown = worst if scene == "two" else step
-            print(
-                f"| {name} | {label} | {shown:.2f} | {shown / quiet['step_ms']:.2f} | {images:,.0f} | "
-                f"{quiet['eval_images_per_s'] / images:.2f} |"
+            figures[f"{name}: {scene}"] = {
+                "step_ms": shown,
+                "eval_images_per_s": images,
+                "samples": results[name, scene],
+            }
+            rows.append(
+                [
+                    name,
+                    label,
+                    f"{shown:.2f}",
+                    f"{shown / quiet['step_ms']:.2f}",
+                    f"{images:,.0f}",
+                    f"{quiet['eval_images_per_s'] / images:.2f}",
+                ]
             )
+            print(" | ".join(rows[-1]), flush=True)
+    return rows, figures
 
 
 def p99_ms(url: str, image: bytes, requests: int = 50) -> float:
@@ -102,13 +128,16 @@ def p99_ms(url: str, image: bytes, requests: int = 50) -> float:
     return latencies[int(0.99 * (len(latencies) - 1))]
 
 
-def serve_beside_training(run_dir: str, threads: int) -> None:
+def serve_beside_training(run_dir: str, threads: int) -> dict:
     import io
 
     import httpx
     import PIL.Image
 
-    port, buffer = 8765, io.BytesIO()
+    with socket.socket() as probe:  # a free port
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    buffer = io.BytesIO()
     PIL.Image.new("L", (200, 260), 255).save(buffer, "PNG")
     server = subprocess.Popen(
         [sys.executable, "-m", "fmnist", "serve", run_dir, "--port", str(port)],
@@ -155,14 +184,14 @@ def serve_beside_training(run_dir: str, threads: int) -> None:
             f"serve p99, 50 concurrent single-image requests: quiet {quiet:.0f} ms, beside a training "
             f"{busy:.0f} ms ({busy / quiet:.2f}x)"
         )
+        return {"quiet_p99_ms": quiet, "beside_training_p99_ms": busy}
     finally:
         server.kill()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> dict:
+    parser = records.benchmark_parser(__doc__, rounds=3)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--threads", type=int, default=0, help="threads per process (default: fmnist's choice)")
     parser.add_argument(
         "--variant",
         action="append",
@@ -171,17 +200,29 @@ def main() -> None:
         help="also run every scenario with these environment variables set (repeatable)",
     )
     parser.add_argument("--model", default="seed-cnn", help="the network and recipe to time (default: seed-cnn)")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds per scenario (default: 3)")
     parser.add_argument("--serve", metavar="RUN", help="also measure the server's p99 beside a training")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    args.threads = args.threads or 0  # 0: fmnist's choice, in each worker
     if args.worker:
-        return worker(args.threads, args.model)
-    print(subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()[7:8] or "")
+        print(json.dumps(worker(args.threads, args.model, args.quick)), flush=True)
+        return {}
+    args.rounds = 1 if args.quick else args.rounds
     variants = {"fmnist's defaults": {}}
     variants.update({text: dict(pair.split("=", 1) for pair in text.split()) for text in args.variant})
-    scenarios(variants, args.threads, args.rounds, args.model)
+    rows, figures = scenarios(variants, args)
     if args.serve:
-        serve_beside_training(args.serve, args.threads)
+        figures["serve"] = serve_beside_training(args.serve, args.threads)
+    return records.publish(
+        "contention",
+        args,
+        records.record(
+            "shared-machine",
+            f"{args.model} on a shared machine: the training step and evaluation, quiet and under contention",
+            figures,
+            ["setting", "scenario", "ms/step", "x quiet", "eval images/s", "x quiet"],
+            rows,
+        ),
+    )
 
 
 if __name__ == "__main__":

@@ -8,18 +8,17 @@ The whole step, fused against unfused, is `fmnist bench --model cnn94` (its "PyT
 
 from __future__ import annotations
 
-import argparse
 import copy
-import statistics
-import time
 
+import fmnist  # noqa: F401  (first: it sets how OpenMP threads wait, before torch loads)
+
+# isort: split
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-import fmnist  # noqa: F401  (first: it sets how OpenMP threads wait, before torch loads)
-from fmnist.core import threads
 from fmnist.nets.kernels import norm_kernels
+from fmnist.results import records
 
 BLOCKS = [  # (label, (N, C, H, W) of the conv output, pooled), cnn94 at batch 128
     ("stage 1: BN, pool, ReLU", (128, 16, 28, 28), True),
@@ -34,33 +33,49 @@ def pytorch_block(x, bn, pool):
     return (F.max_pool2d(out, 2) if pool else out).relu_()
 
 
-def seconds(block, x, bn, pool, grad, repeats: int = 5) -> float:
-    start = time.perf_counter()
-    for _ in range(repeats):
+def backward_of(block, x, bn, pool, grad):
+    def step():
         x.grad = None
         block(x, bn, pool).backward(grad)
-    return (time.perf_counter() - start) / repeats
+
+    return step
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=30)
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
-    threads.use(args.threads)
-    print(f"{'block':34s} {'PyTorch ms':>10s} {'fused ms':>9s} {'speed-up':>9s}")
-    for label, shape, pool in BLOCKS:
+def main(argv: list[str] | None = None) -> dict:
+    args = records.benchmark_parser(__doc__, rounds=30).parse_args(argv)
+    records.start(args)
+    rows, figures, rounds = [], {}, {}
+    for label, shape, pool in BLOCKS[:1] if args.quick else BLOCKS:
+        shape = (8, *shape[1:]) if args.quick else shape
         x = torch.randn(shape).bfloat16().contiguous(memory_format=torch.channels_last).requires_grad_()
         bn = nn.BatchNorm2d(shape[1], momentum=0.4)
         bn.weight.requires_grad_(False)  # cnn94's frozen BatchNorm scales
-        forms = {"pytorch": (pytorch_block, bn), "fused": (norm_kernels.norm_relu, copy.deepcopy(bn))}
         grad = torch.randn(pytorch_block(x, bn, pool).shape).bfloat16().contiguous(memory_format=torch.channels_last)
-        samples = {name: [] for name in forms}
-        for _ in range(args.rounds + 1):  # the first round warms up
-            for name, (block, layer) in forms.items():
-                samples[name].append(seconds(block, x, layer, pool, grad))
-        plain, fused = (statistics.median(samples[name][1:]) for name in forms)
-        print(f"{label:34s} {plain * 1e3:10.3f} {fused * 1e3:9.3f} {plain / fused:8.2f}x")
+        samples = records.interleaved(
+            {
+                "pytorch": backward_of(pytorch_block, x, bn, pool, grad),
+                "fused": backward_of(norm_kernels.norm_relu, x, copy.deepcopy(bn), pool, grad),
+            },
+            rounds=1 if args.quick else args.rounds,
+            calls=5,
+        )
+        plain, fused = (records.spread(samples[name])["median"] for name in ("pytorch", "fused"))
+        rows.append([label, f"{plain * 1e3:.3f}", f"{fused * 1e3:.3f}", f"{plain / fused:.2f}x"])
+        figures[label] = plain / fused
+        rounds[label] = samples
+        print(" | ".join(rows[-1]))
+    return records.publish(
+        "norm_blocks",
+        args,
+        records.record(
+            "speed",
+            "cnn94's BatchNorm blocks, fused against PyTorch's layers (forward + backward, bf16)",
+            figures,
+            ["block", "PyTorch ms", "fused ms", "speed-up"],
+            rows,
+            rounds=rounds,
+        ),
+    )
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ recipe unchanged:
   - validation accuracy of the final weights over seeds (cnn94's 24 epochs, `--validate-tta last`),
     the variant and cnn94 trained seed by seed, each pair on the same split.
 
-    python benchmarks/pool_before_norm.py --seeds 5 --out runs/pool-before-norm
+    python benchmarks/pool_before_norm.py --seeds 5 --runs runs/pool-before-norm
 
 The variant is registered in this process only (its runs' weights carry an architecture tag that fmnist
 itself does not load). Model choices only: no test set here.
@@ -16,21 +16,20 @@ itself does not load). Model choices only: no test set here.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
-import json
 import statistics
 from pathlib import Path
 
+import fmnist  # noqa: F401  (first: it sets how OpenMP threads wait, before torch loads)
+
+# isort: split
 import torch
 from torch import nn
 
-import fmnist
-from fmnist.core import machine, threads
 from fmnist.data import fashion
-from fmnist.nets import fastcnn
-from fmnist.results import bench
+from fmnist.nets import architectures, fastcnn
+from fmnist.results import bench, records
 from fmnist.training import configs, loop, recipe, registry
 
 NAME = "cnn94-pool-bn"
@@ -39,8 +38,8 @@ NAME = "cnn94-pool-bn"
 class PoolBeforeNormCNN(fastcnn.FastCNN):
     """cnn94's network with each max pool moved before the BatchNorm (and ReLU) ahead of it."""
 
-    def __init__(self, dropout: float = 0.0):
-        super().__init__(dropout)
+    def __init__(self, dropout: float = 0.0, **variant):
+        super().__init__(dropout, **variant)
         layers, moved = list(self.features), []
         for layer in layers:  # [conv, BN, pool, ReLU] -> [conv, pool, BN, ReLU]
             if isinstance(layer, nn.MaxPool2d) and isinstance(moved[-1], nn.BatchNorm2d):
@@ -55,14 +54,17 @@ class PoolBeforeNormCNN(fastcnn.FastCNN):
 
 
 def register() -> None:
-    registry.REGISTRY[NAME] = dataclasses.replace(
-        registry.CNN94, name=NAME, network=PoolBeforeNormCNN, architecture="experiment-" + NAME
-    )
+    """The variant as an architecture and a model of this process only (cnn94's recipe, renamed)."""
+    tag = "experiment-" + NAME
+    architectures.ARCHITECTURES[tag] = architectures.Architecture(tag, PoolBeforeNormCNN, PoolBeforeNormCNN)
+    recipe_of = dataclasses.replace(registry.CNN94.recipe, model=NAME)
+    registry.REGISTRY[NAME] = dataclasses.replace(registry.CNN94, name=NAME, architecture=tag, recipe=recipe_of)
 
 
-def step_ratio(rounds: int, precision: str) -> float:
-    """cnn94's step time over the variant's, median of interleaved rounds of 10 steps."""
-    x, y = torch.rand(128, fashion.IMAGE_SIZE, fashion.IMAGE_SIZE, 1), torch.randint(0, fashion.NUM_CLASSES, (128,))
+def step_ratio(rounds: int, precision: str, batch: int) -> dict:
+    """cnn94's step time over the variant's: interleaved rounds of 10 steps, each ratio within its round."""
+    x = torch.rand(batch, fashion.IMAGE_SIZE, fashion.IMAGE_SIZE, 1)
+    y = torch.randint(0, fashion.NUM_CLASSES, (batch,))
 
     def step(name):
         config = configs.TrainConfig.for_model(name)
@@ -72,53 +74,74 @@ def step_ratio(rounds: int, precision: str) -> float:
             network, recipe.optimizer_for(network, config), x, y, precision, config.label_smoothing
         )
 
-    ours, theirs = step("cnn94"), step(NAME)
-    cpu = torch.device("cpu")
-    return statistics.median(bench.time_steps(ours, 10, cpu) / bench.time_steps(theirs, 10, cpu) for _ in range(rounds))
+    samples = records.interleaved({"cnn94": step("cnn94"), NAME: step(NAME)}, rounds, calls=10)
+    return {"ratio": statistics.median(a / b for a, b in zip(samples["cnn94"], samples[NAME])), "rounds": samples}
 
 
-def epoch_ratio(rounds: int, precision: str) -> float:
-    """The same for a whole training epoch of 48,000 random images with the recipe's augmentation."""
+def epoch_ratio(rounds: int, precision: str, images: int) -> float:
+    """The same for a whole training epoch of random images with the recipe's augmentation."""
     cpu = torch.device("cpu")
+    batch = registry.CNN94.recipe.batch_size
     return statistics.median(
-        bench.time_epoch("cnn94", 48_000, 0, 128, cpu, precision)[0]
-        / bench.time_epoch(NAME, 48_000, 0, 128, cpu, precision)[0]
+        bench.time_epoch("cnn94", images, 0, batch, cpu, precision)[0]
+        / bench.time_epoch(NAME, images, 0, batch, cpu, precision)[0]
         for _ in range(rounds)
     )
 
 
-def validation_accuracy(name: str, seed: int, out: Path) -> float:
-    run_dir = out / f"{name}-seed{seed}"
-    history = run_dir / "history.json"
-    if not history.is_file():
-        fmnist.train(model=name, seed=seed, validate_tta="last", out=run_dir, show_progress=False)
-    elif len(json.loads(history.read_text())) < registry.get(name).recipe["epochs"]:  # interrupted: continue it
-        fmnist.train(out=run_dir, resume=True, show_progress=False)
-    return json.loads(history.read_text())[-1]["val_accuracy"]
+def validation_accuracy(name: str, seed: int, out: Path, **runtime) -> float:
+    """The final weights' validation accuracy of one seed (trained, continued, or read where finished)."""
+    config = configs.TrainConfig.for_model(name, seed=seed, validate_tta="last", **runtime)
+    return loop.fit_unless_finished(config, out / f"{name}-seed{seed}")[-1]["val_accuracy"]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> dict:
+    parser = records.benchmark_parser(__doc__, rounds=30)
     parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=30, help="interleaved rounds of the step timing")
-    parser.add_argument("--out", type=Path, default=Path("runs/pool-before-norm"))
-    args = parser.parse_args()
-    machine.set_cpu_modes()
-    threads.use(2)
+    parser.add_argument("--runs", type=Path, default=Path("runs/pool-before-norm"), help="the run directories")
+    args = parser.parse_args(argv)
+    threads = records.start(args)
     register()
     precision = loop.choose_precision("auto", "cnn94", torch.device("cpu"))
-    print(f"step: cnn94 / pool-before-BN = {step_ratio(args.rounds, precision):.3f} ({precision})", flush=True)
-    print(f"epoch: cnn94 / pool-before-BN = {epoch_ratio(6, precision):.3f}", flush=True)
+    quick = {"epochs": 1, "limit": 1200} if args.quick else {}
+    step = step_ratio(
+        1 if args.quick else args.rounds, precision, 16 if args.quick else registry.CNN94.recipe.batch_size
+    )
+    epoch = epoch_ratio(1 if args.quick else 6, precision, 512 if args.quick else 48_000)
+    print(f"cnn94 / pool-before-BN: step {step['ratio']:.3f}, epoch {epoch:.3f} ({precision})", flush=True)
+    seeds = 1 if args.quick else args.seeds
     pairs = [
-        (validation_accuracy("cnn94", seed, args.out), validation_accuracy(NAME, seed, args.out))
-        for seed in range(args.seeds)
+        [validation_accuracy(name, seed, args.runs, threads=threads, **quick) for name in ("cnn94", NAME)]
+        for seed in range(seeds)
     ]
-    for seed, (plain, variant) in enumerate(pairs):
-        print(f"seed {seed}: validation cnn94 {plain:.4f}, pool-before-BN {variant:.4f}")
-    for label, values in (("cnn94", [p for p, _ in pairs]), ("pool-before-BN", [v for _, v in pairs])):
-        spread = f" ± {statistics.stdev(values):.4f}" if len(values) > 1 else ""
-        print(f"{label}: {statistics.mean(values):.4f}{spread}")
-    print(f"paired difference: {statistics.mean(v - p for p, v in pairs):+.4f}")
+    rows = [[f"seed {seed}", f"{plain:.4f}", f"{variant:.4f}"] for seed, (plain, variant) in enumerate(pairs)]
+    columns = list(zip(*pairs))
+    rows.append(
+        ["mean"]
+        + [f"{statistics.mean(c):.4f}" + (f" ± {statistics.stdev(c):.4f}" if seeds > 1 else "") for c in columns]
+    )
+    paired = statistics.mean(v - p for p, v in pairs)
+    rows.append(["paired difference", "", f"{paired:+.4f}"])
+    for row in rows:
+        print(" | ".join(row))
+    return records.publish(
+        "pool_before_norm",
+        args,
+        records.record(
+            "speed-tier",
+            "cnn94 with each max pool before its BatchNorm: speed and validation accuracy (final weights)",
+            {
+                "step_ratio": step["ratio"],
+                "epoch_ratio": epoch,
+                "precision": precision,
+                "validation": {"cnn94": columns[0], NAME: columns[1]},
+                "paired_difference": paired,
+            },
+            ["", "cnn94 validation", "pool-before-BN validation"],
+            rows,
+            rounds={"step": step["rounds"]},
+        ),
+    )
 
 
 if __name__ == "__main__":

@@ -6,16 +6,17 @@ label smoothing, precision as training chooses it), self CPU time summed by kind
 
 from __future__ import annotations
 
-import argparse
 import collections
 import math
 
+import fmnist  # noqa: F401  (first: it sets how OpenMP threads wait, before torch loads)
+
+# isort: split
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-import fmnist  # noqa: F401  (first: it sets how OpenMP threads wait, before torch loads)
-from fmnist.core import machine, threads
 from fmnist.data import fashion
+from fmnist.results import records
 from fmnist.training import checkpoint, configs, loop
 
 KINDS = [  # (kind, substrings of operator names), first match wins
@@ -35,16 +36,15 @@ def kind_of(name: str) -> str:
     return next((kind for kind, keys in KINDS if any(key in lowered for key in keys)), "other")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> dict:
+    parser = records.benchmark_parser(__doc__, rounds=1)
     parser.add_argument("--model", default="cnn94")
     parser.add_argument("--precision", default="auto", choices=configs.PRECISIONS)
     parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--top", type=int, default=0, help="also list the N operators taking the most self time")
-    args = parser.parse_args()
-    machine.set_cpu_modes()
-    threads.use(args.threads)
+    args = parser.parse_args(argv)
+    args.steps = 2 if args.quick else args.steps
+    threads = records.start(args)
     cpu = torch.device("cpu")
     precision = loop.choose_precision(args.precision, args.model, cpu)
     config = configs.TrainConfig.for_model(args.model, precision=precision)
@@ -64,16 +64,32 @@ def main() -> None:
         totals[kind_of(event.key)] += event.self_cpu_time_total
     whole = sum(totals.values())
     print(
-        f"{args.model} in {precision}, batch {config.batch_size}, {args.threads} threads: "
+        f"{args.model} in {precision}, batch {config.batch_size}, {threads} threads: "
         f"{whole / 1000 / args.steps:.2f} ms of operators per step"
     )
     for kind, micros in totals.most_common():
         print(f"  {kind:18s} {micros / 1000 / args.steps:7.2f} ms/step  {micros / whole:6.1%}")
+    rows = [
+        [kind, f"{micros / 1000 / args.steps:.2f}", f"{micros / whole:.1%}"] for kind, micros in totals.most_common()
+    ]
     for event in sorted(trace.key_averages(), key=lambda e: -e.self_cpu_time_total)[: args.top]:
         print(
             f"    {event.key[:44]:44s} {event.self_cpu_time_total / 1000 / args.steps:7.3f} ms/step "
             f"{event.count / args.steps:5.1f} calls/step"
         )
+
+    figures = {"ms_per_step": whole / 1000 / args.steps, **{kind: micros / whole for kind, micros in totals.items()}}
+    return records.publish(
+        "profile_step",
+        args,
+        records.record(
+            "speed",
+            f"Where {args.model}'s step goes ({precision}, batch {config.batch_size})",
+            figures,
+            ["kind of operator", "ms per step", "share"],
+            rows,
+        ),
+    )
 
 
 if __name__ == "__main__":

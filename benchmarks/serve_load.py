@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
-import json
 import socket
 import subprocess
 import sys
@@ -23,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import PIL.Image
+
+from fmnist.results import records
 
 
 def free_port() -> int:
@@ -160,42 +161,44 @@ async def main_async(args) -> dict:
         server.wait(timeout=60)
 
 
-def table(rows: list[dict]) -> str:
-    lines = [
-        "| concurrent | requests | 200 | other statuses | served/s | p50 ms | p99 ms |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        other = ", ".join(f"{k}: {v}" for k, v in sorted(r["statuses"].items()) if k != 200) or "–"
-        fmt = lambda v: "–" if v is None else f"{v:.0f}"  # noqa: E731
-        lines.append(
-            f"| {r['concurrency']} | {r['requests']} | {r['ok']} | {other} | {r['ok_per_second']:.0f} | "
-            f"{fmt(r['p50_ms'])} | {fmt(r['p99_ms'])} |"
-        )
-    return "\n".join(lines)
+def row(r: dict, half_open: int) -> list:
+    other = ", ".join(f"{k}: {v}" for k, v in sorted(r["statuses"].items()) if k != 200) or "–"
+    shown = ["–" if r[key] is None else f"{r[key]:.0f}" for key in ("p50_ms", "p99_ms")]
+    return [half_open, r["concurrency"], r["requests"], r["ok"], other, f"{r['ok_per_second']:.0f}", *shown]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> dict:
+    parser = records.benchmark_parser(__doc__, rounds=1)
     parser.add_argument("run", type=Path)
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 10, 50, 200, 1000])
     parser.add_argument("--half-open", type=int, default=1000)
     parser.add_argument("--requests", type=int, default=2000, help="requests per level (at least its concurrency)")
     parser.add_argument("--deadline", type=float, default=120.0, help="seconds per level at most")
     parser.add_argument("--server-args", nargs=argparse.REMAINDER, default=[], help="passed to fmnist serve")
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.levels, args.half_open, args.requests = [1, 4], 4, 8
     report = asyncio.run(main_async(args))
-    if args.json:
-        print(json.dumps(report, indent=1))
-        return
-    print(table(report["levels"]))
-    print(f"\nwith {report['half_open_held']} half-open connections held:")
-    print(table(report["half_open_levels"]))
+    rows = [row(r, 0) for r in report["levels"]] + [
+        row(r, report["half_open_held"]) for r in report["half_open_levels"]
+    ]
+    for line in rows:
+        print(" | ".join(map(str, line)))
     print(
-        f"\nserver alive: {report['server_alive']}; peak RSS {report['peak_rss_mb']:.0f} MB; RSS "
+        f"server alive: {report['server_alive']}; peak RSS {report['peak_rss_mb']:.0f} MB; RSS "
         f"{report['rss_before_half_open_mb']:.0f} MB before the half-open connections, "
         f"{report['rss_with_half_open_mb']:.0f} MB with them"
+    )
+    return records.publish(
+        "serve_load",
+        args,
+        records.record(
+            "serving",
+            "fmnist serve under load on loopback: one image per connection, then with half-open connections held",
+            report,
+            ["half-open held", "concurrent", "requests", "200", "other statuses", "served/s", "p50 ms", "p99 ms"],
+            rows,
+        ),
     )
 
 

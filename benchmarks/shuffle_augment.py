@@ -7,44 +7,56 @@
 
 from __future__ import annotations
 
-import argparse
-import statistics
-import time
+import fmnist
 
+# isort: split
 import torch
 
-import fmnist  # noqa: F401  (first: it sets how OpenMP threads wait, before torch loads)
-from fmnist import api
-from fmnist.core import machine, threads
 from fmnist.nets import inference
+from fmnist.results import records
 from fmnist.training import configs, recipe
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=9)
-    args = parser.parse_args()
-    machine.set_cpu_modes()
-    threads.use(None)
-    images = inference.to_tensor(api.load_data(show_progress=False).train_images, torch.device("cpu"))
+def main(argv: list[str] | None = None) -> dict:
+    args = records.benchmark_parser(__doc__, rounds=9).parse_args(argv)
+    threads = records.start(args)
+    images = fmnist.load_data(show_progress=False).train_images[: 2_000 if args.quick else None]
+    images = inference.to_tensor(images, torch.device("cpu"))
     config = configs.Recipe.for_model("cnn94")
-    forms = {
-        "plain": lambda order, g: recipe.augment(images[order], g, config.flip, config.shift),
-        "one pass": lambda order, g: recipe.shuffled_augmented(images, order, g, config.flip, config.shift),
-    }
-    seconds = {name: [] for name in forms}
-    for round_ in range(args.rounds + 1):  # the first round warms up (and compiles)
-        order = torch.randperm(len(images))
-        outputs = []
-        for name, form in forms.items():
-            start = time.perf_counter()
-            outputs.append(form(order, torch.Generator().manual_seed(round_)))
-            seconds[name].append(time.perf_counter() - start)
-        assert torch.equal(*outputs), "the two forms differ"
-    plain, fused = (statistics.median(values[1:]) * 1e3 for values in seconds.values())
+    order, outputs = torch.randperm(len(images)), {}
+
+    def form(name, augment):
+        def run():  # the same draws for both forms: their outputs must be equal
+            outputs[name] = augment(order, torch.Generator().manual_seed(0))
+
+        return run
+
+    samples = records.interleaved(
+        {
+            "plain": form("plain", lambda o, g: recipe.augment(images[o], g, config.flip, config.shift)),
+            "one pass": form(
+                "one pass", lambda o, g: recipe.shuffled_augmented(images, o, g, config.flip, config.shift)
+            ),
+        },
+        rounds=1 if args.quick else args.rounds,
+    )
+    assert torch.equal(outputs["plain"], outputs["one pass"]), "the two forms differ"
+    plain, fused = (1e3 * records.spread(samples[name])["median"] for name in samples)
     print(
-        f"{len(images)} images, {torch.get_num_threads()} threads: plain {plain:.0f} ms, one pass {fused:.0f} ms "
-        f"({plain / fused:.1f}x)"
+        f"{len(images)} images, {threads} threads: plain {plain:.0f} ms, one pass {fused:.0f} ms ({plain / fused:.1f}x)"
+    )
+    figures = {"images": len(images), "plain_ms": plain, "one_pass_ms": fused, "speedup": plain / fused}
+    return records.publish(
+        "shuffle_augment",
+        args,
+        records.record(
+            "speed",
+            "An epoch's shuffle and augmentation: one pass against the plain form",
+            figures,
+            ["form", "ms per epoch (median)"],
+            [["plain", f"{plain:.0f}"], ["one pass", f"{fused:.0f}"]],
+            rounds=samples,
+        ),
     )
 
 

@@ -11,17 +11,15 @@ BatchNorm block holds them).
 
 from __future__ import annotations
 
-import argparse
-import statistics
+import fmnist  # noqa: F401  (first: it sets how OpenMP threads wait, before torch loads)
 
+# isort: split
 import torch
 from torch import nn
 
-import fmnist  # noqa: F401  (first: it sets how OpenMP threads wait, before torch loads)
-from fmnist.core import machine, threads
 from fmnist.data import fashion
 from fmnist.nets import fastcnn
-from fmnist.results import bench
+from fmnist.results import bench, records
 from fmnist.training import configs, loop, recipe, registry
 
 NAME = "cnn94"
@@ -50,36 +48,50 @@ def recipe_step(convolutions: tuple[int, ...], x: torch.Tensor, y: torch.Tensor,
     return bench.step_function(network, recipe.optimizer_for(network, config), x, y, precision, config.label_smoothing)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=9, help="interleaved rounds")
-    parser.add_argument("--steps", type=int, default=25, help="steps per timing")
-    args = parser.parse_args()
-    machine.set_cpu_modes()
-    threads.use(2)
+def main(argv: list[str] | None = None) -> dict:
+    parser = records.benchmark_parser(__doc__, rounds=9)
+    parser.add_argument("--steps", type=int, default=25, help="steps per timing (default: %(default)s)")
+    args = parser.parse_args(argv)
+    records.start(args)
     torch.manual_seed(0)
     cpu = torch.device("cpu")
     precision = loop.choose_precision("auto", NAME, cpu)
-    x = torch.rand(128, fashion.IMAGE_SIZE, fashion.IMAGE_SIZE, 1)
-    y = torch.randint(0, fashion.NUM_CLASSES, (128,))
+    batch = 16 if args.quick else 128
+    x = torch.rand(batch, fashion.IMAGE_SIZE, fashion.IMAGE_SIZE, 1)
+    y = torch.randint(0, fashion.NUM_CLASSES, (batch,))
     steps = {
         NAME: recipe_step((), x, y, precision),
-        **{f"without BatchNorm after conv {', '.join(map(str, v))}": recipe_step(v, x, y, precision) for v in VARIANTS},
-        bench.FLOOR: bench.floor_step(NAME, 128, cpu, precision),
+        **{
+            f"without BatchNorm after conv {', '.join(map(str, v))}": recipe_step(v, x, y, precision)
+            for v in VARIANTS[: 1 if args.quick else None]
+        },
+        bench.FLOOR: bench.floor_step(NAME, batch, cpu, precision),
     }
-    for step in steps.values():
-        bench.time_steps(step, 5, cpu)  # warm-up
-    samples = {key: [] for key in steps}
-    for _ in range(args.rounds):
-        for key, step in steps.items():
-            samples[key].append(bench.time_steps(step, args.steps, cpu) * 1e3)
-    ms = {key: statistics.median(values) for key, values in samples.items()}
-    print(f"{precision}, batch 128, median of {args.rounds} interleaved rounds of {args.steps} steps")
-    for key, value in ms.items():
-        print(
-            f"{key:40s} {value:6.2f} ms  {value / ms[bench.FLOOR]:.2f}x the floor  "
-            f"{ms[NAME] / value:.3f}x as fast as {NAME}"
-        )
+    samples = records.interleaved(
+        steps,
+        rounds=1 if args.quick else args.rounds,
+        calls=1 if args.quick else args.steps,
+        warmup=1 if args.quick else 5,
+    )
+    ms = {key: 1e3 * records.spread(values)["median"] for key, values in samples.items()}
+    print(f"{precision}, batch {batch}, median of interleaved rounds of {args.steps} steps")
+    rows = [
+        [key, f"{value:.2f}", f"{value / ms[bench.FLOOR]:.2f}x", f"{ms[NAME] / value:.3f}x"]
+        for key, value in ms.items()
+    ]
+    print("\n".join(" | ".join(row) for row in rows))
+    return records.publish(
+        "step_without_norm",
+        args,
+        records.record(
+            "speed",
+            f"What bounds {NAME}'s step besides BatchNorm ({precision}, batch {batch})",
+            ms,
+            ["step", "ms", "x the floor", f"x as fast as {NAME}"],
+            rows,
+            rounds=samples,
+        ),
+    )
 
 
 if __name__ == "__main__":

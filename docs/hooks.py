@@ -122,7 +122,7 @@ def render_record(path: Path, record: dict) -> list[str]:
         lines += [f"| {cell(key)} | {cell(value)} |" for key, value in record["figures"].items()] + [""]
     lines += [f"- {note}" for note in record.get("notes") or []]
     source = record.get("source") or "measured"
-    lines += ["" if record.get("notes") else "", f"Record: `{path.relative_to(ROOT)}` ({source}).", ""]
+    lines += ["", f"Record: `{path.relative_to(ROOT)}` ({source}).", ""]
     return lines
 
 
@@ -302,7 +302,30 @@ def block_published() -> str:
     return "\n".join(lines)
 
 
+def block_benchmarks() -> str:
+    """Each script's first sentence, and the page its records belong to (the subject its record() call names)."""
+    import ast
+
+    lines = ["| script | what it measures | results page |", "|---|---|---|"]
+    for path in sorted((ROOT / "benchmarks").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        doc = " ".join((ast.get_docstring(tree) or "").split())
+        first = doc.split(". ")[0].rstrip(".") + "."
+        subjects = {
+            node.args[0].value
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Call)
+            and ast.unparse(node.func) == "records.record"
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+        }
+        pages = ", ".join(f"[{SUBJECTS[subject][0]}](results/{subject}.md)" for subject in sorted(subjects))
+        lines.append(f"| `{path.name}` | {first} | {pages or '–'} |")
+    return "\n".join(lines)
+
+
 BLOCKS = {
+    "benchmarks": block_benchmarks,
     "models": block_models,
     "layers": block_layers,
     "run-directory": block_run_directory,

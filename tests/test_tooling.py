@@ -1,5 +1,5 @@
 """The tools every contributor runs, as the suite runs them: ruff (lint and format) and mypy, configured in
-pyproject.toml, on the package, its tests and benchmarks (mypy: the package)."""
+pyproject.toml, on the package, its tests, benchmarks and the docs hook (mypy: the package)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-CHECKED = ["src", "tests", "benchmarks"]
+CHECKED = ["src", "tests", "benchmarks", "docs/hooks.py"]
 
 
 def tool(name: str) -> str:

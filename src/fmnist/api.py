@@ -31,7 +31,9 @@ from fmnist.training.configs import Recipe, Runtime, TrainConfig
 CLASS_NAMES = fashion.CLASS_NAMES
 PUBLISHED = seed_report.PUBLISHED  # the original report's figures
 DEFAULT_MODEL = Recipe().model  # the report's
-OUT = {command: f"runs/{command}" for command in ("data", "train", "reproduce", "sweep", "keras")}  # default outputs
+OUT = {
+    command: f"runs/{command}" for command in ("data", "train", "reproduce", "sweep", "keras", "bench")
+}  # default outputs
 WEIGHTS = {"final": runs.WEIGHTS, "best": runs.BEST_WEIGHTS}
 __all__ = [
     "CLASS_NAMES",
@@ -372,14 +374,24 @@ def bench(
     threads: int | None = None,
     batch_size: int | None = None,
     precision: str = "auto",
+    out: str | Path | None = None,
 ) -> dict:
     """`fmnist bench`: the model's training step against plain eager PyTorch and against its floor (its
-    convolutions and matrix products alone), interleaved; one epoch; evaluation images/s (results/bench.py)."""
+    convolutions and matrix products alone), interleaved; one epoch; evaluation images/s (results/bench.py).
+    With `out` (a directory), its record is written there as MODEL.json and named in the result's "record"."""
     from fmnist.results import bench as timing
 
     try:
-        return timing.run(
+        result = timing.run(
             quick=quick, device=device, threads=threads, batch_size=batch_size, precision=precision, name=model
         )
     except ValueError as exc:
         raise errors.InputError(str(exc)) from None
+    if out is not None:
+        given = {"--threads": threads, "--batch-size": batch_size, "--device": device, "--precision": precision}
+        command = " ".join(
+            ["fmnist bench", "--model", model, *(["--quick"] if quick else [])]
+            + [f"{flag} {value}" for flag, value in given.items() if value not in (None, "auto")]
+        )
+        result["record"] = str(timing.write_record(result, Path(out) / f"{model}.json", command))
+    return result

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import subprocess
 import sys
 
@@ -11,15 +12,15 @@ import pytest
 import torch
 
 from fmnist.nets import architectures, fastcnn, seedcnn
-from fmnist.results import bench
+from fmnist.results import bench, records
 from fmnist.training import registry
 from tests.helpers import run_cli
 
 
 @pytest.mark.slow
-def test_bench_quick_runs_and_reports_ratios():
+def test_bench_quick_runs_and_reports_ratios(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "fmnist", "bench", "--quick", "--threads", "2", "--json"],
+        [sys.executable, "-m", "fmnist", "bench", "--quick", "--threads", "2", "--json", "--out", tmp_path],
         capture_output=True,
         text=True,
         timeout=240,
@@ -37,15 +38,23 @@ def test_bench_quick_runs_and_reports_ratios():
     assert report["machine"]["threads"] == 2 and report["machine"]["torch"] == torch.__version__
 
 
-def test_bench_table_output(capsys):
-    code, out, err = run_cli(capsys, "bench", "--quick", "--threads", 2)
+def test_bench_table_output_and_record(capsys, tmp_path):
+    code, out, err = run_cli(capsys, "bench", "--quick", "--threads", 2, "--out", tmp_path)
     assert code == 0, err
     assert "ms/step" in out and "plain eager PyTorch" in out and "images/s" in out
     assert "matrix products alone" in out
+    path = tmp_path / f"{registry.DEFAULT}.json"
+    assert f"record: {path}" in out
+    record = records.check(json.loads(path.read_text()))  # what the results pages would read
+    assert record["command"] == f"fmnist bench --model {registry.DEFAULT} --quick --threads 2" and record["notes"]
+    assert [row[0] for row in record["rows"][:-1]] == list(record["figures"]["step_seconds"])
+    assert record["machine"]["cores"] == os.cpu_count()
 
 
-def test_bench_of_another_model_in_process(capsys):
-    code, out, _ = run_cli(capsys, "bench", "--quick", "--threads", "2", "--model", "fast-cnn", "--json")
+def test_bench_of_another_model_in_process(capsys, tmp_path):
+    code, out, _ = run_cli(
+        capsys, "bench", "--quick", "--threads", "2", "--model", "fast-cnn", "--json", "--out", tmp_path
+    )
     report = json.loads(out)
     assert code == 0 and report["model"] == "fast-cnn"
     assert set(report["step_seconds"]) == {"fmnist", "plain eager PyTorch"} and report["floor_seconds"] > 0

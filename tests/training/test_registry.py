@@ -16,10 +16,13 @@ import pytest
 import torch
 
 from fmnist import api, runs
+from fmnist.cli import flags as cli_flags
+from fmnist.cli.main import HANDLERS
 from fmnist.core import errors
 from fmnist.data import fashion
 from fmnist.interop import to_onnx
 from fmnist.nets import architectures, inference
+from fmnist.results import records
 from fmnist.serving import server
 from fmnist.studies import seeds as seeds_study
 from fmnist.training import configs, loop, registry
@@ -108,6 +111,17 @@ def test_reproduce_compares_models_in_one_table(tmp_path, capsys):
         assert table[2 + list(rows).index(name)].endswith(f" | {rates} |")  # fp32 / bf16
         assert rows[name]["mflops"] == pytest.approx(architectures.mflops_per_image(registry.get(name).build(0.0)))
     assert "comparison.md" in stdout and "![accuracy against training time](frontier.png)" in "\n".join(table)
+    record = records.check(json.loads((out / "record.json").read_text()))  # the study as a record
+    assert [row[:2] for row in record["rows"]] == [["seed-cnn", 1], ["fast-cnn", 1]]
+    assert record["rows"][1][2] == f"{rows['fast-cnn']['summary']['stats']['test_accuracy']['mean']:.4f}"
+    again = cli_flags.build_parser(HANDLERS).parse_args(record["command"].split()[1:])  # the command runs it again
+    assert (again.model, again.seeds, again.target, again.epochs, again.limit) == (
+        ["seed-cnn", "fast-cnn"],
+        1,
+        [0.5],
+        1,
+        1200,
+    )
     assert (out / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = (out / "comparison.html").read_text()
     assert "data:image/png;base64," in page and "seed-cnn" in page and "fast-cnn" in page

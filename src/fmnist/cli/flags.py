@@ -269,6 +269,7 @@ def add_bench(p) -> None:
     add_setting(p, "threads")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
     p.add_argument("--batch-size", type=int, help="batch size (default: the model's recipe)")
+    p.add_argument("--out", default=api.OUT["bench"], help="the record goes here, as MODEL.json (default: %(default)s)")
     p.add_argument(
         "--precision",
         choices=SETTINGS["precision"].metadata["choices"],

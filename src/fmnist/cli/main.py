@@ -205,7 +205,7 @@ def cmd_sweep(args) -> int:
 
 def cmd_bench(args) -> int:
     with console.status("timing training steps, an epoch and evaluation"):
-        result = api.bench(args.model, args.quick, args.device, args.threads, args.batch_size, args.precision)
+        result = api.bench(args.model, args.quick, args.device, args.threads, args.batch_size, args.precision, args.out)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -240,6 +240,7 @@ def cmd_bench(args) -> int:
             f"{rate:,.0f} images/s in {precision}" for precision, rate in result["eval_images_per_second"].items()
         )
     )
+    console.print(f"record: {result['record']}")
     return 0
 
 

@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import statistics
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -20,6 +21,7 @@ from torch import nn
 from fmnist.core import machine
 from fmnist.data import fashion
 from fmnist.nets import architectures, inference
+from fmnist.results import records
 from fmnist.training import checkpoint, configs, loop, recipe, registry
 
 
@@ -255,3 +257,19 @@ def run(
         "epoch_images": num_train,
         "eval_images_per_second": evaluation_throughputs(name, num_eval, target),
     }
+
+
+def write_record(result: dict, path: Path, command: str) -> Path:
+    """`fmnist bench`'s result as a record (results/records.py): its table is the step's, ratios to plain
+    eager PyTorch; the epoch, validation and evaluation figures ride along in `figures`."""
+    steps, batch = result["step_seconds"], result["batch_size"]
+    baseline = steps["plain eager PyTorch"]
+    rows = [[name, f"{1000 * seconds:.2f}", f"{baseline / seconds:.2f}x"] for name, seconds in steps.items()]
+    rows.append(["floor (convolutions and matrix products alone)", f"{1000 * result['floor_seconds']:.2f}", ""])
+    figures = {key: value for key, value in result.items() if key != "machine"}
+    notes = ["--quick: a check that it runs, not a measurement"] if result["quick"] else []
+    title = f"{result['model']}'s training step, batch {batch}, {result['precision']}: fmnist against eager PyTorch"
+    value = records.record(
+        "speed", title, figures, ["implementation", "ms/step", "speed-up"], rows, command=command, notes=notes
+    )
+    return records.write(path, value)

@@ -12,6 +12,7 @@ bench` and every benchmark, each variant timed round by round, so that a host's 
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import os
 import platform
@@ -201,3 +202,36 @@ def interleaved(
 def spread(samples: list[float]) -> dict:
     """The median of `samples` and their range (what a published timing states beside its median)."""
     return {"median": statistics.median(samples), "min": min(samples), "max": max(samples), "rounds": len(samples)}
+
+
+# ---------------------------------------------------------------------------------------------
+# A benchmark's command line: the same flags everywhere, the machine set up once, the record written
+def benchmark_parser(doc: str | None, rounds: int) -> argparse.ArgumentParser:
+    """The flags every benchmark takes (more may be added): --rounds, --threads, --quick, --out."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=rounds, help="interleaved rounds (default: %(default)s)")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: the CPUs this process may use)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="the smallest run that goes through everything: a "
+        "check that the benchmark runs (the test suite's), not a measurement",
+    )
+    parser.add_argument("--out", type=Path, help="where the record goes (default: runs/bench/NAME.json)")
+    return parser
+
+
+def start(args: argparse.Namespace) -> int:
+    """The machine set up as training sets it (core/machine.set_up); the thread count."""
+    from fmnist.core import machine as host
+
+    return host.set_up(args.threads)
+
+
+def publish(name: str, args: argparse.Namespace, value: dict) -> dict:
+    """Write the record (args.out, else runs/bench/NAME.json), say where, and return it."""
+    if args.quick:
+        value["notes"] = [*value.get("notes", []), "--quick: a check that the benchmark runs, not a measurement"]
+    path = write(args.out or Path("runs") / "bench" / f"{name}.json", value)
+    print(f"record: {path}")
+    return value

@@ -5,12 +5,13 @@ Ray; a summary over seeds per model (summary.md, summary.json) and, with several
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from fmnist import runs
 from fmnist.core import errors, files, progress
-from fmnist.results import compare, evaluate, report
+from fmnist.results import compare, evaluate, records, report
 from fmnist.training import watch
 from fmnist.training.configs import TrainConfig
 
@@ -80,7 +81,50 @@ def reproduce(study: Plan, out: Path, show_progress: bool = True, on_seed: OnSee
         files.write_text(model_out / "summary.md", report.summary_markdown(summaries[name]))
     if len(study.models) > 1:
         compare.write_comparison(summaries, curves, out, next(iter(study.configs.values())).device)
+    records.write(out / "record.json", study_record(study, summaries))
     return summaries
+
+
+SUBJECTS = {"seed-cnn": "report", "fast-cnn": "speed-tier", "cnn94": "speed-tier"}  # else the accuracy tier's
+
+
+def study_record(study: Plan, summaries: dict) -> dict:
+    """The study as a record (results/records.py): per model, test accuracy and training seconds over seeds,
+    final weights; the per-seed figures behind them."""
+    rows = []
+    for name, summary in summaries.items():
+        accuracy, seconds = summary["stats"]["test_accuracy"], summary["stats"]["seconds"]
+        spread = [
+            f"{stat['mean']:.{digits}f}" + ("" if math.isnan(stat["std"]) else f" ± {stat['std']:.{digits}f}")
+            for stat, digits in ((accuracy, 4), (seconds, 0))
+        ]
+        rows.append([name, len(summary["seeds"]), *spread])
+    first = study.models[0]
+    return records.record(
+        SUBJECTS.get(first, "accuracy-tier") if len(study.models) == 1 else "accuracy-tier",
+        f"{', '.join(study.models)}: test accuracy (final weights) and training time over seeds",
+        {name: {"stats": s["stats"], "seeds": s["seeds"]} for name, s in summaries.items()},
+        ["model", "seeds", "test accuracy", "training seconds"],
+        rows,
+        command=command_of(study),
+    )
+
+
+def command_of(study: Plan) -> str:
+    """The `fmnist reproduce` command line that runs this study (settings that differ from the first model's
+    recipe and fmnist's runtime defaults as flags)."""
+    configs = study.seed_configs(study.models[0])
+    seeds = sorted(config.seed for config in configs)
+    default = dataclasses.asdict(TrainConfig.for_model(study.models[0], seed=seeds[0]))
+    words = ["fmnist reproduce", *(f"--model {name}" for name in study.models), f"--seeds {len(seeds)}"]
+    words += [f"--seed {seeds[0]}"] if seeds[0] else []
+    words += [f"--target {target}" for target in study.targets if target not in report.TIME_TO]
+    for name, value in dataclasses.asdict(configs[0]).items():
+        flag = "--" + name.replace("_", "-")
+        if value != default[name]:
+            words.append(flag if value is True else f"--no-{flag[2:]}" if value is False else f"{flag} {value}")
+    words += [f"--workers {study.workers}"] if study.workers else []
+    return " ".join(words)
 
 
 def reproduce_model(study: Plan, name: str, out: Path, show_progress: bool, on_seed: OnSeed | None):
