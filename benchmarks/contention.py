@@ -5,7 +5,10 @@
 Scenarios, each in fresh processes (OpenMP reads its settings when it loads): quiet; beside one busy
 process (a Python busy loop); two fmnist processes at once. Reported: the median ms per training step
 (the model's recipe: its batch, optimizer and the precision training chooses) and evaluation images/s,
-each as a ratio to quiet. Each --variant runs every scenario again with those variables set (e.g.
+each as a ratio to quiet. Then a real training (`loop.fit`, the model's recipe, a few short epochs) with a
+busy process started as its first epoch ends, so after fmnist chose how to wait: ms per step from epoch 3
+on (epoch 2 may have begun before the load), quiet, following the load (the default), and with --threads
+fixed (the count never changes). Each --variant runs every scenario again with those variables set (e.g.
 "GOMP_SPINCOUNT=300000", libgomp's own default), interleaved, so settings are compared in one sitting.
 With --serve RUN: p99 latency of 50 concurrent single-image requests to `fmnist serve RUN`, quiet and
 with a training beside it.
@@ -52,6 +55,66 @@ def worker(threads: int, model: str, quick: bool) -> dict:
     step_ms = statistics.median(1000 * bench.time_steps(step, steps, cpu) for _ in range(chunks))
     images = statistics.median(bench.evaluation_throughput(model, images, cpu) for _ in range(times))
     return {"step_ms": step_ms, "eval_images_per_s": images}
+
+
+MID_RUN = {
+    "quiet": "training, quiet",
+    "following": "busy process started during training (threads follow)",
+    "fixed": "busy process started during training, --threads fixed",
+}
+
+
+def training_worker(model: str, scene: str, quick: bool) -> dict:
+    """One real training in this process, a busy process started as its first epoch ends (unless quiet):
+    ms per step of each epoch and the threads each trained on."""
+    from fmnist.core import threads as cpu_threads
+    from fmnist.training import configs
+
+    spinners: list[subprocess.Popen] = []
+
+    def on_epoch(row: dict) -> None:
+        if scene != "quiet" and row["epoch"] == 1:
+            spinners.append(subprocess.Popen([sys.executable, "-c", "while True: pass"]))
+
+    epochs, limit = (3, 1200) if quick else (6, 12_000)
+    fixed = cpu_threads.available_cpus()[0] if scene == "fixed" else None
+    config = configs.TrainConfig.for_model(model, epochs=epochs, limit=limit, seed=0, threads=fixed)
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            history = loop.fit(config, f"{folder}/run", on_epoch=on_epoch)
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+    return {
+        "step_ms": [1000 * row["train_seconds"] / row["steps"] for row in history],
+        "threads": [row["threads"] for row in history],
+    }
+
+
+def mid_run(args) -> tuple[list[list], dict]:
+    """The three trainings, interleaved round by round; ms/step from epoch 3 on, as a ratio to quiet."""
+    results: dict[str, list[dict]] = {scene: [] for scene in MID_RUN}
+    for _ in range(args.rounds):
+        for scene in MID_RUN:
+            if args.quick:
+                results[scene].append(training_worker(args.model, scene, quick=True))
+                continue
+            command = [sys.executable, __file__, "--worker", "--scene", scene, "--model", args.model]
+            done = subprocess.run(command, capture_output=True, text=True, check=True)
+            results[scene].append(json.loads(done.stdout.strip().splitlines()[-1]))
+    after = {
+        scene: statistics.median(ms for run in runs for ms in run["step_ms"][2:]) for scene, runs in results.items()
+    }
+    rows = []
+    for scene, label in MID_RUN.items():
+        threads = " ".join(map(str, results[scene][0]["threads"]))
+        ratio = after[scene] / after["quiet"]
+        rows.append(
+            [args.model, f"{label}; threads by epoch {threads}", f"{after[scene]:.2f}", f"{ratio:.2f}", "–", "–"]
+        )
+        print(" | ".join(rows[-1]), flush=True)
+    return rows, {scene: {"step_ms_from_epoch_3": after[scene], "runs": results[scene]} for scene in MID_RUN}
 
 
 def measure(env: dict, args, together: int = 1, busy: bool = False) -> list[dict]:
@@ -192,6 +255,7 @@ def serve_beside_training(run_dir: str, threads: int) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     parser = records.benchmark_parser(__doc__, rounds=3)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--scene", choices=list(MID_RUN), help=argparse.SUPPRESS)
     parser.add_argument(
         "--variant",
         action="append",
@@ -204,12 +268,19 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     args.threads = args.threads or 0  # 0: fmnist's choice, in each worker
     if args.worker:
-        print(json.dumps(worker(args.threads, args.model, args.quick)), flush=True)
+        measured = (
+            training_worker(args.model, args.scene, args.quick)
+            if args.scene
+            else worker(args.threads, args.model, args.quick)
+        )
+        print(json.dumps(measured), flush=True)
         return {}
     args.rounds = 1 if args.quick else args.rounds
     variants = {"fmnist's defaults": {}}
     variants.update({text: dict(pair.split("=", 1) for pair in text.split()) for text in args.variant})
     rows, figures = scenarios(variants, args)
+    during, figures["during_training"] = mid_run(args)
+    rows += during
     if args.serve:
         figures["serve"] = serve_beside_training(args.serve, args.threads)
     return records.publish(

@@ -213,9 +213,9 @@ def block_models() -> str:
     lines = ["| model | parameters | MFLOPs/image | recipe | network |", "|---|---|---|---|---|"]
     for row in api.models():
         name = f"**{row['name']}** (default)" if row["default"] else f"**{row['name']}**"
-        lines.append(
-            f"| {name} | {row['parameters']:,} | {row['mflops']:.2f} | {row['recipe']} | {row['description']} |"
-        )
+        fp32 = ", ".join(f"{key.replace('_', '-')} {value}" for key, value in row["fp32"].items())
+        recipe = row["recipe"] + (f"; in fp32 (no native bf16): {fp32}" if fp32 else "")
+        lines.append(f"| {name} | {row['parameters']:,} | {row['mflops']:.2f} | {recipe} | {row['description']} |")
     return "\n".join(lines)
 
 

@@ -119,6 +119,8 @@ def models() -> list[dict]:
                 "mflops": architectures.mflops_per_image(network),
                 "description": spec.description,
                 "recipe": spec.recipe.describe(),
+                "fp32": spec.fp32,  # where it trains in fp32 (no native bf16), these settings replace the recipe's
+                "recipe_here": registry.recipe_for(name),
             }
         )
     return rows

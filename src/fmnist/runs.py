@@ -5,7 +5,8 @@
       history.json           one entry per finished epoch: loss, accuracy, val_loss, val_accuracy, seconds,
                              elapsed (cumulative seconds of training and validation, across resumes); val_*
                              through the model's TTA (config validate_tta "last": only the last epoch's);
-                             null where nothing was held out (config validation_fraction 0)
+                             null where nothing was held out (config validation_fraction 0); threads (the
+                             count the epoch trained on: without --threads it follows the machine's load)
       model.safetensors      final weights; header metadata: architecture, class names, preprocessing,
                              tta ("flip": predictions average each image and its mirror; absent: none),
                              tta_shift (N: and both moved diagonally by ±N pixels; absent: 0)

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import warnings
 
+import PIL.Image
 import pytest
+import torch
 
 from fmnist.core import machine
+from tests.helpers import run_cli
 
 # Three 8 MiB arrays made and freed, five times: more freed at once than glibc's adaptive trim threshold
 # (twice the largest block freed so far) keeps, so by default the heap's top goes back to the kernel each
@@ -45,3 +49,27 @@ def test_an_instruction_set_cap_takes_its_flags_away():
     assert ("avx2" in capped) == ("avx2" in flags)
     assert not set(machine.NATIVE_BF16_FLAGS) & machine.cpu_flags({"ONEDNN_MAX_CPU_ISA": "avx512_core"})
     assert machine.cpu_flags({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_AMX"}) == flags  # not a cap below this CPU
+
+
+def test_bf16_where_it_is_only_emulated_is_said_in_one_line():
+    cpu = torch.device("cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing said where bf16 is native or not asked for
+        assert machine.check_bf16("bf16", cpu, {"avx2", "avx512f", "avx512_bf16"})
+        assert machine.check_bf16("bf16", cpu, {"avx2", "amx_bf16"})
+        assert machine.check_bf16("fp32", cpu, {"avx2"})
+    with pytest.warns(UserWarning, match="no native bf16 .* use --precision fp32") as said:
+        assert not machine.check_bf16("bf16", cpu, {"avx2", "fma"})
+    assert len(said) == 1 and "\n" not in str(said[0].message)
+
+
+def test_the_cli_warns_of_emulated_bf16_in_one_line(trained_run, tmp_path, capsys, monkeypatch):
+    """predict (and evaluate and serve, which load the model the same way) on a CPU capped to AVX2."""
+    PIL.Image.new("L", (40, 50), 255).save(tmp_path / "white.png")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # as .ci/emulate-cpu avx2: no bf16 flags left
+    code, out, err = run_cli(capsys, "predict", trained_run, tmp_path / "white.png", "--precision", "bf16")
+    assert code == 0 and "white.png:" in out
+    assert err.startswith("warning: bf16 asked for, but this CPU has no native bf16") and err.count("\n") == 1
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    code, out, err = run_cli(capsys, "predict", trained_run, tmp_path / "white.png", "--precision", "fp32")
+    assert code == 0 and err == ""

@@ -61,9 +61,37 @@ def test_spin_is_short_where_others_threads_want_the_cpus(others, cpus, used, sp
 @pytest.mark.parametrize(
     "counts, others", [([1, 1, 1], 0), ([3, 2, 4], 2), ([2, 1, 2], 1), ([1, 5, 1], 0), ([5, 5, 5, 1, 1], 4)]
 )
-def test_others_running_is_the_median_read_less_this_thread(counts, others):
-    texts = iter(f"cpu  1 2 3 4\nctxt 99\nprocs_running {count}\nprocs_blocked 0\n" for count in counts)
-    assert threads.others_running(texts.__next__, reads=len(counts)) == others
+def test_others_running_is_the_median_read_less_this_process(counts, others):
+    for own in (1, 2):  # this thread; and an OpenMP thread of ours still spinning: not a neighbour either
+        texts = iter(f"cpu  1 2 3 4\nctxt 99\nprocs_running {count + own - 1}\nprocs_blocked 0\n" for count in counts)
+        assert threads.others_running(texts.__next__, reads=len(counts), own=own) == others
+
+
+def test_own_running_threads_from_the_task_states(tmp_path):
+    for task, state in ((1, "R"), (2, "S"), (3, "R"), (4, "D")):
+        (tmp_path / str(task)).mkdir()
+        (tmp_path / str(task) / "stat").write_text(f"{task} (a (name) with spaces) {state} 1 2 3\n")
+    assert threads.own_running(tmp_path) == 2
+    assert threads.own_running(tmp_path / "missing") == 1  # at least the thread asking
+    assert threads.own_running() >= 1  # this process, read for real
+
+
+@pytest.mark.parametrize(
+    "others, cpus, chosen, expected",
+    [(0, 2, 2, 2), (1, 2, 2, 1), (2, 2, 2, 1), (5, 2, 2, 1), (1, 4, 4, 3), (0, 4, 2, 2), (1, 4, 2, 2)],
+)
+def test_threads_beside_others_leave_their_cpus_alone(others, cpus, chosen, expected):
+    assert threads.threads_beside(others, cpus, chosen) == expected
+
+
+def test_following_the_load_sets_the_threads_and_gives_them_back(monkeypatch):
+    monkeypatch.setattr(threads, "available_cpus", lambda: (2, "2 CPUs (a test)"))
+    before = torch.get_num_threads()
+    try:
+        assert threads.follow_load(2, others=1) == 1 == torch.get_num_threads()  # a busy process arrived
+        assert threads.follow_load(2, others=0) == 2 == torch.get_num_threads()  # and went
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_others_running_sees_a_busy_process():

@@ -28,12 +28,16 @@ from fmnist.studies import seeds as seeds_study
 from fmnist.training import configs, loop, registry
 from tests.helpers import require_real_data, run_cli, running
 
+MACHINE_RECIPES = [(name, None) for name in registry.REGISTRY] + [
+    (name, "fp32") for name, spec in registry.REGISTRY.items() if spec.fp32
+]  # each model's recipe as this machine picks it, and the fp32 machines' where a model has its own for them
 
-@pytest.mark.parametrize("name", list(registry.REGISTRY))
-def test_every_model_through_the_whole_toolchain(tmp_path, real_dataset, name):
+
+@pytest.mark.parametrize("name, precision", MACHINE_RECIPES)
+def test_every_model_through_the_whole_toolchain(tmp_path, real_dataset, name, precision):
     """Train one tiny epoch, load, evaluate, predict, export to ONNX (onnxruntime parity), serve a request."""
     run_dir = tmp_path / "run"
-    loop.fit(configs.TrainConfig.for_model(name, epochs=1, limit=600, threads=2), run_dir)
+    loop.fit(configs.TrainConfig.for_model(name, epochs=1, limit=600, threads=2, precision=precision), run_dir)
     assert json.loads((run_dir / runs.CONFIG).read_text())["model"] == name
     assert runs.read_history(run_dir)[-1]["elapsed"] == runs.read_history(run_dir)[-1]["seconds"]  # one epoch
     network = inference.load_model(run_dir)
@@ -55,6 +59,38 @@ def test_every_model_through_the_whole_toolchain(tmp_path, real_dataset, name):
     with contextlib.contextmanager(running)(server.create_app(run_dir), log_level="warning") as url:
         reply = httpx.post(f"{url}/predict", content=image.getvalue(), headers={"Content-Type": "image/png"})
     assert reply.status_code == 200 and len(reply.json()["predictions"][0]["top"]) == 3
+
+
+@pytest.mark.parametrize(
+    "flags, precision, recipe",
+    [
+        ({"avx2", "fma"}, "auto", "fp32"),  # Zen 3, Haswell..Ice Lake clients: no native bf16
+        ({"avx2", "avx512f"}, "auto", "fp32"),  # Skylake-SP, Cascade Lake
+        ({"avx2", "avx512f", "avx512_bf16"}, "auto", "default"),  # Zen 4/5
+        ({"avx2", "avx512f", "amx_bf16", "amx_tile"}, "auto", "default"),  # Sapphire Rapids
+        ({"avx2", "avx512_bf16"}, "fp32", "fp32"),  # forced either way
+        ({"avx2"}, "bf16", "default"),
+    ],
+)
+def test_the_speed_tier_picks_the_recipe_for_the_machine(flags, precision, recipe):
+    chosen = configs.TrainConfig.for_model("cnn94", cpu_flags=flags, precision=precision, device="cpu")
+    assert registry.recipe_for("cnn94", precision, "cpu", cpu_flags=flags) == recipe
+    own = configs.TrainConfig(**{**configs.recipe_fields(registry.CNN94.recipe), "precision": precision})
+    expected = {**dataclasses.asdict(own), **(registry.CNN94.fp32 if recipe == "fp32" else {}), "device": "cpu"}
+    assert dataclasses.asdict(chosen) == expected
+    assert registry.CNN94.fp32 and registry.recipe_for("seed-cnn", precision, "cpu", cpu_flags=flags) == "default"
+    # a flag given wins over the machine's recipe
+    assert configs.TrainConfig.for_model("cnn94", cpu_flags=flags, validate_tta="every").validate_tta == "every"
+
+
+def test_a_run_records_the_recipe_its_machine_gave_it(tmp_path, real_dataset):
+    for precision, recipe in (("fp32", "fp32"), (None, registry.recipe_for("cnn94"))):
+        run_dir = tmp_path / f"run-{precision}"
+        loop.fit(configs.TrainConfig.for_model("cnn94", epochs=1, limit=300, threads=2, precision=precision), run_dir)
+        stored = json.loads((run_dir / runs.CONFIG).read_text())
+        assert stored["recipe_for"] == recipe and configs.load_config(run_dir).validate_tta == (
+            "last" if recipe == "fp32" else "every"
+        )
 
 
 @pytest.mark.slow

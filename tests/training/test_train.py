@@ -20,6 +20,7 @@ import torch
 
 from fmnist import runs
 from fmnist.core import errors, files
+from fmnist.core import threads as cpu_threads
 from fmnist.nets import inference, seedcnn
 from fmnist.training import configs, loop, recipe, registry
 from tests.helpers import assert_same_weights, require_real_data, run_cli
@@ -69,7 +70,8 @@ EVERY_SETTING = dict(
 @pytest.mark.parametrize(
     "name, settings",
     [(name, {"whiten_bias_epochs": 2} if name == "whitened-cnn" else {}) for name in registry.REGISTRY]
-    + [("fast-cnn", EVERY_SETTING)],
+    + [("fast-cnn", EVERY_SETTING)]
+    + [(name, {"precision": "fp32"}) for name, spec in registry.REGISTRY.items() if spec.fp32],  # fp32 machines'
 )
 def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, name, settings):
     """Every model's recipe: its augmentation draws, schedule, averaged weights and optimizer state continue
@@ -483,3 +485,27 @@ def test_oversized_run_files_are_refused_unread(tmp_path, trained_run):
     assert (run_dir / runs.CHECKPOINT).stat().st_size < 1_000_000
     with pytest.raises(errors.RunError, match="unpacks to 269,484,032 bytes, over the limit"):
         runs.load_checkpoint(run_dir / runs.CHECKPOINT)
+
+
+def test_threads_follow_load_that_arrives_and_leaves_unless_fixed(tmp_path, monkeypatch):
+    """A busy process starts after epoch 1 and ends after epoch 2 (the machine's readings injected, as the
+    spin chooser's are): epoch 2 trains on the one CPU left free, epoch 3 on both again. --threads fixes it."""
+    require_real_data()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(cpu_threads, "available_cpus", lambda: (2, "2 CPUs (a test)"))
+    readings = iter([0, 1, 0])
+    monkeypatch.setattr(cpu_threads, "others_running", lambda **_: next(readings))
+    before = torch.get_num_threads()
+    try:
+        history = loop.fit(configs.TrainConfig(epochs=3, limit=1200, seed=1), tmp_path / "following")
+        assert [row["threads"] for row in history] == [2, 1, 2]
+        assert json.loads((tmp_path / "following" / runs.HISTORY).read_text())[1]["threads"] == 1  # recorded
+
+        def unread(**_):
+            raise AssertionError("the load was read although --threads fixed the count")
+
+        monkeypatch.setattr(cpu_threads, "others_running", unread)
+        history = loop.fit(configs.TrainConfig(epochs=2, limit=1200, seed=1, threads=2), tmp_path / "fixed")
+        assert [row["threads"] for row in history] == [2, 2]
+    finally:
+        torch.set_num_threads(before)

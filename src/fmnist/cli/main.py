@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import rich.console
@@ -110,6 +111,15 @@ def cmd_models(args) -> int:
     console.print(table("models (fmnist train --model NAME)", ("name", "parameters", "MFLOPs/image", "recipe"), cells))
     for row in rows:
         console.print(f"{row['name']}: {row['description']} (weights tagged {row['architecture']})")
+    for row in rows:  # the speed tier's recipe depends on the machine: say which this one gets
+        if row["fp32"]:
+            settings = ", ".join(f"--{key.replace('_', '-')} {value}" for key, value in row["fp32"].items())
+            here = (
+                f"its fp32 recipe ({settings}): this CPU has no native bf16"
+                if row["recipe_here"] == "fp32"
+                else (f"its own recipe, in bf16; on a CPU without native bf16: {settings}")
+            )
+            console.print(f"{row['name']} on this machine: {here}")
     return 0
 
 
@@ -355,6 +365,12 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
+    with warnings.catch_warnings():  # put back as it was: main() also runs inside other programs (tests)
+        warnings.showwarning = show_warning
+        return run_command(args)
+
+
+def run_command(args) -> int:
     try:
         if args.command not in WITHOUT_TORCH:
             with console.status("preparing the CPU kernels (compiled on first use, then cached)"):
@@ -366,6 +382,12 @@ def main(argv: list[str] | None = None) -> int:
         return report_error("interrupted", errors.Interrupted.exit_code)
     except OSError as exc:  # the machine's side: disk full, permissions, a path of the wrong kind
         return report_error(f"{f'{exc.filename}: ' if exc.filename else ''}{exc.strerror or exc}", 2)
+
+
+def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as one line on stderr (not Python's file:line and source), fmnist's own without its prefix."""
+    text = str(message).removeprefix("fmnist: ")
+    error_console.print(f"[yellow]warning:[/] {rich.markup.escape(text)}", soft_wrap=True)
 
 
 def report_error(message: str, exit_code: int) -> int:

@@ -58,6 +58,20 @@ def computes_bf16(device: torch.device, flags: set[str] | None = None) -> bool:
     return bool(set(NATIVE_BF16_FLAGS) & (cpu_flags() if flags is None else set(flags)))
 
 
+def check_bf16(precision: str, device: torch.device, flags: set[str] | None = None) -> bool:
+    """Say in one line (a warning) where bf16 is asked for on a device that only emulates it: there it is
+    many times slower than fp32, not faster. True where it is native (or not asked for)."""
+    if precision != "bf16" or computes_bf16(device, flags):
+        return True
+    warnings.warn(
+        f"fmnist: bf16 asked for, but this {'GPU' if device.type == 'cuda' else 'CPU'} has no native bf16 "
+        "(AVX512-BF16 or AMX on a CPU): it is emulated and many times slower than fp32 here; "
+        "use --precision fp32",
+        stacklevel=3,
+    )
+    return False
+
+
 def describe_machine(device: torch.device) -> dict:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     available, why = cpu_threads.available_cpus()

@@ -30,6 +30,7 @@ And one for "same seed, same weights" in any process (README, "Reproducibility")
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import math
@@ -44,19 +45,53 @@ CGROUP = Path("/sys/fs/cgroup")
 PROC_STAT = Path("/proc/stat")
 
 
-def others_running(read=PROC_STAT.read_text, reads: int = 40) -> int:
-    """Threads runnable now besides this one: the median of `reads` back-to-back reads of the kernel's
-    procs_running (/proc/stat; `read`: injected, for tests), less this thread; 0 where it cannot be read.
-    The median: a daemon's blip is not a neighbour. Back to back, not asleep between reads: two fmnist
-    processes started together each stay runnable, so each sees the other."""
+def others_running(read=PROC_STAT.read_text, reads: int = 40, own=None) -> int:
+    """Threads runnable now besides this process's: the median of `reads` back-to-back reads of the kernel's
+    procs_running (/proc/stat; `read`: injected, for tests), less this process's own running threads (`own`:
+    a count, injected for tests; default read from /proc/self/task, at least this thread); 0 where it cannot
+    be read. The median: a daemon's blip is not a neighbour. Back to back, not asleep between reads: two
+    fmnist processes started together each stay runnable, so each sees the other."""
     counts = []
     for _ in range(reads):
         try:
             line = next(line for line in read().splitlines() if line.startswith("procs_running "))
-            counts.append(int(line.split()[1]))
+            counts.append(int(line.split()[1]) - (own_running() if own is None else own))
         except (OSError, StopIteration, ValueError, IndexError):
             return 0
-    return max(0, sorted(counts)[len(counts) // 2] - 1)
+    return max(0, sorted(counts)[len(counts) // 2])
+
+
+def own_running(tasks: Path = Path("/proc/self/task")) -> int:
+    """This process's threads that are running or runnable (state R), at least 1: the one asking. Training's
+    OpenMP threads spin (runnable) a while after each parallel region; they are not a neighbour."""
+    running = 0
+    try:
+        for task in tasks.iterdir():
+            with contextlib.suppress(OSError):  # a thread that ended between the listing and the read
+                running += (task / "stat").read_text().rpartition(")")[2].split()[0] == "R"
+    except OSError:
+        pass
+    return max(1, running)
+
+
+def threads_beside(others: int, cpus: int, chosen: int) -> int:
+    """The threads for the next stretch of work: the `chosen` count, or only the CPUs that the other
+    runnable threads leave free (at least 1). On 2 cores with one taken, one thread beats two that wait at
+    every barrier for the one sharing a core."""
+    return max(1, min(chosen, cpus - others))
+
+
+def follow_load(chosen: int, others: int | None = None) -> int:
+    """Re-read the machine (`others`: injected, for tests) and run torch (and numba, which follows it) on
+    `threads_beside` threads; training calls it before each epoch where the user did not fix --threads.
+    Returns the count now in use."""
+    import torch
+
+    others = others_running(reads=20) if others is None else others
+    count = threads_beside(others, available_cpus()[0], chosen)
+    if count != torch.get_num_threads():
+        torch.set_num_threads(count)
+    return count
 
 
 def spin_count(others: int, cpus: int, used: int) -> int:

@@ -18,9 +18,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from fmnist import runs
-from fmnist.core import errors
+from fmnist.core import errors, machine
 from fmnist.data import fashion, photos
 from fmnist.nets import INFERENCE_PRECISIONS, architectures, seedcnn
+
+CPU = torch.device("cpu")
 
 EVAL_BATCH_SIZE = 512  # measured: ~2.5x the images/s of 2048 on a 2-core CPU (cache-sized)
 
@@ -58,10 +60,15 @@ def probabilities(network, images: np.ndarray, device: torch.device | None = Non
 
 
 def load_model(
-    run_dir: Path, weights: str = runs.WEIGHTS, dropout: float = seedcnn.DROPOUT, precision: str = "fp32"
+    run_dir: Path,
+    weights: str = runs.WEIGHTS,
+    dropout: float = seedcnn.DROPOUT,
+    precision: str = "fp32",
+    device: torch.device = CPU,
 ) -> torch.nn.Module:
-    """The network a run recorded (its weights' architecture tag), in eval mode, computing in `precision`
-    (INFERENCE_PRECISIONS); clear errors for foreign, mismatched or damaged weights."""
+    """The network a run recorded (its weights' architecture tag), in eval mode on `device`, computing in
+    `precision` (INFERENCE_PRECISIONS; a warning where the device only emulates bf16); clear errors for
+    foreign, mismatched or damaged weights."""
     where = Path(run_dir) / weights
     tensors, metadata = runs.load_weights(where)
     architecture = architectures.get(metadata.get("architecture"))
@@ -72,7 +79,8 @@ def load_model(
         )
     network = architecture.network(dropout=dropout)
     network.load_state_dict(runs.check_state(tensors, network.state_dict(), str(where)))
-    return evaluation_form(network, *runs.tta_of(metadata, str(where)), precision=precision)
+    machine.check_bf16(precision, device)
+    return evaluation_form(network, *runs.tta_of(metadata, str(where)), precision=precision).to(device)
 
 
 def top_classes(probabilities: np.ndarray, k: int = 3) -> list[dict]:

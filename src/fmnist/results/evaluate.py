@@ -103,7 +103,7 @@ def evaluate_run(
     in metrics.json); write metrics, predictions, figures."""
     run_dir = Path(run_dir)
     config = configs.load_config(run_dir)
-    network = inference.load_model(run_dir, weights, precision=precision).to(machine.resolve_device(device))
+    network = inference.load_model(run_dir, weights, precision=precision, device=machine.resolve_device(device))
     dataset = fashion.load(data_dir=data_dir or config.data_dir)
     images, labels = dataset.train_images, dataset.train_labels
     if config.limit:

@@ -151,6 +151,7 @@ def start_or_resume(
                 run_dir / runs.CONFIG,
                 {
                     **dataclasses.asdict(config),
+                    "recipe_for": registry.recipe_for(config.model, config.precision, str(device)),
                     "machine": {**machine.describe_machine(device), "norm_kernels": norm_kernels_run(config, device)},
                 },
             )

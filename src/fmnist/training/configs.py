@@ -256,6 +256,18 @@ class TrainConfig(Recipe, Runtime):
 
     seed: int = setting(0, "random seed")
 
+    @classmethod
+    def for_model(cls, name: str | None = None, cpu_flags: set[str] | None = None, **overrides):
+        """The model's recipe for this machine (where it trains in fp32, its registry's fp32 settings on top:
+        registry.recipe_for), with `overrides` (those that are not None) on top of that. `cpu_flags`: the
+        CPU's feature flags, injected (tests); default this machine's."""
+        from fmnist.training import registry
+
+        name = name or registry.DEFAULT
+        chosen = {key: value for key, value in overrides.items() if value is not None}
+        machine = registry.recipe_for(name, chosen.get("precision", "auto"), chosen.get("device", "auto"), cpu_flags)
+        return super().for_model(name, **{**(registry.get(name).fp32 if machine == "fp32" else {}), **chosen})
+
     def __post_init__(self):
         check_types(self)
         self.check_recipe()

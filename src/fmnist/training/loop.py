@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from fmnist import runs
 from fmnist.core import errors, machine
+from fmnist.core import threads as cpu_threads
 from fmnist.data import fashion
 from fmnist.nets import inference
 from fmnist.training import checkpoint, configs, recipe, registry
@@ -130,12 +131,8 @@ def prepare_data(config: TrainConfig, device: torch.device):
 
 
 def choose_precision(precision: str, model: str, device: torch.device, cpu_flags: set[str] | None = None) -> str:
-    """ "auto" is bf16 where the model is measured to keep its accuracy in bf16 (its registry entry says so)
-    and the device computes bf16 natively (AMX, AVX512-BF16, a CUDA GPU with bf16), else fp32; an explicit
-    fp32 or bf16 is kept. `cpu_flags`: injected feature flags (tests); default this machine's."""
-    if precision != "auto":
-        return precision
-    return "bf16" if registry.get(model).bf16 and machine.computes_bf16(device, cpu_flags) else "fp32"
+    """The precision training computes in (registry.precision_for)."""
+    return registry.precision_for(model, precision, device, cpu_flags)
 
 
 def setup(runtime: configs.Runtime) -> tuple[Shard, torch.device]:
@@ -155,6 +152,12 @@ def setup(runtime: configs.Runtime) -> tuple[Shard, torch.device]:
     if not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return Shard(torch.distributed.get_rank(), world_size), device
+
+
+def following_load(shard: Shard, device: torch.device) -> bool:
+    """Whether training may change its thread count as load comes and goes: on a CPU, in one process that
+    chose its own count (torchrun and Ray set OMP_NUM_THREADS for theirs)."""
+    return device.type == "cpu" and shard.world_size == 1 and "OMP_NUM_THREADS" not in os.environ
 
 
 def distributed(network: torch.nn.Module, device: torch.device) -> torch.nn.Module:
@@ -264,8 +267,13 @@ def fit(
         network = distributed(network, device)
     # The best weights may be better than any row of a shortened history: never replace them with worse.
     best = min([row["val_loss"] for row in runs.validated(state.history)] + [runs.best_val_loss(run_dir)])
+    # Threads the user did not fix follow the machine's load, epoch by epoch (threads.follow_load says why);
+    # the weights then depend on the thread counts (the history's "threads"), as they do on --threads.
+    chosen, follow = torch.get_num_threads(), config.threads is None and following_load(shard, device)
     while state.epoch < config.epochs:
+        count = cpu_threads.follow_load(chosen) if follow else torch.get_num_threads()
         row = run_epoch(state, network, train_data, val_data, config, shard, on_step if shard.is_main else None)
+        row["threads"] = count
         row["elapsed"] = (runs.elapsed(state.history)[-1] if state.history else 0.0) + row["seconds"]
         state.history.append(row)
         if shard.is_main:
