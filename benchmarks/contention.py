@@ -37,13 +37,11 @@ def worker(threads: int, model: str, quick: bool) -> dict:
     import torch
 
     from fmnist.core import machine
-    from fmnist.core import threads as cpu_threads
     from fmnist.data import fashion
     from fmnist.results import bench  # fmnist first: it sets OpenMP's waiting
     from fmnist.training import configs
 
-    machine.set_cpu_modes()
-    cpu_threads.use(threads or None)
+    machine.set_up(threads or None)  # as training sets up: without --threads, the CPUs others leave free
     torch.manual_seed(0)
     cpu = torch.device("cpu")
     precision = loop.choose_precision("auto", model, cpu)

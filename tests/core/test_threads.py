@@ -198,3 +198,19 @@ def test_two_trainings_at_once_give_the_weights_of_one_alone(tmp_path):
     for name in ("first", "second"):
         weights = safetensors.torch.load_file(str(tmp_path / name / runs.WEIGHTS))
         assert all(torch.equal(weights[key], reference[key]) for key in reference), name
+
+
+def test_work_starts_on_the_cpus_others_leave_free_unless_the_count_was_chosen(monkeypatch):
+    from fmnist.core import machine
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(threads, "available_cpus", lambda: (2, "2 CPUs (a test)"))
+    monkeypatch.setattr(threads, "others_running", lambda **_: 1)  # a busy process, there before us
+    before = torch.get_num_threads()
+    try:
+        assert machine.set_up() == 2 and torch.get_num_threads() == 1  # asked for 2, started on 1
+        assert machine.set_up(2) == 2 and torch.get_num_threads() == 2  # --threads 2: as asked
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")  # torchrun's or Ray's choice: as asked
+        assert machine.set_up() == torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

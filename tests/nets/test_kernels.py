@@ -147,3 +147,20 @@ def test_without_numba_the_network_falls_back_to_pytorch_with_a_warning():
         "print(fused.available(), out.shape[1], warned)\n"
     )
     assert run_python(program).split() == ["False", "10", "True"]
+
+
+def test_the_first_kernel_call_keeps_the_thread_count_asked_for():
+    """numba's threading layer, launched by its first call in a process, sets the OpenMP pool it shares with
+    torch to all of numba's threads: `--threads 1` (or fewer threads under load) must stay what it was."""
+    probe = (
+        "import fmnist, torch\n"
+        "from fmnist.core import machine\n"
+        "from fmnist.nets import seedcnn\n"
+        "machine.set_up(1)\n"
+        "network = seedcnn.SeedCNN()\n"
+        "network(torch.rand(4, 28, 28, 1)).sum().backward()\n"
+        "print(torch.get_num_threads())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["1"]

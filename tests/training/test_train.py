@@ -493,7 +493,7 @@ def test_threads_follow_load_that_arrives_and_leaves_unless_fixed(tmp_path, monk
     require_real_data()
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(cpu_threads, "available_cpus", lambda: (2, "2 CPUs (a test)"))
-    readings = iter([0, 1, 0])
+    readings = iter([0, 0, 1, 0])  # at set-up, then before each epoch
     monkeypatch.setattr(cpu_threads, "others_running", lambda **_: next(readings))
     before = torch.get_num_threads()
     try:

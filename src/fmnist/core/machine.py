@@ -140,11 +140,14 @@ def keep_freed_memory(libc: str = "libc.so.6") -> bool:
 def set_up(threads: int | None = None) -> int:
     """Ready this process for work, called where work starts (training, evaluation, serving, benchmarks):
     subnormal floats flushed and freed memory kept (first: torch's worker threads inherit the float mode),
-    then the thread count (numba's pool follows it); a warning where MKL's reproducible mode was missed.
-    Returns the thread count. OpenMP's waiting and MKL's mode are chosen as `import fmnist` runs, before
+    then the thread count (numba's pool follows it; fewer where nobody chose the count and other programs
+    hold CPUs: threads.follow_load); a warning where MKL's reproducible mode was missed. Returns the count
+    asked for (threads.chosen_count). OpenMP's waiting and MKL's mode are chosen as `import fmnist` runs, before
     torch loads (threads.py says why)."""
     set_cpu_modes()
     count = cpu_threads.use(threads)
+    if cpu_threads.follows_load(threads):  # others' threads hold CPUs now: start on those left free
+        cpu_threads.follow_load(count, every=0.0)
     check_reproducible_mode()
     return count
 

@@ -35,6 +35,7 @@ import ctypes
 import functools
 import math
 import os
+import time
 from pathlib import Path
 
 SPIN_SHARED = 1000  # libgomp's spin rounds before a waiting thread sleeps, where others' threads hold the CPUs
@@ -45,14 +46,18 @@ CGROUP = Path("/sys/fs/cgroup")
 PROC_STAT = Path("/proc/stat")
 
 
-def others_running(read=PROC_STAT.read_text, reads: int = 40, own=None) -> int:
+def others_running(read=PROC_STAT.read_text, reads: int = 40, own=None, every: float = 0.0) -> int:
     """Threads runnable now besides this process's: the median of `reads` back-to-back reads of the kernel's
     procs_running (/proc/stat; `read`: injected, for tests), less this process's own running threads (`own`:
     a count, injected for tests; default read from /proc/self/task, at least this thread); 0 where it cannot
-    be read. The median: a daemon's blip is not a neighbour. Back to back, not asleep between reads: two
-    fmnist processes started together each stay runnable, so each sees the other."""
+    be read. The median: a daemon's blip is not a neighbour. Back to back by default, not asleep between
+    reads: two fmnist processes started together each stay runnable, so each sees the other. `every`: seconds
+    between reads, for a reading over a stretch of time (a neighbour is then one that wants a CPU most of it).
+    """
     counts = []
-    for _ in range(reads):
+    for index in range(reads):
+        if every and index:
+            time.sleep(every)
         try:
             line = next(line for line in read().splitlines() if line.startswith("procs_running "))
             counts.append(int(line.split()[1]) - (own_running() if own is None else own))
@@ -81,13 +86,15 @@ def threads_beside(others: int, cpus: int, chosen: int) -> int:
     return max(1, min(chosen, cpus - others))
 
 
-def follow_load(chosen: int, others: int | None = None) -> int:
+def follow_load(chosen: int, others: int | None = None, every: float = 0.004) -> int:
     """Re-read the machine (`others`: injected, for tests) and run torch (and numba, which follows it) on
     `threads_beside` threads; training calls it before each epoch where the user did not fix --threads.
-    Returns the count now in use."""
+    `every`: seconds between the reads of the machine (0: back to back, as at start-up, where a process
+    started beside this one is still importing). Returns the count now in use."""
     import torch
 
-    others = others_running(reads=20) if others is None else others
+    # 25 reads 4 ms apart: on a quiet VM a daemon can hold a CPU for a millisecond, not for most of 0.1 s
+    others = others_running(reads=25, every=every) if others is None else others
     count = threads_beside(others, available_cpus()[0], chosen)
     if count != torch.get_num_threads():
         torch.set_num_threads(count)
@@ -165,14 +172,26 @@ def available_cpus(affinity: set[int] | None = None, quota: float | None = -1.0)
     )
 
 
+def chosen_count(threads: int | None = None) -> int:
+    """The thread count asked for: `threads`, else OMP_NUM_THREADS where set (torchrun sets 1, Ray the task's
+    CPUs), else what `available_cpus` allows."""
+    import torch
+
+    return threads or (torch.get_num_threads() if "OMP_NUM_THREADS" in os.environ else available_cpus()[0])
+
+
+def follows_load(threads: int | None = None) -> bool:
+    """Whether the count may follow the machine's load: only where nobody chose it (--threads, OMP_NUM_THREADS)."""
+    return threads is None and "OMP_NUM_THREADS" not in os.environ
+
+
 def use(threads: int | None = None) -> int:
-    """Set PyTorch's intra-op threads: `threads`, else OMP_NUM_THREADS where set (torchrun sets 1, Ray
-    the task's CPUs), else what `available_cpus` allows. Returns the count.
+    """Set PyTorch's intra-op threads to `chosen_count(threads)`. Returns the count.
 
     Always through torch.set_num_threads, even when the count is already right: it also fixes MKL's
     count and dynamic threading, so every process (the CLI, a Ray worker, a notebook) runs MKL alike."""
     import torch
 
-    count = threads or (torch.get_num_threads() if "OMP_NUM_THREADS" in os.environ else available_cpus()[0])
+    count = chosen_count(threads)
     torch.set_num_threads(count)
     return count

@@ -154,12 +154,6 @@ def setup(runtime: configs.Runtime) -> tuple[Shard, torch.device]:
     return Shard(torch.distributed.get_rank(), world_size), device
 
 
-def following_load(shard: Shard, device: torch.device) -> bool:
-    """Whether training may change its thread count as load comes and goes: on a CPU, in one process that
-    chose its own count (torchrun and Ray set OMP_NUM_THREADS for theirs)."""
-    return device.type == "cpu" and shard.world_size == 1 and "OMP_NUM_THREADS" not in os.environ
-
-
 def distributed(network: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """The network under DDP. On CUDA its BatchNorm layers become SyncBatchNorm (statistics over the
     global batch). PyTorch's SyncBatchNorm runs on GPUs only, so on CPU each process normalises its
@@ -269,7 +263,8 @@ def fit(
     best = min([row["val_loss"] for row in runs.validated(state.history)] + [runs.best_val_loss(run_dir)])
     # Threads the user did not fix follow the machine's load, epoch by epoch (threads.follow_load says why);
     # the weights then depend on the thread counts (the history's "threads"), as they do on --threads.
-    chosen, follow = torch.get_num_threads(), config.threads is None and following_load(shard, device)
+    chosen = cpu_threads.chosen_count(config.threads)
+    follow = cpu_threads.follows_load(config.threads) and device.type == "cpu" and shard.world_size == 1
     while state.epoch < config.epochs:
         count = cpu_threads.follow_load(chosen) if follow else torch.get_num_threads()
         row = run_epoch(state, network, train_data, val_data, config, shard, on_step if shard.is_main else None)

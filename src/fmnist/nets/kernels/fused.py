@@ -148,6 +148,8 @@ def use_torch_threads() -> None:
     count = torch.get_num_threads()
     if getattr(_numba_threads, "count", None) != count:
         numba.set_num_threads(max(1, min(count, numba.config.NUMBA_NUM_THREADS)))
+        if torch.get_num_threads() != count:  # numba's first call launched its threading layer, which set the
+            torch.set_num_threads(count)  # shared OpenMP pool to all its threads: torch's count again
         _numba_threads.count = count
 
 
