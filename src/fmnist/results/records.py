@@ -131,8 +131,7 @@ def record(
         "schema": SCHEMA,
         "subject": subject,
         "title": title,
-        "command": command
-        or " ".join(["fmnist" if Path(sys.argv[0]).name == "__main__.py" else Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "command": command or command_line(sys.argv),
         "commit": commit(),
         "date": datetime.date.today().isoformat(),
         "machine": machine(),
@@ -142,6 +141,18 @@ def record(
         "rounds": rounds,
         "notes": notes or [],
     }
+
+
+def command_line(argv: list[str]) -> str:
+    """The command that measured, as one would type it again: `fmnist ...` or `python benchmarks/NAME.py ...`,
+    without --out (where the record went is not how it was measured)."""
+    program = Path(argv[0])
+    words = ["fmnist"] if program.name in ("__main__.py", "fmnist") else ["python", f"{program.parent.name}/{program.name}"]
+    rest = list(argv[1:])
+    while "--out" in rest:
+        at = rest.index("--out")
+        del rest[at : at + 2]
+    return " ".join(words + rest)
 
 
 def write(path: str | Path, value: dict) -> Path:
