@@ -70,3 +70,25 @@ def test_completion_and_help_show_the_api():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["True", "True"]
+
+
+def test_help_and_version_import_no_torch():
+    """`fmnist --help`, every command's --help and --version answer at once: no torch (nor numba, FastAPI,
+    onnx) is imported for them, in a fresh process as a user's shell starts one."""
+    from fmnist.cli import flags
+    from fmnist.cli.main import HANDLERS
+
+    commands = [[], *([name.replace("_", "-")] for name in flags.COMMANDS)]
+    assert len(commands) == len(HANDLERS) + 1
+    probe = (
+        "import sys, contextlib\n"
+        "from fmnist import cli\n"
+        "for argv in {argvs!r}:\n"
+        "    with contextlib.suppress(SystemExit), contextlib.redirect_stdout(None):\n"
+        "        cli.main(argv)\n"
+        "heavy = ('torch', 'numba', 'fastapi', 'onnx', 'sklearn', 'matplotlib')\n"
+        "print(sorted(name for name in heavy if name in sys.modules))\n"
+    ).format(argvs=[[*command, "--help"] for command in commands] + [["--version"]])
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -241,7 +241,7 @@ def test_without_ray_the_command_says_how_to_get_it(tmp_path):
         f"sys.exit(cli.main(['sweep', '--vary', 'learning_rate=0.1', '--out', {str(tmp_path)!r}]))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert result.returncode == 2 and "pip install 'fmnist[sweep]'" in result.stderr
+    assert result.returncode == 2 and "pip install 'fmnist[ray]'" in result.stderr
 
 
 def test_bad_sweeps_are_one_line(tmp_path, capsys):

@@ -43,12 +43,19 @@ def wheel_requirements(wheel: Path) -> list[Requirement]:
     return [Requirement(line) for line in fields.get_all("Requires-Dist") or []]
 
 
-def runtime_closure(requirements: list[Requirement]) -> dict[str, importlib.metadata.Distribution]:
-    """The installed distributions these requirements need at run time (no extras), and theirs, recursively."""
-    needed, todo = {}, list(requirements)
+def runtime_closure(requirements: list[Requirement], extra: str = "") -> dict[str, importlib.metadata.Distribution]:
+    """The installed distributions these requirements need at run time (with fmnist's `extra`, else none), and
+    theirs, recursively."""
+    needed: dict[str, importlib.metadata.Distribution] = {}
+    todo = list(requirements)
     while todo:
         requirement = todo.pop()
-        if requirement.marker is not None and not requirement.marker.evaluate({"extra": ""}):
+        if requirement.marker is not None and not requirement.marker.evaluate({"extra": extra}):
+            continue
+        if requirement.name == "fmnist":  # an extra naming others (all = onnx, serve, ...): theirs
+            todo += [
+                r for r in requirements if r.marker and any(r.marker.evaluate({"extra": e}) for e in requirement.extras)
+            ]
             continue
         key = requirement.name.lower().replace("_", "-")
         if key in needed:
@@ -59,7 +66,9 @@ def runtime_closure(requirements: list[Requirement]) -> dict[str, importlib.meta
             distribution.version,
         )
         needed[key] = distribution
-        todo += [Requirement(line) for line in distribution.requires or []]
+        todo += [
+            r for r in map(Requirement, distribution.requires or []) if not r.marker or r.marker.evaluate({"extra": ""})
+        ]
     return needed
 
 
@@ -124,6 +133,36 @@ def test_the_wheel_installs_and_works_outside_the_source_tree(tmp_path, trained_
     assert "'train'" in where.stdout and where.stdout.splitlines()[-1] == "True"
     helped = subprocess.run([str(fmnist_cli), "--help"], capture_output=True, text=True, cwd=tmp_path)
     assert helped.returncode == 0 and "reproduce" in helped.stdout
+    # The core alone: none of the extras' packages, the main job runs, an extra's command says what to install.
+    extras = ("onnx", "onnxruntime", "fastapi", "uvicorn", "h5py", "ray")
+    probe = f"import importlib.util as u; print([m for m in {extras!r} if u.find_spec(m)])"
+    found = subprocess.run([str(python), "-c", probe], capture_output=True, text=True, cwd=tmp_path)
+    assert found.stdout.strip() == "[]", found.stdout + found.stderr
+    study = subprocess.run(
+        [
+            str(fmnist_cli),
+            "reproduce",
+            "--epochs",
+            "1",
+            "--limit",
+            "1200",
+            "--threads",
+            "2",
+            "--quiet",
+            "--out",
+            "study",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert study.returncode == 0 and (tmp_path / "study" / "record.json").is_file(), study.stderr[-2000:]
+    for command, extra in ((["export", str(trained_run)], "onnx"), (["serve", str(trained_run)], "serve")):
+        refused = subprocess.run([str(fmnist_cli), *command], capture_output=True, text=True, cwd=tmp_path)
+        assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+        assert f"pip install 'fmnist[{extra}]'" in refused.stderr
+    # With the serve extra: the page and its static files, from the installed package.
+    link_distributions(runtime_closure(wheel_requirements(wheel), extra="serve"), site_packages)
     port = free_port()
     server = subprocess.Popen(
         [str(fmnist_cli), "serve", str(trained_run), "--port", str(port)],

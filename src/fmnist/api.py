@@ -217,6 +217,7 @@ class Run:
         from PyTorch by more than to_onnx.TOLERANCE) or a Keras 3 .keras file (seed-cnn only)."""
         out = files.output_file(Path(out), f"model.{format}") if out else None
         if format == "onnx":
+            errors.require("ONNX export", "onnx", "onnx", "onnxruntime")
             from fmnist.interop import to_onnx
 
             path = to_onnx.export_onnx(self.path, out, weights_file(weights))
@@ -224,6 +225,7 @@ class Run:
                 self.verify_onnx(path, weights)
             return path
         if format == "keras":
+            errors.require("Keras files", "keras", "h5py")
             from fmnist.interop import to_keras
 
             return to_keras.export_keras(self.path, out, weights_file(weights))
@@ -232,6 +234,7 @@ class Run:
     def verify_onnx(self, path: str | Path, weights: str = "final", data_dir: str | Path | None = None) -> float:
         """onnxruntime against PyTorch on 1,000 test images: the largest difference of probabilities (an
         error past to_onnx.TOLERANCE)."""
+        errors.require("ONNX export", "onnx", "onnx", "onnxruntime")
         from fmnist.interop import to_onnx
 
         images = load_data(data_dir or self.config.data_dir, False).test_images[:1000]
@@ -269,6 +272,7 @@ def open_run(path: str | Path) -> Run:
 
 def import_keras(model: str | Path, out: str | Path = OUT["keras"]) -> Run:
     """A Keras .keras or .h5 model of the report's network as a new run directory (nothing from the file runs)."""
+    errors.require("Keras files", "keras", "h5py")
     from fmnist.interop import from_keras
 
     return Run(from_keras.import_keras(Path(model), Path(out)))
@@ -323,7 +327,7 @@ def reproduce(
 
     `seeds`: default one for one model (the report's reproduction), five for a comparison. Everything is checked
     first (one InputError), then `on_start()` is called; `on_seed(model, seed, metrics, report_html)` after each
-    seed. With `workers` (or a Ray `address`), each model's seeds train in parallel on Ray (`fmnist[sweep]`),
+    seed. With `workers` (or a Ray `address`), each model's seeds train in parallel on Ray (`fmnist[ray]`),
     `threads` each."""
     from fmnist.studies import seeds as study
 

@@ -57,6 +57,7 @@ def product_photos(trained_run, real_dataset):
 def test_health_and_page(served):
     health = httpx.get(f"{served}/health")
     assert health.status_code == 200 and health.json()["status"] == "ok" and len(health.json()["classes"]) == 10
+    assert "/" not in health.json()["run"]  # the run's name, never a path of the server's disk
     page = httpx.get(served + "/")
     assert page.status_code == 200 and 'type="file"' in page.text and "predict" in page.text
 
@@ -435,7 +436,7 @@ def test_replicas_without_ray_serve_say_how_to_get_it(trained_run):
         f"sys.exit(cli.main(['serve', {str(trained_run)!r}, '--replicas', '2']))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert result.returncode == 2 and "pip install 'fmnist[serve-ray]'" in result.stderr, result.stderr
+    assert result.returncode == 2 and "pip install 'fmnist[ray]'" in result.stderr, result.stderr
     result = subprocess.run(
         [sys.executable, "-m", "fmnist", "serve", str(trained_run), "--replicas", "0"], capture_output=True, text=True
     )

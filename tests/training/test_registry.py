@@ -54,6 +54,7 @@ def test_every_model_through_the_whole_toolchain(tmp_path, real_dataset, name, p
     assert to_onnx.verify(run_dir, onnx_path, real_dataset.test_images[:200]) <= 1e-5
     metadata = {p.key: p.value for p in onnx.load(str(onnx_path)).metadata_props}
     assert metadata["model"] == name and metadata["architecture"] == registry.get(name).architecture
+    assert metadata["source_run"] == run_dir.name  # no path of this disk in a file meant to be shared
     image = io.BytesIO()
     PIL.Image.fromarray(255 - real_dataset.test_images[0]).save(image, "PNG")
     with contextlib.contextmanager(running)(server.create_app(run_dir), log_level="warning") as url:

@@ -95,7 +95,10 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, name, sett
 
 
 @pytest.mark.slow
-def test_ctrl_c_in_the_cli_saves_explains_and_resumes(tmp_path):
+@pytest.mark.parametrize("stop, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_and_sigterm_in_the_cli_save_explain_and_resume(tmp_path, stop, status):
+    """Ctrl-C, or SIGTERM (what Kubernetes, Slurm and Ray send before they kill): the same clean stop, the
+    resume command said, the signal's exit status; resumed, the weights of a run never stopped."""
     require_real_data()
     run_dir = tmp_path / "run"
     # 10,000 epochs: however busy the machine, the run cannot finish before Ctrl-C arrives.
@@ -118,9 +121,9 @@ def test_ctrl_c_in_the_cli_saves_explains_and_resumes(tmp_path):
     for line in process.stdout:  # wait for the first finished epoch, then press Ctrl-C
         if line.startswith("Epoch 1/10000"):
             break
-    process.send_signal(signal.SIGINT)
+    process.send_signal(stop)
     _out, err = process.communicate(timeout=60)
-    assert process.returncode == 130, err
+    assert process.returncode == status, err
     assert "Traceback" not in err and "fmnist train --resume" in err
     done = runs.load_checkpoint(run_dir / runs.CHECKPOINT)["epoch"]
     assert done >= 1
@@ -132,6 +135,9 @@ def test_ctrl_c_in_the_cli_saves_explains_and_resumes(tmp_path):
     assert result.returncode == 0, result.stderr
     assert f"Epoch {done + 1}/{done + 1}" in result.stdout
     assert len(json.loads((run_dir / runs.HISTORY).read_text())) == done + 1
+    straight = [*command[: command.index("10000")], str(done + 1), *command[command.index("10000") + 1 : -1]]
+    assert subprocess.run([*straight, str(tmp_path / "straight")], capture_output=True).returncode == 0
+    assert_same_weights(run_dir, tmp_path / "straight")  # the report's constant rate: the stop changed nothing
 
 
 def test_non_finite_loss_stops_with_clear_error_and_keeps_checkpoint(tmp_path):

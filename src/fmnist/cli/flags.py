@@ -157,7 +157,7 @@ COMMANDS = {  # name: (one line for `fmnist --help`, the command's description, 
         "Train every configuration of a search space over a model's recipe, for several seeds, in parallel "
         "on Ray (local, or a cluster with --address). Each trial is a run directory; running the same "
         "command again resumes an interrupted sweep. The summary chooses on validation accuracy and tests "
-        "only the chosen configuration. Needs Ray: pip install 'fmnist[sweep]'.",
+        "only the chosen configuration. Needs Ray: pip install 'fmnist[ray]'.",
         [
             "fmnist sweep --model fast-cnn --vary learning_rate=0.05,0.1 --vary shift=1,2 --seeds 2",
             "fmnist sweep --file sweep.toml --threads 1 --workers 2 --out runs/sweep",
@@ -255,7 +255,7 @@ def add_reproduce(p) -> None:
         "--workers",
         type=int,
         help="train the seeds in parallel, K at a time, on Ray (pip install "
-        "'fmnist[sweep]'), --threads each (default: one after another)",
+        "'fmnist[ray]'), --threads each (default: one after another)",
     )
     p.add_argument("--address", help="a Ray cluster's address for the parallel seeds (default: local)")
     p.add_argument("--out", default=api.OUT["reproduce"], help="output directory (default: %(default)s)")
@@ -337,7 +337,7 @@ def add_serve(p) -> None:
         "--replicas",
         type=int,
         metavar="N",
-        help="serve with N replicas on Ray Serve (pip install 'fmnist[serve-ray]'; default: one process)",
+        help="serve with N replicas on Ray Serve (pip install 'fmnist[ray]'; default: one process)",
     )
     p.add_argument("--address", help="a Ray cluster's address for the replicas (default: a local Ray instance)")
     p.add_argument("--precision", choices=api.INFERENCE_PRECISIONS, default="fp32", help=PRECISION)

@@ -10,7 +10,9 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -289,6 +291,7 @@ def cmd_import_keras(args) -> int:
 
 
 def cmd_serve(args) -> int:
+    errors.require("fmnist serve", "serve", "fastapi", "uvicorn", "multipart")
     from fmnist.serving import limits
 
     args.max_bytes = args.max_bytes or limits.MAX_BYTES
@@ -312,9 +315,7 @@ def cmd_serve(args) -> int:
 
 def serve_on_ray(args) -> int:
     """Deploy on Ray Serve, then wait for Ctrl-C (or SIGTERM), which shuts the deployment down."""
-    import signal
-    import threading
-
+    errors.require("fmnist serve --replicas", "ray", "ray")
     from fmnist.serving import on_ray
 
     replicas = 1 if args.replicas is None else args.replicas
@@ -367,7 +368,24 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     with warnings.catch_warnings():  # put back as it was: main() also runs inside other programs (tests)
         warnings.showwarning = show_warning
-        return run_command(args)
+        previous = stop_on_sigterm()
+        try:
+            return run_command(args)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+
+
+def stop_on_sigterm():
+    """SIGTERM raises errors.Terminated where the main thread is, so that training, reproduce and the rest stop
+    as they do on Ctrl-C (exit 143). Returns the handler it replaced (None off the main thread: untouched)."""
+
+    def terminated(signum, frame):
+        raise errors.Terminated
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, terminated)
 
 
 def run_command(args) -> int:
@@ -378,8 +396,9 @@ def run_command(args) -> int:
         return args.handler(args)
     except errors.FmnistError as exc:
         return report_error(str(exc), getattr(exc, "exit_code", 2))
-    except KeyboardInterrupt:  # before or after training (training's own Ctrl-C says how to resume)
-        return report_error("interrupted", errors.Interrupted.exit_code)
+    except KeyboardInterrupt as stop:  # before or after training (training's own Ctrl-C says how to resume)
+        said = "terminated" if isinstance(stop, errors.Terminated) else "interrupted"
+        return report_error(said, getattr(stop, "exit_code", errors.Interrupted.exit_code))
     except OSError as exc:  # the machine's side: disk full, permissions, a path of the wrong kind
         return report_error(f"{f'{exc.filename}: ' if exc.filename else ''}{exc.strerror or exc}", 2)
 

@@ -12,9 +12,21 @@ class FmnistError(Exception):
 
 
 class Interrupted(FmnistError):
-    """Ctrl-C: the message says what was kept and how to continue."""
+    """Ctrl-C or SIGTERM: the message says what was kept and how to continue; the exit status is the
+    signal's (130 for Ctrl-C, 143 for SIGTERM), taken from the interruption that `cause` names."""
 
     exit_code = 130
+
+    def __init__(self, message: str, cause: BaseException | None = None):
+        super().__init__(message)
+        self.exit_code = getattr(cause, "exit_code", Interrupted.exit_code)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, which Kubernetes, Slurm and Ray send before they kill: the CLI raises it where the signal
+    arrives, so that it stops as Ctrl-C does (what was kept, how to continue), with exit status 143."""
+
+    exit_code = 143
 
 
 class DataError(FmnistError):
@@ -56,3 +68,25 @@ class Busy(FmnistError):
 
     http_status = 503
     retry_after = 1
+
+
+class MissingExtra(FmnistError):
+    """A command needs a package of one of fmnist's extras that is not installed: the message names the extra."""
+
+
+def require(what: str, extra: str, *modules: str) -> None:
+    """MissingExtra naming `pip install 'fmnist[EXTRA]'` where any of `modules` cannot be imported here;
+    `what`: the feature that needs them, as the message starts."""
+    import importlib.util
+
+    def absent(name: str) -> bool:
+        try:
+            return importlib.util.find_spec(name) is None
+        except (ImportError, ValueError, AttributeError):  # its parent missing, or blocked (sys.modules[n] = None)
+            return True
+
+    missing = [name for name in modules if absent(name)]
+    if missing:
+        raise MissingExtra(
+            f"this needs {', '.join(missing)}, which fmnist's core leaves out: pip install 'fmnist[{extra}]'"
+        )

@@ -163,7 +163,8 @@ def available_cpus(affinity: set[int] | None = None, quota: float | None = -1.0)
 
     Both can be given, for tests; by default they are read from this process and its cgroup.
     """
-    affinity = os.sched_getaffinity(0) if affinity is None else affinity
+    if affinity is None:  # Linux's affinity mask; elsewhere every CPU
+        affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
     quota = cgroup_quota() if quota == -1.0 else quota
     if quota is not None and quota < len(affinity):
         return max(1, math.floor(quota)), f"cgroup CPU quota of {quota:g} CPUs ({len(affinity)} in the affinity mask)"

@@ -68,7 +68,7 @@ def export_onnx(run_dir: Path, path: Path | None = None, weights: str = runs.WEI
             ("model", name),
             ("architecture", architecture),
             ("preprocessing", runs.PREPROCESSING),
-            ("source_run", str(run_dir.resolve())),
+            ("source_run", run_dir.resolve().name),  # its name only: no path of this disk in a shared file
         ):
             exported.metadata_props.add(key=key, value=value)
         onnx.checker.check_model(exported, full_check=True)

@@ -147,7 +147,9 @@ def command_line(argv: list[str]) -> str:
     """The command that measured, as one would type it again: `fmnist ...` or `python benchmarks/NAME.py ...`,
     without --out (where the record went is not how it was measured)."""
     program = Path(argv[0])
-    words = ["fmnist"] if program.name in ("__main__.py", "fmnist") else ["python", f"{program.parent.name}/{program.name}"]
+    words = (
+        ["fmnist"] if program.name in ("__main__.py", "fmnist") else ["python", f"{program.parent.name}/{program.name}"]
+    )
     rest = list(argv[1:])
     while "--out" in rest:
         at = rest.index("--out")

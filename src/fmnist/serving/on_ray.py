@@ -49,11 +49,7 @@ def build_app(contents: dict[str, bytes], **options):
 
 
 def require_ray_serve():
-    try:
-        import ray  # noqa: F401
-        from ray import serve as ray_serve  # noqa: F401
-    except ImportError:
-        raise errors.FmnistError("fmnist serve --replicas needs Ray Serve: pip install 'fmnist[serve-ray]'") from None
+    errors.require("fmnist serve --replicas", "ray", "ray", "ray.serve")
 
 
 def deploy(

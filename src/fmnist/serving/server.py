@@ -19,7 +19,6 @@ import importlib.resources
 import io
 import ipaddress
 import logging
-import resource
 import socket
 import threading
 import uuid
@@ -223,7 +222,7 @@ def create_app(
     run_dir = Path(run_dir)
     predictor = Predictor(inference.load_model(run_dir, precision=precision), max_bytes, max_pixels, work_queue)
     about = {
-        "run": label or str(run_dir),
+        "run": label or run_dir.resolve().name,  # its name: no path of the server's disk in a response
         "classes": list(fashion.CLASS_NAMES),
         **describe_run(run_dir),
         "precision": precision,
@@ -325,7 +324,12 @@ class DeadlineProtocol(HttpToolsProtocol):
 
 
 def connection_limit() -> int:
-    """limits.MAX_CONNECTIONS, or fewer where file descriptors run short (the soft limit is raised to the hard one)."""
+    """limits.MAX_CONNECTIONS, or fewer where file descriptors run short (the soft limit is raised to the hard one).
+    Where there is no `resource` module (Windows), the bound as it is."""
+    try:
+        import resource  # POSIX only
+    except ImportError:
+        return limits.MAX_CONNECTIONS
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY or soft < hard:
         with contextlib.suppress(ValueError, OSError):

@@ -239,11 +239,7 @@ def default_workers(threads_per_trial: int) -> int:
 # ---------------------------------------------------------------------------------------------
 # The driver
 def require_ray():
-    try:
-        import ray  # noqa: F401
-        from ray import tune  # noqa: F401
-    except ImportError:
-        raise errors.FmnistError("fmnist sweep needs Ray: pip install 'fmnist[sweep]'") from None
+    errors.require("Runs on Ray (fmnist sweep, reproduce --workers)", "ray", "ray", "ray.tune")
 
 
 def run(

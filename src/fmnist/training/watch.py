@@ -22,10 +22,12 @@ def fit(config: TrainConfig, run_dir: Path, resume: bool | None = False, show_pr
             if resume is None:
                 return loop.fit_unless_finished(config, run_dir, on_epoch=bar.on_epoch, on_step=bar.on_step)
             return loop.fit(config, run_dir, resume=resume, on_epoch=bar.on_epoch, on_step=bar.on_step)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM where the CLI runs (errors.Terminated)
+            said = "terminated" if isinstance(stop, errors.Terminated) else "interrupted"
             if not (run_dir / runs.CONFIG).is_file():
-                raise errors.Interrupted("interrupted before the run started: nothing was written") from None
+                raise errors.Interrupted(f"{said} before the run started: nothing was written", stop) from None
             raise errors.Interrupted(
-                f"interrupted: the checkpoint of epoch {checkpoint.resume_epoch(run_dir)} is in "
-                f"{run_dir}; continue with: fmnist train --resume {run_dir}"
+                f"{said}: the checkpoint of epoch {checkpoint.resume_epoch(run_dir)} is in "
+                f"{run_dir}; continue with: fmnist train --resume {run_dir}",
+                stop,
             ) from None
