@@ -66,6 +66,9 @@ def test_generalisation_note_names_overfitting():
     history = [{"epoch": 1, "val_loss": 0.4}, {"epoch": 2, "val_loss": 0.25}, {"epoch": 3, "val_loss": 0.35}]
     note = report.generalisation_note(metrics, history)
     assert "lowest at epoch 2" in note and "overfits" in note
+    short = report.generalisation_note(metrics, history[:1])  # one epoch: nothing to read in a curve of one point
+    assert "too short a run to judge" in short and "overfit" not in short.replace("overfitting", "")
+    assert "no clear sign" not in short
 
 
 def image_is_real(path, min_size=(300, 200)):

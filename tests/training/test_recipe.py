@@ -1,12 +1,15 @@
 """The recipe's pieces (recipe.py) against their plain forms and their definitions."""
 
+import dataclasses
 import itertools
 
 import pytest
 import torch
 
 from fmnist.nets import inference
+from fmnist.results import evaluate
 from fmnist.training import configs, loop, recipe, registry
+from tests.helpers import require_real_data
 
 
 def images(n=64, seed=0):
@@ -145,3 +148,25 @@ def test_flip_tta_is_the_mean_of_the_two_passes(name):
     assert averaged.state_dict().keys() == network.state_dict().keys()
     averaged.train()  # training sees the network alone
     assert torch.equal(averaged(x), network(x))
+
+
+def test_a_shortened_one_cycle_keeps_its_shape_at_a_peak_its_steps_can_take():
+    recipe = configs.Recipe.for_model("cnn94")
+    full = recipe.steps_per_epoch(48_000)
+    assert max(recipe.epoch_rates(0, full) + recipe.epoch_rates(recipe.epochs - 1, full)) <= recipe.learning_rate
+    peak_of = lambda epochs, steps: max(  # noqa: E731
+        rate for epoch in range(epochs) for rate in dataclasses.replace(recipe, epochs=epochs).epoch_rates(epoch, steps)
+    )
+    assert peak_of(recipe.epochs, full) == pytest.approx(recipe.learning_rate, rel=1e-3)  # its own length: untouched
+    short = peak_of(1, 19)  # --epochs 1 --limit 6000: 19 steps of 256
+    assert short == pytest.approx(recipe.learning_rate * (19 / configs.FULL_PEAK_STEPS) ** 0.5, rel=0.05)
+    rates = dataclasses.replace(recipe, epochs=1).epoch_rates(0, 19)
+    assert rates.index(max(rates)) == round(recipe.warmup * 19) - 1 and rates[-1] == 0  # warm-up, then down to 0
+
+
+@pytest.mark.slow
+def test_a_quick_try_of_the_speed_tier_gives_a_sensible_model(tmp_path):
+    """`fmnist train --model cnn94 --epochs 1 --limit 6000`, a user's first minute: a model, not junk."""
+    require_real_data()
+    loop.fit(configs.TrainConfig.for_model("cnn94", epochs=1, limit=6000, threads=2), tmp_path / "run")
+    assert evaluate.evaluate_run(tmp_path / "run")["test"]["accuracy"] >= 0.70

@@ -38,6 +38,9 @@ def image(name, alt):
 
 
 # ---------------------------------------------------------------------------------------------
+MIN_EPOCHS_TO_JUDGE = 3  # a validation curve needs a minimum and epochs after it
+
+
 def generalisation_note(metrics: dict, history: list[dict]) -> str:
     """An honest reading of the gap between training and held-out figures."""
     train_m, test_m = metrics["train"], metrics["test"]
@@ -48,6 +51,11 @@ def generalisation_note(metrics: dict, history: list[dict]) -> str:
         f"(a gap of {100 * (train_m['accuracy'] - test_m['accuracy']):.1f} points). "
     )
     history = runs.validated(history)  # a final fit on every image validates nothing
+    if 0 < len(history) < MIN_EPOCHS_TO_JUDGE:
+        return text + (
+            f"Validated over {len(history)} epoch{'s' * (len(history) != 1)}: too short a run to judge over- or "
+            f"underfitting (a curve of {MIN_EPOCHS_TO_JUDGE} epochs or more is needed); train longer to read one."
+        )
     if history:
         best = min(history, key=lambda row: row["val_loss"])
         last = history[-1]
