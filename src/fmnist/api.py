@@ -278,6 +278,12 @@ def import_keras(model: str | Path, out: str | Path = OUT["keras"]) -> Run:
     return Run(from_keras.import_keras(Path(model), Path(out)))
 
 
+def check_new_run(out: str | Path) -> None:
+    """A RunError where `out` already holds a run (continue it with resume=True) or is a file: what train()
+    checks first, for callers that print something before training."""
+    runs.require_new(Path(out), f"continue it with --resume {out}")
+
+
 def train(
     config: TrainConfig | None = None,
     out: str | Path = OUT["train"],

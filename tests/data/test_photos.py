@@ -193,3 +193,12 @@ def test_top_outside_1_to_10_is_refused(tmp_path, capsys, trained_run, top):
     PIL.Image.new("L", (30, 30), 128).save(image)
     code, _, err = run_cli(capsys, "predict", trained_run, image, "--top", top)
     assert code == 2 and "must be from 1 to 10" in err
+
+
+def test_a_blank_image_is_predicted_with_a_word_that_nothing_was_seen(tmp_path, trained_run, real_dataset, capsys):
+    PIL.Image.new("L", (5, 5), 255).save(tmp_path / "blank.png")
+    as_product_photo(real_dataset.test_images[0]).save(tmp_path / "item.png")
+    code, out, err = run_cli(capsys, "predict", trained_run, tmp_path / "blank.png", tmp_path / "item.png")
+    assert code == 0 and out.count("\n") == 2  # both predicted
+    assert err == f"warning: {tmp_path / 'blank.png'}: {photos.BLANK_WARNING}\n"  # only the blank one
+    assert photos.blank(np.full((28, 28), 37, np.uint8)) and not photos.blank(real_dataset.test_images[0])

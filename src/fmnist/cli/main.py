@@ -74,6 +74,7 @@ def cmd_train(args) -> int:
         )
     else:
         run_dir, config = Path(args.out), train_config(args)
+        api.check_new_run(run_dir)  # refused before the model summary, not after it
         print_layers(config.model)
         run = api.train(config, run_dir, show_progress=not args.quiet)
     if console.quiet:  # under torchrun, rank 0 reports (and only it has written the last epoch for sure)
@@ -267,6 +268,8 @@ def cmd_predict(args) -> int:
         elif not args.json:
             ranked = ", ".join(f"{t['class']} {t['probability']:.1%}" for t in result["top"])
             console.print(f"{result['file']}: {ranked}", soft_wrap=True)
+            if "warning" in result:
+                show_warning(f"{result['file']}: {result['warning']}", UserWarning, "", 0)
     if args.json:
         print(json.dumps(results, indent=2))
     return 1 if any("error" in result for result in results) else 0

@@ -110,6 +110,15 @@ def preprocess(image: PIL.Image.Image) -> np.ndarray:
     return 255 - gray if border.mean() > 127 else gray.copy()
 
 
+BLANK_RANGE = 16  # a 28x28 view whose darkest and lightest pixels differ by less holds nothing to classify
+BLANK_WARNING = "the image is one flat shade once preprocessed: nothing was seen, the classes are guesses"
+
+
+def blank(pixels: np.ndarray) -> bool:
+    """Whether a (28, 28) view is (nearly) one flat shade: a blank or uniform image, nothing in it to classify."""
+    return int(pixels.max()) - int(pixels.min()) < BLANK_RANGE
+
+
 def as_pixels(images) -> np.ndarray:
     """(N, 28, 28) uint8 from dataset-style arrays or from image files."""
     if isinstance(images, np.ndarray):

@@ -116,6 +116,8 @@ def classify_files(network, paths: list[Path], k: int = 3, save_dir: Path | None
             results.append({"file": str(path), "error": str(exc)})
             continue
         results.append({"file": str(path), "top": classify(network, pixels[None], k)[0]})
+        if photos.blank(pixels):
+            results[-1]["warning"] = photos.BLANK_WARNING
         if save_dir:
             results[-1]["preprocessed"] = str(photos.save_view(pixels, save_dir / names[path]))
     return results

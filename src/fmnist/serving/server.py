@@ -202,7 +202,8 @@ class Predictor:
             {
                 "predictions": [
                     {"name": name, "top": top, "preprocessed": preview}
-                    for (name, _), top, (_, preview) in zip(files, inference.top_rows(rows), images)
+                    | ({"warning": photos.BLANK_WARNING} if photos.blank(pixels) else {})
+                    for (name, _), top, (pixels, preview) in zip(files, inference.top_rows(rows), images)
                 ]
             }
         )
