@@ -92,3 +92,29 @@ def test_help_and_version_import_no_torch():
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_predict_takes_what_users_hold(trained_run, real_dataset, tmp_path):
+    """Paths, PIL images, uint8 and float arrays, torch tensors; one image or a batch; the same answers."""
+    import torch
+
+    run = fmnist.open_run(trained_run)
+    images = real_dataset.test_images[:3]
+    expected = run.predict(images).names
+    photo = PIL.Image.fromarray(255 - images[0]).resize((112, 112))  # a product photo: dark item on white
+    photo.save(tmp_path / "item.png")
+    assert run.predict(images[0]).names == expected[:1]  # one image
+    assert run.predict(images.astype(np.float32) / 255).names == expected  # floats in [0, 1]
+    assert run.predict(torch.from_numpy(images)).names == expected  # a tensor
+    assert run.predict(torch.from_numpy(images[..., None])).names == expected  # with a channel of one
+    from_photo = run.predict(photo).names
+    assert run.predict([photo, photo]).names == from_photo * 2  # PIL images
+    assert run.predict(tmp_path / "item.png").names == from_photo  # a path
+    assert run.predict([str(tmp_path / "item.png")]).names == from_photo  # paths
+    assert run.predict(np.asarray(photo)).names == from_photo  # a photo's pixels
+    with pytest.raises(TypeError, match="cannot predict dict: give image file paths, PIL images"):
+        run.predict({"not": "images"})
+    with pytest.raises(errors.InputError, match=r"values in \[0, 1\]"):
+        run.predict(images.astype(np.float32))  # 0-255 in floats: the range is declared
+    with pytest.raises(errors.InputError, match="an array of shape"):
+        run.predict(np.zeros((2, 30, 30), np.float32))

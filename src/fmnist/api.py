@@ -189,11 +189,16 @@ class Run:
             self.path, weights_file(weights), data_dir=data_dir, device=device, precision=precision
         )
 
-    def predict(
-        self, images: np.ndarray | Sequence[str | Path], weights: str = "final", precision: str = "fp32"
-    ) -> Predictions:
-        """Classes and probabilities for dataset-style arrays ((N, 28, 28) uint8, light object on dark) or
-        for image files, which are preprocessed as the dataset was made (`fmnist predict`)."""
+    def predict(self, images, weights: str = "final", precision: str = "fp32") -> Predictions:
+        """Classes and probabilities for what users hold: image file paths, PIL images, numpy arrays or torch
+        tensors, one image or a batch. Dataset-style arrays ((28, 28) or (N, 28, 28), uint8 0-255 or floats in
+        [0, 1], light object on dark) are taken as they are; photos (files, PIL images, other-sized uint8
+        arrays) are preprocessed as the dataset was made (`fmnist predict`). Anything else: a TypeError.
+
+        Examples:
+            >>> run.predict(dataset.test_images[:5]).names
+            >>> run.predict(PIL.Image.open("shoe.jpg")).names
+        """
         from fmnist.data import photos
         from fmnist.nets import inference
 

@@ -119,16 +119,47 @@ def blank(pixels: np.ndarray) -> bool:
     return int(pixels.max()) - int(pixels.min()) < BLANK_RANGE
 
 
+ACCEPTED = (
+    "image file paths, PIL images, arrays or torch tensors: (28, 28) or (N, 28, 28) as the dataset's (uint8 "
+    "0-255, or floats in [0, 1]; light object on dark), or a photo's (H, W) or (H, W, 3) uint8 pixels"
+)
+
+
 def as_pixels(images) -> np.ndarray:
-    """(N, 28, 28) uint8 from dataset-style arrays or from image files."""
+    """(N, 28, 28) uint8 from what users hold: file paths (or one), PIL images (or one), numpy arrays or torch
+    tensors, one image or a batch (ACCEPTED). Dataset-style arrays are taken as they are (floats in [0, 1]
+    scaled to 0-255); photos, whether files, PIL images or other-sized arrays, are preprocessed as the
+    dataset was made. Anything else: a TypeError or InputError saying what is accepted."""
+    if hasattr(images, "detach") and hasattr(images, "numpy"):  # a torch tensor, without importing torch here
+        images = images.detach().cpu().numpy()
+    if isinstance(images, PIL.Image.Image):
+        return preprocess(images)[None]
     if isinstance(images, np.ndarray):
-        if images.shape[-2:] != (fashion.IMAGE_SIZE, fashion.IMAGE_SIZE) or images.dtype != np.uint8:
-            raise errors.InputError(
-                f"images must be (N, 28, 28) uint8 arrays as load_data gives, got {images.shape} {images.dtype}"
-            )
-        return images.reshape(-1, fashion.IMAGE_SIZE, fashion.IMAGE_SIZE)
-    paths = [Path(p) for p in ([images] if isinstance(images, (str, Path)) else images)]
-    return np.stack([preprocess(open_image(path, str(path))) for path in paths])
+        return array_pixels(images)
+    if isinstance(images, str | Path):
+        images = [images]
+    if isinstance(images, list | tuple) and images and all(isinstance(i, str | Path) for i in images):
+        return np.stack([preprocess(open_image(Path(p), str(p))) for p in images])
+    if isinstance(images, list | tuple) and images and all(isinstance(i, PIL.Image.Image) for i in images):
+        return np.stack([preprocess(image) for image in images])
+    raise TypeError(f"cannot predict {type(images).__name__}: give {ACCEPTED}")
+
+
+def array_pixels(images: np.ndarray) -> np.ndarray:
+    """Dataset-style (N, 28, 28) uint8 from an array: as ACCEPTED says, else an InputError naming the shape."""
+    side = fashion.IMAGE_SIZE
+    if images.ndim >= 3 and images.shape[-1] == 1 and images.shape[-3:-1] == (side, side):
+        images = images[..., 0]  # (.., 28, 28, 1): a channel of one
+    if images.ndim in (2, 3) and images.shape[-2:] == (side, side):
+        if images.dtype == np.uint8:
+            return images.reshape(-1, side, side)
+        if np.issubdtype(images.dtype, np.floating):
+            if not (np.isfinite(images).all() and images.min() >= 0 and images.max() <= 1):
+                raise errors.InputError("float images must hold values in [0, 1] (uint8 arrays: 0-255)")
+            return np.rint(images * 255).astype(np.uint8).reshape(-1, side, side)
+    elif images.dtype == np.uint8 and (images.ndim == 2 or (images.ndim == 3 and images.shape[-1] in (3, 4))):
+        return preprocess(PIL.Image.fromarray(images))[None]  # a photo's pixels
+    raise errors.InputError(f"an array of shape {images.shape} and type {images.dtype}: give {ACCEPTED}")
 
 
 def save_view(pixels: np.ndarray, path: Path) -> Path:
