@@ -3,6 +3,7 @@
     RUN/
       config.json            the resolved training configuration, plus machine and versions
       history.json           one entry per finished epoch: loss, accuracy, val_loss, val_accuracy, seconds,
+                             learning_rate (where the epoch ended),
                              elapsed (cumulative seconds of training and validation, across resumes); val_*
                              through the model's TTA (config validate_tta "last": only the last epoch's);
                              null where nothing was held out (config validation_fraction 0); threads (the
@@ -11,6 +12,8 @@
                              tta ("flip": predictions average each image and its mirror; absent: none),
                              tta_shift (N: and both moved diagonally by ±N pixels; absent: 0)
       best.safetensors       weights of the epoch with the lowest validation loss (none without validation)
+      log.csv                the history as Keras's CSVLogger writes it (training/logs.py)
+      tensorboard/           TensorBoard event files: losses, accuracies, learning rate, seconds per epoch
       checkpoint.pt          model + optimizer + RNG states + epoch, to resume (read with weights_only)
       metrics.json           `fmnist evaluate`: train and test loss/accuracy, per-class table, confusion
                              matrix, the weights used, precision (fp32, or bf16 with --precision bf16)

@@ -515,3 +515,29 @@ def test_threads_follow_load_that_arrives_and_leaves_unless_fixed(tmp_path, monk
         assert [row["threads"] for row in history] == [2, 2]
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_run_logs_where_tensorboard_and_keras_users_look(tmp_path):
+    """TensorBoard's own reader reads each epoch's scalars; log.csv is Keras's CSVLogger layout; a resumed
+    run goes on in both."""
+    from tensorboard.backend.event_processing import event_accumulator
+
+    require_real_data()
+    run_dir = tmp_path / "run"
+    loop.fit(configs.TrainConfig.for_model("fast-cnn", epochs=2, **QUICK), run_dir)
+    loop.fit(configs.TrainConfig.for_model("fast-cnn", epochs=3, **QUICK), run_dir, resume=True)
+    history = runs.read_history(run_dir)
+    events = event_accumulator.EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    for tag, key in (
+        ("loss/train", "loss"),
+        ("accuracy/validation", "val_accuracy"),
+        ("learning_rate", "learning_rate"),
+    ):
+        scalars = events.Scalars(tag)
+        assert [s.step for s in scalars] == [1, 2, 3]
+        assert [s.value for s in scalars] == pytest.approx([row[key] for row in history], rel=1e-6)
+    assert history[-1]["learning_rate"] == 0  # the one-cycle ends at 0
+    lines = (run_dir / "log.csv").read_text().splitlines()
+    assert lines[0].split(",")[:4] == ["epoch", "accuracy", "elapsed", "learning_rate"] and len(lines) == 4
+    assert [line.split(",")[0] for line in lines[1:]] == ["0", "1", "2"]  # Keras counts epochs from 0

@@ -24,7 +24,7 @@ from fmnist.core import errors, machine
 from fmnist.core import threads as cpu_threads
 from fmnist.data import fashion
 from fmnist.nets import inference
-from fmnist.training import checkpoint, configs, recipe, registry
+from fmnist.training import checkpoint, configs, logs, recipe, registry
 from fmnist.training.configs import Recipe, TrainConfig
 
 
@@ -220,8 +220,10 @@ def run_epoch(
     last = state.epoch + 1 == config.epochs
     val_loss, val_accuracy = validate(state.network, config, *val_data, tta=last or config.validate_tta == "every")
     state.epoch += 1
+    rates = plan.rates
     return {
         "epoch": state.epoch,
+        "learning_rate": rates[-1] if rates else config.learning_rate,  # where the epoch ended
         "loss": loss,
         "accuracy": accuracy,
         "val_loss": val_loss,
@@ -265,16 +267,21 @@ def fit(
     # the weights then depend on the thread counts (the history's "threads"), as they do on --threads.
     chosen = cpu_threads.chosen_count(config.threads)
     follow = cpu_threads.follows_load(config.threads) and device.type == "cpu" and shard.world_size == 1
-    while state.epoch < config.epochs:
-        count = cpu_threads.follow_load(chosen) if follow else torch.get_num_threads()
-        row = run_epoch(state, network, train_data, val_data, config, shard, on_step if shard.is_main else None)
-        row["threads"] = count
-        row["elapsed"] = (runs.elapsed(state.history)[-1] if state.history else 0.0) + row["seconds"]
-        state.history.append(row)
-        if shard.is_main:
-            best = checkpoint.save_epoch(run_dir, state, best, config)
-            if on_epoch is not None:
-                on_epoch(state.history[-1])
+    epoch_logs = logs.EpochLogs(run_dir)
+    try:
+        while state.epoch < config.epochs:
+            count = cpu_threads.follow_load(chosen) if follow else torch.get_num_threads()
+            row = run_epoch(state, network, train_data, val_data, config, shard, on_step if shard.is_main else None)
+            row["threads"] = count
+            row["elapsed"] = (runs.elapsed(state.history)[-1] if state.history else 0.0) + row["seconds"]
+            state.history.append(row)
+            if shard.is_main:
+                best = checkpoint.save_epoch(run_dir, state, best, config)
+                epoch_logs.write(state.history)
+                if on_epoch is not None:
+                    on_epoch(state.history[-1])
+    finally:
+        epoch_logs.close()
     return state.history
 
 
