@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
+from typing import Any
 
 from fmnist.core import files
 
@@ -42,7 +43,7 @@ class EpochLogs:
 
     def __init__(self, run_dir: Path):
         self.run_dir = Path(run_dir)
-        self.writer = None
+        self.writer: Any = None  # tensorboardX's SummaryWriter, opened at the first epoch
 
     def write(self, history: list[dict]) -> None:
         files.write_text(self.run_dir / CSV_LOG, csv_log(history))
