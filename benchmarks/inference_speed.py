@@ -25,7 +25,7 @@ import fmnist  # noqa: F401  (first: it sets how OpenMP threads wait, before tor
 from fmnist.data import fashion
 from fmnist.nets import inference
 from fmnist.results import records
-from fmnist.serving import server
+from fmnist.serving import server, transport
 
 
 def batch_images_per_second(run_dir: Path, images: np.ndarray, precision: str) -> float:
@@ -53,7 +53,7 @@ def request_ms(run_dir: Path, images: np.ndarray, count: int, precision: str) ->
     app = server.create_app(run_dir, precision=precision)
     listening = socket.create_server(("127.0.0.1", 0))  # a free port, bound before the server starts
     port = listening.getsockname()[1]
-    instance = uvicorn.Server(server.server_config(app, "127.0.0.1", port, log_level="warning"))
+    instance = uvicorn.Server(transport.server_config(app, "127.0.0.1", port, log_level="warning"))
     thread = threading.Thread(target=instance.run, kwargs={"sockets": [listening]}, daemon=True)
     thread.start()
     while not instance.started:

@@ -41,10 +41,10 @@ def running(app, **options):
     """
     import uvicorn
 
-    from fmnist.serving import server
+    from fmnist.serving import transport
 
     port = free_port()
-    instance = uvicorn.Server(server.server_config(app, "127.0.0.1", port, log_config=None, **options))
+    instance = uvicorn.Server(transport.server_config(app, "127.0.0.1", port, log_config=None, **options))
     thread = threading.Thread(target=instance.run, daemon=True)
     thread.start()
     deadline = time.time() + 60

@@ -24,7 +24,7 @@ from fmnist import runs
 from fmnist.core import errors
 from fmnist.data import fashion, photos
 from fmnist.nets import seedcnn
-from fmnist.serving import limits, server
+from fmnist.serving import limits, server, transport
 from tests.helpers import as_product_photo, confident_correct, free_port, png, png_header_only, running
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -32,7 +32,7 @@ ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
 @pytest.fixture(scope="module")
 def served(trained_run):
-    app = server.create_app(trained_run, max_bytes=1_000_000, allowed_hosts=server.LOOPBACK_NAMES)
+    app = server.create_app(trained_run, max_bytes=1_000_000, allowed_hosts=transport.LOOPBACK_NAMES)
     yield from running(app, log_level="warning")
 
 
@@ -257,8 +257,8 @@ def test_no_external_pages_nosniff_and_host_checked(served):
         assert httpx.get(served + path).headers["x-content-type-options"] == "nosniff"
     assert httpx.get(f"{served}/health", headers={"Host": "evil.example"}).status_code == 400  # DNS rebinding
     assert httpx.get(f"{served}/health", headers={"Host": "localhost:8000"}).status_code == 200
-    assert server.default_allowed_hosts("127.0.0.1") == server.LOOPBACK_NAMES
-    assert server.default_allowed_hosts("0.0.0.0") is None
+    assert transport.default_allowed_hosts("127.0.0.1") == transport.LOOPBACK_NAMES
+    assert transport.default_allowed_hosts("0.0.0.0") is None
 
 
 @pytest.mark.slow

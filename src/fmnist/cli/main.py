@@ -300,9 +300,9 @@ def cmd_serve(args) -> int:
     args.max_bytes = args.max_bytes or limits.MAX_BYTES
     if args.replicas is not None or args.address:
         return serve_on_ray(args)
-    from fmnist.serving import server
+    from fmnist.serving import server, transport
 
-    sock = server.listening_socket(args.host, args.port)  # a taken port fails here, before the model loads
+    sock = transport.listening_socket(args.host, args.port)  # a taken port fails here, before the model loads
     port = sock.getsockname()[1]  # --port 0: the free port the system chose
     console.print(f"serving {args.run} in {args.precision} on http://{args.host}:{port}/ (Ctrl-C stops)")
     server.serve(

@@ -17,7 +17,7 @@ from pathlib import Path
 from fmnist import runs
 from fmnist.core import errors, files
 from fmnist.nets import inference
-from fmnist.serving import limits, server
+from fmnist.serving import limits, server, transport
 
 RUN_FILES = {runs.CONFIG: runs.MAX_JSON_BYTES, runs.WEIGHTS: runs.MAX_FILE_BYTES, runs.METRICS: runs.MAX_JSON_BYTES}
 APP_NAME = "fmnist"
@@ -68,7 +68,7 @@ def deploy(
     if replicas < 1:
         raise errors.InputError(f"--replicas must be 1 or more, got {replicas}")
     if address is None:  # a local Ray instance: its proxy will listen on this machine, so the address is checked here
-        server.listening_socket(host, port).close()
+        transport.listening_socket(host, port).close()
     require_ray_serve()
     import ray
     from ray import serve as ray_serve
@@ -82,7 +82,7 @@ def deploy(
     ray_serve.start(http_options={"host": host, "port": port, "request_timeout_s": request_timeout})
     options = {
         "max_bytes": max_bytes,
-        "allowed_hosts": allowed_hosts or server.default_allowed_hosts(host),
+        "allowed_hosts": allowed_hosts or transport.default_allowed_hosts(host),
         "label": str(run_dir),
         "precision": precision,
     }

@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import functools
 import importlib.resources
 import io
-import ipaddress
 import logging
 import socket
 import threading
@@ -32,16 +30,14 @@ import numpy as np
 import PIL.Image
 import starlette.datastructures
 import starlette.requests
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from fmnist import runs
 from fmnist.core import errors, threads
 from fmnist.data import fashion, photos
 from fmnist.nets import inference
-from fmnist.serving import batching, limits
+from fmnist.serving import batching, limits, transport
 
 EXAMPLES = 10  # test-set images offered on the page: the first of each class
-LOOPBACK_NAMES = ["127.0.0.1", "localhost"]
 PREVIEW_SCALE = 1  # the 28x28 view as the model sees it; the page scales it up sharp (CSS: pixelated)
 log = logging.getLogger("uvicorn.error")  # uvicorn's server log: shown at `fmnist serve`'s log level
 
@@ -96,9 +92,7 @@ async def read_body(request: fastapi.Request, max_bytes: int, charge=lambda coun
     except starlette.requests.ClientDisconnect:
         log.info("client %s went away after %s bytes of its request", request.client, f"{total:,}")
         raise fastapi.HTTPException(400, "the client disconnected before sending the whole request") from None
-    body = b"".join(chunks)
-    request._body = body  # Starlette's cache: lets request.form() parse what was already read
-    return body
+    return b"".join(chunks)
 
 
 async def uploaded_images(
@@ -108,7 +102,13 @@ async def uploaded_images(
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()  # case-insensitive
     body = await read_body(request, max_bytes, charge)
     if content_type == "multipart/form-data":
-        form = await request.form(max_files=limits.MAX_FILES, max_fields=limits.MAX_FILES)  # more: 400 from Starlette
+
+        async def replay() -> dict:  # the body already read (and counted), handed to Starlette's form parser
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        form = await starlette.requests.Request(request.scope, replay).form(
+            max_files=limits.MAX_FILES, max_fields=limits.MAX_FILES
+        )  # more: 400 from Starlette
         files = [
             (upload.filename or key, await upload.read())
             for key, upload in form.multi_items()
@@ -284,107 +284,6 @@ class NoSniff:
         await self.app(scope, receive, send_with_header)
 
 
-class DeadlineProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, plus a deadline for each request to arrive whole (head and body).
-
-    uvicorn closes idle keep-alive connections only: a client that sends half a header, or a body one
-    byte at a time, would hold its connection forever. Each cycle (connection made, or response sent)
-    arms a timer; if the client is still sending when it fires, the connection is closed. (httptools,
-    not h11: measured ~12 % more single-image requests per second, the parser being C.)
-    """
-
-    request_timeout: float = limits.REQUEST_TIMEOUT_S
-    deadline: asyncio.TimerHandle | None = None
-
-    def arm_deadline(self) -> None:
-        if self.deadline is not None:
-            self.deadline.cancel()
-        self.deadline = self.loop.call_later(self.request_timeout, self.drop_if_still_sending)
-
-    def still_sending(self) -> bool:
-        """No request begun or its head unfinished, or its body still coming (uvicorn's request cycle)."""
-        return self.cycle is None or self.cycle.response_complete or self.cycle.more_body
-
-    def drop_if_still_sending(self) -> None:
-        if self.still_sending() and not self.transport.is_closing():
-            log.info("closed a connection from %s: no whole request within %s s", self.client, self.request_timeout)
-            self.transport.close()
-
-    def connection_made(self, transport) -> None:
-        super().connection_made(transport)
-        self.arm_deadline()
-
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        self.arm_deadline()
-
-    def connection_lost(self, exc) -> None:
-        if self.deadline is not None:
-            self.deadline.cancel()
-        super().connection_lost(exc)
-
-
-def connection_limit() -> int:
-    """limits.MAX_CONNECTIONS, or fewer where file descriptors run short (the soft limit is raised to the hard one).
-    Where there is no `resource` module (Windows), the bound as it is."""
-    try:
-        import resource  # POSIX only
-    except ImportError:
-        return limits.MAX_CONNECTIONS
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or soft < hard:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 1 << 20, hard))
-    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    return max(16, min(limits.MAX_CONNECTIONS, soft - 256))  # 256 left for the model's files, logs and threads
-
-
-def server_config(app, host: str, port: int, request_timeout: float = limits.REQUEST_TIMEOUT_S, **kwargs):
-    """uvicorn's configuration with fmnist's deadlines for slow clients and its connection bound."""
-    import uvicorn
-
-    protocol = type("Deadline", (DeadlineProtocol,), {"request_timeout": request_timeout})
-    return uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        http=protocol,
-        limit_concurrency=connection_limit(),
-        backlog=4096,
-        timeout_keep_alive=5,
-        **kwargs,
-    )
-
-
-def default_allowed_hosts(host: str) -> list[str] | None:
-    """Loopback binds answer only to loopback names (a page elsewhere cannot reach us by DNS rebinding)."""
-    try:
-        return LOOPBACK_NAMES if host == "localhost" or ipaddress.ip_address(host).is_loopback else None
-    except ValueError:
-        return None
-
-
-def listening_socket(host: str, port: int) -> socket.socket:
-    """The server's socket, bound here (before the model loads) so that a taken port or a foreign address is
-    one error saying what to change, not uvicorn's log line and exit status 3."""
-
-    def refused(exc: Exception, fix: str) -> errors.AddressError:
-        return errors.AddressError(f"cannot listen on {host}:{port}: {getattr(exc, 'strerror', None) or exc}; {fix}")
-
-    try:
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-    except (OSError, OverflowError) as exc:  # a name that does not resolve
-        raise refused(exc, "give another --host") from None
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: a restart need not wait out TIME_WAIT
-    try:
-        sock.bind((host, port))
-    except (OSError, OverflowError) as exc:  # taken, not this machine's address, a port under 1024 without root
-        sock.close()
-        raise refused(exc, "give another --port (or --host), or stop what is listening there") from None
-    return sock
-
-
 def serve(
     run_dir: Path,
     sock: socket.socket,
@@ -398,7 +297,7 @@ def serve(
 
     host, port = sock.getsockname()[:2]
     app = create_app(
-        run_dir, max_bytes, allowed_hosts=allowed_hosts or default_allowed_hosts(host), precision=precision
+        run_dir, max_bytes, allowed_hosts=allowed_hosts or transport.default_allowed_hosts(host), precision=precision
     )
-    config = server_config(app, host, port, request_timeout, log_level="info", access_log=False)
+    config = transport.server_config(app, host, port, request_timeout, log_level="info", access_log=False)
     uvicorn.Server(config).run(sockets=[sock])
