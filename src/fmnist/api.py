@@ -86,17 +86,7 @@ def data_summary(data_dir: str | Path | None = None, out: str | Path = OUT["data
     from fmnist.results import figures
 
     dataset, seconds = fashion.timed_load(data_dir=data_dir)
-    parts = {}
-    for part in ("train", "test"):
-        images, labels = getattr(dataset, f"{part}_images"), getattr(dataset, f"{part}_labels")
-        parts[part] = {
-            "images_shape": images.shape,
-            "images_dtype": str(images.dtype),
-            "pixel_range": (int(images.min()), int(images.max())),
-            "labels_shape": labels.shape,
-            "labels_dtype": str(labels.dtype),
-            "per_class": np.bincount(labels, minlength=fashion.NUM_CLASSES).tolist(),
-        }
+    parts = {part: dataset.describe(part) for part in ("train", "test")}
     samples = figures.samples(dataset.train_images, dataset.train_labels, files.output_dir(Path(out)) / "samples.png")
     return {"source": dataset.source, "seconds": seconds, "parts": parts, "samples": samples}
 
@@ -406,9 +396,5 @@ def bench(
         raise errors.InputError(str(exc)) from None
     if out is not None:
         given = {"--threads": threads, "--batch-size": batch_size, "--device": device, "--precision": precision}
-        command = " ".join(
-            ["fmnist bench", "--model", model, *(["--quick"] if quick else [])]
-            + [f"{flag} {value}" for flag, value in given.items() if value not in (None, "auto")]
-        )
-        result["record"] = str(timing.write_record(result, Path(out) / f"{model}.json", command))
+        result["record"] = str(timing.write_record(result, Path(out) / f"{model}.json", given))
     return result

@@ -174,6 +174,16 @@ def require_new(run_dir: Path, how_to_continue: str) -> Path:
     return run_dir
 
 
+def require_target(run_dir: Path, resume: bool) -> Path:
+    """Where training writes: a new run's directory (require_new), or, to resume, one that holds a run."""
+    run_dir = Path(run_dir)
+    if not resume:
+        return require_new(run_dir, f"continue it with --resume {run_dir}")
+    if not (run_dir / CONFIG).is_file():
+        raise errors.RunError(f"{run_dir / CONFIG} is missing: {run_dir} holds no run to resume")
+    return run_dir
+
+
 def remove_stale_temp_files(run_dir: Path) -> None:
     """Temp files of writes that a kill interrupted. Call only as the run's one writer."""
     for name in (CONFIG, HISTORY, WEIGHTS, BEST_WEIGHTS, CHECKPOINT):

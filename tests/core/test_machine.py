@@ -65,11 +65,13 @@ def test_bf16_where_it_is_only_emulated_is_said_in_one_line():
 
 def test_the_cli_warns_of_emulated_bf16_in_one_line(trained_run, tmp_path, capsys, monkeypatch):
     """predict (and evaluate and serve, which load the model the same way) on a CPU capped to AVX2."""
-    PIL.Image.new("L", (40, 50), 255).save(tmp_path / "white.png")
+    image = PIL.Image.new("L", (40, 50), 255)
+    image.paste(0, (10, 10, 30, 40))  # something to see: a blank image would add a warning of its own
+    image.save(tmp_path / "shirt.png")
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # as .ci/emulate-cpu avx2: no bf16 flags left
-    code, out, err = run_cli(capsys, "predict", trained_run, tmp_path / "white.png", "--precision", "bf16")
-    assert code == 0 and "white.png:" in out
+    code, out, err = run_cli(capsys, "predict", trained_run, tmp_path / "shirt.png", "--precision", "bf16")
+    assert code == 0 and "shirt.png:" in out
     assert err.startswith("warning: bf16 asked for, but this CPU has no native bf16") and err.count("\n") == 1
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
-    code, out, err = run_cli(capsys, "predict", trained_run, tmp_path / "white.png", "--precision", "fp32")
+    code, out, err = run_cli(capsys, "predict", trained_run, tmp_path / "shirt.png", "--precision", "fp32")
     assert code == 0 and err == ""

@@ -42,6 +42,28 @@ def impatient_server(trained_run):
     yield from running(server.create_app(trained_run), log_level="info", request_timeout=1)
 
 
+class Collected(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
+@pytest.fixture
+def server_log():
+    """The records of uvicorn's server log, taken at the logger itself: uvicorn's own logging set-up stops them
+    reaching the root logger (caplog's), and another server started in this process may have set its level."""
+    logger, handler = logging.getLogger("uvicorn.error"), Collected()
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    yield handler.records
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
 @pytest.fixture(scope="module")
 def product_photos(trained_run, real_dataset):
     """(JPEG bytes, true class name) of items the model classifies confidently."""
@@ -292,8 +314,7 @@ def closed_by_server(sock: socket.socket) -> bool:
         return False
 
 
-def test_slow_and_idle_clients_are_dropped(impatient_server, caplog):
-    caplog.set_level(logging.INFO)
+def test_slow_and_idle_clients_are_dropped(impatient_server, server_log):
     address = ("127.0.0.1", int(impatient_server.rsplit(":", 1)[1]))
     half_headers = [socket.create_connection(address) for _ in range(20)]
     for sock in half_headers:
@@ -307,12 +328,11 @@ def test_slow_and_idle_clients_are_dropped(impatient_server, caplog):
     for sock in [*half_headers, idle, trickle]:
         sock.close()
     assert httpx.get(f"{impatient_server}/health").status_code == 200
-    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
-    assert sum("no whole request within 1 s" in r.getMessage() for r in caplog.records) >= 22
+    assert not [r for r in server_log if r.exc_info or r.levelno >= logging.ERROR]
+    assert sum("no whole request within 1 s" in r.getMessage() for r in server_log) >= 22
 
 
-def test_client_leaving_mid_body_is_one_log_line(impatient_server, caplog):
-    caplog.set_level(logging.INFO)
+def test_client_leaving_mid_body_is_one_log_line(impatient_server, server_log):
     sock = socket.create_connection(("127.0.0.1", int(impatient_server.rsplit(":", 1)[1])))
     sock.sendall(
         b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
@@ -320,10 +340,10 @@ def test_client_leaving_mid_body_is_one_log_line(impatient_server, caplog):
     )
     sock.close()
     deadline = time.time() + 60
-    while not any("went away" in r.getMessage() for r in caplog.records) and time.time() < deadline:
+    while not any("went away" in r.getMessage() for r in server_log) and time.time() < deadline:
         time.sleep(0.05)  # waiting for the server to notice: a state, bounded
-    assert [r.getMessage() for r in caplog.records if "went away" in r.getMessage()]
-    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+    assert [r.getMessage() for r in server_log if "went away" in r.getMessage()]
+    assert not [r for r in server_log if r.exc_info or r.levelno >= logging.ERROR]
 
 
 def rss_kib(pid: int, field: str) -> int:

@@ -109,7 +109,10 @@ def test_one_cycle_rises_to_its_peak_and_ends_at_zero():
 def test_the_schedule_continues_across_epochs():
     config = configs.TrainConfig(optimizer="sgd", schedule="onecycle", warmup=0.25, epochs=4, learning_rate=1.0)
     schedule = config.schedule_of(steps_per_epoch=10)
-    assert schedule(9) == pytest.approx(1.0) and schedule(39) == 0.0
+    peak = configs.short_run_scale(40)  # 40 steps: a quick try's peak
+    assert 0 < peak < 1 and schedule(9) == pytest.approx(peak) and schedule(39) == 0.0
+    long = config.schedule_of(steps_per_epoch=configs.FULL_PEAK_STEPS)  # at full length: the recipe's own peak
+    assert long(configs.FULL_PEAK_STEPS - 1) == pytest.approx(1.0)
     assert configs.TrainConfig().schedule_of(10) is None  # the seed's: nothing set per step
 
 

@@ -240,7 +240,7 @@ def test_validating_through_the_tta_only_after_the_last_epoch_watches_the_same_t
     last through the model's 6-view TTA, and the weights learned are those of a run validated every epoch."""
     require_real_data()
     quick = {"epochs": 2, "limit": 600, "threads": 2, "precision": "fp32"}
-    every = loop.fit(configs.TrainConfig.for_model("cnn94", **quick), tmp_path / "every")
+    every = loop.fit(configs.TrainConfig.for_model("cnn94", validate_tta="every", **quick), tmp_path / "every")
     plain = []
 
     def validate_epoch_weights_alone(row):

@@ -43,17 +43,8 @@ def cmd_data(args) -> int:
     summary = api.data_summary(args.data_dir, args.out)
     console.print(f"source: {summary['source']}  (loaded and verified in {summary['seconds']:.2f} s)")
     parts = summary["parts"]
-    shapes = [
-        (
-            part,
-            p["images_shape"],
-            p["images_dtype"],
-            "{}..{}".format(*p["pixel_range"]),
-            p["labels_shape"],
-            p["labels_dtype"],
-        )
-        for part, p in parts.items()
-    ]
+    columns = ("images_shape", "images_dtype", "pixel_range", "labels_shape", "labels_dtype")
+    shapes = [(part, *(p[column] for column in columns)) for part, p in parts.items()]
     console.print(table("Fashion-MNIST", ("", "images", "dtype", "pixel range", "labels", "dtype"), shapes, left=6))
     counts = [
         (label, name, f"{parts['train']['per_class'][label]:,}", f"{parts['test']['per_class'][label]:,}")
@@ -243,15 +234,10 @@ def cmd_bench(args) -> int:
         f"{1000 * result['floor_seconds']:.2f} ms; fmnist's step is "
         f"{result['step_seconds']['fmnist'] / result['floor_seconds']:.2f}x its floor"
     )
+    rates = ", ".join(f"{rate:,.0f} images/s in {name}" for name, rate in result["eval_images_per_second"].items())
     console.print(
         f"one epoch of {result['epoch_images']:,} images: {result['epoch_seconds']:.2f} s "
-        f"+ validation {result['validation_seconds']:.2f} s"
-    )
-    console.print(
-        "evaluation: "
-        + ", ".join(
-            f"{rate:,.0f} images/s in {precision}" for precision, rate in result["eval_images_per_second"].items()
-        )
+        f"+ validation {result['validation_seconds']:.2f} s; evaluation: {rates}"
     )
     console.print(f"record: {result['record']}")
     return 0
@@ -305,15 +291,14 @@ def cmd_serve(args) -> int:
     sock = transport.listening_socket(args.host, args.port)  # a taken port fails here, before the model loads
     port = sock.getsockname()[1]  # --port 0: the free port the system chose
     console.print(f"serving {args.run} in {args.precision} on http://{args.host}:{port}/ (Ctrl-C stops)")
-    server.serve(
-        Path(args.run),
-        sock,
-        max_bytes=args.max_bytes,
-        allowed_hosts=args.allowed_host,
-        precision=args.precision,
-        request_timeout=args.request_timeout,
-    )
+    server.serve(Path(args.run), sock, **serving_options(args))
     return 0
+
+
+def serving_options(args) -> dict:
+    """What both servers (uvicorn here, Ray Serve's replicas) take from the flags."""
+    given = {"max_bytes": args.max_bytes, "allowed_hosts": args.allowed_host, "precision": args.precision}
+    return {**given, "request_timeout": args.request_timeout}
 
 
 def serve_on_ray(args) -> int:
@@ -322,17 +307,7 @@ def serve_on_ray(args) -> int:
     from fmnist.serving import on_ray
 
     replicas = 1 if args.replicas is None else args.replicas
-    on_ray.deploy(
-        Path(args.run),
-        replicas,
-        host=args.host,
-        port=args.port,
-        address=args.address,
-        max_bytes=args.max_bytes,
-        allowed_hosts=args.allowed_host,
-        precision=args.precision,
-        request_timeout=args.request_timeout,
-    )
+    on_ray.deploy(Path(args.run), replicas, args.host, args.port, args.address, **serving_options(args))
     console.print(
         f"serving {args.run} on http://{args.host}:{args.port}/ with {replicas} Ray Serve "
         f"replica{'s' * (replicas > 1)} (Ctrl-C stops)"

@@ -95,6 +95,18 @@ class Dataset:
     source: str  # human-readable: which of the four places the files came from
     directory: Path
 
+    def describe(self, part: str) -> dict:
+        """`fmnist data`'s summary of one part ("train" or "test"): shapes, types, pixel range, images per class."""
+        images, labels = getattr(self, f"{part}_images"), getattr(self, f"{part}_labels")
+        return {
+            "images_shape": images.shape,
+            "images_dtype": str(images.dtype),
+            "pixel_range": (int(images.min()), int(images.max())),
+            "labels_shape": labels.shape,
+            "labels_dtype": str(labels.dtype),
+            "per_class": np.bincount(labels, minlength=NUM_CLASSES).tolist(),
+        }
+
 
 # ---------------------------------------------------------------------------------------------
 # Reading and checking one file

@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import statistics
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -259,9 +260,12 @@ def run(
     }
 
 
-def write_record(result: dict, path: Path, command: str) -> Path:
+def write_record(result: dict, path: Path, given: Mapping[str, object]) -> Path:
     """`fmnist bench`'s result as a record (results/records.py): its table is the step's, ratios to plain
-    eager PyTorch; the epoch, validation and evaluation figures ride along in `figures`."""
+    eager PyTorch; the epoch, validation and evaluation figures ride along in `figures`. `given`: the flags
+    typed (those not None nor "auto" go into the record's command)."""
+    typed = [f"{flag} {value}" for flag, value in given.items() if value not in (None, "auto")]
+    command = " ".join(["fmnist bench --model", result["model"], *(["--quick"] if result["quick"] else []), *typed])
     steps, batch = result["step_seconds"], result["batch_size"]
     baseline = steps["plain eager PyTorch"]
     rows = [[name, f"{1000 * seconds:.2f}", f"{baseline / seconds:.2f}x"] for name, seconds in steps.items()]

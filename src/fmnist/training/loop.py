@@ -247,11 +247,7 @@ def fit(
     """
     shard, device = setup(config)
     config = dataclasses.replace(config, precision=choose_precision(config.precision, config.model, device))
-    run_dir = Path(run_dir)
-    if not resume:
-        runs.require_new(run_dir, f"continue it with --resume {run_dir}")
-    elif not (run_dir / runs.CONFIG).is_file():
-        raise errors.RunError(f"{run_dir / runs.CONFIG} is missing: {run_dir} holds no run to resume")
+    run_dir = runs.require_target(Path(run_dir), resume)
     if shard.world_size > 1:
         torch.distributed.barrier()  # every rank has looked before rank 0 writes anything
     if shard.is_main:
