@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import PIL.Image
+import prometheus_client.parser
 import pytest
 import safetensors.torch
 
@@ -24,7 +25,7 @@ from fmnist import runs
 from fmnist.core import errors
 from fmnist.data import fashion, photos
 from fmnist.nets import seedcnn
-from fmnist.serving import limits, server, transport
+from fmnist.serving import limits, schema, server, transport
 from tests.helpers import as_product_photo, confident_correct, free_port, png, png_header_only, running
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -117,6 +118,59 @@ def test_bad_requests_get_json_errors_and_server_keeps_serving(served, product_p
         ).status_code
         == 200
     )
+
+
+def scrape(url: str) -> dict[tuple[str, tuple], float]:
+    """/metrics parsed by Prometheus's own parser: {(sample name, sorted labels): value}."""
+    reply = httpx.get(f"{url}/metrics")
+    assert reply.status_code == 200 and reply.headers["content-type"].startswith("text/plain")
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in prometheus_client.parser.text_string_to_metric_families(reply.text)
+        for sample in family.samples
+    }
+
+
+def test_metrics_count_requests_latency_batches_and_refusals(served, product_photos):
+    before = scrape(served)
+    photo = {"content": product_photos[0][0], "headers": {"Content-Type": "image/jpeg"}}
+    assert httpx.post(f"{served}/predict", **photo).status_code == 200
+    files = [("file", (f"item{i}.jpg", raw, "image/jpeg")) for i, (raw, _) in enumerate(product_photos[:3])]
+    assert httpx.post(f"{served}/predict", files=files).status_code == 200
+    assert httpx.post(f"{served}/predict", content=b"hello", headers={"Content-Type": "text/plain"}).status_code == 415
+    assert httpx.get(f"{served}/no/such/path/{os.urandom(4).hex()}").status_code == 404
+    after = scrape(served)
+
+    def grew(name: str, **labels) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    assert grew("fmnist_requests_total", route="/predict", status="200") == 2
+    assert grew("fmnist_requests_total", route="/predict", status="415") == 1
+    assert grew("fmnist_requests_total", route="other", status="404") == 1  # not one label per path asked for
+    assert grew("fmnist_refusals_total", status="415") == 1 and grew("fmnist_refusals_total", status="404") == 1
+    assert grew("fmnist_request_seconds_count", route="/predict") == 3
+    assert grew("fmnist_request_seconds_sum", route="/predict") > 0
+    assert grew("fmnist_batch_images_sum") == 4  # 1 image, then 3: every image through the model once
+    assert 1 <= grew("fmnist_batch_images_count") <= 2
+    assert after[("fmnist_work_queue_images", ())] == 0  # at rest: nothing admitted and unanswered
+
+
+def test_the_openapi_schema_types_predict_and_real_answers_match_it(served, product_photos):
+    spec = httpx.get(f"{served}/openapi.json").json()
+    predict = spec["paths"]["/predict"]["post"]
+    assert {"image/*", "application/octet-stream", "multipart/form-data"} <= set(predict["requestBody"]["content"])
+    assert predict["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/Predictions"
+    }
+    assert {"400", "413", "415", "503"} <= set(predict["responses"])
+    assert set(spec["components"]["schemas"]["Prediction"]["properties"]) == {"name", "top", "preprocessed", "warning"}
+    assert "/metrics" not in spec["paths"]
+    reply = httpx.post(f"{served}/predict", content=product_photos[0][0], headers={"Content-Type": "image/jpeg"})
+    answer = schema.Predictions.model_validate(reply.json())
+    assert answer.predictions[0].top[0].class_name == product_photos[0][1]
+    refused = httpx.post(f"{served}/predict", content=b"hello", headers={"Content-Type": "text/plain"})
+    assert schema.Problem.model_validate(refused.json()).detail
 
 
 def test_a_burst_of_200_concurrent_requests_is_all_answered_as_one_at_a_time(served, product_photos):

@@ -280,7 +280,7 @@ def cmd_import_keras(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    errors.require("fmnist serve", "serve", "fastapi", "uvicorn", "multipart")
+    errors.require("fmnist serve", "serve", "fastapi", "uvicorn", "multipart", "prometheus_client")
     from fmnist.serving import limits
 
     args.max_bytes = args.max_bytes or limits.MAX_BYTES

@@ -36,18 +36,20 @@ class DynamicBatcher:
     """One model thread fed by a queue of jobs; `predict` maps (N, 28, 28) uint8 to (N, classes) float32."""
 
     def __init__(
-        self, predict: Callable[[np.ndarray], np.ndarray], max_batch: int = MAX_BATCH, max_delay: float = MAX_DELAY_S
+        self,
+        predict: Callable[[np.ndarray], np.ndarray],
+        max_batch: int = MAX_BATCH,
+        max_delay: float = MAX_DELAY_S,
+        on_batch: Callable[[int], object] = lambda images: None,
     ):
+        """`on_batch(images)` before each model call, on the batcher's thread (the server's metrics)."""
         if max_batch < 1 or max_delay < 0:
             raise ValueError("max_batch must be >= 1 and max_delay >= 0")
-        self.predict, self.max_batch, self.max_delay = predict, max_batch, max_delay
+        self.predict, self.max_batch, self.max_delay, self.on_batch = predict, max_batch, max_delay, on_batch
         self.jobs: collections.deque[Job] = collections.deque()
         self.queued = 0  # images in self.jobs
         self.changed = threading.Condition()
         self.closed = False
-        self.batch_sizes: collections.Counter[int] = (
-            collections.Counter()
-        )  # images per model call (at most max_batch keys)
         self.thread = threading.Thread(target=self.run, name="fmnist-batcher", daemon=True)
         self.thread.start()
 
@@ -85,7 +87,7 @@ class DynamicBatcher:
             if not batch:  # closed and drained
                 return
             images = np.concatenate([job.images for job in batch])  # (sum n, 28, 28)
-            self.batch_sizes[len(images)] += 1
+            self.on_batch(len(images))
             try:
                 probabilities = self.predict(images)
             except Exception as exc:  # every caller learns of it; the thread serves the next batch

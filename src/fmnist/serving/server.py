@@ -2,7 +2,8 @@
 
 Bad input gets a JSON error whose status is the error's type (errors.py): 413 for a body or image
 that is too large, 415 for something that is not an image, 400 for a damaged image or a bad form,
-503 with Retry-After when the work queue is full.
+503 with Retry-After when the work queue is full. GET /metrics: Prometheus metrics (metrics.py);
+GET /openapi.json: the schema (schema.py).
 
 Admission is on work, not on sockets: connections are cheap, predictions are not. What a connection, a
 request and the admitted work may hold is limits.py's; admitted images go through the model in batches
@@ -35,7 +36,7 @@ from fmnist import runs
 from fmnist.core import errors, threads
 from fmnist.data import fashion, photos
 from fmnist.nets import inference
-from fmnist.serving import batching, limits, transport
+from fmnist.serving import batching, limits, metrics, schema, transport
 
 EXAMPLES = 10  # test-set images offered on the page: the first of each class
 PREVIEW_SCALE = 1  # the 28x28 view as the model sees it; the page scales it up sharp (CSS: pixelated)
@@ -153,8 +154,11 @@ class Predictor:
     def __init__(self, network, max_bytes: int, max_pixels: int, work_queue: int):
         self.max_bytes, self.max_pixels = max_bytes, max_pixels
         self.work = WorkQueue(work_queue)
+        self.metrics = metrics.ServerMetrics(queued=lambda: self.work.images)
         self.decoding = threading.BoundedSemaphore(min(limits.MAX_DECODES, threads.available_cpus()[0]))
-        self.batcher = batching.DynamicBatcher(functools.partial(inference.checked_probabilities, network))
+        self.batcher = batching.DynamicBatcher(
+            functools.partial(inference.checked_probabilities, network), on_batch=self.metrics.batches.observe
+        )
 
     @staticmethod
     def prepared(name: str, raw: bytes, limit: int) -> tuple[np.ndarray, str]:
@@ -232,6 +236,7 @@ def create_app(
     # No /docs or /redoc: their pages load scripts from a CDN. /openapi.json stays.
     app = fastapi.FastAPI(title="fmnist", description="Fashion-MNIST classifier", docs_url=None, redoc_url=None)
     add_protections(app, allowed_hosts)
+    app.add_middleware(metrics.Measured, metrics=predictor.metrics)  # outermost: refusals by any layer count
     app.router.on_shutdown.append(predictor.batcher.close)
     page = importlib.resources.files("fmnist.serving").joinpath("static/index.html").read_text()
     examples = functools.cache(lambda: example_images(runs.read_config(run_dir).get("data_dir")))
@@ -249,7 +254,14 @@ def create_app(
     async def examples_route():
         return {"examples": await fastapi.concurrency.run_in_threadpool(examples)}
 
-    app.post("/predict")(predictor.__call__)
+    @app.get("/metrics", include_in_schema=False)
+    def metrics_route():
+        body, content_type = predictor.metrics.exposition()
+        return fastapi.Response(body, media_type=content_type)
+
+    app.post(
+        "/predict", response_model=schema.Predictions, responses=schema.REFUSALS, openapi_extra=schema.PREDICT_BODY
+    )(predictor.__call__)
     return app
 
 
