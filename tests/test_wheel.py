@@ -16,6 +16,7 @@ import zipfile
 from pathlib import Path
 
 import httpx
+import PIL.Image
 import pytest
 from packaging.requirements import Requirement
 
@@ -84,8 +85,9 @@ def link_distributions(distributions, site_packages: Path) -> None:
 
 
 @pytest.mark.slow
-def test_the_wheel_installs_and_works_outside_the_source_tree(tmp_path, trained_run, monkeypatch):
+def test_the_wheel_installs_and_works_outside_the_source_tree(tmp_path, trained_run, real_dataset, monkeypatch):
     monkeypatch.delenv("PYTHONPATH", raising=False)  # the venv sees only its own site-packages
+    monkeypatch.setenv("FMNIST_CACHE_DIR", str(tmp_path / "cache"))  # the pretrained run's copy goes there
     # sdist first, then the wheel from the unpacked sdist: what the sdist leaves out, the wheel lacks too.
     built = subprocess.run(
         [sys.executable, "-m", "build", "--no-isolation", "--outdir", str(tmp_path / "dist"), str(ROOT)],
@@ -95,6 +97,7 @@ def test_the_wheel_installs_and_works_outside_the_source_tree(tmp_path, trained_
     )
     assert built.returncode == 0, built.stderr[-3000:]
     wheel = next((tmp_path / "dist").glob("fmnist-*.whl"))
+    assert wheel.stat().st_size < 2_000_000  # small, the pretrained weights included (docs/getting-started.md)
     # A bare venv; the wheel's own requirements linked in from this environment; fmnist from the wheel.
     subprocess.run([sys.executable, "-m", "venv", str(tmp_path / "venv")], check=True)
     python, fmnist_cli = tmp_path / "venv/bin/python", tmp_path / "venv/bin/fmnist"
@@ -157,6 +160,11 @@ def test_the_wheel_installs_and_works_outside_the_source_tree(tmp_path, trained_
         cwd=tmp_path,
     )
     assert study.returncode == 0 and (tmp_path / "study" / "record.json").is_file(), study.stderr[-2000:]
+    PIL.Image.fromarray(real_dataset.test_images[0]).save(tmp_path / "item.png")  # an ankle boot
+    predicted = subprocess.run(
+        [str(fmnist_cli), "predict", "--pretrained", "item.png"], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert predicted.returncode == 0 and predicted.stdout.startswith("item.png: Ankle boot"), predicted.stderr
     for command, extra in ((["export", str(trained_run)], "onnx"), (["serve", str(trained_run)], "serve")):
         refused = subprocess.run([str(fmnist_cli), *command], capture_output=True, text=True, cwd=tmp_path)
         assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
@@ -165,7 +173,7 @@ def test_the_wheel_installs_and_works_outside_the_source_tree(tmp_path, trained_
     link_distributions(runtime_closure(wheel_requirements(wheel), extra="serve"), site_packages)
     port = free_port()
     server = subprocess.Popen(
-        [str(fmnist_cli), "serve", str(trained_run), "--port", str(port)],
+        [str(fmnist_cli), "serve", "--pretrained", "--port", str(port)],
         cwd=tmp_path,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -175,6 +183,8 @@ def test_the_wheel_installs_and_works_outside_the_source_tree(tmp_path, trained_
         wait_until_up(f"http://127.0.0.1:{port}", server)
         page = httpx.get(f"http://127.0.0.1:{port}/", timeout=30)
         assert page.status_code == 200 and "<html" in page.text.lower()
+        assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=30).json()["model"] == "cnn94"
+        assert "fmnist_requests_total" in httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
     finally:
         server.terminate()
         server.wait(timeout=60)

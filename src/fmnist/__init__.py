@@ -35,6 +35,7 @@ _API = (
     "load_data",
     "models",
     "open_run",
+    "pretrained",
     "reproduce",
     "sweep",
     "sweep_config",
@@ -57,6 +58,7 @@ if _typing.TYPE_CHECKING:
     from fmnist.api import load_data as load_data
     from fmnist.api import models as models
     from fmnist.api import open_run as open_run
+    from fmnist.api import pretrained as pretrained
     from fmnist.api import reproduce as reproduce
     from fmnist.api import sweep as sweep
     from fmnist.api import sweep_config as sweep_config

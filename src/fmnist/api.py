@@ -51,6 +51,7 @@ __all__ = [
     "load_data",
     "models",
     "open_run",
+    "pretrained",
     "reproduce",
     "sweep",
     "sweep_config",
@@ -93,27 +94,10 @@ def data_summary(data_dir: str | Path | None = None, out: str | Path = OUT["data
 
 def models() -> list[dict]:
     """`fmnist models`: per registered model its name, parameters, forward MFLOPs per image, architecture tag,
-    description and recipe (one line); the default model first."""
-    from fmnist.nets import architectures
+    description and recipe (one line); the default model first (training/registry.describe)."""
     from fmnist.training import registry
 
-    rows = []
-    for name, spec in registry.REGISTRY.items():
-        network = spec.build(0.0)
-        rows.append(
-            {
-                "name": name,
-                "default": name == registry.DEFAULT,
-                "architecture": spec.architecture,
-                "parameters": architectures.parameters(network),
-                "mflops": architectures.mflops_per_image(network),
-                "description": spec.description,
-                "recipe": spec.recipe.describe(),
-                "fp32": spec.fp32,  # where it trains in fp32 (no native bf16), these settings replace the recipe's
-                "recipe_here": registry.recipe_for(name),
-            }
-        )
-    return rows
+    return [registry.describe(name) for name in registry.REGISTRY]
 
 
 def layer_table(model: str) -> tuple[list[tuple[str, str, int]], int]:
@@ -253,6 +237,16 @@ class Run:
             raise errors.InputError("no image files found in " + ", ".join(map(str, paths)))
         out_dir = files.output_dir(Path(save_preprocessed)) if save_preprocessed else None
         return inference.classify_files(self.model(weights, precision), found, top, out_dir)
+
+
+def pretrained() -> Run:
+    """The model that ships with fmnist (cnn94 trained on all 60,000 training images; its record and model card
+    beside the weights), ready to predict, evaluate, serve or export with no training.
+
+    Examples:
+        >>> fmnist.pretrained().predict(PIL.Image.open("shoe.jpg")).names
+    """
+    return Run(runs.pretrained_run())
 
 
 def open_run(path: str | Path) -> Run:

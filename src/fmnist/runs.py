@@ -21,6 +21,11 @@
       figures/*.png          samples, learning curves, confusion matrix, predictions, confident mistakes
       report.html, report.md `fmnist report`: the whole experiment on one page
       model.onnx             `fmnist export`
+      README.md              the pretrained run's alone: its model card (the command that made it, the
+                             machine, the test accuracy; generated from its record by docs/hooks.py)
+
+The pretrained run ships in the package (fmnist/pretrained/MODEL/: a finished run less its checkpoint,
+logs and figures) and is copied into the user cache on first use (`pretrained_run`).
 
 Every file is written atomically (core/files.py: a temp file `.NAME.*.tmp` renamed; a crash never
 leaves half a file), and the temp files a kill leaves behind are removed when the run is next written.
@@ -33,6 +38,7 @@ Torch is imported by the functions that read or write tensors only: reading a ru
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 import math
 import zipfile
@@ -58,6 +64,8 @@ REPORT_MD = "report.md"
 ONNX = "model.onnx"
 MAX_FILE_BYTES = 256 << 20  # weights or checkpoint; the seed's checkpoint (weights and Adam's moments) is ~10 MB
 MAX_JSON_BYTES = 16 << 20  # config, history, metrics: a 1,000-epoch history is ~250 KB
+PRETRAINED = "cnn94"  # the model whose weights ship in the package
+PRETRAINED_FILES = (CONFIG, HISTORY, METRICS, "README.md", WEIGHTS)  # the weights last
 PREPROCESSING = "grayscale uint8 28x28, light object on dark background, divided by 255; input (N, 28, 28, 1) float32"
 
 
@@ -182,6 +190,19 @@ def require_target(run_dir: Path, resume: bool) -> Path:
     if not (run_dir / CONFIG).is_file():
         raise errors.RunError(f"{run_dir / CONFIG} is missing: {run_dir} holds no run to resume")
     return run_dir
+
+
+def pretrained_run() -> Path:
+    """The pretrained run, copied from the package into the user cache where it is not there yet or its weights
+    differ (another version): evaluate and report write into a run, and an installed package may be read-only."""
+    source = importlib.resources.files("fmnist").joinpath("pretrained", PRETRAINED)
+    target = files.user_cache() / "pretrained" / PRETRAINED
+    weights = source.joinpath(WEIGHTS).read_bytes()
+    if not (target / WEIGHTS).is_file() or (target / WEIGHTS).read_bytes() != weights:
+        for name in PRETRAINED_FILES:  # a copy cut short has old or no weights: copied again
+            content = weights if name == WEIGHTS else source.joinpath(name).read_bytes()
+            files.write_atomic(files.output_dir(target) / name, lambda tmp, data=content: tmp.write_bytes(data))
+    return target
 
 
 def remove_stale_temp_files(run_dir: Path) -> None:

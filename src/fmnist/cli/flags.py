@@ -23,6 +23,7 @@ EXAMPLES = """examples:
   fmnist train --epochs 5 --out runs/quick
   fmnist evaluate runs/quick && fmnist report runs/quick
   fmnist predict runs/quick shoe.jpg      classify your own photos
+  fmnist predict --pretrained shoe.jpg    ... with the model that ships with fmnist: no training
 """
 SETTINGS = {
     field.name: field for cls in (api.Recipe, api.Runtime, api.TrainConfig) for field in dataclasses.fields(cls)
@@ -122,11 +123,7 @@ COMMANDS = {  # name: (one line for `fmnist --help`, the command's description, 
     "evaluate": (
         "loss/accuracy on train and test, per-class table, figures",
         "Evaluate a run on its training split and the test set; writes metrics.json, predictions.csv and figures/.",
-        [
-            "fmnist evaluate runs/train",
-            "fmnist evaluate runs/train --weights best",
-            "fmnist evaluate runs/res95 --precision bf16",
-        ],
+        ["fmnist evaluate runs/train --weights best", "fmnist evaluate runs/res95 --precision bf16"],
     ),
     "report": (
         "write report.html and report.md for an evaluated run",
@@ -170,6 +167,7 @@ COMMANDS = {  # name: (one line for `fmnist --help`, the command's description, 
         "classes per file; exit code 1 if any file failed.",
         [
             "fmnist predict runs/train shoe.jpg bag.png",
+            "fmnist predict --pretrained shoe.jpg",
             "fmnist predict runs/train photos/ --json --save-preprocessed seen/",
         ],
     ),
@@ -192,6 +190,7 @@ COMMANDS = {  # name: (one line for `fmnist --help`, the command's description, 
         "GET / (a page to drop images on).",
         [
             "fmnist serve runs/train --port 8000",
+            "fmnist serve --pretrained",
             "curl -F file=@shoe.jpg http://127.0.0.1:8000/predict",
             "fmnist serve runs/res95 --precision bf16",
             "fmnist serve runs/train --replicas 2",
@@ -204,6 +203,7 @@ PRECISION = (
     "(AVX512-BF16, AMX) or on a GPU, no faster one image at a time, slower on other CPUs; about 1 "
     "prediction in 1,000 changes (default: fp32)"
 )
+PRETRAINED = "the model that ships with fmnist instead of a run: no run directory to give (default: off)"
 WEIGHTS = "final weights or those of the lowest validation loss (default: final)"
 REQUEST_TIMEOUT = (
     "a request's deadline: to arrive whole (slow clients are dropped); with --replicas, end to end at "
@@ -297,8 +297,8 @@ def add_sweep(p) -> None:
 
 
 def add_predict(p) -> None:
-    p.add_argument("run", help="run directory")
-    p.add_argument("images", nargs="+", type=Path, help="image files or directories")
+    p.add_argument("paths", nargs="+", type=Path, metavar="[RUN] IMAGE", help="a run directory, then images or folders")
+    p.add_argument("--pretrained", action="store_true", help=PRETRAINED)
     p.add_argument("--top", type=top_count, default=3, help="classes to show per image, 1 to 10 (default: 3)")
     p.add_argument("--json", action="store_true", help="print JSON (default: one line per file)")
     p.add_argument("--save-preprocessed", metavar="DIR", help="save the 28x28 the model saw (default: don't)")
@@ -321,7 +321,8 @@ def add_import_keras(p) -> None:
 
 
 def add_serve(p) -> None:
-    p.add_argument("run", help="run directory")
+    p.add_argument("run", nargs="?", help="run directory (or --pretrained)")
+    p.add_argument("--pretrained", action="store_true", help=PRETRAINED)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=port_number, default=8000, help="port (default: 8000; 0: any free one)")
     p.add_argument("--max-bytes", type=int, help=f"request size limit in bytes (default: {limits.MAX_BYTES:,})")

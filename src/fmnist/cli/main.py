@@ -60,9 +60,7 @@ def cmd_train(args) -> int:
     if args.resume:
         run_dir = Path(args.resume)
         console.print(f"resuming {run_dir}")
-        run = api.train(
-            out=run_dir, resume=True, show_progress=not args.quiet, **({"epochs": args.epochs} if args.epochs else {})
-        )
+        run = api.train(out=run_dir, resume=True, show_progress=not args.quiet, epochs=args.epochs)
     else:
         run_dir, config = Path(args.out), train_config(args)
         api.check_new_run(run_dir)  # refused before the model summary, not after it
@@ -245,9 +243,11 @@ def cmd_bench(args) -> int:
 
 def cmd_predict(args) -> int:
     """Top classes per file; a bad file is reported in one line and the others are still predicted."""
-    results = api.open_run(args.run).predict_files(
-        args.images, args.top, args.weights, args.save_preprocessed, args.precision
-    )
+    images = args.paths if args.pretrained else args.paths[1:]
+    if not images:
+        raise errors.InputError("give a run directory and then images, or --pretrained and images")
+    run = api.pretrained() if args.pretrained else api.open_run(args.paths[0])
+    results = run.predict_files(images, args.top, args.weights, args.save_preprocessed, args.precision)
     for result in results:
         if "error" in result:
             report_error(result["error"], 1)
@@ -284,6 +284,9 @@ def cmd_serve(args) -> int:
     from fmnist.serving import limits
 
     args.max_bytes = args.max_bytes or limits.MAX_BYTES
+    if bool(args.run) == args.pretrained:
+        raise errors.InputError("give a run directory to serve, or --pretrained (not both)")
+    args.run = args.run or api.pretrained().path
     if args.replicas is not None or args.address:
         return serve_on_ray(args)
     from fmnist.serving import server, transport

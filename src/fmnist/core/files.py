@@ -5,6 +5,7 @@
 - `output_dir` / `output_file`: an --out of the wrong kind is a one-line error, not a traceback.
 - `write_atomic` (and `write_json`, `write_text`): written to a temp file beside the target (`.NAME.*.tmp`),
   then renamed onto it: a crash never leaves half a file.
+- `user_cache`: where fmnist keeps what it fetched or unpacked ($FMNIST_CACHE_DIR, else the platform's).
 """
 
 from __future__ import annotations
@@ -15,7 +16,13 @@ import stat
 import tempfile
 from pathlib import Path
 
+import platformdirs
+
 from fmnist.core import errors
+
+
+def user_cache() -> Path:
+    return Path(os.environ.get("FMNIST_CACHE_DIR") or platformdirs.user_cache_dir("fmnist"))
 
 
 def read_regular(path: Path, max_bytes: int) -> bytes:

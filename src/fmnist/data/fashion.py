@@ -28,7 +28,6 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-import platformdirs
 
 from fmnist.core import errors, files
 
@@ -171,7 +170,7 @@ def read_idx(path: Path, spec: IdxFile | None = None) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # Finding the files
 def cache_dir() -> Path:
-    return Path(os.environ.get("FMNIST_CACHE_DIR") or platformdirs.user_cache_dir("fmnist")) / "fashion-mnist"
+    return files.user_cache() / "fashion-mnist"
 
 
 def configured_mirrors() -> tuple[str, ...]:

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 
 import prometheus_client
+import starlette.responses
 
 ROUTES = ("/", "/health", "/examples", "/predict", "/metrics", "/openapi.json")
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)  # up to batching.MAX_BATCH
@@ -48,9 +49,10 @@ class ServerMetrics:
         queue = prometheus_client.Gauge("fmnist_work_queue_images", "Images admitted and not yet answered", registry=on)
         queue.set_function(queued)
 
-    def exposition(self) -> tuple[bytes, str]:
-        """(body, content type) of a scrape."""
-        return prometheus_client.generate_latest(self.registry), prometheus_client.CONTENT_TYPE_LATEST
+    def scrape(self) -> starlette.responses.Response:
+        """GET /metrics: everything, in the text format."""
+        body = prometheus_client.generate_latest(self.registry)
+        return starlette.responses.Response(body, media_type=prometheus_client.CONTENT_TYPE_LATEST)
 
     def answered(self, path: str, status: int, seconds: float) -> None:
         route = path if path in ROUTES else "other"

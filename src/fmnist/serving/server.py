@@ -254,11 +254,7 @@ def create_app(
     async def examples_route():
         return {"examples": await fastapi.concurrency.run_in_threadpool(examples)}
 
-    @app.get("/metrics", include_in_schema=False)
-    def metrics_route():
-        body, content_type = predictor.metrics.exposition()
-        return fastapi.Response(body, media_type=content_type)
-
+    app.get("/metrics", include_in_schema=False)(predictor.metrics.scrape)
     app.post(
         "/predict", response_model=schema.Predictions, responses=schema.REFUSALS, openapi_extra=schema.PREDICT_BODY
     )(predictor.__call__)

@@ -308,12 +308,13 @@ class TrainConfig(Recipe, Runtime):
 
 
 def load_config(run_dir: Path, **overrides) -> TrainConfig:
-    """The TrainConfig stored in a run directory (for --resume), with `overrides` applied."""
+    """The TrainConfig stored in a run directory (for --resume), with `overrides` (those not None) applied."""
     from fmnist import runs  # imports torch: only where a run is read
 
     stored = runs.read_config(run_dir)
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     try:
-        return TrainConfig(**{**{k: v for k, v in stored.items() if k in fields}, **overrides})
+        given = {key: value for key, value in overrides.items() if value is not None}
+        return TrainConfig(**{**{k: v for k, v in stored.items() if k in fields}, **given})
     except (TypeError, ValueError) as exc:
         raise errors.RunError(f"{Path(run_dir) / runs.CONFIG}: not a usable training configuration ({exc})") from None

@@ -163,3 +163,21 @@ def trained_as(architecture: str, recorded: str | None) -> ModelSpec | None:
     if recorded in REGISTRY and REGISTRY[recorded].architecture == architecture:
         return REGISTRY[recorded]
     return next((spec for spec in REGISTRY.values() if spec.architecture == architecture), None)
+
+
+def describe(name: str) -> dict:
+    """`fmnist models`' row: name, parameters, forward MFLOPs per image, architecture tag, description, recipe
+    (one line), its fp32 settings (which replace the recipe's where it trains in fp32) and which this machine gets."""
+    spec = get(name)
+    network = spec.build(0.0)
+    return {
+        "name": name,
+        "default": name == DEFAULT,
+        "architecture": spec.architecture,
+        "parameters": architectures.parameters(network),
+        "mflops": architectures.mflops_per_image(network),
+        "description": spec.description,
+        "recipe": spec.recipe.describe(),
+        "fp32": spec.fp32,
+        "recipe_here": recipe_for(name),
+    }
