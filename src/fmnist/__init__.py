@@ -30,6 +30,7 @@ _API = (
     "TrainConfig",
     "bench",
     "data_summary",
+    "ensemble",
     "import_keras",
     "layer_table",
     "load_data",
@@ -53,6 +54,7 @@ if _typing.TYPE_CHECKING:
     from fmnist.api import TrainConfig as TrainConfig
     from fmnist.api import bench as bench
     from fmnist.api import data_summary as data_summary
+    from fmnist.api import ensemble as ensemble
     from fmnist.api import import_keras as import_keras
     from fmnist.api import layer_table as layer_table
     from fmnist.api import load_data as load_data

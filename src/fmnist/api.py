@@ -1,13 +1,9 @@
 """The Python API: everything the CLI does, as functions and a `Run` (the CLI parses, calls these, prints).
 
     import fmnist
-    dataset = fmnist.load_data()                    # arrays + fmnist.CLASS_NAMES, checked as the CLI does
-    run = fmnist.train(model="fast-cnn", epochs=2, limit=6000, out="runs/quick")
-    run.evaluate()["test"]["accuracy"]
-    run.predict(dataset.test_images[:5]).names      # arrays, or image files: ["photo.jpg"]
-    run.report()                                    # report.html and report.md
-    run.export("onnx")                              # or "keras" (the seed network)
-    fmnist.open_run("runs/quick")                   # any run directory, later
+    run = fmnist.train(model="fast-cnn", epochs=2, limit=6000, out="runs/quick")   # or fmnist.open_run(...)
+    run.evaluate(); run.predict(["photo.jpg"]).names; run.report(); run.export("onnx")
+    fmnist.pretrained(); fmnist.ensemble(["runs/a", "runs/b"], out="runs/ab")     # models with no training
 
 This module imports no torch itself: each function loads the engine it needs, so that the CLI's help,
 which reads the settings and defaults here, stays instant.
@@ -32,9 +28,8 @@ CLASS_NAMES = fashion.CLASS_NAMES
 PUBLISHED = seed_report.PUBLISHED  # the original report's figures
 DEFAULT_MODEL = Recipe().model  # the report's
 OUT = {
-    command: f"runs/{command}" for command in ("data", "train", "reproduce", "sweep", "keras", "bench")
+    command: f"runs/{command}" for command in ("data", "train", "reproduce", "sweep", "keras", "bench", "ensemble")
 }  # default outputs
-WEIGHTS = {"final": runs.WEIGHTS, "best": runs.BEST_WEIGHTS}
 __all__ = [
     "CLASS_NAMES",
     "INFERENCE_PRECISIONS",
@@ -46,6 +41,7 @@ __all__ = [
     "TrainConfig",
     "bench",
     "data_summary",
+    "ensemble",
     "import_keras",
     "layer_table",
     "load_data",
@@ -118,12 +114,6 @@ class Predictions:
     names: list[str]  # (N,) its name
 
 
-def weights_file(weights: str) -> str:
-    if weights not in WEIGHTS:
-        raise ValueError(f"weights must be 'final' or 'best', got {weights!r}")
-    return WEIGHTS[weights]
-
-
 class Run:
     """A run directory (its layout: runs.py): a trained or imported model with its history and results."""
 
@@ -140,17 +130,21 @@ class Run:
         return configs.load_config(self.path)
 
     @property
+    def ensemble(self) -> dict | None:
+        """An ensemble's members (model, seed, training seconds), how they are averaged and why; else None."""
+        return runs.read_config(self.path).get("ensemble")
+
+    @property
     def history(self) -> list[dict]:
         """One row per epoch: loss, accuracy, val_loss, val_accuracy, seconds, elapsed, ..."""
         return runs.read_history(self.path)
 
     def model(self, weights: str = "final", precision: str = "fp32"):
-        """The network (torch.nn.Module, eval mode) as evaluation and prediction run it; `precision` "bf16"
-        computes it in bf16 (inference.Bf16Inference: faster where bf16 is native, ~1 prediction in 1,000
-        changes)."""
+        """The network (torch.nn.Module, eval mode) as evaluation and prediction run it; "bf16": faster where
+        bf16 is native, ~1 prediction in 1,000 changes."""
         from fmnist.nets import inference
 
-        return inference.load_model(self.path, weights_file(weights), precision=precision)
+        return inference.load_model(self.path, runs.weights_file(weights), precision=precision)
 
     def evaluate(
         self, weights: str = "final", device: str = "auto", data_dir: str | Path | None = None, precision: str = "fp32"
@@ -160,7 +154,7 @@ class Run:
         from fmnist.results import evaluate
 
         return evaluate.evaluate_run(
-            self.path, weights_file(weights), data_dir=data_dir, device=device, precision=precision
+            self.path, runs.weights_file(weights), data_dir=data_dir, device=device, precision=precision
         )
 
     def predict(self, images, weights: str = "final", precision: str = "fp32") -> Predictions:
@@ -199,7 +193,7 @@ class Run:
             errors.require("ONNX export", "onnx", "onnx", "onnxruntime")
             from fmnist.interop import to_onnx
 
-            path = to_onnx.export_onnx(self.path, out, weights_file(weights))
+            path = to_onnx.export_onnx(self.path, out, runs.weights_file(weights))
             if verify:
                 self.verify_onnx(path, weights)
             return path
@@ -207,7 +201,7 @@ class Run:
             errors.require("Keras files", "keras", "h5py")
             from fmnist.interop import to_keras
 
-            return to_keras.export_keras(self.path, out, weights_file(weights))
+            return to_keras.export_keras(self.path, out, runs.weights_file(weights))
         raise ValueError(f"format must be 'onnx' or 'keras', got {format!r}")
 
     def verify_onnx(self, path: str | Path, weights: str = "final", data_dir: str | Path | None = None) -> float:
@@ -217,7 +211,7 @@ class Run:
         from fmnist.interop import to_onnx
 
         images = load_data(data_dir or self.config.data_dir, False).test_images[:1000]
-        return to_onnx.verify(self.path, Path(path), images, weights_file(weights))
+        return to_onnx.verify(self.path, Path(path), images, runs.weights_file(weights))
 
     def predict_files(
         self,
@@ -259,6 +253,18 @@ def open_run(path: str | Path) -> Run:
     return Run(path)
 
 
+def ensemble(members: Sequence[str | Path], out: str | Path = OUT["ensemble"], combine: str = "auto") -> Run:
+    """The runs `members` (2 or more; any architectures) averaged as one model, a new run directory: their
+    logits or their probabilities ("auto": chosen on their shared validation split), their times recorded.
+
+    Examples:
+        >>> fmnist.ensemble(["runs/reproduce/seed-0", "runs/reproduce/seed-1"], out="runs/pair").evaluate()
+    """
+    from fmnist.training import ensembles
+
+    return Run(ensembles.make(members, out, combine))
+
+
 def import_keras(model: str | Path, out: str | Path = OUT["keras"]) -> Run:
     """A Keras .keras or .h5 model of the report's network as a new run directory (nothing from the file runs)."""
     errors.require("Keras files", "keras", "h5py")
@@ -268,8 +274,7 @@ def import_keras(model: str | Path, out: str | Path = OUT["keras"]) -> Run:
 
 
 def check_new_run(out: str | Path) -> None:
-    """A RunError where `out` already holds a run (continue it with resume=True) or is a file: what train()
-    checks first, for callers that print something before training."""
+    """What train() checks first (a RunError where `out` holds a run or is a file), for callers that print."""
     runs.require_new(Path(out), f"continue it with --resume {out}")
 
 
@@ -322,8 +327,7 @@ def reproduce(
 
     `seeds`: default one for one model (the report's reproduction), five for a comparison. Everything is checked
     first (one InputError), then `on_start()` is called; `on_seed(model, seed, metrics, report_html)` after each
-    seed. With `workers` (or a Ray `address`), each model's seeds train in parallel on Ray (`fmnist[ray]`),
-    `threads` each."""
+    seed. With `workers` (or a Ray `address`), seeds train in parallel on Ray (`fmnist[ray]`), `threads` each."""
     from fmnist.studies import seeds as study
 
     checked = study.plan(model_names, seeds, first_seed, targets, workers, address, **settings)

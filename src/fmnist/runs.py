@@ -69,6 +69,14 @@ PRETRAINED_FILES = (CONFIG, HISTORY, METRICS, "README.md", WEIGHTS)  # the weigh
 PREPROCESSING = "grayscale uint8 28x28, light object on dark background, divided by 255; input (N, 28, 28, 1) float32"
 
 
+def weights_file(weights: str) -> str:
+    """The file of a run's "final" or "best" weights."""
+    files_by_name = {"final": WEIGHTS, "best": BEST_WEIGHTS}
+    if weights not in files_by_name:
+        raise ValueError(f"weights must be 'final' or 'best', got {weights!r}")
+    return files_by_name[weights]
+
+
 def read_json(path: Path):
     """A run's JSON file: a regular file of at most MAX_JSON_BYTES, parsed; RunError otherwise."""
     if not Path(path).exists():

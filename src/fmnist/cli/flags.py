@@ -171,6 +171,15 @@ COMMANDS = {  # name: (one line for `fmnist --help`, the command's description, 
             "fmnist predict runs/train photos/ --json --save-preprocessed seen/",
         ],
     ),
+    "ensemble": (
+        "average trained runs as one model",
+        "Make an ensemble: the members' networks (each with its own test-time augmentation) averaged as one model, "
+        "in a run directory that evaluate, report, predict, serve and export take as any run.",
+        [
+            "fmnist ensemble runs/reproduce/seed-0 runs/reproduce/seed-1 runs/reproduce/seed-2 --out runs/ens",
+            "fmnist evaluate runs/ens && fmnist export runs/ens --format onnx",
+        ],
+    ),
     "export": (
         "export a run to ONNX (checked with onnxruntime) or Keras",
         "Export to ONNX: input (N, 28, 28, 1) float32 in [0, 1], probabilities out, class names in the "
@@ -204,6 +213,7 @@ PRECISION = (
     "prediction in 1,000 changes (default: fp32)"
 )
 PRETRAINED = "the model that ships with fmnist instead of a run: no run directory to give (default: off)"
+COMBINE = "average the members' logits or probabilities; auto: whichever has the lower validation loss (default: auto)"
 WEIGHTS = "final weights or those of the lowest validation loss (default: final)"
 REQUEST_TIMEOUT = (
     "a request's deadline: to arrive whole (slow clients are dropped); with --replicas, end to end at "
@@ -296,6 +306,12 @@ def add_sweep(p) -> None:
     p.add_argument("--out", default=api.OUT["sweep"], help="output directory (default: %(default)s)")
 
 
+def add_ensemble(p) -> None:
+    p.add_argument("members", nargs="+", metavar="RUN", help="the runs to average (2 or more, any models)")
+    p.add_argument("--combine", choices=("auto", "logits", "probabilities"), default="auto", help=COMBINE)
+    p.add_argument("--out", default=api.OUT["ensemble"], help="run directory to write (default: %(default)s)")
+
+
 def add_predict(p) -> None:
     p.add_argument("paths", nargs="+", type=Path, metavar="[RUN] IMAGE", help="a run directory, then images or folders")
     p.add_argument("--pretrained", action="store_true", help=PRETRAINED)
@@ -344,22 +360,6 @@ def add_serve(p) -> None:
     p.add_argument("--precision", choices=api.INFERENCE_PRECISIONS, default="fp32", help=PRECISION)
 
 
-ARGUMENTS = {
-    "data": add_data,
-    "train": add_train,
-    "models": lambda p: None,
-    "evaluate": add_evaluate,
-    "report": add_report,
-    "reproduce": add_reproduce,
-    "bench": add_bench,
-    "sweep": add_sweep,
-    "predict": add_predict,
-    "export": add_export,
-    "import-keras": add_import_keras,
-    "serve": add_serve,
-}
-
-
 def positive_seconds(text: str) -> float:
     try:
         value = float(text)
@@ -377,7 +377,8 @@ def port_number(text: str) -> int:
 
 
 def build_parser(handlers: dict) -> argparse.ArgumentParser:
-    """The whole command line; `handlers` maps each command to its function (main.py's cmd_*)."""
+    """The whole command line: per command in COMMANDS its flags (add_NAME here) and its function, from
+    `handlers` (main.py's cmd_NAME, "-" written "_")."""
     parser = argparse.ArgumentParser(
         prog="fmnist",
         description="Train, evaluate, understand and use Fashion-MNIST classifiers.",
@@ -395,5 +396,5 @@ def build_parser(handlers: dict) -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         p.set_defaults(handler=handlers[name.replace("-", "_")])
-        ARGUMENTS[name](p)
+        globals().get(f"add_{name.replace('-', '_')}", lambda p: None)(p)  # the command's flags: add_NAME
     return parser

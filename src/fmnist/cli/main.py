@@ -273,6 +273,14 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_ensemble(args) -> int:
+    run = api.ensemble(args.members, args.out, args.combine)
+    about = run.ensemble or {}
+    chosen = f"{about['combine']} averaged ({about['chosen']})"
+    console.print(f"wrote {run.path}: {len(about['members'])} members, {chosen}; next: fmnist evaluate {run.path}")
+    return 0
+
+
 def cmd_import_keras(args) -> int:
     run = api.import_keras(args.model, args.out)
     console.print(f"imported {args.model} into {run.path}; next: fmnist evaluate {run.path}")
@@ -324,20 +332,7 @@ def serve_on_ray(args) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-HANDLERS = {
-    "data": cmd_data,
-    "train": cmd_train,
-    "models": cmd_models,
-    "evaluate": cmd_evaluate,
-    "report": cmd_report,
-    "reproduce": cmd_reproduce,
-    "sweep": cmd_sweep,
-    "bench": cmd_bench,
-    "predict": cmd_predict,
-    "export": cmd_export,
-    "import_keras": cmd_import_keras,
-    "serve": cmd_serve,
-}
+HANDLERS = {name.removeprefix("cmd_"): handler for name, handler in list(globals().items()) if name.startswith("cmd_")}
 WITHOUT_TORCH = ("data",)  # commands that compute nothing with torch: no machine set-up
 
 

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from fmnist.data import fashion
-from fmnist.nets import fastcnn, resnet, seedcnn
+from fmnist.nets import ensemble, fastcnn, resnet, seedcnn
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +59,8 @@ def unwrapped(network: nn.Module) -> nn.Module:
 def tag_of(network: nn.Module) -> str:
     """The tag to record for a network (its class names it; wrappers are looked through)."""
     network = unwrapped(network)
+    if isinstance(network, ensemble.Ensemble):
+        return ensemble.ARCHITECTURE
     return next(a.tag for a in ARCHITECTURES.values() if type(network) is a.network)
 
 

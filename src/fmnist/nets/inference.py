@@ -4,7 +4,8 @@ training it (evaluation, prediction, serving, export, the training loop's valida
 - `evaluation_form`: the network as inference runs it: BatchNorm folded (`for_inference`), flip TTA (and
   the views moved by ±N pixels) where the run recorded it, bf16 if asked for. Each form is a `Wrapper`
   whose state_dict is the network's own, beside the plain form it must equal (`flip_averaged_reference`).
-- `load_model`: a network rebuilt from a run's weights (their architecture tag) in that form.
+- `load_model`: a network rebuilt from a run's weights (their architecture tag) in that form; an ensemble's
+  members each so (nets/ensemble.py).
 - tensors in the report's preprocessing, batched probabilities, evaluation, and the top classes.
 """
 
@@ -20,7 +21,7 @@ from torch import nn
 from fmnist import runs
 from fmnist.core import errors, machine
 from fmnist.data import fashion, photos
-from fmnist.nets import INFERENCE_PRECISIONS, architectures, seedcnn
+from fmnist.nets import INFERENCE_PRECISIONS, architectures, ensemble, seedcnn
 
 CPU = torch.device("cpu")
 
@@ -66,21 +67,44 @@ def load_model(
     precision: str = "fp32",
     device: torch.device = CPU,
 ) -> torch.nn.Module:
-    """The network a run recorded (its weights' architecture tag), in eval mode on `device`, computing in
-    `precision` (INFERENCE_PRECISIONS; a warning where the device only emulates bf16); clear errors for
-    foreign, mismatched or damaged weights."""
+    """The network a run recorded (its weights' architecture tag; an ensemble's members each by theirs), in
+    eval mode on `device`, computing in `precision` (INFERENCE_PRECISIONS; a warning where the device only
+    emulates bf16); clear errors for foreign, mismatched or damaged weights."""
     where = Path(run_dir) / weights
     tensors, metadata = runs.load_weights(where)
+    if metadata.get("architecture") == ensemble.ARCHITECTURE:
+        network = ensemble_from(tensors, metadata, str(where), dropout)
+    else:
+        network = network_from(tensors, metadata, str(where), dropout)
+    machine.check_bf16(precision, device)
+    return in_precision(network, precision).to(device)
+
+
+def network_from(tensors: dict, metadata: dict[str, str], where: str, dropout: float) -> nn.Module:
+    """One network of a registered architecture from its weights, in its evaluation form (fp32)."""
     architecture = architectures.get(metadata.get("architecture"))
     if architecture is None:
         raise errors.RunError(
             f"{where}: architecture {metadata.get('architecture')!r}, "
-            f"this version of fmnist reads {', '.join(architectures.ARCHITECTURES)}"
+            f"this version of fmnist reads {', '.join([*architectures.ARCHITECTURES, ensemble.ARCHITECTURE])}"
         )
     network = architecture.network(dropout=dropout)
-    network.load_state_dict(runs.check_state(tensors, network.state_dict(), str(where)))
-    machine.check_bf16(precision, device)
-    return evaluation_form(network, *runs.tta_of(metadata, str(where)), precision=precision).to(device)
+    network.load_state_dict(runs.check_state(tensors, network.state_dict(), where))
+    return evaluation_form(network, *runs.tta_of(metadata, where))
+
+
+def ensemble_from(tensors: dict, metadata: dict[str, str], where: str, dropout: float) -> ensemble.Ensemble:
+    """An ensemble's members (nets/ensemble.py), each checked as a network alone is."""
+    try:
+        members, combine = ensemble.read_metadata(metadata)
+        states = ensemble.unpacked(tensors, len(members))
+    except (ValueError, KeyError) as exc:
+        raise errors.RunError(f"{where}: not a readable ensemble ({exc})") from None
+    built = [
+        network_from(state, meta, f"{where}, member {i}", dropout)
+        for i, (state, meta) in enumerate(zip(states, members))
+    ]
+    return ensemble.Ensemble(built, combine)
 
 
 def top_classes(probabilities: np.ndarray, k: int = 3) -> list[dict]:
@@ -131,12 +155,16 @@ def evaluation_form(network: nn.Module, tta: bool, tta_shift: int = 0, precision
     """The network as evaluation, prediction, serving and export run it, in eval mode: its inference form
     (`for_inference`, where it has one: the same function, cheaper), with flip TTA if asked for (and the
     views moved by ±tta_shift pixels), computed in bf16 if asked for (Bf16Inference)."""
-    if precision not in INFERENCE_PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(INFERENCE_PRECISIONS)}, got {precision!r}")
     network = network.eval()
     if hasattr(network, "for_inference"):
         network = network.for_inference()
-    network = FlipAveraged(network, tta_shift) if tta else network
+    return in_precision(FlipAveraged(network, tta_shift) if tta else network, precision)
+
+
+def in_precision(network: nn.Module, precision: str) -> nn.Module:
+    """The network computed in `precision` (bf16: Bf16Inference), in eval mode."""
+    if precision not in INFERENCE_PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(INFERENCE_PRECISIONS)}, got {precision!r}")
     return (Bf16Inference(network) if precision == "bf16" else network).eval()
 
 

@@ -130,6 +130,8 @@ def per_class_table(metrics: dict) -> tuple:
 
 
 def training_blocks(config: dict, history: list[dict], recipe: str) -> list:
+    if isinstance(config.get("ensemble"), dict):
+        return ensemble_blocks(config["ensemble"])
     if not history:
         return [p("No training history: this run was imported, not trained here.")]
     machine = config.get("machine", {})
@@ -155,6 +157,17 @@ def training_blocks(config: dict, history: list[dict], recipe: str) -> list:
         table(("setting", "value"), [(k, str(v)) for k, v in rows]),
         image("learning_curves.png", "learning curves"),
     ]
+
+
+def ensemble_blocks(about: dict) -> list:
+    """An ensemble's members (training/ensembles.py) in place of a training history."""
+    members = [m for m in about.get("members", []) if isinstance(m, dict)]
+    rows = [(m.get("run"), m.get("model"), m.get("seed"), f"{m.get('seconds', 0):.1f} s") for m in members]
+    said = (
+        f"An ensemble of {len(members)} runs, their {about.get('combine')} averaged (chosen: {about.get('chosen')}), "
+        f"{about.get('training_seconds', 0):.1f} s of training in all. The architecture below is the first member's."
+    )
+    return [p(html.escape(said)), table(("run", "model", "seed", "training time"), [tuple(map(str, r)) for r in rows])]
 
 
 def architecture_table(network) -> tuple:

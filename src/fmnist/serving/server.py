@@ -128,7 +128,11 @@ def describe_run(run_dir: Path) -> dict:
     config = runs.read_config(run_dir)
     metrics = runs.read_json(run_dir / runs.METRICS) if (run_dir / runs.METRICS).is_file() else {}
     accuracy = metrics.get("test", {}).get("accuracy") if isinstance(metrics.get("test"), dict) else None
-    return {"model": config.get("model", "seed-cnn"), "test_accuracy": accuracy}
+    members = config["ensemble"].get("members") if isinstance(config.get("ensemble"), dict) else None
+    model = config.get("model", "seed-cnn")
+    if isinstance(members, list):  # an ensemble (training/ensembles.py): its members' models
+        model = "ensemble of " + ", ".join(str(m.get("model"))[:40] for m in members if isinstance(m, dict))
+    return {"model": model, "test_accuracy": accuracy}
 
 
 def example_images(data_dir: str | None) -> list[dict]:
