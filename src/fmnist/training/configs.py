@@ -101,6 +101,13 @@ class Recipe:
     )
     lookahead: bool = setting(False, "average the weights along the way (airbench's Lookahead, every 5 steps)")
     whiten_bias_epochs: int = setting(3, "a whitening stem's bias trains this many epochs, then stays", "epochs")
+    teacher: str | None = setting(
+        None,
+        "distillation: a run (or an ensemble) whose softened probabilities the network learns beside the labels",
+        none="none: the labels alone",
+    )
+    distill_temperature: float = setting(4.0, "distillation: the temperature softening teacher and student")
+    distill_weight: float = setting(0.5, "distillation: the teacher's share of the loss (the labels' is 1 - it)")
 
     @classmethod
     def for_model(cls, name: str | None = None, **overrides):
@@ -136,6 +143,8 @@ class Recipe:
             )
         if not 0 <= self.cutout <= fashion.IMAGE_SIZE // 2:
             raise ValueError(f"cutout must be 0..{fashion.IMAGE_SIZE // 2} pixels, got {self.cutout}")
+        if not (self.distill_temperature > 0 and 0 <= self.distill_weight <= 1):
+            raise ValueError("distill_temperature must be > 0 and distill_weight in [0, 1]")
         if self.whiten_bias_epochs < 0:
             raise ValueError(f"whiten_bias_epochs must be >= 0, got {self.whiten_bias_epochs}")
         if not 0 < self.muon_lr <= 1000:
@@ -167,6 +176,7 @@ class Recipe:
         parts += ["alternating flips"] if self.alternate_flip else []
         parts += [f"BatchNorm momentum {self.bn_momentum:g}"] if self.bn_momentum != BN_MOMENTUM else []
         parts += ["Lookahead"] if self.lookahead else []
+        parts += [f"distilled (T {self.distill_temperature:g}, weight {self.distill_weight:g})"] if self.teacher else []
         parts += ([f"6-view TTA (flip x ±{self.tta_shift} px)"] if self.tta_shift else ["flip TTA"]) if self.tta else []
         return ", ".join(parts)
 

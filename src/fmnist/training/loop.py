@@ -24,7 +24,7 @@ from fmnist.core import errors, machine
 from fmnist.core import threads as cpu_threads
 from fmnist.data import fashion
 from fmnist.nets import inference
-from fmnist.training import checkpoint, configs, logs, recipe, registry
+from fmnist.training import checkpoint, configs, distill, logs, recipe, registry
 from fmnist.training.configs import Recipe, TrainConfig
 
 
@@ -56,15 +56,24 @@ class EpochPlan:
 
 
 def train_step(
-    network, optimizer, x: torch.Tensor, y: torch.Tensor, precision: str = "fp32", label_smoothing: float = 0.0
+    network,
+    optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    precision: str = "fp32",
+    label_smoothing: float = 0.0,
+    soft: torch.Tensor | None = None,
+    distilling: tuple[float, float] = (1.0, 0.0),
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One training step on the batch (x, y): the forward pass (under bf16 autocast for "bf16"), the loss in
-    float32, backward, the optimizer's step. Returns the (detached) loss and logits. The loop's step and
-    `fmnist bench`'s."""
+    float32 (with a teacher's `soft` targets: distill.loss at (temperature, weight) `distilling`), backward,
+    the optimizer's step. Returns the (detached) loss and logits. The loop's step and `fmnist bench`'s."""
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
         logits = network(x)
-    # = categorical cross-entropy of softmax on (smoothed) one-hot labels
-    loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+    if soft is None:  # = categorical cross-entropy of softmax on (smoothed) one-hot labels
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+    else:
+        loss = distill.loss(logits.float(), y, soft, *distilling, label_smoothing=label_smoothing)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()  # under DDP: gradients averaged over ranks = the global batch's mean gradient
     optimizer.step()
@@ -83,17 +92,20 @@ def train_one_epoch(
     plan: EpochPlan = EpochPlan(),
     on_step=None,
     shard: Shard = Shard(),
+    soft: torch.Tensor | None = None,
 ):
     """One pass over the training part, reshuffled and augmented as the recipe says (batch size, flips,
-    shifts, label smoothing) and `plan` details, computed in `precision`; returns (mean loss, accuracy)
-    as device tensors."""
+    shifts, label smoothing; a teacher's `soft` targets, by image) and `plan` details, computed in
+    `precision`; returns (mean loss, accuracy) as device tensors."""
     network.train()
     order = torch.randperm(len(images), generator=generator).to(images.device)  # same order on every rank
     mirrored = plan.flips[order] if plan.flips is not None else None  # flips are by image, before the shuffle
     # one gather per epoch (augmented as it goes, on all ranks alike), then contiguous slices
     images = recipe.shuffled_augmented(images, order, generator, config.flip, config.shift, mirrored, config.cutout)
     labels = labels[order]
+    soft = soft[order] if soft is not None else None  # (N, 10), in the batches' order
     batch_size, label_smoothing = config.batch_size, config.label_smoothing
+    distilling = (config.distill_temperature, config.distill_weight)
     loss_sum = torch.zeros((), device=images.device)
     correct = torch.zeros((), dtype=torch.long, device=images.device)
     seen = 0
@@ -103,7 +115,8 @@ def train_one_epoch(
         if plan.rates is not None:
             for group in optimizer.param_groups:
                 group["lr"] = plan.rates[step] * group.get("lr_scale", 1.0)
-        loss, logits = train_step(network, optimizer, x, y, precision, label_smoothing)
+        targets = soft[low:high] if soft is not None else None
+        loss, logits = train_step(network, optimizer, x, y, precision, label_smoothing, targets, distilling)
         if plan.lookahead is not None:
             plan.lookahead.after_step(network, plan.first_step + step + 1)
         loss_sum += loss * len(y)
@@ -193,8 +206,11 @@ def run_epoch(
     config: TrainConfig,
     shard: Shard,
     on_step=None,
+    soft: torch.Tensor | None = None,
+    elapsed: float = 0.0,
 ) -> dict:
-    """Train one epoch, validate, and return its history row."""
+    """Train one epoch (with a teacher's `soft` targets, if any), validate, and return its history row;
+    `elapsed`: the run's seconds before it."""
     start = time.perf_counter()
     steps = config.steps_per_epoch(len(train_data[0]))
     plan = plan_epoch(config, state.epoch, train_data[0], state.lookahead)
@@ -209,6 +225,7 @@ def run_epoch(
         plan=plan,
         on_step=on_step,
         shard=shard,
+        soft=soft,
     )
     loss, accuracy = loss.item(), accuracy.item()  # host sync: once per epoch
     if not math.isfinite(loss):
@@ -220,16 +237,16 @@ def run_epoch(
     last = state.epoch + 1 == config.epochs
     val_loss, val_accuracy = validate(state.network, config, *val_data, tta=last or config.validate_tta == "every")
     state.epoch += 1
-    rates = plan.rates
     return {
         "epoch": state.epoch,
-        "learning_rate": rates[-1] if rates else config.learning_rate,  # where the epoch ended
+        "learning_rate": plan.rates[-1] if plan.rates else config.learning_rate,  # where the epoch ended
         "loss": loss,
         "accuracy": accuracy,
         "val_loss": val_loss,
         "val_accuracy": val_accuracy,
         "train_seconds": train_seconds,
-        "seconds": time.perf_counter() - start,
+        "seconds": (seconds := time.perf_counter() - start),
+        "elapsed": elapsed + seconds,
         "steps": steps,
     }
 
@@ -253,6 +270,7 @@ def fit(
     if shard.is_main:
         runs.remove_stale_temp_files(run_dir)
     train_data, val_data = prepare_data(config, device)
+    soft, targets_seconds = distill.targets(config, train_data[0]) if config.teacher else (None, 0.0)
     state = checkpoint.start_or_resume(config, run_dir, resume, device, train_data[0], write=shard.is_main)
     network = state.network
     if shard.world_size > 1:
@@ -263,13 +281,14 @@ def fit(
     # the weights then depend on the thread counts (the history's "threads"), as they do on --threads.
     chosen = cpu_threads.chosen_count(config.threads)
     follow = cpu_threads.follows_load(config.threads) and device.type == "cpu" and shard.world_size == 1
-    epoch_logs = logs.EpochLogs(run_dir)
+    epoch_logs, hook = logs.EpochLogs(run_dir), on_step if shard.is_main else None
     try:
         while state.epoch < config.epochs:
             count = cpu_threads.follow_load(chosen) if follow else torch.get_num_threads()
-            row = run_epoch(state, network, train_data, val_data, config, shard, on_step if shard.is_main else None)
+            before = (runs.elapsed(state.history)[-1] if state.history else 0.0) + targets_seconds
+            row = run_epoch(state, network, train_data, val_data, config, shard, hook, soft, before)
             row["threads"] = count
-            row["elapsed"] = (runs.elapsed(state.history)[-1] if state.history else 0.0) + row["seconds"]
+            targets_seconds = 0.0  # the teacher's pass: counted once, in the first epoch this process trains
             state.history.append(row)
             if shard.is_main:
                 best = checkpoint.save_epoch(run_dir, state, best, config)

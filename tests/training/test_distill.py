@@ -1,0 +1,67 @@
+"""Distillation: the loss against its formula, and real trainings with a real teacher."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from fmnist import runs
+from fmnist.training import configs, distill, loop
+from tests.helpers import assert_same_weights, require_real_data, run_cli, weights_of
+
+
+def test_the_loss_is_its_formula_on_a_tiny_batch():
+    logits = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]])
+    labels = torch.tensor([0, 2])
+    soft = torch.tensor([[0.7, 0.2, 0.1], [0.3, 0.3, 0.4]])
+    temperature, weight = 2.0, 0.25
+
+    def by_hand(row: int) -> tuple[float, float]:
+        z = logits[row].tolist()
+        log_p = [v - math.log(sum(math.exp(u) for u in z)) for v in z]
+        zt = [v / temperature for v in z]
+        log_q = [v - math.log(sum(math.exp(u) for u in zt)) for v in zt]
+        kl = sum(t * (math.log(t) - q) for t, q in zip(soft[row].tolist(), log_q))
+        return -log_p[labels[row]], kl
+
+    terms = [by_hand(row) for row in range(2)]
+    hard, kl = (sum(term[i] for term in terms) / 2 for i in range(2))
+    expected = (1 - weight) * hard + weight * temperature**2 * kl
+    assert distill.loss(logits, labels, soft, temperature, weight).item() == pytest.approx(expected, rel=1e-6)
+    assert distill.loss(logits, labels, soft, temperature, 0.0).item() == pytest.approx(hard, rel=1e-6)
+
+
+@pytest.mark.slow
+def test_distilling_resumes_exactly_and_a_zero_weight_is_plain_training(trained_run, tmp_path):
+    require_real_data()
+    quick = dict(epochs=2, limit=12_000, threads=2, seed=3)  # the teacher's split: 12,000 images, 20 % held out
+    config = configs.TrainConfig(teacher=str(trained_run), **quick)
+    straight = loop.fit(config, tmp_path / "straight")
+    assert straight[0]["elapsed"] > straight[0]["seconds"]  # the teacher's pass is counted in the run's time
+
+    def interrupt_after_first_epoch(row):
+        if row["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        loop.fit(config, tmp_path / "resumed", on_epoch=interrupt_after_first_epoch)
+    loop.fit(configs.load_config(tmp_path / "resumed"), tmp_path / "resumed", resume=True)
+    assert_same_weights(tmp_path / "straight", tmp_path / "resumed")
+    loop.fit(configs.TrainConfig(**quick), tmp_path / "labels")
+    loop.fit(configs.TrainConfig(teacher=str(trained_run), distill_weight=0.0, **quick), tmp_path / "weightless")
+    assert_same_weights(tmp_path / "labels", tmp_path / "weightless")
+    taught, alone = (weights_of(tmp_path / name) for name in ("straight", "labels"))
+    assert any(not np.array_equal(taught[key], alone[key]) for key in taught)  # the teacher changed what was learned
+
+
+def test_the_cli_trains_with_a_teacher_and_refuses_a_wrong_one_in_one_line(trained_run, tmp_path, capsys):
+    flags = ["--epochs", 1, "--limit", 12_000, "--threads", 2, "--quiet"]
+    code, _, err = run_cli(capsys, "train", "--teacher", trained_run, *flags, "--out", tmp_path / "student")
+    assert code == 0 and runs.read_config(tmp_path / "student")["teacher"] == str(trained_run), err
+    for teacher, said in ((tmp_path / "nowhere", "no run there"), (trained_run, "the same split")):
+        extra = ["--limit", 6_000] if teacher == trained_run else []
+        code, _, err = run_cli(capsys, "train", "--teacher", teacher, *flags, *extra, "--out", tmp_path / "refused")
+        assert code == 2 and said in err and err.count("\n") == 1, err
