@@ -20,6 +20,7 @@ NEEDS = {
     "ablation": ["--runs", "RUNS"],
     "compare_keras": [],
     "contention": [],
+    "ensemble": ["RUN", "RUN"],
     "hostile_images": [],
     "inference_speed": ["RUN"],
     "norm_blocks": [],
