@@ -20,6 +20,8 @@ from fmnist.serving import server
 from fmnist.training import configs, loop
 from tests.helpers import once, png, require_real_data, run_cli, running
 
+pytestmark = pytest.mark.slow  # each needs a second trained run (~15 s on 2 cores)
+
 
 @pytest.fixture(scope="module")
 def other_run(tmp_path_factory):
