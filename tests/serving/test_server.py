@@ -453,6 +453,7 @@ def test_server_memory_is_bounded_for_limit_sized_images(tmp_path, trained_run, 
         process.wait(timeout=60)
 
 
+@pytest.mark.slow  # two fresh `fmnist serve` processes (their imports): ~6 s on 2 cores
 def test_a_taken_port_is_one_line_before_the_model_loads(tmp_path):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

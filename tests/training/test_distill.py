@@ -57,6 +57,7 @@ def test_distilling_resumes_exactly_and_a_zero_weight_is_plain_training(trained_
     assert any(not np.array_equal(taught[key], alone[key]) for key in taught)  # the teacher changed what was learned
 
 
+@pytest.mark.slow
 def test_the_cli_trains_with_a_teacher_and_refuses_a_wrong_one_in_one_line(trained_run, tmp_path, capsys):
     flags = ["--epochs", 1, "--limit", 12_000, "--threads", 2, "--quiet"]
     code, _, err = run_cli(capsys, "train", "--teacher", trained_run, *flags, "--out", tmp_path / "student")
