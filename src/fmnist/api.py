@@ -319,6 +319,7 @@ def reproduce(
     address: str | None = None,
     targets: Iterable[float] = (),
     on_start: Callable[[], object] | None = None,
+    ensemble: bool = False,
     **settings,
 ) -> dict:
     """Per model and seed: train (finished runs are kept, others continued), evaluate, report; a summary over
@@ -327,10 +328,11 @@ def reproduce(
 
     `seeds`: default one for one model (the report's reproduction), five for a comparison. Everything is checked
     first (one InputError), then `on_start()` is called; `on_seed(model, seed, metrics, report_html)` after each
-    seed. With `workers` (or a Ray `address`), seeds train in parallel on Ray (`fmnist[ray]`), `threads` each."""
+    seed. With `workers` (or a Ray `address`), seeds train in parallel on Ray (`fmnist[ray]`), `threads` each.
+    `ensemble`: also each model's seeds as one ensemble (fmnist.ensemble), evaluated beside them."""
     from fmnist.studies import seeds as study
 
-    checked = study.plan(model_names, seeds, first_seed, targets, workers, address, **settings)
+    checked = study.plan(model_names, seeds, first_seed, targets, workers, address, ensemble, **settings)
     if on_start is not None:
         on_start()
     return study.reproduce(checked, Path(out), show_progress, on_seed)

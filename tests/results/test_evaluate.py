@@ -18,7 +18,7 @@ from fmnist import runs
 from fmnist.core import files
 from fmnist.data import fashion
 from fmnist.nets import seedcnn
-from fmnist.results import evaluate, report
+from fmnist.results import compare, evaluate, figures, report
 from tests.helpers import require_real_data, run_cli
 
 
@@ -114,6 +114,18 @@ def test_reproduce_end_to_end(tmp_path, capsys):
         capsys, "reproduce", "--epochs", 1, "--limit", 3000, "--seeds", 1, "--quiet", "--out", out
     )
     assert code == 0 and "Epoch 1/1" not in stdout
+    # --ensemble: the two seeds, kept, averaged as one model and evaluated beside them.
+    flags = ["--epochs", 1, "--limit", 3000, "--quiet", "--out", out, "--ensemble"]
+    code, stdout, err = run_cli(capsys, "reproduce", "--seeds", 2, *flags)
+    assert code == 0 and "Epoch 1/1" not in stdout and "The 2 seeds as one ensemble" in stdout, err
+    together = json.loads((out / "summary.json").read_text())["ensemble"]
+    assert together["members"] == 2 and together["test_accuracy"] == pytest.approx(
+        json.loads((out / "ensemble" / runs.METRICS).read_text())["test"]["accuracy"]
+    )
+    record = json.loads((out / "record.json").read_text())
+    assert "--ensemble" in record["command"] and any("ensemble" in str(row[0]) for row in record["rows"])
+    code, _, err = run_cli(capsys, "reproduce", "--seeds", 1, *flags)
+    assert code == 2 and "--seeds 2 or more" in err and err.count("\n") == 1
 
 
 @pytest.mark.slow
@@ -166,3 +178,31 @@ def test_time_to_accuracy_and_the_seed_summary():
     single = report.summary_markdown(report.seed_summary({0: metrics}, {0: rows}))
     assert "| std | – | – | – | – | – | – / – / – |" in single and "| mean | 0.9100 |" in single
     assert math.isnan(report.seed_summary({0: metrics}, {0: rows})["stats"]["test_accuracy"]["std"])
+
+
+def test_an_ensemble_is_a_row_of_the_comparison_and_a_star_on_the_frontier(tmp_path):
+    rows = [{"epoch": 1, "seconds": 10.0, "val_accuracy": 0.9, "val_loss": 0.3, "loss": 0.4, "accuracy": 0.9}]
+    metrics = {"test": {"accuracy": 0.91, "loss": 0.3}, "train": {"accuracy": 0.95, "loss": 0.1}}
+    summary = report.seed_summary({0: metrics, 1: metrics}, {0: rows, 1: rows})
+    summary["ensemble"] = {
+        "members": 2,
+        "combine": "logits",
+        "test_accuracy": 0.925,
+        "test_loss": 0.25,
+        "training_seconds": 20.0,
+    }
+    assert "The 2 seeds as one ensemble (logits averaged): test accuracy 0.9250" in report.summary_markdown(summary)
+    row = {"summary": summary, "parameters": 1_000, "mflops": 1.5, "images_per_second": {"fp32": 10.0, "bf16": 20.0}}
+    table = compare.comparison_markdown({"fast-cnn": row}).splitlines()
+    assert (
+        table[3]
+        == "| fast-cnn: the seeds as one ensemble | 2 | 0.9250 | 20 (its members') | – | – | – | 2,000 | 3.0 | – |"
+    )
+    path = figures.frontier(
+        {"fast-cnn": [rows, rows]},
+        {"fast-cnn": (10.0, 0.91, 0.0)},
+        0.9059,
+        tmp_path / "f.png",
+        {"fast-cnn": (20.0, 0.925)},
+    )
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -140,6 +140,7 @@ COMMANDS = {  # name: (one line for `fmnist --help`, the command's description, 
             "fmnist reproduce --model fast-cnn --seeds 3",
             "fmnist reproduce --model seed-cnn --model fast-cnn --seeds 3   (one comparison table)",
             "fmnist reproduce --model cnn94 --seeds 5 --target 0.945",
+            "fmnist reproduce --model cnn94 --seeds 3 --ensemble",
             "fmnist reproduce --epochs 1 --limit 3000 --out /tmp/quick",
         ],
     ),
@@ -252,9 +253,8 @@ def add_report(p) -> None:
 
 def add_reproduce(p) -> None:
     add_train_options(p, several_models=True)
-    p.add_argument(
-        "--seeds", type=int, help="number of seeds, from --seed on (default: 1 for one model, 5 to compare models)"
-    )
+    p.add_argument("--seeds", type=int, help="seeds, from --seed on (default: 1 for one model, 5 to compare)")
+    p.add_argument("--ensemble", action="store_true", help="also the seeds averaged as one model (default: off)")
     p.add_argument(
         "--target",
         type=float,

@@ -178,6 +178,7 @@ def cmd_reproduce(args) -> int:
         address=args.address,
         targets=args.target or [],
         on_start=lambda: cmd_data(data),
+        ensemble=args.ensemble,
         **settings,
     )
     for name in names:

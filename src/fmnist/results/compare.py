@@ -40,7 +40,12 @@ def write_comparison(summaries: dict[str, dict], curves: dict[str, list[list[dic
         )
         for name, row in rows.items()
     }
-    figures.frontier(curves, finals, seed_report.PUBLISHED["test_accuracy"], out / FRONTIER)
+    ensembles = {
+        name: (summary["ensemble"]["training_seconds"], summary["ensemble"]["test_accuracy"])
+        for name, summary in summaries.items()
+        if "ensemble" in summary
+    }
+    figures.frontier(curves, finals, seed_report.PUBLISHED["test_accuracy"], out / FRONTIER, ensembles)
     files.write_json(out / "comparison.json", rows)
     files.write_text(out / "comparison.md", comparison_markdown(rows))
     files.write_text(out / "comparison.html", comparison_html(rows, out))
@@ -74,6 +79,14 @@ def comparison_markdown(rows: dict[str, dict]) -> str:
             f"{mean_sd(stats['seconds'], digits=0)} | {times} | {row['parameters']:,} | "
             f"{row['mflops']:.1f} | {rates} |"
         )
+        together = row["summary"].get("ensemble")
+        if together:  # one model of `members` networks: their parameters and FLOPs, their training time summed
+            members, dashes = together["members"], " | ".join("–" for _ in targets)
+            lines.append(
+                f"| {name}: the seeds as one ensemble | {members} | {together['test_accuracy']:.4f} | "
+                f"{together['training_seconds']:.0f} (its members') | {dashes} | {members * row['parameters']:,} | "
+                f"{members * row['mflops']:.1f} | – |"
+            )
     return "\n".join(lines) + f"\n\n![accuracy against training time]({FRONTIER})\n"
 
 

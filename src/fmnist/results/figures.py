@@ -154,11 +154,15 @@ def sweep(configurations: list[dict], path: Path) -> Path:
 
 
 def frontier(
-    curves: dict[str, list[list[dict]]], finals: dict[str, tuple[float, float, float]], reference: float, path: Path
+    curves: dict[str, list[list[dict]]],
+    finals: dict[str, tuple[float, float, float]],
+    reference: float,
+    path: Path,
+    ensembles: dict[str, tuple[float, float]] | None = None,
 ) -> Path:
-    """The accuracy-time frontier: each model's validation accuracy against elapsed seconds (one thin
-    line per seed), its final test accuracy (mean ± sd over seeds, at its mean training time) as a point
-    with error bars, and the report's test accuracy as a horizontal line."""
+    """Accuracy against training time: validation per seed (thin lines), test mean ± sd (a point), the seeds as
+    one ensemble (a star, at their summed time), the report's test accuracy (a line)."""
+    ensembles = ensembles or {}
     figure, axis = plt.subplots(figsize=(9, 5.5))
     for index, (name, histories) in enumerate(curves.items()):
         color = f"C{index}"
@@ -173,20 +177,19 @@ def frontier(
                     label=f"{name}: validation, per seed" if seed == 0 else None,
                 )
         seconds, mean, sd = finals[name]
+        label = f"{name}: test {mean:.4f}" + ("" if np.isnan(sd) else f" ± {sd:.4f}")
         axis.errorbar(
-            [seconds],
-            [mean],
-            yerr=[0 if np.isnan(sd) else sd],
-            color=color,
-            marker="o",
-            capsize=4,
-            label=f"{name}: test {mean:.4f}" + ("" if np.isnan(sd) else f" ± {sd:.4f}"),
+            [seconds], [mean], yerr=[0 if np.isnan(sd) else sd], color=color, marker="o", capsize=4, label=label
         )
+        if name in ensembles:
+            seconds, accuracy = ensembles[name]
+            label = f"{name}: its seeds as one ensemble, test {accuracy:.4f}"
+            axis.plot([seconds], [accuracy], color=color, marker="*", markersize=13, ls="none", label=label)
     axis.axhline(reference, color="gray", linestyle="--", label=f"the report: test {reference:.4f}")
     axis.set_xscale("log")
     axis.set_xlabel("seconds of training (validation included), log scale")
     axis.set_ylabel("accuracy")
-    low = min([reference] + [mean for _, mean, _ in finals.values()]) - 0.02
+    low = min([reference] + [mean for _, mean, _ in finals.values()] + [a for _, a in ensembles.values()]) - 0.02
     axis.set_ylim(max(0.5, low), None)
     axis.grid(alpha=0.3, which="both")
     axis.legend(fontsize=8, loc="upper left")

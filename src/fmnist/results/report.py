@@ -376,4 +376,14 @@ def summary_markdown(summary: dict) -> str:
         )
         + " | | |"
     )
+    lines += ["", ensemble_line(summary["ensemble"])] if "ensemble" in summary else []
     return "\n".join(lines) + "\n"
+
+
+def ensemble_line(together: dict) -> str:
+    """`reproduce --ensemble`'s figures (studies/seeds.ensemble_of_seeds), as summary.md says them."""
+    return (
+        f"The {together['members']} seeds as one ensemble ({together['combine']} averaged): test accuracy "
+        f"{together['test_accuracy']:.4f}, test loss {together['test_loss']:.4f}; "
+        f"{together['training_seconds']:.0f} s of training in all (its members')."
+    )

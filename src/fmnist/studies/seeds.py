@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shutil
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from fmnist import runs
 from fmnist.core import errors, files, progress
 from fmnist.results import compare, evaluate, records, report
-from fmnist.training import watch
+from fmnist.training import ensembles, watch
 from fmnist.training.configs import TrainConfig
 
 HEADLINE_SEEDS = 5  # a comparison of models is a headline claim: a mean over five runs, as airbench reports
@@ -29,6 +30,7 @@ class Plan:
     targets: list[float]
     workers: int | None = None
     address: str | None = None
+    ensemble: bool = False  # also each model's seeds averaged as one model
 
     def seed_configs(self, model: str) -> list[TrainConfig]:
         return [config for (name, _), config in self.configs.items() if name == model]
@@ -41,6 +43,7 @@ def plan(
     targets: Iterable[float] = (),
     workers: int | None = None,
     address: str | None = None,
+    ensemble: bool = False,
     **settings,
 ) -> Plan:
     """`seeds` default to one for one model (the report's reproduction), HEADLINE_SEEDS for a comparison; a
@@ -48,6 +51,8 @@ def plan(
     names = list(dict.fromkeys(model_names))
     check_counts(seeds=seeds, workers=workers)
     seeds = seeds or (1 if len(names) == 1 else HEADLINE_SEEDS)
+    if ensemble and seeds < 2:
+        raise errors.InputError("--ensemble averages seeds: give --seeds 2 or more")
     if any(not 0 < target < 1 for target in targets):
         raise errors.InputError(f"a target is a validation accuracy in (0, 1), got {list(targets)}")
     try:
@@ -58,7 +63,7 @@ def plan(
         }
     except (TypeError, ValueError) as exc:
         raise errors.InputError(str(exc)) from None
-    return Plan(names, chosen, sorted(set(report.TIME_TO) | set(targets)), workers, address)
+    return Plan(names, chosen, sorted(set(report.TIME_TO) | set(targets)), workers, address, ensemble)
 
 
 def check_counts(**counts: int | None) -> None:
@@ -76,6 +81,8 @@ def reproduce(study: Plan, out: Path, show_progress: bool = True, on_seed: OnSee
         model_out = out / name if len(study.models) > 1 else out
         results, histories = reproduce_model(study, name, model_out, show_progress, on_seed)
         summaries[name] = report.seed_summary(results, histories, study.targets)
+        if study.ensemble:
+            summaries[name]["ensemble"] = ensemble_of_seeds(study, name, model_out)
         curves[name] = list(histories.values())
         files.write_json(model_out / "summary.json", summaries[name])
         files.write_text(model_out / "summary.md", report.summary_markdown(summaries[name]))
@@ -99,11 +106,15 @@ def study_record(study: Plan, summaries: dict) -> dict:
             for stat, digits in ((accuracy, 4), (seconds, 0))
         ]
         rows.append([name, len(summary["seeds"]), *spread])
+        if "ensemble" in summary:
+            together, label = summary["ensemble"], f"{name}: the seeds as one ensemble"
+            seconds = f"{together['training_seconds']:.0f} (its members')"
+            rows.append([label, together["members"], f"{together['test_accuracy']:.4f}", seconds])
     first = study.models[0]
     return records.record(
         SUBJECTS.get(first, "accuracy-tier") if len(study.models) == 1 else "accuracy-tier",
         f"{', '.join(study.models)}: test accuracy (final weights) and training time over seeds",
-        {name: {"stats": s["stats"], "seeds": s["seeds"]} for name, s in summaries.items()},
+        {name: {key: s[key] for key in ("stats", "seeds", "ensemble") if key in s} for name, s in summaries.items()},
         ["model", "seeds", "test accuracy", "training seconds"],
         rows,
         command=command_of(study),
@@ -124,6 +135,7 @@ def command_of(study: Plan) -> str:
         if value != default[name]:
             words.append(flag if value is True else f"--no-{flag[2:]}" if value is False else f"{flag} {value}")
     words += [f"--workers {study.workers}"] if study.workers else []
+    words += ["--ensemble"] if study.ensemble else []
     return " ".join(words)
 
 
@@ -147,6 +159,28 @@ def reproduce_model(study: Plan, name: str, out: Path, show_progress: bool, on_s
         if on_seed is not None:
             on_seed(config.model, config.seed, results[config.seed], html_path)
     return results, histories
+
+
+def ensemble_of_seeds(study: Plan, name: str, out: Path) -> dict:
+    """The model's seeds averaged as one model in OUT/ensemble (training/ensembles.py; made again where its
+    members are not these seeds), evaluated: its test figures and its members' training time in all."""
+    members = [out / f"seed-{config.seed}" for config in study.seed_configs(name)]
+    target = out / "ensemble"
+    if runs.holds_run(target):
+        made_of = [member.get("run") for member in runs.read_config(target).get("ensemble", {}).get("members", [])]
+        if made_of != [member.name for member in members]:
+            shutil.rmtree(target)
+    if not runs.holds_run(target):
+        ensembles.make(members, target)
+    metrics = evaluate.evaluate_run(target, device=study.seed_configs(name)[0].device)
+    about = runs.read_config(target)["ensemble"]
+    return {
+        "members": len(members),
+        "combine": about["combine"],
+        "test_accuracy": metrics["test"]["accuracy"],
+        "test_loss": metrics["test"]["loss"],
+        "training_seconds": about["training_seconds"],
+    }
 
 
 def train_seed(config: TrainConfig, run_dir: Path, show_progress: bool) -> Path:
