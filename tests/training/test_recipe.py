@@ -6,8 +6,9 @@ import itertools
 import pytest
 import torch
 
+import fmnist
+from fmnist.data import fashion
 from fmnist.nets import inference
-from fmnist.results import evaluate
 from fmnist.training import configs, loop, recipe, registry
 from tests.helpers import require_real_data
 
@@ -172,4 +173,6 @@ def test_a_quick_try_of_the_speed_tier_gives_a_sensible_model(tmp_path):
     """`fmnist train --model cnn94 --epochs 1 --limit 6000`, a user's first minute: a model, not junk."""
     require_real_data()
     loop.fit(configs.TrainConfig.for_model("cnn94", epochs=1, limit=6000, threads=2), tmp_path / "run")
-    assert evaluate.evaluate_run(tmp_path / "run")["test"]["accuracy"] >= 0.70
+    dataset = fashion.load()
+    predicted = fmnist.open_run(tmp_path / "run").predict(dataset.test_images).classes  # what evaluate counts
+    assert (predicted == dataset.test_labels).mean() >= 0.70

@@ -97,9 +97,9 @@ def test_a_run_records_the_recipe_its_machine_gave_it(tmp_path, real_dataset):
 @pytest.mark.slow
 def test_the_new_recipe_beats_the_seed_at_an_equal_small_budget(tmp_path):
     """Same images, same epochs, same seed: a broken recipe (augmentation, schedule, optimizer, TTA)
-    would not clear this margin (measured: 0.800 vs 0.868 on this budget)."""
+    would not clear this margin (measured on a Zen 4: 0.738 vs 0.836 on this budget)."""
     require_real_data()
-    budget = dict(epochs=6, limit=6_000, seed=0, threads=2)
+    budget = dict(epochs=2, limit=6_000, seed=0, threads=2)
     seed = loop.fit(configs.TrainConfig.for_model("seed-cnn", **budget), tmp_path / "seed")[-1]["val_accuracy"]
     fast = loop.fit(configs.TrainConfig.for_model("fast-cnn", **budget), tmp_path / "fast")[-1]["val_accuracy"]
     assert fast >= seed + 0.04, (seed, fast)
