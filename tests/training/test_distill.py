@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from fmnist import runs
+from fmnist.nets import inference
 from fmnist.training import configs, distill, loop
 from tests.helpers import assert_same_weights, require_real_data, run_cli, weights_of
 
@@ -32,6 +33,16 @@ def test_the_loss_is_its_formula_on_a_tiny_batch():
     expected = (1 - weight) * hard + weight * temperature**2 * kl
     assert distill.loss(logits, labels, soft, temperature, weight).item() == pytest.approx(expected, rel=1e-6)
     assert distill.loss(logits, labels, soft, temperature, 0.0).item() == pytest.approx(hard, rel=1e-6)
+
+
+def test_the_teachers_targets_by_batch_equal_those_by_image_on_the_same_images(trained_run, real_dataset):
+    network = inference.load_model(trained_run)
+    images = inference.to_tensor(real_dataset.train_images[:600], inference.CPU)
+    by_image, by_batch = distill.Teacher(network, 4.0, images), distill.Teacher(network, 4.0, None)
+    rows = torch.arange(100, 356)
+    once, each = by_image.targets(images[rows], rows), by_batch.targets(images[rows], rows)
+    assert torch.allclose(once, each, atol=1e-6) and torch.allclose(once.sum(1), torch.ones(len(rows)))
+    assert not torch.allclose(each, by_batch.targets(images[rows].flip(2), rows))  # by batch: what it is shown
 
 
 @pytest.mark.slow
@@ -62,6 +73,9 @@ def test_the_cli_trains_with_a_teacher_and_refuses_a_wrong_one_in_one_line(train
     flags = ["--epochs", 1, "--limit", 12_000, "--threads", 2, "--quiet"]
     code, _, err = run_cli(capsys, "train", "--teacher", trained_run, *flags, "--out", tmp_path / "student")
     assert code == 0 and runs.read_config(tmp_path / "student")["teacher"] == str(trained_run), err
+    batch = ["--distill-targets", "batch", "--out", tmp_path / "by-batch"]  # the teacher on every augmented batch
+    code, _, err = run_cli(capsys, "train", "--teacher", trained_run, *flags, *batch)
+    assert code == 0 and runs.read_config(tmp_path / "by-batch")["distill_targets"] == "batch", err
     for teacher, said in ((tmp_path / "nowhere", "no run there"), (trained_run, "the same split")):
         extra = ["--limit", 6_000] if teacher == trained_run else []
         code, _, err = run_cli(capsys, "train", "--teacher", teacher, *flags, *extra, "--out", tmp_path / "refused")

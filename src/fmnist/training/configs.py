@@ -33,6 +33,7 @@ PRECISIONS = (
 )  # bf16: autocast, weights and optimizer stay float32; auto: loop.choose_precision
 DEVICES = ("auto", "cpu", "cuda")  # or cuda:N
 VALIDATE_TTA = ("every", "last")
+DISTILL_TARGETS = ("image", "batch")
 BN_MOMENTUM = 0.1  # PyTorch's BatchNorm default: what a recipe's bn_momentum leaves as it is
 
 
@@ -108,6 +109,12 @@ class Recipe:
     )
     distill_temperature: float = setting(4.0, "distillation: the temperature softening teacher and student")
     distill_weight: float = setting(0.5, "distillation: the teacher's share of the loss (the labels' is 1 - it)")
+    distill_targets: str = setting(
+        "image",
+        "distillation: the teacher's targets computed once per training image (un-augmented), or on every "
+        "augmented batch (a teacher's forward pass per step)",
+        choices=DISTILL_TARGETS,
+    )
 
     @classmethod
     def for_model(cls, name: str | None = None, **overrides):
@@ -145,6 +152,7 @@ class Recipe:
             raise ValueError(f"cutout must be 0..{fashion.IMAGE_SIZE // 2} pixels, got {self.cutout}")
         if not (self.distill_temperature > 0 and 0 <= self.distill_weight <= 1):
             raise ValueError("distill_temperature must be > 0 and distill_weight in [0, 1]")
+        check_choice("distill_targets", self.distill_targets, DISTILL_TARGETS)
         if self.whiten_bias_epochs < 0:
             raise ValueError(f"whiten_bias_epochs must be >= 0, got {self.whiten_bias_epochs}")
         if not 0 < self.muon_lr <= 1000:

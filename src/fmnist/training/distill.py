@@ -2,10 +2,13 @@
 
     loss = (1 - w) * CE(student, labels) + w * T² * KL(softmax(teacher / T) || softmax(student / T))
 
-T² keeps the soft term's gradients at the scale of the hard one's as T grows. The teacher (any run, an
-ensemble among them) is computed once per training image, un-augmented, before the first epoch: its
-targets then cost one inference pass over the training split (counted in the run's time, `targets`),
-not a teacher's forward on every augmented batch. They are recomputed identically on resume.
+T² keeps the soft term's gradients at the scale of the hard one's as T grows. The teacher is any run, an
+ensemble among them. Its targets come one of two ways (recipe setting distill_targets):
+  image  once per training image, un-augmented, before the first epoch: one inference pass over the
+         training split (its seconds counted in the run's elapsed time), then a lookup per step;
+  batch  on every augmented batch: the teacher sees what the student sees, at a teacher's forward pass
+         per step (an ensemble's: all its members' TTA views).
+Either is recomputed identically on resume.
 """
 
 from __future__ import annotations
@@ -31,22 +34,37 @@ def loss(logits, labels, soft, temperature: float, weight: float, label_smoothin
     return (1 - weight) * hard + weight * temperature**2 * F.kl_div(student, soft, reduction="batchmean")
 
 
-@torch.inference_mode()
-def targets(config: TrainConfig, images: torch.Tensor) -> tuple[torch.Tensor, float]:
-    """(N, 10) the teacher's probabilities at the temperature for each training image, and the seconds they
+class Teacher:
+    """The teacher's targets for a batch: `targets(x, rows)`, x the augmented batch, rows its images' indices."""
+
+    def __init__(self, network, temperature: float, images: torch.Tensor | None):
+        self.network, self.temperature = network, temperature
+        self.by_image = self.soft(images) if images is not None else None  # (N, 10), or None: per batch
+
+    @torch.no_grad()  # not inference_mode: the targets are saved for the student's backward pass
+    def soft(self, images: torch.Tensor) -> torch.Tensor:
+        batch = inference.EVAL_BATCH_SIZE
+        logits = torch.cat([self.network(images[i : i + batch]).float() for i in range(0, len(images), batch)])
+        return F.softmax(logits / self.temperature, dim=1)
+
+    def targets(self, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        return self.by_image[rows] if self.by_image is not None else self.soft(x)
+
+
+def teacher(config: TrainConfig, images: torch.Tensor) -> tuple[Teacher, float]:
+    """The run's teacher (its targets per image computed here, where the recipe says so) and the seconds that
     took; errors where the teacher is no run or held out another split."""
-    teacher = Path(str(config.teacher))
-    if not runs.holds_run(teacher):
-        raise errors.RunError(f"teacher {teacher}: no run there ({runs.CONFIG} is missing)")
-    stored = runs.read_config(teacher)
+    path = Path(str(config.teacher))
+    if not runs.holds_run(path):
+        raise errors.RunError(f"teacher {path}: no run there ({runs.CONFIG} is missing)")
+    stored = runs.read_config(path)
     for name in SHARED:
         if stored.get(name) != getattr(config, name):
             raise errors.InputError(
-                f"teacher {teacher} was trained with {name} {stored.get(name)}, this run has {getattr(config, name)}: "
+                f"teacher {path} was trained with {name} {stored.get(name)}, this run has {getattr(config, name)}: "
                 "the same split, or the teacher's targets would carry the validation images"
             )
     start = time.perf_counter()
-    network = inference.load_model(teacher, device=images.device)
-    batch = inference.EVAL_BATCH_SIZE
-    logits = torch.cat([network(images[i : i + batch]).float() for i in range(0, len(images), batch)])
-    return F.softmax(logits / config.distill_temperature, dim=1), time.perf_counter() - start
+    network = inference.load_model(path, device=images.device)
+    by_image = images if config.distill_targets == "image" else None
+    return Teacher(network, config.distill_temperature, by_image), time.perf_counter() - start

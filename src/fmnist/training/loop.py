@@ -92,18 +92,17 @@ def train_one_epoch(
     plan: EpochPlan = EpochPlan(),
     on_step=None,
     shard: Shard = Shard(),
-    soft: torch.Tensor | None = None,
+    teacher: distill.Teacher | None = None,
 ):
     """One pass over the training part, reshuffled and augmented as the recipe says (batch size, flips,
-    shifts, label smoothing; a teacher's `soft` targets, by image) and `plan` details, computed in
-    `precision`; returns (mean loss, accuracy) as device tensors."""
+    shifts, label smoothing; a `teacher`'s targets) and `plan` details, computed in `precision`; returns
+    (mean loss, accuracy) as device tensors."""
     network.train()
     order = torch.randperm(len(images), generator=generator).to(images.device)  # same order on every rank
     mirrored = plan.flips[order] if plan.flips is not None else None  # flips are by image, before the shuffle
     # one gather per epoch (augmented as it goes, on all ranks alike), then contiguous slices
     images = recipe.shuffled_augmented(images, order, generator, config.flip, config.shift, mirrored, config.cutout)
     labels = labels[order]
-    soft = soft[order] if soft is not None else None  # (N, 10), in the batches' order
     batch_size, label_smoothing = config.batch_size, config.label_smoothing
     distilling = (config.distill_temperature, config.distill_weight)
     loss_sum = torch.zeros((), device=images.device)
@@ -115,7 +114,7 @@ def train_one_epoch(
         if plan.rates is not None:
             for group in optimizer.param_groups:
                 group["lr"] = plan.rates[step] * group.get("lr_scale", 1.0)
-        targets = soft[low:high] if soft is not None else None
+        targets = teacher.targets(x, order[low:high]) if teacher is not None else None
         loss, logits = train_step(network, optimizer, x, y, precision, label_smoothing, targets, distilling)
         if plan.lookahead is not None:
             plan.lookahead.after_step(network, plan.first_step + step + 1)
@@ -206,11 +205,11 @@ def run_epoch(
     config: TrainConfig,
     shard: Shard,
     on_step=None,
-    soft: torch.Tensor | None = None,
+    teacher: distill.Teacher | None = None,
     elapsed: float = 0.0,
 ) -> dict:
-    """Train one epoch (with a teacher's `soft` targets, if any), validate, and return its history row;
-    `elapsed`: the run's seconds before it."""
+    """Train one epoch (taught by `teacher`, if any), validate, and return its history row; `elapsed`: the
+    run's seconds before it."""
     start = time.perf_counter()
     steps = config.steps_per_epoch(len(train_data[0]))
     plan = plan_epoch(config, state.epoch, train_data[0], state.lookahead)
@@ -225,7 +224,7 @@ def run_epoch(
         plan=plan,
         on_step=on_step,
         shard=shard,
-        soft=soft,
+        teacher=teacher,
     )
     loss, accuracy = loss.item(), accuracy.item()  # host sync: once per epoch
     if not math.isfinite(loss):
@@ -270,7 +269,7 @@ def fit(
     if shard.is_main:
         runs.remove_stale_temp_files(run_dir)
     train_data, val_data = prepare_data(config, device)
-    soft, targets_seconds = distill.targets(config, train_data[0]) if config.teacher else (None, 0.0)
+    teacher, targets_seconds = distill.teacher(config, train_data[0]) if config.teacher else (None, 0.0)
     state = checkpoint.start_or_resume(config, run_dir, resume, device, train_data[0], write=shard.is_main)
     network = state.network
     if shard.world_size > 1:
@@ -286,7 +285,7 @@ def fit(
         while state.epoch < config.epochs:
             count = cpu_threads.follow_load(chosen) if follow else torch.get_num_threads()
             before = (runs.elapsed(state.history)[-1] if state.history else 0.0) + targets_seconds
-            row = run_epoch(state, network, train_data, val_data, config, shard, hook, soft, before)
+            row = run_epoch(state, network, train_data, val_data, config, shard, hook, teacher, before)
             row["threads"] = count
             targets_seconds = 0.0  # the teacher's pass: counted once, in the first epoch this process trains
             state.history.append(row)
