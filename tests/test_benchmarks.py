@@ -20,6 +20,7 @@ NEEDS = {
     "ablation": ["--runs", "RUNS"],
     "compare_keras": [],
     "contention": [],
+    "distill_choice": ["RUN"],
     "ensemble": ["RUN", "RUN"],
     "hostile_images": [],
     "inference_speed": ["RUN"],
