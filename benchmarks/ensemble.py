@@ -4,8 +4,9 @@
 
 The members are finished runs (e.g. `fmnist reproduce --model cnn94 --seeds 3 --validation-fraction 0`);
 the ensemble is made from them (fmnist.ensemble, in a temporary directory) and each model predicts the
-10,000 test images in fp32: its accuracy, and the images/s of the ensemble and of its first member,
-timed in interleaved rounds. Training seconds are the members' own (their history), summed for the ensemble.
+10,000 test images in fp32: its accuracy, and the images/s of the ensemble (in fp32 and in bf16) and of
+its first member (fp32), timed in interleaved rounds. Training seconds are the members' own (their
+history), summed for the ensemble.
 """
 
 from __future__ import annotations
@@ -36,7 +37,11 @@ def main(argv: list[str] | None = None) -> dict:
             seconds = together.ensemble["training_seconds"] if name == "ensemble" else run.history[-1]["elapsed"]
             figures[name] = {"test_accuracy": accuracy, "training_seconds": seconds}
             print(f"{name}: test accuracy {accuracy:.4f}, {seconds:.0f} s of training", flush=True)
-        timed = {"first member": models[Path(args.members[0]).name].model(), "ensemble": together.model()}
+        timed = {
+            "first member": models[Path(args.members[0]).name].model(),
+            "ensemble": together.model(),
+            "ensemble in bf16": together.model(precision="bf16"),
+        }
         samples = records.interleaved(
             {name: lambda net=net: inference.probabilities(net, images) for name, net in timed.items()},
             1 if args.quick else args.rounds,
@@ -48,7 +53,8 @@ def main(argv: list[str] | None = None) -> dict:
         [name, f"{figures[name]['test_accuracy']:.4f}", f"{figures[name]['training_seconds']:.0f} s"] for name in models
     ]
     rows.append(["members' mean", f"{statistics.mean(member_accuracies):.4f}", ""])
-    rows.append(["images/s (fp32)", f"first member {rates['first member']:,.0f}", f"ensemble {rates['ensemble']:,.0f}"])
+    rows.append(["images/s, fp32", f"first member {rates['first member']:,.0f}", f"ensemble {rates['ensemble']:,.0f}"])
+    rows.append(["images/s, bf16", "", f"ensemble {rates['ensemble in bf16']:,.0f}"])
     print(" | ".join(rows[-1]), flush=True)
     return records.publish(
         "ensemble",
