@@ -4,7 +4,8 @@
       config.json            the resolved training configuration, plus machine and versions
       history.json           one entry per finished epoch: loss, accuracy, val_loss, val_accuracy, seconds,
                              learning_rate (where the epoch ended),
-                             elapsed (cumulative seconds of training and validation, across resumes); val_*
+                             elapsed (cumulative seconds of training and validation, across resumes; a
+                             distilled run's also its teacher's training and targets); val_*
                              through the model's TTA (config validate_tta "last": only the last epoch's);
                              null where nothing was held out (config validation_fraction 0); threads (the
                              count the epoch trained on: without --threads it follows the machine's load)

@@ -5,10 +5,11 @@
 T² keeps the soft term's gradients at the scale of the hard one's as T grows. The teacher is any run, an
 ensemble among them. Its targets come one of two ways (recipe setting distill_targets):
   image  once per training image, un-augmented, before the first epoch: one inference pass over the
-         training split (its seconds counted in the run's elapsed time), then a lookup per step;
+         training split, then a lookup per step;
   batch  on every augmented batch: the teacher sees what the student sees, at a teacher's forward pass
          per step (an ensemble's: all its members' TTA views).
-Either is recomputed identically on resume.
+Either is recomputed identically on resume. The student's clock (its history's elapsed) counts the
+teacher's cost: its training (an ensemble's: its members') from epoch 0, and that pass.
 """
 
 from __future__ import annotations
@@ -51,9 +52,10 @@ class Teacher:
         return self.by_image[rows] if self.by_image is not None else self.soft(x)
 
 
-def teacher(config: TrainConfig, images: torch.Tensor) -> tuple[Teacher, float]:
-    """The run's teacher (its targets per image computed here, where the recipe says so) and the seconds that
-    took; errors where the teacher is no run or held out another split."""
+def teacher(config: TrainConfig, images: torch.Tensor, fresh: bool) -> tuple[Teacher, float]:
+    """The run's teacher (its targets per image computed here, where the recipe says so) and the seconds the
+    student's clock counts for it: that pass, and for a `fresh` run (epoch 0) the teacher's own training (an
+    ensemble's: its members'); errors where the teacher is no run or held out another split."""
     path = Path(str(config.teacher))
     if not runs.holds_run(path):
         raise errors.RunError(f"teacher {path}: no run there ({runs.CONFIG} is missing)")
@@ -67,4 +69,9 @@ def teacher(config: TrainConfig, images: torch.Tensor) -> tuple[Teacher, float]:
     start = time.perf_counter()
     network = inference.load_model(path, device=images.device)
     by_image = images if config.distill_targets == "image" else None
-    return Teacher(network, config.distill_temperature, by_image), time.perf_counter() - start
+    taught = Teacher(network, config.distill_temperature, by_image)
+    trained = stored["ensemble"].get("training_seconds", 0.0) if isinstance(stored.get("ensemble"), dict) else None
+    if trained is None:
+        elapsed = runs.elapsed(runs.read_history(path))
+        trained = elapsed[-1] if elapsed else 0.0
+    return taught, time.perf_counter() - start + (float(trained) if fresh else 0.0)

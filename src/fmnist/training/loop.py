@@ -269,11 +269,11 @@ def fit(
     if shard.is_main:
         runs.remove_stale_temp_files(run_dir)
     train_data, val_data = prepare_data(config, device)
-    teacher, targets_seconds = distill.teacher(config, train_data[0]) if config.teacher else (None, 0.0)
+    # Before the state: building the teacher draws from torch's RNG, which the state sets (or restores) after.
+    fresh = not runs.read_history(run_dir)  # a distilled run's clock counts its teacher's training from epoch 0
+    teacher, targets_seconds = distill.teacher(config, train_data[0], fresh) if config.teacher else (None, 0.0)
     state = checkpoint.start_or_resume(config, run_dir, resume, device, train_data[0], write=shard.is_main)
-    network = state.network
-    if shard.world_size > 1:
-        network = distributed(network, device)
+    network = distributed(state.network, device) if shard.world_size > 1 else state.network
     # The best weights may be better than any row of a shortened history: never replace them with worse.
     best = min([row["val_loss"] for row in runs.validated(state.history)] + [runs.best_val_loss(run_dir)])
     # Threads the user did not fix follow the machine's load, epoch by epoch (threads.follow_load says why);
@@ -287,7 +287,7 @@ def fit(
             before = (runs.elapsed(state.history)[-1] if state.history else 0.0) + targets_seconds
             row = run_epoch(state, network, train_data, val_data, config, shard, hook, teacher, before)
             row["threads"] = count
-            targets_seconds = 0.0  # the teacher's pass: counted once, in the first epoch this process trains
+            targets_seconds = 0.0  # the teacher's cost: counted once, in the first epoch this process trains
             state.history.append(row)
             if shard.is_main:
                 best = checkpoint.save_epoch(run_dir, state, best, config)
