@@ -34,6 +34,8 @@ PRECISIONS = (
 DEVICES = ("auto", "cpu", "cuda")  # or cuda:N
 VALIDATE_TTA = ("every", "last")
 DISTILL_TARGETS = ("image", "batch")
+SPLIT_FIELDS = ("validation_fraction", "limit")  # which images are held out: an ensemble's members, a teacher
+# and its student must agree (training/ensembles.py, training/distill.py)
 BN_MOMENTUM = 0.1  # PyTorch's BatchNorm default: what a recipe's bn_momentum leaves as it is
 
 

@@ -23,9 +23,8 @@ import torch.nn.functional as F
 from fmnist import runs
 from fmnist.core import errors
 from fmnist.nets import inference
+from fmnist.training import configs
 from fmnist.training.configs import TrainConfig
-
-SHARED = ("validation_fraction", "limit")  # the teacher must not have trained on the student's validation images
 
 
 def loss(logits, labels, soft, temperature: float, weight: float, label_smoothing: float = 0.0) -> torch.Tensor:
@@ -60,7 +59,7 @@ def teacher(config: TrainConfig, images: torch.Tensor, fresh: bool) -> tuple[Tea
     if not runs.holds_run(path):
         raise errors.RunError(f"teacher {path}: no run there ({runs.CONFIG} is missing)")
     stored = runs.read_config(path)
-    for name in SHARED:
+    for name in configs.SPLIT_FIELDS:  # else the teacher trained on the student's validation images
         if stored.get(name) != getattr(config, name):
             raise errors.InputError(
                 f"teacher {path} was trained with {name} {stored.get(name)}, this run has {getattr(config, name)}: "

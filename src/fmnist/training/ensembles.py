@@ -18,11 +18,9 @@ import torch.nn.functional as F
 
 from fmnist import runs
 from fmnist.core import errors, files
-from fmnist.data import fashion
 from fmnist.nets import ensemble, inference
 from fmnist.nets.inference import EVAL_BATCH_SIZE
-
-SHARED = ("validation_fraction", "limit")  # members must agree: they define the split evaluation reads
+from fmnist.training import configs, loop
 
 
 def make(members: Sequence[str | Path], out: str | Path, combine: str = "auto", data_dir: str | None = None) -> Path:
@@ -35,10 +33,11 @@ def make(members: Sequence[str | Path], out: str | Path, combine: str = "auto", 
     out = runs.require_new(Path(out), "write the ensemble to another directory")
     loaded = [load_member(Path(member)) for member in members]
     settings = [member["config"] for member in loaded]
-    for name in SHARED:
+    for name in configs.SPLIT_FIELDS:  # the split evaluation reads, and the choice below is made on
         if len({repr(config.get(name)) for config in settings}) > 1:
             raise errors.InputError(f"the members were trained with different {name} values: give runs that agree")
-    validation = validation_figures([m["network"] for m in loaded], settings[0], data_dir)
+    split = configs.load_config(Path(members[0]), data_dir=data_dir)
+    validation = validation_figures([m["network"] for m in loaded], split)
     chosen = "given" if combine != "auto" else "on validation (loss)" if validation else "nothing held out"
     if combine == "auto":
         combine = min(validation, key=lambda c: validation[c]["loss"]) if validation else "probabilities"
@@ -83,17 +82,12 @@ def load_member(run_dir: Path) -> dict:
 
 
 @torch.inference_mode()
-def validation_figures(networks: list, config: dict, data_dir: str | None) -> dict[str, dict[str, float]]:
-    """Per way of averaging, the ensemble's loss and accuracy on the members' validation split; {} where
-    they held nothing out."""
-    dataset = fashion.load(data_dir=data_dir or config.get("data_dir"), progress=False)
-    images, labels = dataset.train_images, dataset.train_labels
-    if config.get("limit"):
-        images, labels = images[: config["limit"]], labels[: config["limit"]]
-    _, (val_x, val_y) = fashion.split(images, labels, config.get("validation_fraction", 0.2))
-    if len(val_x) == 0:
+def validation_figures(networks: list, config: configs.TrainConfig) -> dict[str, dict[str, float]]:
+    """Per way of averaging, the ensemble's loss and accuracy on the members' validation split (`config`'s);
+    {} where they held nothing out."""
+    _, (x, y) = loop.prepare_data(config, inference.CPU)
+    if len(x) == 0:
         return {}
-    x, y = inference.to_tensor(val_x, inference.CPU), torch.from_numpy(val_y)
     outputs = torch.stack(  # (members, N, 10): each member's logits once, both averages from them
         [torch.cat([net(x[i : i + EVAL_BATCH_SIZE]) for i in range(0, len(x), EVAL_BATCH_SIZE)]) for net in networks]
     )
