@@ -16,7 +16,7 @@ from pathlib import Path
 from fmnist import runs
 from fmnist.core import files
 from fmnist.data import fashion, seed_report
-from fmnist.nets import architectures
+from fmnist.nets import architectures, ensemble
 from fmnist.results import evaluate
 from fmnist.training import configs, registry
 
@@ -161,7 +161,8 @@ def training_blocks(config: dict, history: list[dict], recipe: str) -> list:
 
 def ensemble_blocks(about: dict) -> list:
     """An ensemble's members (training/ensembles.py) in place of a training history."""
-    members = [m for m in about.get("members", []) if isinstance(m, dict)]
+    listed = about.get("members") if isinstance(about.get("members"), list) else []
+    members = [m for m in listed[: ensemble.MAX_MEMBERS] if isinstance(m, dict)]
     rows = [(m.get("run"), m.get("model"), m.get("seed"), f"{m.get('seconds', 0):.1f} s") for m in members]
     said = (
         f"An ensemble of {len(members)} runs, their {about.get('combine')} averaged (chosen: {about.get('chosen')}), "

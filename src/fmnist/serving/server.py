@@ -35,7 +35,7 @@ import starlette.requests
 from fmnist import runs
 from fmnist.core import errors, threads
 from fmnist.data import fashion, photos
-from fmnist.nets import inference
+from fmnist.nets import ensemble, inference
 from fmnist.serving import batching, limits, metrics, schema, transport
 
 EXAMPLES = 10  # test-set images offered on the page: the first of each class
@@ -131,7 +131,8 @@ def describe_run(run_dir: Path) -> dict:
     members = config["ensemble"].get("members") if isinstance(config.get("ensemble"), dict) else None
     model = config.get("model", "seed-cnn")
     if isinstance(members, list):  # an ensemble (training/ensembles.py): its members' models
-        model = "ensemble of " + ", ".join(str(m.get("model"))[:40] for m in members if isinstance(m, dict))
+        named = [str(m.get("model"))[:40] for m in members[: ensemble.MAX_MEMBERS] if isinstance(m, dict)]
+        model = "ensemble of " + ", ".join(named)
     return {"model": model, "test_accuracy": accuracy}
 
 
