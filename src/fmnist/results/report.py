@@ -161,7 +161,8 @@ def training_blocks(config: dict, history: list[dict], recipe: str) -> list:
 
 def ensemble_blocks(about: dict) -> list:
     """An ensemble's members (training/ensembles.py) in place of a training history."""
-    listed = about.get("members") if isinstance(about.get("members"), list) else []
+    listed = about.get("members")
+    listed = listed if isinstance(listed, list) else []
     members = [m for m in listed[: ensemble.MAX_MEMBERS] if isinstance(m, dict)]
     rows = [(m.get("run"), m.get("model"), m.get("seed"), f"{m.get('seconds', 0):.1f} s") for m in members]
     said = (
