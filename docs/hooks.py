@@ -37,6 +37,11 @@ SUBJECTS = {  # page: (title, what it is about, how to reproduce)
         "The report's network and training, seed by seed, against the original report's figures.",
         "fmnist reproduce --seeds 3",
     ),
+    "quick-tries": (
+        "Quick tries",
+        "One epoch on 6,000 images, what a user's first minute gives: every model, with and without its quick settings.",
+        "python benchmarks/quick_tries.py",
+    ),
     "speed-tier": (
         "The speed tier",
         "fast-cnn and cnn94: accuracy per CPU-second, and every trick's ablation, the rows that did not help included.",

@@ -27,6 +27,7 @@ NEEDS = {
     "norm_blocks": [],
     "pool_before_norm": ["--runs", "RUNS"],
     "profile_step": [],
+    "quick_tries": [],
     "recipe_frontier": ["--runs", "RUNS"],
     "serve_load": ["RUN"],
     "shuffle_augment": [],

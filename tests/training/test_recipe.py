@@ -168,6 +168,20 @@ def test_a_shortened_one_cycle_keeps_its_shape_at_a_peak_its_steps_can_take():
     assert rates.index(max(rates)) == round(recipe.warmup * 19) - 1 and rates[-1] == 0  # warm-up, then down to 0
 
 
+def test_a_quick_try_takes_its_models_quick_settings_and_a_full_run_its_recipe():
+    spec = registry.get("res95")
+    assert spec.quick and not registry.get(registry.DEFAULT).quick  # the report's recipe at any length
+    quick = configs.TrainConfig.for_model("res95", epochs=1, limit=6000)  # 38 steps
+    assert quick.quick_try and quick.quick_settings() == spec.quick
+    assert all(getattr(quick, key) == value for key, value in spec.quick.items())
+    full = configs.TrainConfig.for_model("res95")
+    assert not full.quick_try and full.quick_settings() == {} and full.recipe == spec.recipe
+    chosen = configs.TrainConfig.for_model("res95", epochs=1, limit=6000, learning_rate=0.01)  # a flag wins
+    assert chosen.learning_rate == 0.01 and "learning_rate" not in chosen.quick_settings()
+    assert configs.TrainConfig.for_model("res95", epochs=2).quick_try  # 2 x 375 steps: under FULL_PEAK_STEPS
+    assert not configs.TrainConfig.for_model("res95", epochs=3).quick_try  # 3 x 375: over it
+
+
 @pytest.mark.slow
 def test_a_quick_try_of_the_speed_tier_gives_a_sensible_model(tmp_path):
     """`fmnist train --model cnn94 --epochs 1 --limit 6000`, a user's first minute: a model, not junk."""

@@ -65,6 +65,8 @@ def cmd_train(args) -> int:
         run_dir, config = Path(args.out), train_config(args)
         api.check_new_run(run_dir)  # refused before the model summary, not after it
         print_layers(config.model)
+        if quick := config.quick_settings():  # say so: these differ from the recipe `fmnist models` shows
+            console.print(f"a quick try ({config.epochs * config.steps} steps): {config.model}'s {as_flags(quick)}")
         run = api.train(config, run_dir, show_progress=not args.quiet)
     if console.quiet:  # under torchrun, rank 0 reports (and only it has written the last epoch for sure)
         return 0
@@ -102,17 +104,17 @@ def cmd_models(args) -> int:
     ]
     console.print(table("models (fmnist train --model NAME)", ("name", "parameters", "MFLOPs/image", "recipe"), cells))
     for row in rows:
-        console.print(f"{row['name']}: {row['description']} (weights tagged {row['architecture']})")
-    for row in rows:  # the speed tier's recipe depends on the machine: say which this one gets
-        if row["fp32"]:
-            settings = ", ".join(f"--{key.replace('_', '-')} {value}" for key, value in row["fp32"].items())
-            here = (
-                f"its fp32 recipe ({settings}): this CPU has no native bf16"
-                if row["recipe_here"] == "fp32"
-                else (f"its own recipe, in bf16; on a CPU without native bf16: {settings}")
-            )
-            console.print(f"{row['name']} on this machine: {here}")
+        quick = f"; in a quick try: {as_flags(row['quick'])}" if row["quick"] else ""
+        console.print(f"{row['name']}: {row['description']} (weights tagged {row['architecture']}){quick}")
+    for row in (row for row in rows if row["fp32"]):  # the speed tier's recipe depends on the machine: say which
+        here = "its fp32 recipe ({}): this CPU has no native bf16" if row["recipe_here"] == "fp32" else ""
+        here = here or "its own recipe, in bf16; on a CPU without native bf16: {}"
+        console.print(f"{row['name']} on this machine: " + here.format(as_flags(row["fp32"])))
     return 0
+
+
+def as_flags(settings: dict) -> str:
+    return " ".join(f"--{key.replace('_', '-')} {value}" for key, value in settings.items())
 
 
 def cmd_evaluate(args) -> int:

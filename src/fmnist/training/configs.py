@@ -208,7 +208,7 @@ class Recipe:
         return None if schedule is None else [schedule(epoch * steps_per_epoch + s) for s in range(steps_per_epoch)]
 
 
-FULL_PEAK_STEPS = 1000  # one-cycle runs this long or longer train at their recipe's peak rate
+FULL_PEAK_STEPS = 1000  # runs this long or longer train at their recipe's peak rate; shorter ones are quick tries
 
 
 def short_run_scale(total_steps: int) -> float:
@@ -291,14 +291,19 @@ class TrainConfig(Recipe, Runtime):
     @classmethod
     def for_model(cls, name: str | None = None, cpu_flags: set[str] | None = None, **overrides):
         """The model's recipe for this machine (where it trains in fp32, its registry's fp32 settings on top:
-        registry.recipe_for), with `overrides` (those that are not None) on top of that. `cpu_flags`: the
+        registry.recipe_for), in a quick try its registry's quick settings on top, with `overrides` (those that
+        are not None) on top of that. `cpu_flags`: the
         CPU's feature flags, injected (tests); default this machine's."""
         from fmnist.training import registry
 
         name = name or registry.DEFAULT
         chosen = {key: value for key, value in overrides.items() if value is not None}
+        spec = registry.get(name)
         machine = registry.recipe_for(name, chosen.get("precision", "auto"), chosen.get("device", "auto"), cpu_flags)
-        return super().for_model(name, **{**(registry.get(name).fp32 if machine == "fp32" else {}), **chosen})
+        config = super().for_model(name, **{**(spec.fp32 if machine == "fp32" else {}), **chosen})
+        if spec.quick and config.quick_try:
+            config = super().for_model(name, **{**(spec.fp32 if machine == "fp32" else {}), **spec.quick, **chosen})
+        return config
 
     def __post_init__(self):
         check_types(self)
@@ -325,6 +330,18 @@ class TrainConfig(Recipe, Runtime):
     def steps(self) -> int:
         """Steps per epoch of this run."""
         return self.steps_per_epoch(self.train_images)
+
+    @property
+    def quick_try(self) -> bool:
+        """Shorter than a recipe is made for (FULL_PEAK_STEPS in all): for_model gives it its model's quick settings."""
+        return self.epochs * self.steps < FULL_PEAK_STEPS
+
+    def quick_settings(self) -> dict:
+        """The model's quick settings (registry.ModelSpec.quick) this run trains with: {} unless a quick try."""
+        from fmnist.training import registry
+
+        quick = registry.get(self.model).quick if self.quick_try else {}
+        return {key: value for key, value in quick.items() if getattr(self, key) == value}
 
 
 def load_config(run_dir: Path, **overrides) -> TrainConfig:
