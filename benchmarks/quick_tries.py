@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> dict:
         "quick_tries",
         args,
         records.record(
-            "first-hour",
+            "quick-tries",
             f"Quick tries: every model, {EPOCHS} epoch on the first {limit:,} training images, {seeds} seeds",
             figures,
             ["model", "settings", "values", "validation accuracy", "test accuracy"],

@@ -39,7 +39,7 @@ SUBJECTS = {  # page: (title, what it is about, how to reproduce)
     ),
     "quick-tries": (
         "Quick tries",
-        "One epoch on 6,000 images, what a user's first minute gives: every model, with and without its quick settings.",
+        "One epoch on 6,000 images, a user's first minute: every model, with and without its quick settings.",
         "python benchmarks/quick_tries.py",
     ),
     "speed-tier": (
@@ -295,7 +295,9 @@ def block_models() -> str:
     for row in api.models():
         name = f"**{row['name']}** (default)" if row["default"] else f"**{row['name']}**"
         fp32 = ", ".join(f"{key.replace('_', '-')} {value}" for key, value in row["fp32"].items())
+        quick = ", ".join(f"{key.replace('_', '-')} {value}" for key, value in row["quick"].items())
         recipe = row["recipe"] + (f"; in fp32 (no native bf16): {fp32}" if fp32 else "")
+        recipe += f"; in a quick try: {quick}" if quick else ""
         lines.append(f"| {name} | {row['parameters']:,} | {row['mflops']:.2f} | {recipe} | {row['description']} |")
     return "\n".join(lines)
 

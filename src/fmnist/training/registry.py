@@ -80,6 +80,9 @@ FAST = ModelSpec(
         shift=1,
         tta=True,
     ),
+    # A quick try's BatchNorm statistics, averaged over the last ~10 of its 38 steps at 0.1, lag its weights
+    # (validation 0.72 ± 0.05, 3 seeds); at cnn94's 0.4: 0.81 ± 0.01.
+    quick={"bn_momentum": 0.4},
 )
 CNN94 = ModelSpec(
     "cnn94",
