@@ -190,7 +190,8 @@ def test_a_config_is_a_recipe_a_runtime_and_a_seed_and_no_model_sets_the_runtime
         # a recipe never says where it runs: a Recipe has no runtime fields, and it names its model
         assert type(spec.recipe) is configs.Recipe and spec.recipe.model == spec.name, spec.name
     config = configs.TrainConfig.for_model("fast-cnn", seed=4, threads=1, limit=600, epochs=2)
-    assert config.recipe == configs.Recipe.for_model("fast-cnn", epochs=2)
+    quick = registry.get("fast-cnn").quick  # 2 epochs of 4 steps: a quick try
+    assert config.recipe == configs.Recipe.for_model("fast-cnn", epochs=2, **quick) and config.quick_settings() == quick
     assert config.runtime == configs.Runtime(threads=1, limit=600)
     assert configs.TrainConfig(**dataclasses.asdict(config)) == config  # config.json stays one flat record
     with pytest.raises(ValueError, match="precision"):
