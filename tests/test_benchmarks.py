@@ -39,7 +39,13 @@ def test_every_benchmark_is_tested():
     assert sorted(path.stem for path in BENCHMARKS.glob("*.py")) == sorted(NEEDS)
 
 
-@pytest.mark.parametrize("name", sorted(NEEDS))
+# quick forms that still train thousands of images or time a machine under load: the slow tier's
+SLOW = {"ablation", "contention", "distill_choice", "pool_before_norm", "recipe_frontier", "serve_load"}
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(name, marks=pytest.mark.slow) if name in SLOW else name for name in sorted(NEEDS)]
+)
 def test_quick_form_writes_a_record(name, tmp_path, monkeypatch, request):
     # a benchmark may register an experiment's network and model: this process's registries are put back after
     monkeypatch.setattr(registry, "REGISTRY", dict(registry.REGISTRY))
