@@ -26,7 +26,7 @@ from fmnist.core import errors
 from fmnist.data import fashion, photos
 from fmnist.nets import seedcnn
 from fmnist.serving import limits, schema, server, transport
-from tests.helpers import as_product_photo, confident_correct, free_port, png, png_header_only, running
+from tests.helpers import as_product_photo, confident_correct, free_port, png, png_header_only, run_cli, running
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
@@ -338,7 +338,7 @@ def test_no_external_pages_nosniff_and_host_checked(served):
 
 
 @pytest.mark.slow
-def test_non_finite_weights_are_refused_at_start(tmp_path, trained_run):
+def test_non_finite_weights_are_refused_at_start(tmp_path, capsys, trained_run):
     run_dir = tmp_path / "run"
     shutil.copytree(trained_run, run_dir)
     state = safetensors.torch.load_file(str(run_dir / runs.WEIGHTS))
@@ -346,13 +346,8 @@ def test_non_finite_weights_are_refused_at_start(tmp_path, trained_run):
     runs.save_weights(run_dir / runs.WEIGHTS, state, seedcnn.ARCHITECTURE)
     with pytest.raises(errors.RunError, match=r"dense3.bias holds NaN"):
         server.create_app(run_dir)
-    result = subprocess.run(
-        [sys.executable, "-m", "fmnist", "serve", str(run_dir), "--port", str(free_port())],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 2 and "holds NaN" in result.stderr and "Traceback" not in result.stderr
+    code, _, err = run_cli(capsys, "serve", run_dir, "--port", free_port())  # an exception escaping fails the test
+    assert code == 2 and "holds NaN" in err
 
 
 def closed_by_server(sock: socket.socket) -> bool:
@@ -454,29 +449,18 @@ def test_server_memory_is_bounded_for_limit_sized_images(tmp_path, trained_run, 
 
 
 @pytest.mark.slow  # two fresh `fmnist serve` processes (their imports): ~6 s on 2 cores
-def test_a_taken_port_is_one_line_before_the_model_loads(tmp_path):
+def test_a_taken_port_is_one_line_before_the_model_loads(tmp_path, capsys):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         for replicas in ([], ["--replicas", "2"]):  # one process; Ray Serve's proxy on a local Ray instance
-            result = subprocess.run(
-                [sys.executable, "-m", "fmnist", "serve", str(tmp_path / "no-run"), "--port", str(port), *replicas],
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
+            code, _, err = run_cli(capsys, "serve", tmp_path / "no-run", "--port", port, *replicas)
             # the address is refused first: no run directory (nor Ray) was needed to learn that
-            assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
-            assert result.stderr.startswith(f"error: cannot listen on 127.0.0.1:{port}: ")
-            assert "another --port" in result.stderr
-    result = subprocess.run(
-        [sys.executable, "-m", "fmnist", "serve", str(tmp_path), "--port", "65536"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 2 and "a port is a number from 0 to 65535, not '65536'" in result.stderr
+            assert code == 2 and err.startswith(f"error: cannot listen on 127.0.0.1:{port}: "), err
+            assert "another --port" in err
+    code, _, err = run_cli(capsys, "serve", tmp_path, "--port", "65536")
+    assert code == 2 and "a port is a number from 0 to 65535, not '65536'" in err
 
 
 def test_port_0_serves_on_the_free_port_it_prints(trained_run):
@@ -505,16 +489,9 @@ def test_port_0_serves_on_the_free_port_it_prints(trained_run):
 
 
 @pytest.mark.slow
-def test_replicas_without_ray_serve_say_how_to_get_it(trained_run):
-    code = (
-        "import sys; sys.modules['ray'] = None; from fmnist import cli; "  # as if Ray were not installed
-        f"sys.exit(cli.main(['serve', {str(trained_run)!r}, '--replicas', '2']))"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert result.returncode == 2 and "pip install 'fmnist[ray]'" in result.stderr, result.stderr
-    result = subprocess.run(
-        [sys.executable, "-m", "fmnist", "serve", str(trained_run), "--replicas", "0"], capture_output=True, text=True
-    )
-    assert (
-        result.returncode == 2 and "--replicas must be 1 or more" in result.stderr and "Traceback" not in result.stderr
-    )
+def test_replicas_without_ray_serve_say_how_to_get_it(trained_run, capsys, monkeypatch):
+    code, _, err = run_cli(capsys, "serve", trained_run, "--replicas", 0)
+    assert code == 2 and "--replicas must be 1 or more" in err
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed: `import ray` fails
+    code, _, err = run_cli(capsys, "serve", trained_run, "--replicas", 2)
+    assert code == 2 and "pip install 'fmnist[ray]'" in err, err
