@@ -13,7 +13,7 @@ from PIL import Image
 from fmnist import cli
 from fmnist.core import errors
 from fmnist.data import fashion
-from tests.helpers import idx_bytes, require_real_data, write_tiny_dataset
+from tests.helpers import idx_bytes, require_real_data, run_cli, write_tiny_dataset
 
 
 # ---------------------------------------------------------------------------------------------
@@ -97,14 +97,11 @@ def test_bad_label(tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_prints_one_line_error_not_a_traceback(tmp_path):
+def test_cli_prints_one_line_error_not_a_traceback(tmp_path, capsys):
     write_tiny_dataset(tmp_path)  # checksums differ from the real files'
-    result = subprocess.run(
-        [sys.executable, "-m", "fmnist", "data", "--data-dir", str(tmp_path)], capture_output=True, text=True
-    )
-    assert result.returncode == 2
-    assert "Traceback" not in result.stderr
-    assert result.stderr.startswith("error:") and "checksum mismatch" in result.stderr
+    code, _, err = run_cli(capsys, "data", "--data-dir", tmp_path)  # an exception escaping fails the test
+    assert code == 2
+    assert err.startswith("error:") and "checksum mismatch" in err
 
 
 def test_missing_explicit_dir_does_not_fall_back(tmp_path, monkeypatch):
@@ -187,14 +184,12 @@ def test_split_fraction():
 
 
 @pytest.mark.slow
-def test_cli_data_end_to_end(tmp_path):
+def test_cli_data_end_to_end(tmp_path, capsys):
     require_real_data()
-    result = subprocess.run(
-        [sys.executable, "-m", "fmnist", "data", "--out", str(tmp_path)], capture_output=True, text=True
-    )
-    assert result.returncode == 0, result.stderr
-    assert "dataset-fashion-mnist" in result.stdout
-    assert "Ankle boot" in result.stdout and "6,000" in result.stdout and "(60000, 28, 28)" in result.stdout
+    code, out, err = run_cli(capsys, "data", "--out", tmp_path)
+    assert code == 0, err
+    assert "dataset-fashion-mnist" in out
+    assert "Ankle boot" in out and "6,000" in out and "(60000, 28, 28)" in out
     with Image.open(tmp_path / "samples.png") as image:
         assert image.size == (1000, 1100)
         pixels = np.asarray(image.convert("L"), dtype=float)

@@ -93,32 +93,21 @@ def test_bad_files_give_clear_errors(tmp_path, name, message):
 
 
 @pytest.mark.slow
-def test_cli_predicts_good_files_and_reports_bad_ones(tmp_path, trained_run, real_dataset):
+def test_cli_predicts_good_files_and_reports_bad_ones(tmp_path, capsys, trained_run, real_dataset):
     bad = write_bad_files(tmp_path)
     good = tmp_path / "coat.png"
     as_product_photo(real_dataset.test_images[1]).save(good)
     seen = tmp_path / "seen"
-    command = [
-        sys.executable,
-        "-m",
-        "fmnist",
-        "predict",
-        str(trained_run),
-        str(bad["notes.txt"]),
-        str(good),
-        str(bad["bomb.png"]),
-        "--save-preprocessed",
-        str(seen),
-    ]
-    result = subprocess.run(command, capture_output=True, text=True)
-    assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert result.stderr.count("error:") == 2 and "notes.txt" in result.stderr and "bomb.png" in result.stderr
-    assert f"{good}:" in result.stdout and result.stdout.count("%") == 3
+    files = [bad["notes.txt"], good, bad["bomb.png"]]
+    code, out, err = run_cli(capsys, "predict", trained_run, *files, "--save-preprocessed", seen)
+    assert code == 1  # and no exception escaped (run_cli)
+    assert err.count("error:") == 2 and "notes.txt" in err and "bomb.png" in err
+    assert f"{good}:" in out and out.count("%") == 3
     with PIL.Image.open(seen / "coat.28x28.png") as image:
         assert image.size == (28, 28)
-    as_json = subprocess.run([*command[:5], str(good), "--json"], capture_output=True, text=True)
-    assert as_json.returncode == 0
-    top = json.loads(as_json.stdout)[0]["top"]
+    code, out, _ = run_cli(capsys, "predict", trained_run, good, "--json")
+    assert code == 0
+    top = json.loads(out)[0]["top"]
     assert len(top) == 3 and top[0]["probability"] >= top[1]["probability"] >= top[2]["probability"]
     assert abs(sum(t["probability"] for t in top) - 1) < 0.2 or top[0]["probability"] > 0.5
 

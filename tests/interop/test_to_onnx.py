@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import onnx
@@ -33,15 +31,11 @@ def test_onnx_matches_pytorch_on_1000_test_images(tmp_path, trained_run, real_da
 
 
 @pytest.mark.slow
-def test_cli_export_verifies(tmp_path, trained_run):
+def test_cli_export_verifies(tmp_path, capsys, trained_run):
     out = tmp_path / "exported.onnx"
-    result = subprocess.run(
-        [sys.executable, "-m", "fmnist", "export", str(trained_run), "--format", "onnx", "--out", str(out)],
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 0, result.stderr
-    assert out.is_file() and "max abs difference" in result.stdout
+    code, stdout, err = run_cli(capsys, "export", trained_run, "--format", "onnx", "--out", out)
+    assert code == 0, err
+    assert out.is_file() and "max abs difference" in stdout
 
 
 def test_a_place_that_takes_no_files_is_named_as_asked(trained_run, capsys):
