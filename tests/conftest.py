@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -153,6 +154,12 @@ def ray_cluster():
             sessions.append(started.pid)
             assert started.wait(timeout=180) == 0, started.communicate()[1][-3000:]
         ray.init(address=f"127.0.0.1:{port}", log_to_driver=False, configure_logging=False)
+        # `ray start` returns before the cluster's scheduler counts its node: wait for that state (two alive
+        # nodes, a CPU each), or a first sweep may find one node and run every trial there
+        deadline = time.monotonic() + 180  # a guard against a node that never comes, as `ray start`'s above
+        while sum(node["Alive"] and node["Resources"].get("CPU", 0) >= 1 for node in ray.nodes()) < 2:
+            assert time.monotonic() < deadline, f"the cluster counts {len(ray.nodes())} nodes, not 2"
+            time.sleep(0.1)
         yield RayCluster(f"127.0.0.1:{port}", tuple(sessions))
     finally:
         ray.shutdown()
