@@ -116,10 +116,7 @@ def main(argv: list[str] | None = None) -> dict:
     ]
     rows = [[f"seed {seed}", f"{plain:.4f}", f"{variant:.4f}"] for seed, (plain, variant) in enumerate(pairs)]
     columns = list(zip(*pairs))
-    rows.append(
-        ["mean"]
-        + [f"{statistics.mean(c):.4f}" + (f" ± {statistics.stdev(c):.4f}" if seeds > 1 else "") for c in columns]
-    )
+    rows.append(["mean"] + [records.mean_sd_of(list(c)) for c in columns])
     paired = statistics.mean(v - p for p, v in pairs)
     rows.append(["paired difference", "", f"{paired:+.4f}"])
     for row in rows:

@@ -11,7 +11,6 @@ the seeds. --quick: seed-cnn on 600 images, one seed.
 
 from __future__ import annotations
 
-import statistics
 import tempfile
 from pathlib import Path
 
@@ -20,10 +19,6 @@ from fmnist.results import records
 from fmnist.training import configs, loop, registry
 
 EPOCHS, LIMIT = 1, 6000
-
-
-def mean_sd(values: list[float]) -> str:
-    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}" if len(values) > 1 else f"{values[0]:.4f}"
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -51,7 +46,7 @@ def main(argv: list[str] | None = None) -> dict:
                     tested.append(float((predicted == test.test_labels).mean()))
                 settings = ", ".join(f"{key} {getattr(config, key):g}" for key in spec.quick)
                 figures[f"{name}, {label}"] = {"settings": settings, "val_accuracy": val, "test_accuracy": tested}
-                rows.append([name, label, settings, mean_sd(val), mean_sd(tested)])
+                rows.append([name, label, settings, records.mean_sd_of(val), records.mean_sd_of(tested)])
                 print(" | ".join(rows[-1]), flush=True)
     return records.publish(
         "quick_tries",

@@ -294,8 +294,9 @@ def block_models() -> str:
     lines = ["| model | parameters | MFLOPs/image | recipe | network |", "|---|---|---|---|---|"]
     for row in api.models():
         name = f"**{row['name']}** (default)" if row["default"] else f"**{row['name']}**"
-        fp32 = ", ".join(f"{key.replace('_', '-')} {value}" for key, value in row["fp32"].items())
-        quick = ", ".join(f"{key.replace('_', '-')} {value}" for key, value in row["quick"].items())
+        fp32, quick = (
+            ", ".join(f"{key.replace('_', '-')} {value}" for key, value in row[k].items()) for k in ("fp32", "quick")
+        )
         recipe = row["recipe"] + (f"; in fp32 (no native bf16): {fp32}" if fp32 else "")
         recipe += f"; in a quick try: {quick}" if quick else ""
         lines.append(f"| {name} | {row['parameters']:,} | {row['mflops']:.2f} | {recipe} | {row['description']} |")

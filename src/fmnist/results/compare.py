@@ -16,7 +16,7 @@ import numpy as np
 from fmnist.core import files, machine
 from fmnist.data import seed_report
 from fmnist.nets import architectures
-from fmnist.results import bench, evaluate, figures, report
+from fmnist.results import bench, evaluate, figures, records, report
 from fmnist.training import registry
 
 
@@ -56,10 +56,9 @@ def comparison_markdown(rows: dict[str, dict]) -> str:
     """One row per model: test accuracy mean ± sd over seeds, training time, time to report.TIME_TO, size, speed."""
 
     def mean_sd(stats: dict, scale: float = 1.0, digits: int = 4, never: str = "never") -> str:
-        if math.isnan(stats["mean"]):
-            return never
-        spread = "" if math.isnan(stats["std"]) else f" ± {stats['std'] * scale:.{digits}f}"
-        return f"{stats['mean'] * scale:.{digits}f}{spread}"
+        return (
+            never if math.isnan(stats["mean"]) else records.mean_sd(stats["mean"] * scale, stats["std"] * scale, digits)
+        )
 
     targets = next(iter(rows.values()))["summary"].get("targets", report.TIME_TO)
     lines = [
@@ -155,9 +154,6 @@ NOTE = "Chosen on validation accuracy; only the chosen configuration was evaluat
 
 
 def summary_rows(summary: dict) -> list[tuple[str, str, str, str, str]]:
-    def spread(mean: float, sd: float) -> str:
-        return f"{mean:.4f}" + ("" if math.isnan(sd) else f" ± {sd:.4f}")
-
     rows = []
     for row in summary["configurations"]:
         chosen = row["configuration"] == summary["chosen"]
@@ -165,9 +161,9 @@ def summary_rows(summary: dict) -> list[tuple[str, str, str, str, str]]:
             (
                 row["configuration"] + (" (chosen)" if chosen else ""),
                 str(row["seeds"]),
-                spread(row["val_accuracy_mean"], row["val_accuracy_std"]),
+                records.mean_sd(row["val_accuracy_mean"], row["val_accuracy_std"]),
                 f"{row['seconds_mean']:.0f}",
-                spread(row["test_accuracy_mean"], row["test_accuracy_std"]) if chosen else "",
+                records.mean_sd(row["test_accuracy_mean"], row["test_accuracy_std"]) if chosen else "",
             )
         )
     return rows

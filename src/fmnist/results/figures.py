@@ -16,6 +16,7 @@ import numpy as np
 from fmnist import runs
 from fmnist.core import files
 from fmnist.data import fashion
+from fmnist.results import records
 
 DPI = 100
 WRONG_COLOR = "#c62828"
@@ -177,7 +178,7 @@ def frontier(
                     label=f"{name}: validation, per seed" if seed == 0 else None,
                 )
         seconds, mean, sd = finals[name]
-        label = f"{name}: test {mean:.4f}" + ("" if np.isnan(sd) else f" ± {sd:.4f}")
+        label = f"{name}: test {records.mean_sd(mean, sd)}"
         axis.errorbar(
             [seconds], [mean], yerr=[0 if np.isnan(sd) else sd], color=color, marker="o", capsize=4, label=label
         )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import math
 import os
 import platform
 import statistics
@@ -113,6 +114,16 @@ def commit() -> str | None:
     if head.returncode != 0:
         return None
     return head.stdout.strip() + ("+" if dirty.stdout.strip() else "")
+
+
+def mean_sd(mean: float, sd: float, digits: int = 4) -> str:
+    """ "mean ± sd" as every results table prints it; the mean alone where sd is NaN (one seed has no spread)."""
+    return f"{mean:.{digits}f}" + ("" if math.isnan(sd) else f" ± {sd:.{digits}f}")
+
+
+def mean_sd_of(values: list[float], digits: int = 4) -> str:
+    """mean_sd of samples (the sample standard deviation)."""
+    return mean_sd(statistics.mean(values), statistics.stdev(values) if len(values) > 1 else math.nan, digits)
 
 
 def record(

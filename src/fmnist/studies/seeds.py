@@ -5,7 +5,6 @@ Ray; a summary over seeds per model (summary.md, summary.json) and, with several
 from __future__ import annotations
 
 import dataclasses
-import math
 import shutil
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -101,10 +100,7 @@ def study_record(study: Plan, summaries: dict) -> dict:
     rows = []
     for name, summary in summaries.items():
         accuracy, seconds = summary["stats"]["test_accuracy"], summary["stats"]["seconds"]
-        spread = [
-            f"{stat['mean']:.{digits}f}" + ("" if math.isnan(stat["std"]) else f" ± {stat['std']:.{digits}f}")
-            for stat, digits in ((accuracy, 4), (seconds, 0))
-        ]
+        spread = [records.mean_sd(stat["mean"], stat["std"], digits) for stat, digits in ((accuracy, 4), (seconds, 0))]
         rows.append([name, len(summary["seeds"]), *spread])
         if "ensemble" in summary:
             together, label = summary["ensemble"], f"{name}: the seeds as one ensemble"

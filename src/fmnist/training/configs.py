@@ -292,18 +292,17 @@ class TrainConfig(Recipe, Runtime):
     def for_model(cls, name: str | None = None, cpu_flags: set[str] | None = None, **overrides):
         """The model's recipe for this machine (where it trains in fp32, its registry's fp32 settings on top:
         registry.recipe_for), in a quick try its registry's quick settings on top, with `overrides` (those that
-        are not None) on top of that. `cpu_flags`: the
-        CPU's feature flags, injected (tests); default this machine's."""
+        are not None) on top of that. `cpu_flags`: the CPU's feature flags, injected (tests); default this
+        machine's."""
         from fmnist.training import registry
 
         name = name or registry.DEFAULT
         chosen = {key: value for key, value in overrides.items() if value is not None}
         spec = registry.get(name)
         machine = registry.recipe_for(name, chosen.get("precision", "auto"), chosen.get("device", "auto"), cpu_flags)
-        config = super().for_model(name, **{**(spec.fp32 if machine == "fp32" else {}), **chosen})
-        if spec.quick and config.quick_try:
-            config = super().for_model(name, **{**(spec.fp32 if machine == "fp32" else {}), **spec.quick, **chosen})
-        return config
+        settings = {**(spec.fp32 if machine == "fp32" else {}), **chosen}
+        config = super().for_model(name, **settings)
+        return super().for_model(name, **{**spec.quick, **settings}) if spec.quick and config.quick_try else config
 
     def __post_init__(self):
         check_types(self)
