@@ -43,7 +43,12 @@ def test_a_tiny_sweep_on_two_nodes_equals_the_same_trials_in_sequence(tmp_path, 
     config = sweeps.SweepConfig(model="seed-cnn", space=SPACE, fixed=TINY, seeds=2)
     parallel = sweeps.run(config, tmp_path / "parallel", threads_per_trial=1, workers=2, verbose=0)
     assert len(parallel) == 4 and len(list((tmp_path / "parallel").glob("trial-*"))) == 4
-    assert len({result["node"] for result in parallel}) == 2  # two at a time on a cluster of two 1-CPU nodes
+    # Trials ran on the cluster's nodes. Which node ran which is the scheduler's choice and depends on speed (a
+    # warm worker may take every trial before the other node's has started), so it is not asserted.
+    import ray
+
+    cluster_nodes = {node["NodeID"] for node in ray.nodes() if node["Alive"]}
+    assert len(cluster_nodes) == 2 and {result["node"] for result in parallel} <= cluster_nodes
     sequential = sweeps.run_sequentially(config, tmp_path / "sequential", threads_per_trial=1)
     for a, b in zip(parallel, sequential):
         assert a["val_accuracy"] == b["val_accuracy"] and Path(a["run_dir"]).name == Path(b["run_dir"]).name
