@@ -11,7 +11,7 @@ import torch
 from fmnist import runs
 from fmnist.nets import inference
 from fmnist.training import configs, distill, loop
-from tests.helpers import assert_same_weights, require_real_data, run_cli, weights_of
+from tests.helpers import TRAINED_RUN, assert_same_weights, require_real_data, run_cli, weights_of
 
 
 def test_the_loss_is_its_formula_on_a_tiny_batch():
@@ -48,7 +48,7 @@ def test_the_teachers_targets_by_batch_equal_those_by_image_on_the_same_images(t
 @pytest.mark.slow
 def test_distilling_resumes_exactly_and_a_zero_weight_is_plain_training(trained_run, tmp_path):
     require_real_data()
-    quick = dict(epochs=2, limit=12_000, threads=2, seed=3)  # the teacher's split: 12,000 images, 20 % held out
+    quick = dict(epochs=2, limit=TRAINED_RUN["limit"], threads=2, seed=3)  # the teacher's split
     config = configs.TrainConfig(teacher=str(trained_run), **quick)
     straight = loop.fit(config, tmp_path / "straight")
     taught_for = runs.elapsed(runs.read_history(trained_run))[-1]  # the teacher's training, then its targets
@@ -73,13 +73,13 @@ def test_distilling_resumes_exactly_and_a_zero_weight_is_plain_training(trained_
 
 @pytest.mark.slow
 def test_the_cli_trains_with_a_teacher_and_refuses_a_wrong_one_in_one_line(trained_run, tmp_path, capsys):
-    flags = ["--epochs", 1, "--limit", 12_000, "--threads", 2, "--quiet"]
+    flags = ["--epochs", 1, "--limit", TRAINED_RUN["limit"], "--threads", 2, "--quiet"]
     code, _, err = run_cli(capsys, "train", "--teacher", trained_run, *flags, "--out", tmp_path / "student")
     assert code == 0 and runs.read_config(tmp_path / "student")["teacher"] == str(trained_run), err
     batch = ["--distill-targets", "batch", "--out", tmp_path / "by-batch"]  # the teacher on every augmented batch
     code, _, err = run_cli(capsys, "train", "--teacher", trained_run, *flags, *batch)
     assert code == 0 and runs.read_config(tmp_path / "by-batch")["distill_targets"] == "batch", err
     for teacher, said in ((tmp_path / "nowhere", "no run there"), (trained_run, "the same split")):
-        extra = ["--limit", 6_000] if teacher == trained_run else []
+        extra = ["--limit", 2 * TRAINED_RUN["limit"]] if teacher == trained_run else []
         code, _, err = run_cli(capsys, "train", "--teacher", teacher, *flags, *extra, "--out", tmp_path / "refused")
         assert code == 2 and said in err and err.count("\n") == 1, err

@@ -18,9 +18,9 @@ from fmnist.core import errors
 from fmnist.nets import ensemble, inference
 from fmnist.serving import server
 from fmnist.training import configs, loop
-from tests.helpers import once, png, require_real_data, run_cli, running
+from tests.helpers import TRAINED_RUN, once, png, require_real_data, run_cli, running
 
-pytestmark = pytest.mark.slow  # each needs a second trained run (~15 s on 2 cores)
+pytestmark = pytest.mark.slow  # each needs a second trained run (seconds)
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,9 @@ def other_run(tmp_path_factory):
     require_real_data()
 
     def train(path):
-        config = configs.TrainConfig.for_model("fast-cnn", epochs=1, limit=12_000, threads=2, precision="fp32")
+        config = configs.TrainConfig.for_model(
+            "fast-cnn", epochs=1, limit=TRAINED_RUN["limit"], threads=2, precision="fp32"
+        )
         loop.fit(config, path / "run")
 
     return once(tmp_path_factory, "fast-member", train) / "run"

@@ -23,7 +23,7 @@ from fmnist.core import errors, files
 from fmnist.core import threads as cpu_threads
 from fmnist.nets import inference, seedcnn
 from fmnist.training import configs, loop, recipe, registry
-from tests.helpers import assert_same_weights, require_real_data, run_cli
+from tests.helpers import TRAINED_RUN, assert_same_weights, require_real_data, run_cli
 from tests.helpers import weights_of as weights
 
 QUICK = dict(limit=3000, threads=2)  # 2,400 training / 600 validation images
@@ -78,8 +78,8 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, name, sett
     exactly."""
     require_real_data()
     config = configs.TrainConfig.for_model(
-        name, epochs=3, seed=1, limit=1200, threads=2, **settings
-    )  # 8 steps an epoch
+        name, epochs=3, seed=1, limit=600, threads=2, **settings
+    )  # 2-4 steps an epoch (batches of 128 or 256)
     loop.fit(config, tmp_path / "straight")
 
     def interrupt_after_first_epoch(row):
@@ -198,6 +198,7 @@ def test_validation_fraction_zero_trains_on_every_image_and_validates_nothing(tm
         2,
         "--validation-fraction",
         0,
+        "--no-tta",  # one view where the model has six: evaluate below is about the run, not the TTA
         "--quiet",
         "--out",
         final,
@@ -396,7 +397,7 @@ def test_a_finished_run_without_its_checkpoint_is_refused_never_trained_over(tmp
     kept = {name: (run_dir / name).read_bytes() for name in (runs.HISTORY, runs.WEIGHTS, runs.BEST_WEIGHTS)}
     for args in (
         ["train", "--resume", run_dir, "--epochs", 4],
-        ["reproduce", "--epochs", 4, "--limit", 12_000, "--threads", 2, "--quiet", "--out", tmp_path],
+        ["reproduce", "--epochs", 4, "--limit", TRAINED_RUN["limit"], "--threads", 2, "--quiet", "--out", tmp_path],
     ):
         code, _, err = run_cli(capsys, *args)
         assert code == 2 and err.startswith("error:") and "holds 3 finished epochs" in err, err
