@@ -60,6 +60,18 @@ def test_damaged_file_gives_clear_error(tmp_path, key, transform, message):
     assert path.exists(), "a bad file is reported, never deleted"
 
 
+def test_a_file_read_once_is_read_again_when_it_changes_and_each_load_is_a_copy(tmp_path):
+    specs = write_tiny_dataset(tmp_path)
+    first = fashion.load(data_dir=tmp_path, files=specs)
+    first.train_images[:] = 0  # the caller's own arrays
+    again = fashion.load(data_dir=tmp_path, files=specs)  # from the process's memo of verified files
+    assert again.train_images.any() and again.train_images is not first.train_images
+    path = tmp_path / specs["train_images"].filename
+    damage(path, lambda raw: raw[:-1] + bytes([raw[-1] ^ 1]))  # one bit: the same size, another checksum
+    with pytest.raises(errors.DataError, match="checksum mismatch"):
+        fashion.load(data_dir=tmp_path, files=specs)
+
+
 def test_checksum_mismatch(tmp_path):
     specs = write_tiny_dataset(tmp_path)
     specs["test_labels"] = fashion.IdxFile(specs["test_labels"].filename, "0" * 64, 6, 1)
