@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     threads = records.start(args)
     dataset = fmnist.load_data(show_progress=False)
-    count = 1_000 if args.quick else len(dataset.test_images)
+    count = 200 if args.quick else len(dataset.test_images)
     images, labels = dataset.test_images[:count], dataset.test_labels[:count]
     with tempfile.TemporaryDirectory() as folder:
         together = fmnist.ensemble(args.members, Path(folder) / "ensemble")

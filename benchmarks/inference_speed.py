@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     args = parser.parse_args(argv)
     records.start(args)
-    images = fashion.load(progress=False).test_images[: 2000 if args.quick else None]
+    images = fashion.load(progress=False).test_images[: 500 if args.quick else None]
     requests = 5 if args.quick else args.requests
     rows, figures = [], {}
     for precision in args.precision or ["fp32"]:

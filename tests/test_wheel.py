@@ -99,7 +99,8 @@ def test_the_wheel_installs_and_works_outside_the_source_tree(tmp_path, trained_
     wheel = next((tmp_path / "dist").glob("fmnist-*.whl"))
     assert wheel.stat().st_size < 2_000_000  # small, the pretrained weights included (docs/getting-started.md)
     # A bare venv; the wheel's own requirements linked in from this environment; fmnist from the wheel.
-    subprocess.run([sys.executable, "-m", "venv", str(tmp_path / "venv")], check=True)
+    # (pip runs from this environment into the venv with --python: the venv needs no pip of its own)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "venv")], check=True)
     python, fmnist_cli = tmp_path / "venv/bin/python", tmp_path / "venv/bin/fmnist"
     site_packages = Path(
         subprocess.run(
@@ -111,13 +112,15 @@ def test_the_wheel_installs_and_works_outside_the_source_tree(tmp_path, trained_
     )
     link_distributions(runtime_closure(wheel_requirements(wheel)), site_packages)
     installed = subprocess.run(
-        [str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)],
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", "--no-index", str(wheel)],
         capture_output=True,
         text=True,
         cwd=tmp_path,
     )
     assert installed.returncode == 0, installed.stderr
-    checked = subprocess.run([str(python), "-m", "pip", "check"], capture_output=True, text=True, cwd=tmp_path)
+    checked = subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "check"], capture_output=True, text=True, cwd=tmp_path
+    )
     assert checked.returncode == 0, checked.stdout + checked.stderr
     where = subprocess.run(
         [

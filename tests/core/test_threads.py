@@ -14,7 +14,7 @@ import torch
 
 from fmnist import runs
 from fmnist.core import threads
-from tests.helpers import require_real_data
+from tests.helpers import require_real_data, run_cli
 
 
 @pytest.mark.parametrize(
@@ -177,12 +177,13 @@ def test_run_records_the_cpus_it_may_use(trained_run):
 
 
 @pytest.mark.slow
-def test_two_trainings_at_once_give_the_weights_of_one_alone(tmp_path):
-    """Contention changes timing only: two runs sharing the CPUs end with the weights of a run alone."""
+def test_two_trainings_at_once_give_the_weights_of_one_alone(tmp_path, capsys):
+    """Contention changes timing only: two runs sharing the CPUs end with the weights of a run alone (trained
+    in this process: any process gives the same weights, tests/training/test_determinism.py)."""
     require_real_data()
+    command = ["train", "--epochs", "1", "--limit", "3000", "--seed", "7", "--threads", "2", "--quiet"]
 
     def start(name):
-        command = ["train", "--epochs", "1", "--limit", "3000", "--seed", "7", "--threads", "2", "--quiet"]
         return subprocess.Popen(
             [sys.executable, "-m", "fmnist", *command, "--out", str(tmp_path / name)],
             stdout=subprocess.DEVNULL,
@@ -190,8 +191,7 @@ def test_two_trainings_at_once_give_the_weights_of_one_alone(tmp_path):
             text=True,
         )
 
-    alone = start("alone")
-    assert alone.wait() == 0, alone.stderr.read()
+    assert run_cli(capsys, *command, "--out", tmp_path / "alone")[0] == 0
     together = [start("first"), start("second")]
     assert [process.wait() for process in together] == [0, 0]
     reference = safetensors.torch.load_file(str(tmp_path / "alone" / runs.WEIGHTS))

@@ -5,8 +5,6 @@ from __future__ import annotations
 import ast
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -18,15 +16,10 @@ from tests.helpers import run_cli
 
 
 @pytest.mark.slow
-def test_bench_quick_runs_and_reports_ratios(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "fmnist", "bench", "--quick", "--threads", "2", "--json", "--out", tmp_path],
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
+def test_bench_quick_runs_and_reports_ratios(tmp_path, capsys):
+    code, out, err = run_cli(capsys, "bench", "--quick", "--threads", "2", "--json", "--out", tmp_path)
+    assert code == 0, err
+    report = json.loads(out)
     steps = report["step_seconds"]
     assert set(steps) == {"fmnist", "fmnist, PyTorch ops only", "plain eager PyTorch"}
     assert all(s > 0 for s in steps.values()) and report["floor_seconds"] > 0

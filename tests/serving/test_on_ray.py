@@ -15,9 +15,6 @@ import pytest
 
 from tests.helpers import command_line, descendants, free_port, require_real_data, without_cluster
 
-pytest.importorskip("ray.serve")
-
-
 REQUEST_TIMEOUT_S = 10  # requests stuck in the killed replica end with the proxy's 408 after this
 
 
@@ -66,6 +63,7 @@ def wait_for(condition, what: str, limit_s: float = 240):
 @pytest.mark.slow
 def test_two_replicas_on_ray_serve_answer_and_survive_a_killed_replica(tmp_path, trained_run, real_dataset):
     require_real_data()
+    pytest.importorskip("ray.serve")  # here, not at collection: every pytest worker would import Ray Serve
     import io
 
     import PIL.Image

@@ -188,5 +188,6 @@ def test_a_quick_try_of_the_speed_tier_gives_a_sensible_model(tmp_path):
     require_real_data()
     loop.fit(configs.TrainConfig.for_model("cnn94", epochs=1, limit=6000, threads=2), tmp_path / "run")
     dataset = fashion.load()
-    predicted = fmnist.open_run(tmp_path / "run").predict(dataset.test_images).classes  # what evaluate counts
-    assert (predicted == dataset.test_labels).mean() >= 0.70
+    images, labels = dataset.test_images[:2000], dataset.test_labels[:2000]  # 0.70: far below the ~0.78 it reaches
+    predicted = fmnist.open_run(tmp_path / "run").predict(images).classes  # what evaluate counts
+    assert (predicted == labels).mean() >= 0.70

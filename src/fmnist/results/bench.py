@@ -216,7 +216,7 @@ def evaluation_throughputs(name: str, num_images: int, device: torch.device) -> 
 def epoch_sizes(quick: bool) -> tuple[int, int, int]:
     """(training, validation, evaluation) images: the report's split of the dataset, or a small slice of it."""
     if quick:
-        return 1_280, 320, 2_000
+        return 1_280, 320, 500
     total = fashion.FILES["train_images"].count
     train = fashion.split_index(total, configs.Recipe().validation_fraction)
     return train, total - train, fashion.FILES["test_images"].count
