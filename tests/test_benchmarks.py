@@ -32,6 +32,7 @@ NEEDS = {
     "serve_load": ["RUN"],
     "shuffle_augment": [],
     "step_without_norm": [],
+    "suite_time": [],
 }
 
 
@@ -39,8 +40,8 @@ def test_every_benchmark_is_tested():
     assert sorted(path.stem for path in BENCHMARKS.glob("*.py")) == sorted(NEEDS)
 
 
-# quick forms that still train thousands of images or time a machine under load: the slow tier's
-SLOW = {"ablation", "contention", "distill_choice", "pool_before_norm", "recipe_frontier", "serve_load"}
+# quick forms that still train thousands of images, time a machine under load or run pytest: the slow tier's
+SLOW = {"ablation", "contention", "distill_choice", "pool_before_norm", "recipe_frontier", "serve_load", "suite_time"}
 
 
 @pytest.mark.parametrize(
