@@ -85,9 +85,9 @@ RAY_AUTH = Path(tempfile.mkdtemp(prefix="fmnist-ray-auth-")) / "token"
 def pytest_xdist_auto_num_workers(config):
     """`-n auto` (pyproject's addopts): a worker for each CPU this process may use, and one more for the whole
     suite, whose servers, subprocesses and Ray start-ups leave a core idle while they wait; the fast tier
-    (`-m "not slow"`) has few such waits, and each worker pays its own collection (~9 s of CPU). Measured on
-    2 cores: the suite 327 s with three workers, 341 s with two; the fast tier held to AVX2 67 s with two,
-    75 s with three. PYTEST_XDIST_AUTO_NUM_WORKERS, if set, wins (as it does in pytest-xdist)."""
+    (`-m "not slow"`) has few such waits, and each worker pays its own collection (~9 s of CPU). The figures
+    behind the choice: results/zen4/determinism--test-suite-duration.json. PYTEST_XDIST_AUTO_NUM_WORKERS, if
+    set, wins (as it does in pytest-xdist)."""
     if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
         return int(os.environ["PYTEST_XDIST_AUTO_NUM_WORKERS"])
     fast_tier = "not slow" in (config.option.markexpr or "")
@@ -100,9 +100,9 @@ def pytest_configure(config):
     of by each of them at once."""
     if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
         # Workers outnumber the cores and most train with 2 threads: OpenMP's waiting threads sleep at once
-        # (a user's own setting wins, as it does for fmnist) rather than spin through each other's time slices.
-        # Measured on 2 cores, 3 workers: 465 s of user CPU and 327 s of tests, against 523 s and 348 s with
-        # fmnist's own choice for a shared machine (threads.SPIN_SHARED, 1,000 rounds).
+        # (a user's own setting wins, as it does for fmnist) rather than spin through each other's time slices:
+        # less CPU than fmnist's own choice for a shared machine, threads.SPIN_SHARED (measured: the suite's
+        # record, results/zen4/determinism--test-suite-duration.json).
         os.environ.setdefault("GOMP_SPINCOUNT", "0")
         compile_kernels = (
             "from fmnist.nets.kernels import fused, norm_kernels; fused.available(); norm_kernels.available()"

@@ -225,7 +225,7 @@ def run_cli(capsys, *args) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
-# The session's trained run (conftest.trained_run): small, yet sure of many test images (~0.75 on validation).
+# The session's trained run (conftest.trained_run): small, yet sure of many test images (0.70 on validation).
 # Runs that join it in an ensemble, or learn from it, train on its split: the same limit.
 TRAINED_RUN = {"epochs": 3, "limit": 3000, "threads": 2, "seed": 0}
 
