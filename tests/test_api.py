@@ -94,6 +94,39 @@ def test_help_and_version_import_no_torch():
     assert done.stdout.strip() == "[]"
 
 
+def test_a_missing_extra_is_refused_before_torch_loads(tmp_path):
+    """Each command that needs an extra says which, in one line, before the machine set-up imports torch: in a
+    fresh process where each extra's first module is blocked (as if not installed)."""
+    cases = [
+        (["export", "RUN"], "onnx"),
+        (["export", "RUN", "--format", "keras"], "keras"),
+        (["import-keras", "model.keras"], "keras"),
+        (["serve", "RUN"], "serve"),
+        (["serve", "RUN", "--replicas", "2"], "ray"),
+        (["sweep", "--vary", "learning_rate=0.1"], "ray"),
+        (["reproduce", "--workers", "2"], "ray"),
+    ]
+    probe = (
+        "import sys, contextlib, io\n"
+        "from fmnist import cli\n"
+        "from fmnist.core import errors\n"
+        "for argv, extra in {cases!r}:\n"
+        "    blocked = errors.EXTRAS[extra][0]\n"
+        "    sys.modules[blocked] = None  # `import` fails: as if the extra were not installed\n"
+        "    err = io.StringIO()\n"
+        "    with contextlib.redirect_stderr(err):\n"
+        "        code = cli.main(argv)\n"
+        "    del sys.modules[blocked]\n"
+        "    print(code, 'torch' in sys.modules, err.getvalue().count(chr(10)), repr(err.getvalue()))\n"
+    ).format(cases=cases)
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    for (argv, extra), line in zip(cases, done.stdout.splitlines(), strict=True):
+        code, torch_loaded, lines, message = line.split(" ", 3)
+        assert (code, torch_loaded, lines) == ("2", "False", "1"), (argv, line)
+        assert f"pip install 'fmnist[{extra}]'" in message and f"fmnist {argv[0]}" in message, (argv, line)
+
+
 def test_predict_takes_what_users_hold(trained_run, real_dataset, tmp_path):
     """Paths, PIL images, uint8 and float arrays, torch tensors; one image or a batch; the same answers."""
     import torch

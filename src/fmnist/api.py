@@ -190,7 +190,7 @@ class Run:
         from PyTorch by more than to_onnx.TOLERANCE) or a Keras 3 .keras file (seed-cnn only)."""
         out = files.output_file(Path(out), f"model.{format}") if out else None
         if format == "onnx":
-            errors.require("ONNX export", "onnx", "onnx", "onnxruntime")
+            errors.require("ONNX export", "onnx")
             from fmnist.interop import to_onnx
 
             path = to_onnx.export_onnx(self.path, out, runs.weights_file(weights))
@@ -198,7 +198,7 @@ class Run:
                 self.verify_onnx(path, weights)
             return path
         if format == "keras":
-            errors.require("Keras files", "keras", "h5py")
+            errors.require("Keras files", "keras")
             from fmnist.interop import to_keras
 
             return to_keras.export_keras(self.path, out, runs.weights_file(weights))
@@ -207,7 +207,7 @@ class Run:
     def verify_onnx(self, path: str | Path, weights: str = "final", data_dir: str | Path | None = None) -> float:
         """onnxruntime against PyTorch on 1,000 test images: the largest difference of probabilities (an
         error past to_onnx.TOLERANCE)."""
-        errors.require("ONNX export", "onnx", "onnx", "onnxruntime")
+        errors.require("ONNX export", "onnx")
         from fmnist.interop import to_onnx
 
         images = load_data(data_dir or self.config.data_dir, False).test_images[:1000]
@@ -267,7 +267,7 @@ def ensemble(members: Sequence[str | Path], out: str | Path = OUT["ensemble"], c
 
 def import_keras(model: str | Path, out: str | Path = OUT["keras"]) -> Run:
     """A Keras .keras or .h5 model of the report's network as a new run directory (nothing from the file runs)."""
-    errors.require("Keras files", "keras", "h5py")
+    errors.require("Keras files", "keras")
     from fmnist.interop import from_keras
 
     return Run(from_keras.import_keras(Path(model), Path(out)))

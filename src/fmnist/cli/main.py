@@ -70,12 +70,8 @@ def cmd_train(args) -> int:
         run = api.train(config, run_dir, show_progress=not args.quiet)
     if console.quiet:  # under torchrun, rank 0 reports (and only it has written the last epoch for sure)
         return 0
-    validated = [row for row in run.history if row["val_loss"] is not None]
-    if validated:
-        best = min(validated, key=lambda row: row["val_loss"])
-        done = f"lowest val_loss {best['val_loss']:.4f} at epoch {best['epoch']}"
-    else:
-        done = "trained on every training image: nothing validated"
+    best = min((row for row in run.history if row["val_loss"] is not None), key=lambda r: r["val_loss"], default=None)
+    done = f"lowest val_loss {best['val_loss']:.4f} at epoch {best['epoch']}" if best else "nothing validated"
     console.print(f"done: {run_dir} ({done}); next: fmnist evaluate {run_dir}")
     return 0
 
@@ -291,7 +287,6 @@ def cmd_import_keras(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    errors.require("fmnist serve", "serve", "fastapi", "uvicorn", "multipart", "prometheus_client")
     from fmnist.serving import limits
 
     args.max_bytes = args.max_bytes or limits.MAX_BYTES
@@ -317,7 +312,6 @@ def serving_options(args) -> dict:
 
 def serve_on_ray(args) -> int:
     """Deploy on Ray Serve, then wait for Ctrl-C (or SIGTERM), which shuts the deployment down."""
-    errors.require("fmnist serve --replicas", "ray", "ray")
     from fmnist.serving import on_ray
 
     replicas = 1 if args.replicas is None else args.replicas
@@ -367,8 +361,17 @@ def stop_on_sigterm():
     return signal.signal(signal.SIGTERM, terminated)
 
 
+def check_extras(args) -> None:
+    """A command's missing extra (errors.EXTRAS) refused before the machine set-up, which imports torch (~3 s)."""
+    ray = ["ray"] * any(getattr(args, flag, None) not in (None, 0) for flag in ("workers", "address", "replicas"))
+    needs = {"serve": ["serve", *ray], "sweep": ["ray"], "reproduce": ray, "import-keras": ["keras"]}
+    for extra in needs.get(args.command, [getattr(args, "format", "")] if args.command == "export" else []):
+        errors.require(f"fmnist {args.command}{' on Ray' * (extra == 'ray')}", extra)  # export: onnx or keras
+
+
 def run_command(args) -> int:
     try:
+        check_extras(args)
         if args.command not in WITHOUT_TORCH:
             with console.status("preparing the CPU kernels (compiled on first use, then cached)"):
                 api.prepare(getattr(args, "threads", None))

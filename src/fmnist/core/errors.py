@@ -74,8 +74,17 @@ class MissingExtra(FmnistError):
     """A command needs a package of one of fmnist's extras that is not installed: the message names the extra."""
 
 
-def require(what: str, extra: str, *modules: str) -> None:
-    """MissingExtra naming `pip install 'fmnist[EXTRA]'` where any of `modules` cannot be imported here;
+# The modules each extra of pyproject.toml brings, by the extra's name: what `require` looks for.
+EXTRAS = {
+    "onnx": ("onnx", "onnxruntime"),
+    "serve": ("fastapi", "uvicorn", "multipart", "prometheus_client"),
+    "keras": ("h5py",),
+    "ray": ("ray", "ray.tune", "ray.serve"),
+}
+
+
+def require(what: str, extra: str) -> None:
+    """MissingExtra naming `pip install 'fmnist[EXTRA]'` where a module of EXTRAS[extra] cannot be imported here;
     `what`: the feature that needs them, as the message starts."""
     import importlib.util
 
@@ -85,8 +94,8 @@ def require(what: str, extra: str, *modules: str) -> None:
         except (ImportError, ValueError, AttributeError):  # its parent missing, or blocked (sys.modules[n] = None)
             return True
 
-    missing = [name for name in modules if absent(name)]
+    missing = [name for name in EXTRAS[extra] if absent(name)]
     if missing:
         raise MissingExtra(
-            f"this needs {', '.join(missing)}, which fmnist's core leaves out: pip install 'fmnist[{extra}]'"
+            f"{what} needs {', '.join(missing)}, which fmnist's core leaves out: pip install 'fmnist[{extra}]'"
         )

@@ -49,7 +49,7 @@ def build_app(contents: dict[str, bytes], **options):
 
 
 def require_ray_serve():
-    errors.require("fmnist serve --replicas", "ray", "ray", "ray.serve")
+    errors.require("fmnist serve --replicas", "ray")
 
 
 def deploy(

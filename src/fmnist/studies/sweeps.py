@@ -239,7 +239,7 @@ def default_workers(threads_per_trial: int) -> int:
 # ---------------------------------------------------------------------------------------------
 # The driver
 def require_ray():
-    errors.require("Runs on Ray (fmnist sweep, reproduce --workers)", "ray", "ray", "ray.tune")
+    errors.require("Runs on Ray (fmnist sweep, reproduce --workers)", "ray")
 
 
 def run(
