@@ -29,7 +29,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0, help="the students' seed (default: 0)")
     args = parser.parse_args(argv)
     threads = records.start(args)
-    split = {key: runs.read_config(Path(args.teacher)).get(key) for key in ("validation_fraction", "limit")}
+    stored = runs.read_config(Path(args.teacher))
+    split = {key: stored.get(key) for key in ("validation_fraction", "limit")}
+    members = stored["ensemble"]["members"] if isinstance(stored.get("ensemble"), dict) else None
+    taught_by = f"an ensemble of {len(members)}" if members else stored.get("model", "one teacher")
     model, extra = ("seed-cnn", {"epochs": 1}) if args.quick else (args.model, {})
     rows, figures = [], {"threads": threads, "student": model, "split": split}
     with tempfile.TemporaryDirectory() as folder:
@@ -71,7 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
         args,
         records.record(
             "accuracy-tier",
-            f"Distillation's settings on validation: {model} students of one teacher, one seed each",
+            f"Distillation's settings on validation: {model} students of {taught_by}, one seed each",
             figures,
             ["student", "validation accuracy", "validation loss", "seconds (the student's own)"],
             rows,
