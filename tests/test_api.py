@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -107,10 +108,10 @@ def test_a_missing_extra_is_refused_before_torch_loads(tmp_path):
         (["reproduce", "--workers", "2"], "ray"),
     ]
     probe = (
-        "import sys, contextlib, io\n"
+        "import contextlib, io, json, sys\n"
         "from fmnist import cli\n"
         "from fmnist.core import errors\n"
-        "for argv, extra in {cases!r}:\n"
+        "for argv, extra in json.loads(sys.argv[1]):\n"
         "    blocked = errors.EXTRAS[extra][0]\n"
         "    sys.modules[blocked] = None  # `import` fails: as if the extra were not installed\n"
         "    err = io.StringIO()\n"
@@ -118,8 +119,9 @@ def test_a_missing_extra_is_refused_before_torch_loads(tmp_path):
         "        code = cli.main(argv)\n"
         "    del sys.modules[blocked]\n"
         "    print(code, 'torch' in sys.modules, err.getvalue().count(chr(10)), repr(err.getvalue()))\n"
-    ).format(cases=cases)
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    )
+    argv = [sys.executable, "-c", probe, json.dumps(cases)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     for (argv, extra), line in zip(cases, done.stdout.splitlines(), strict=True):
         code, torch_loaded, lines, message = line.split(" ", 3)
