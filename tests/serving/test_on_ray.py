@@ -124,7 +124,9 @@ def test_two_replicas_on_ray_serve_answer_and_survive_a_killed_replica(tmp_path,
             lambda: len(replica_pids(server)) == 2 and victim not in replica_pids(server), "the replica is replaced"
         )
         wait_for(lambda: len(instances(url)) == 2, "both replicas answer again")
-        assert asyncio.run(predictions(url, body, 50)) == [200] * 50
+        # A state, not a deadline: once replaced, every prediction succeeds (on a busy machine, seen once: a
+        # first round of 408s right after the replacement; a replica that stays stuck fails this after 240 s).
+        wait_for(lambda: asyncio.run(predictions(url, body, 50)) == [200] * 50, "every prediction answered again")
     finally:
         ray_processes = descendants(server.pid)  # its local Ray instance, which Ctrl-C stops with it
         server.send_signal(signal.SIGTERM)

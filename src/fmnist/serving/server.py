@@ -161,6 +161,9 @@ class Predictor:
         self.work = WorkQueue(work_queue)
         self.metrics = metrics.ServerMetrics(queued=lambda: self.work.images)
         self.decoding = threading.BoundedSemaphore(min(limits.MAX_DECODES, threads.available_cpus()[0]))
+        # Warm up before the first request: a fresh process's first forward pass sets up the CPU kernels, and a
+        # Ray Serve replica takes traffic once this returns, so its first requests do not wait for that.
+        inference.checked_probabilities(network, np.zeros((1, 28, 28), np.uint8))
         self.batcher = batching.DynamicBatcher(
             functools.partial(inference.checked_probabilities, network), on_batch=self.metrics.batches.observe
         )
